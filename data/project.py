@@ -1,0 +1,274 @@
+"""The project file `repo.toml`: dataset, model aliases, workspace, and per-stage defaults.
+
+Read from the working directory by every command, so `repo score --model ref`, `repo train --loss ipo
+--robust` and `repo inspect-noise` work as written. Without a project file the embedded default serves:
+the bundled sample data and the locally prepared SmolLM2-135M-Instruct. Flags override the file; the
+file overrides each stage Config's own defaults (see `merge_config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROJECT_FILE = "repo.toml"
+SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
+SAMPLE_TRAIN = SAMPLE_DIR / "train.jsonl"
+SAMPLE_HELDOUT = SAMPLE_DIR / "heldout.jsonl"
+
+
+def repo_home() -> Path:
+    """Where re-po keeps prepared models: $REPO_HOME, else ~/.cache/re-po."""
+    return Path(os.environ.get("REPO_HOME", Path.home() / ".cache" / "re-po"))
+
+
+def default_model_dir() -> Path:
+    """The embedded default model: SmolLM2-135M-Instruct converted by `repo prepare-model`."""
+    return repo_home() / "models" / "SmolLM2-135M-Instruct"
+
+
+class ProjectError(ValueError):
+    """A missing, malformed or inconsistent project file; the message names the file and key."""
+
+
+# The sections a project file may have, and which stage reads each.
+STAGE_SECTIONS = ("score", "train", "inspect")
+DATA_KEYS = {"path": str, "prompt": str, "chosen": str, "rejected": str, "annotator": str, "pair_id": str}
+
+
+@dataclass(frozen=True)
+class Project:
+    """What the commands take from `repo.toml` (or the embedded default when there is none)."""
+
+    source: Path | None  # the project file, or None for the embedded default
+    workspace: Path
+    data: dict[str, str]
+    models: dict[str, str]
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def scores_dir(self) -> Path:
+        return self.workspace / "scores"
+
+    @property
+    def train_dir(self) -> Path:
+        return self.workspace / "train"
+
+    @property
+    def inspect_dir(self) -> Path:
+        return self.workspace / "inspect"
+
+    def model(self, name: str) -> str:
+        """Resolve a model alias (`ref`, `policy`, any name under [models]) to a hub id or local folder.
+
+        A name that is not an alias is returned as given (a hub id or a path). `policy` falls back
+        to the reference, as in the user's design: the policy starts from the reference model.
+        """
+        if name == "policy" and "policy" not in self.models:
+            name = "ref"
+        seen = set()
+        while name in self.models and name not in seen:
+            seen.add(name)
+            name = self.models[name]
+        return name
+
+    def section(self, stage: str) -> dict[str, Any]:
+        return self.stages.get(stage, {})
+
+
+def embedded_default(cwd: Path) -> Project:
+    return Project(
+        source=None,
+        workspace=cwd / "workspace",
+        data={"path": str(SAMPLE_TRAIN)},
+        models={"ref": str(default_model_dir())},
+    )
+
+
+def load_project(cwd: Path | None = None) -> Project:
+    """Read `repo.toml` in `cwd`; the embedded default when there is none."""
+    cwd = Path.cwd() if cwd is None else cwd
+    path = cwd / PROJECT_FILE
+    if not path.exists():
+        return embedded_default(cwd)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ProjectError(f"{path}: not valid TOML: {exc}") from exc
+
+    known = {"workspace", "data", "models", *STAGE_SECTIONS}
+    for key in raw:
+        if key not in known:
+            raise ProjectError(f"{path}: unknown key '{key}'; known keys: {', '.join(sorted(known))}")
+
+    workspace = raw.get("workspace", "workspace")
+    if not isinstance(workspace, str):
+        raise ProjectError(f"{path}: key 'workspace' must be a string (a folder), got {workspace!r}")
+
+    data = _table(path, raw, "data")
+    for key, value in data.items():
+        if key not in DATA_KEYS:
+            raise ProjectError(f"{path}: unknown key 'data.{key}'; known: {', '.join(DATA_KEYS)}")
+        if not isinstance(value, str):
+            raise ProjectError(f"{path}: key 'data.{key}' must be a string, got {value!r}")
+    if "path" not in data:
+        raise ProjectError(f"{path}: key 'data.path' is missing: name the dataset (a file, folder or hf:// path)")
+    if "://" not in data["path"]:
+        data["path"] = str((cwd / data["path"]).resolve())
+
+    models = _table(path, raw, "models")
+    for key, value in models.items():
+        if not isinstance(value, str):
+            raise ProjectError(f"{path}: key 'models.{key}' must be a string (hub id or folder), got {value!r}")
+        if value.startswith(("./", "../", "~")):
+            models[key] = str((cwd / Path(value).expanduser()).resolve())
+    if "ref" not in models:
+        raise ProjectError(f"{path}: key 'models.ref' is missing: the reference model (hub id or local folder)")
+
+    stages = {name: _table(path, raw, name) for name in STAGE_SECTIONS}
+    return Project(source=path, workspace=(cwd / workspace).resolve(), data=data, models=models, stages=stages)
+
+
+def _table(path: Path, raw: dict, key: str) -> dict[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise ProjectError(f"{path}: key '{key}' must be a table ([{key}]), got {value!r}")
+    return dict(value)
+
+
+def merge_config(config_cls: type, section: str, project: Project, flags: dict[str, Any]) -> Any:
+    """Build a stage Config: the class defaults, then `[section]` of the project file, then flags.
+
+    `flags` holds the command-line values; None means "not given". Keys of the project section
+    that the Config does not have are refused with the key named, so a typo never passes silently.
+    """
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    hints = typing.get_type_hints(config_cls)
+    values: dict[str, Any] = {}
+    where = project.source or PROJECT_FILE
+    for key, value in project.section(section).items():
+        if key not in fields:
+            raise ProjectError(
+                f"{where}: unknown key '{section}.{key}'; known: {', '.join(sorted(fields))}"
+            )
+        values[key] = _coerce(hints[key], value, f"{where}: key '{section}.{key}'")
+    values.update({k: v for k, v in flags.items() if v is not None})
+    return config_cls(**values)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    """Turn a TOML value into the Config field's type, or raise naming the key."""
+    options = typing.get_args(hint) if _is_union(hint) else (hint,)
+    if value is None and type(None) in options:
+        return None
+    errors = []
+    for option in options:
+        if option is type(None):
+            continue
+        try:
+            return _coerce_one(option, value)
+        except (TypeError, ValueError) as exc:
+            errors.append(str(exc))
+    raise ProjectError(f"{where} has a bad value {value!r}: {'; '.join(errors)}")
+
+
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
+def _coerce_one(option: Any, value: Any) -> Any:
+    origin = typing.get_origin(option)
+    if origin in (tuple, list):
+        if not isinstance(value, list):
+            raise TypeError("expected a list")
+        (item,) = typing.get_args(option)[:1]
+        return origin(_coerce_one(item, v) for v in value)
+    if isinstance(option, type) and issubclass(option, enum.Enum):
+        return option(value)
+    if option is bool:
+        if not isinstance(value, bool):
+            raise TypeError("expected true or false")
+        return value
+    if option is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError("expected an integer")
+        return value
+    if option is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError("expected a number")
+        return float(value)
+    if option is str:
+        if not isinstance(value, str):
+            raise TypeError("expected a string")
+        return value
+    if option is Path:
+        if not isinstance(value, str):
+            raise TypeError("expected a path string")
+        return Path(value)
+    raise TypeError(f"unsupported field type {option!r}")
+
+
+PROJECT_TEMPLATE = """\
+# re-po project file. `repo score`, `repo train` and `repo inspect-noise` read it from the
+# working directory, so the short commands work as written:
+#   repo score --model ref          # stage one: reference log-probs -> <workspace>/scores
+#   repo train --loss ipo --robust  # stage two: trains on them       -> <workspace>/train
+#   repo inspect-noise              # flagged pairs and annotator reliability of that run
+# Every command-line flag overrides the value written here.
+
+# Each stage writes under the workspace, and the next stage finds its input there.
+workspace = "{workspace}"
+
+[data]
+# A .jsonl, .json, .parquet or .csv file, a folder of such shards, or an hf:// path
+# (hf://datasets/ORG/NAME/FILE). Rows: prompt / chosen / rejected as plain strings or as
+# conversational message lists [{{role, content}}, ...].
+path = "{data}"
+# Column names, when yours differ:
+# prompt = "prompt"
+# chosen = "chosen"
+# rejected = "rejected"
+# annotator = "annotator"   # who gave the label; without it all labels share one annotator
+# pair_id = "pair_id"       # else a stable hash of prompt and responses
+
+[models]
+# Aliases for --model / --policy: a Hugging Face hub id or a local folder.
+ref = "{ref}"
+# The policy starts from the reference unless you name another:
+# policy = "ref"
+
+[score]
+# Defaults for `repo score` (any of its options, in snake_case), e.g.
+# backend = "hf"        # or "vllm"
+# max_length = 1024
+# max_prompt_length = 512
+
+[train]
+# Defaults for `repo train`, e.g.
+# loss = "dpo"          # dpo | ipo | simpo | cpo | cdpo | rdpo
+# robust = true
+# epochs = 1
+
+[inspect]
+# Defaults for `repo inspect-noise`, e.g.
+# threshold = 0.5
+"""
+
+
+def write_project_file(cwd: Path, data: str, ref: str, workspace: str = "workspace") -> Path:
+    """Write a commented `repo.toml` (atomically); refuse to replace an existing one."""
+    path = cwd / PROJECT_FILE
+    if path.exists():
+        raise ProjectError(f"{path} exists already; edit it, or remove it to start over")
+    text = PROJECT_TEMPLATE.format(workspace=workspace, data=data, ref=ref)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path

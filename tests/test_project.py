@@ -1,0 +1,123 @@
+"""The project file: `repo init` writes it, commands read it, flags override it, errors name the key."""
+
+import dataclasses
+import enum
+import tomllib
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from data.project import ProjectError, default_model_dir, load_project, merge_config
+
+runner = CliRunner()
+
+
+class Color(enum.StrEnum):
+    red = "red"
+    blue = "blue"
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyConfig:
+    out: Path
+    beta: float = 0.1
+    epochs: int = 1
+    robust: bool = False
+    color: Color = Color.red
+    name: str | None = None
+
+
+def test_init_writes_commented_project_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["init", "--data", "pairs.jsonl", "--ref", "org/model"])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "repo.toml").read_text()
+    assert text.count("\n#") > 10  # commented for a reader, not just keys
+    parsed = tomllib.loads(text)
+    assert parsed["data"]["path"] == "pairs.jsonl"
+    assert parsed["models"]["ref"] == "org/model"
+    project = load_project(tmp_path)
+    assert project.data["path"] == str(tmp_path / "pairs.jsonl")
+    assert project.model("ref") == "org/model"
+    assert project.model("policy") == "org/model"  # the policy starts from the reference
+    assert project.scores_dir == tmp_path / "workspace" / "scores"
+
+
+def test_init_refuses_to_overwrite(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert runner.invoke(app, ["init"]).exit_code == 0
+    result = runner.invoke(app, ["init"])
+    assert result.exit_code == 2
+    assert "exists already" in result.output
+
+
+def test_without_project_file_the_embedded_default_serves(tmp_path):
+    project = load_project(tmp_path)
+    assert project.source is None
+    assert project.model("ref") == str(default_model_dir())
+    assert project.data["path"].endswith("train.jsonl")
+
+
+def test_model_aliases_resolve_through_the_models_table(tmp_path):
+    (tmp_path / "repo.toml").write_text(
+        'workspace = "ws"\n[data]\npath = "d.jsonl"\n[models]\nref = "./ref-model"\nsft = "org/sft"\npolicy = "sft"\n'
+    )
+    project = load_project(tmp_path)
+    assert project.model("ref") == str(tmp_path / "ref-model")
+    assert project.model("policy") == "org/sft"
+    assert project.model("org/other") == "org/other"  # not an alias: a hub id as given
+
+
+def test_flags_override_project_file_which_overrides_defaults(tmp_path):
+    (tmp_path / "repo.toml").write_text(
+        '[data]\npath = "d.jsonl"\n[models]\nref = "m"\n[train]\nbeta = 0.5\nepochs = 3\ncolor = "blue"\n'
+    )
+    project = load_project(tmp_path)
+    cfg = merge_config(ToyConfig, "train", project, {"out": Path("o"), "epochs": 7, "robust": None})
+    assert (cfg.beta, cfg.epochs, cfg.robust, cfg.color) == (0.5, 7, False, Color.blue)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[data\npath=1", "not valid TOML"),
+        ('[models]\nref = "m"\n', "'data.path' is missing"),
+        ('[data]\npath = "d"\n', "'models.ref' is missing"),
+        ('[data]\npath = 3\n[models]\nref = "m"\n', "'data.path' must be a string"),
+        ('[data]\npath = "d"\n[models]\nref = "m"\n[trian]\n', "unknown key 'trian'"),
+        ('[data]\npath = "d"\ncolumn = "x"\n[models]\nref = "m"\n', "unknown key 'data.column'"),
+    ],
+)
+def test_malformed_project_file_names_the_key(tmp_path, text, message):
+    (tmp_path / "repo.toml").write_text(text)
+    with pytest.raises(ProjectError, match="repo.toml") as err:
+        load_project(tmp_path)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ("beta = 'high'", "'train.beta' has a bad value 'high'"),
+        ("epochs = 1.5", "'train.epochs' has a bad value 1.5"),
+        ("color = 'green'", "'train.color' has a bad value 'green'"),
+        ("lr_rate = 1", "unknown key 'train.lr_rate'"),
+    ],
+)
+def test_bad_stage_value_names_the_key(tmp_path, section, message):
+    (tmp_path / "repo.toml").write_text(f'[data]\npath = "d"\n[models]\nref = "m"\n[train]\n{section}\n')
+    project = load_project(tmp_path)
+    with pytest.raises(ProjectError) as err:
+        merge_config(ToyConfig, "train", project, {"out": Path("o")})
+    assert message in str(err.value)
+
+
+def test_malformed_project_file_is_a_clear_cli_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "repo.toml").write_text('[data]\npath = "d"\n')
+    result = runner.invoke(app, ["score"])
+    assert result.exit_code == 2
+    assert "models.ref" in result.output
+    assert "Traceback" not in result.output

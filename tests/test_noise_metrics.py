@@ -1,0 +1,81 @@
+"""pipeline/noise_metrics.py against independent brute force: pair counting, per-row loops."""
+
+import numpy as np
+import pytest
+
+from pipeline import noise_metrics as nm
+
+
+def brute_auc(scores, positive):
+    """Every (positive, negative) pair: 1 if the positive scores higher, ½ on a tie."""
+    pos = [s for s, p in zip(scores, positive) if p]
+    neg = [s for s, p in zip(scores, positive) if not p]
+    won = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a in pos for b in neg)
+    return won / (len(pos) * len(neg))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_roc_auc_equals_pair_counting_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    n = 60
+    positive = rng.random(n) < 0.3
+    positive[:2] = [True, False]  # both classes present
+    # few distinct values, so many ties, some across the classes
+    scores = np.round(rng.random(n) + 0.4 * positive, 1)
+    assert nm.roc_auc(scores, positive) == pytest.approx(brute_auc(scores, positive), abs=1e-12)
+
+
+def test_roc_auc_hand_worked():
+    """Positives 0.9, 0.5; negatives 0.5, 0.1: pairs won 1 + 1 + ½ (tie) + 1 = 3.5 of 4."""
+    scores = np.array([0.9, 0.5, 0.5, 0.1])
+    positive = np.array([True, True, False, False])
+    assert nm.roc_auc(scores, positive) == 0.875
+    assert nm.roc_auc(-scores, positive) == 0.125
+    assert nm.roc_auc(np.ones(4), positive) == 0.5
+
+
+def test_roc_auc_undefined_with_one_class():
+    assert nm.roc_auc(np.array([0.1, 0.2]), np.array([True, True])) is None
+    assert nm.roc_auc(np.array([0.1, 0.2]), np.array([False, False])) is None
+
+
+def test_roc_auc_refuses_non_boolean_and_nan():
+    with pytest.raises(ValueError, match="boolean"):
+        nm.roc_auc(np.array([0.1, 0.2]), np.array([0, 1]))
+    with pytest.raises(ValueError, match="NaN"):
+        nm.roc_auc(np.array([np.nan, 0.2]), np.array([True, False]))
+
+
+def test_average_ranks_brute_force():
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 5, size=40)
+    expected = [1 + sum(v < x for v in values) + (sum(v == x for v in values) - 1) / 2 for x in values]
+    np.testing.assert_array_equal(nm.average_ranks(values), expected)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_flag_scores_match_per_row_counts(seed):
+    rng = np.random.default_rng(seed)
+    flagged, noisy = rng.random(50) < 0.3, rng.random(50) < 0.25
+    tp = sum(1 for f, y in zip(flagged, noisy) if f and y)
+    fp = sum(1 for f, y in zip(flagged, noisy) if f and not y)
+    fn = sum(1 for f, y in zip(flagged, noisy) if not f and y)
+    got = nm.flag_scores(flagged, noisy)
+    precision, recall = tp / (tp + fp), tp / (tp + fn)
+    assert (got.true_positives, got.false_positives, got.false_negatives) == (tp, fp, fn)
+    assert got.precision == pytest.approx(precision)
+    assert got.recall == pytest.approx(recall)
+    assert got.f1 == pytest.approx(2 * precision * recall / (precision + recall))
+
+
+def test_flag_scores_empty_denominators_are_none():
+    none_flagged = nm.flag_scores(np.zeros(3, bool), np.array([True, False, False]))
+    assert none_flagged.precision is None and none_flagged.recall == 0.0 and none_flagged.f1 == 0.0
+    clean = nm.flag_scores(np.zeros(3, bool), np.zeros(3, bool))
+    assert clean.precision is None and clean.recall is None and clean.f1 is None
+
+
+def test_annotator_accuracy_per_annotator_loop():
+    annotator = np.array(["a", "b", "a", "c", "b", "a"])
+    noisy = np.array([False, True, True, False, False, False])
+    assert nm.annotator_accuracy(annotator, noisy) == {"a": pytest.approx(2 / 3), "b": 0.5, "c": 1.0}

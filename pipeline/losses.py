@@ -1,0 +1,260 @@
+"""Preference losses, their induced logits, and RE-PO's E-step and robust loss (method.md §2–4, §7.1).
+
+Pure torch: reads and writes nothing. Every function takes per-pair tensors of shape (B,) — summed
+response log-probs and response token counts — and returns per-pair values; the caller reduces
+(the batch mean, method.md §7.3). Family dispatch is the one `match` in `base_loss`, `induced_logit`
+and `implicit_rewards`.
+
+Notation (method.md §2): for a pair where a is the observed "chosen" and b the "rejected",
+ℓ(y) = log π_θ(y|x) summed over response tokens, ρ(y) = ℓ(y) − log π_ref(y|x), |y| the response's
+token count (EOS included, prompt excluded, clamped at 1), σ the logistic function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import assert_never
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class LossKind(StrEnum):
+    """The preference losses re-po trains with. cdpo and rdpo are noise-aware DPO baselines, not robust-able."""
+
+    dpo = "dpo"
+    ipo = "ipo"
+    simpo = "simpo"
+    cpo = "cpo"
+    cdpo = "cdpo"
+    rdpo = "rdpo"
+
+
+# The four families RE-PO wraps (paper §2); cdpo/rdpo already model noise their own way.
+ROBUST_KINDS = frozenset({LossKind.dpo, LossKind.ipo, LossKind.simpo, LossKind.cpo})
+
+DEFAULT_BETA: dict[LossKind, float] = {
+    LossKind.dpo: 0.1,
+    LossKind.ipo: 0.1,
+    LossKind.simpo: 2.0,
+    LossKind.cpo: 0.1,
+    LossKind.cdpo: 0.1,
+    LossKind.rdpo: 0.1,
+}
+
+
+@dataclass(frozen=True)
+class LossParams:
+    """Hyper-parameters of the losses; each kind reads only its own (defaults of method.md §2)."""
+
+    beta: float
+    gamma: float = 0.5  # SimPO target margin γ
+    cpo_alpha: float = 1.0  # CPO weight α of the chosen response's per-token NLL
+    ipo_summed: bool = False  # IPO on summed log-ratios instead of per-token means (method.md §2)
+    label_smoothing: float = 0.0  # cDPO ε: assumed probability that a label is flipped
+    flip_rate: float = 0.0  # rDPO ε: assumed flip rate, must be < ½ (the loss divides by 1 − 2ε)
+
+    def __post_init__(self) -> None:
+        if not self.beta > 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+        if not 0.0 <= self.label_smoothing <= 0.5:
+            raise ValueError(f"label_smoothing must be in [0, 0.5], got {self.label_smoothing}")
+        if not 0.0 <= self.flip_rate < 0.5:
+            raise ValueError(f"flip_rate must be in [0, 0.5), got {self.flip_rate}")
+
+    @classmethod
+    def for_kind(cls, kind: LossKind, beta: float | None = None, **overrides: object) -> LossParams:
+        """Params for `kind`, β from DEFAULT_BETA unless given; other fields from `overrides`."""
+        return cls(beta=DEFAULT_BETA[LossKind(kind)] if beta is None else beta, **overrides)
+
+
+@dataclass(frozen=True)
+class PairLogps:
+    """Per-pair inputs of every loss, all (B,). `*_logps` are sums over response tokens; `*_len` their counts.
+
+    The reference log-probs may be None for the reference-free losses (simpo, cpo); the lengths may be None
+    for the losses that do not normalise by length (dpo, cdpo, rdpo, and ipo with `ipo_summed`).
+    """
+
+    policy_chosen_logps: Tensor
+    policy_rejected_logps: Tensor
+    ref_chosen_logps: Tensor | None = None
+    ref_rejected_logps: Tensor | None = None
+    chosen_len: Tensor | None = None
+    rejected_len: Tensor | None = None
+
+    def swapped(self) -> PairLogps:
+        """The same pairs with the roles of chosen and rejected exchanged: the inputs of L(b≻a)."""
+        return PairLogps(
+            policy_chosen_logps=self.policy_rejected_logps,
+            policy_rejected_logps=self.policy_chosen_logps,
+            ref_chosen_logps=self.ref_rejected_logps,
+            ref_rejected_logps=self.ref_chosen_logps,
+            chosen_len=self.rejected_len,
+            rejected_len=self.chosen_len,
+        )
+
+
+def needs_reference(kind: LossKind) -> bool:
+    """Whether `kind` reads reference log-probs (SimPO and CPO are reference-free)."""
+    return LossKind(kind) not in (LossKind.simpo, LossKind.cpo)
+
+
+def _field(logps: PairLogps, name: str, kind: LossKind) -> Tensor:
+    value = getattr(logps, name)
+    if value is None:
+        raise ValueError(f"loss {kind} needs PairLogps.{name}, which is None")
+    return value
+
+
+def _log_ratios(logps: PairLogps, kind: LossKind) -> tuple[Tensor, Tensor]:
+    """(ρ(a), ρ(b)), each (B,)."""
+    chosen = logps.policy_chosen_logps - _field(logps, "ref_chosen_logps", kind)
+    rejected = logps.policy_rejected_logps - _field(logps, "ref_rejected_logps", kind)
+    return chosen, rejected
+
+
+def _lengths(logps: PairLogps, kind: LossKind) -> tuple[Tensor, Tensor]:
+    """(|a|, |b|) as floats clamped at 1 (method.md §2), each (B,)."""
+    chosen = _field(logps, "chosen_len", kind).clamp(min=1).to(logps.policy_chosen_logps.dtype)
+    rejected = _field(logps, "rejected_len", kind).clamp(min=1).to(logps.policy_rejected_logps.dtype)
+    return chosen, rejected
+
+
+def _dpo_margin(logps: PairLogps, kind: LossKind) -> Tensor:
+    """h = ρ(a) − ρ(b), (B,)."""
+    chosen, rejected = _log_ratios(logps, kind)
+    return chosen - rejected
+
+
+def _ipo_margin(logps: PairLogps, params: LossParams) -> Tensor:
+    """u = ρ̄(a) − ρ̄(b) with per-token mean log-ratios, or summed ones under `ipo_summed`; (B,)."""
+    chosen, rejected = _log_ratios(logps, LossKind.ipo)
+    if params.ipo_summed:
+        return chosen - rejected
+    chosen_len, rejected_len = _lengths(logps, LossKind.ipo)
+    return chosen / chosen_len - rejected / rejected_len
+
+
+def _simpo_margin(logps: PairLogps, params: LossParams) -> Tensor:
+    """s = β(ℓ(a)/|a| − ℓ(b)/|b|), (B,)."""
+    chosen_len, rejected_len = _lengths(logps, LossKind.simpo)
+    return params.beta * (logps.policy_chosen_logps / chosen_len - logps.policy_rejected_logps / rejected_len)
+
+
+def _cpo_nll(logps: PairLogps) -> tuple[Tensor, Tensor]:
+    """(NLL(a), NLL(b)) = (−ℓ(a)/|a|, −ℓ(b)/|b|): per-pair per-token means (method.md §2, not TRL's pooled NLL)."""
+    chosen_len, rejected_len = _lengths(logps, LossKind.cpo)
+    return -logps.policy_chosen_logps / chosen_len, -logps.policy_rejected_logps / rejected_len
+
+
+def base_loss(kind: LossKind, logps: PairLogps, params: LossParams) -> Tensor:
+    """L(a≻b) per pair, (B,): the method's own loss (method.md §2 table; cDPO and rDPO baselines).
+
+    dpo:   −log σ(βh),                     h = ρ(a) − ρ(b)
+    ipo:   (u − 1/(2β))²,                  u = ρ̄(a) − ρ̄(b)
+    simpo: −log σ(s − γ),                  s = β(ℓ(a)/|a| − ℓ(b)/|b|)
+    cpo:   −log σ(β(ℓ(a) − ℓ(b))) + α·NLL(a)
+    cdpo:  (1−ε)·ℓ_β(h) + ε·ℓ_β(−h)                   with ℓ_β(h) = −log σ(βh), ε = label_smoothing
+    rdpo:  [(1−ε)·ℓ_β(h) − ε·ℓ_β(−h)] / (1 − 2ε)       ε = flip_rate (Chowdhury et al. 2024)
+    """
+    kind = LossKind(kind)
+    match kind:
+        case LossKind.dpo:
+            return -F.logsigmoid(params.beta * _dpo_margin(logps, kind))
+        case LossKind.ipo:
+            return (_ipo_margin(logps, params) - 1 / (2 * params.beta)) ** 2
+        case LossKind.simpo:
+            return -F.logsigmoid(_simpo_margin(logps, params) - params.gamma)
+        case LossKind.cpo:
+            chosen_nll, _ = _cpo_nll(logps)
+            preference = -F.logsigmoid(params.beta * (logps.policy_chosen_logps - logps.policy_rejected_logps))
+            return preference + params.cpo_alpha * chosen_nll
+        case LossKind.cdpo:
+            h, eps = _dpo_margin(logps, kind), params.label_smoothing
+            return -(1 - eps) * F.logsigmoid(params.beta * h) - eps * F.logsigmoid(-params.beta * h)
+        case LossKind.rdpo:
+            h, eps = _dpo_margin(logps, kind), params.flip_rate
+            unbiased = -(1 - eps) * F.logsigmoid(params.beta * h) + eps * F.logsigmoid(-params.beta * h)
+            return unbiased / (1 - 2 * eps)
+        case _:
+            assert_never(kind)
+
+
+def induced_logit(kind: LossKind, logps: PairLogps, params: LossParams) -> Tensor:
+    """z = L(b≻a) − L(a≻b) per pair, (B,), so p_θ(a≻b) = σ(z) (paper Eq. 2; closed forms of method.md §2).
+
+    dpo: βh;  ipo: 2u/β;  simpo: softplus(s + γ) − softplus(γ − s);  cpo: β(ℓ(a) − ℓ(b)) + α(NLL(b) − NLL(a)).
+    cdpo and rdpo are baselines with their own noise model and have no RE-PO form: they raise ValueError.
+    """
+    kind = LossKind(kind)
+    match kind:
+        case LossKind.dpo:
+            return params.beta * _dpo_margin(logps, kind)
+        case LossKind.ipo:
+            # (−u − c)² − (u − c)² = 4uc with c = 1/(2β)
+            return 2 * _ipo_margin(logps, params) / params.beta
+        case LossKind.simpo:
+            s = _simpo_margin(logps, params)
+            return F.softplus(s + params.gamma) - F.softplus(params.gamma - s)
+        case LossKind.cpo:
+            chosen_nll, rejected_nll = _cpo_nll(logps)
+            preference = params.beta * (logps.policy_chosen_logps - logps.policy_rejected_logps)
+            return preference + params.cpo_alpha * (rejected_nll - chosen_nll)
+        case _:
+            raise ValueError(f"loss {kind} has no induced logit: RE-PO wraps only {sorted(ROBUST_KINDS)}")
+
+
+def posterior_weight(z: Tensor, eta: Tensor) -> Tensor:
+    """E-step (Eq. 4): w = P(label correct | z, η) = pη / (pη + (1−p)(1−η)) = σ(z + logit η), (B,).
+
+    `eta` is each pair's annotator reliability in [0, 1], already gathered to (B,); computed in float64, w comes
+    back in z's dtype. z is detached: w is a constant target in the M-step (method.md §3). p = ½ gives w = η,
+    η = ½ gives w = p, η = 1 gives w = 1 exactly (logit 1 = +∞); em.py keeps the η of training inside
+    [1e-4, 1 − 1e-4] (method.md §7.3).
+    """
+    return torch.sigmoid(z.detach().to(torch.float64) + torch.logit(eta.to(torch.float64))).to(z.dtype)
+
+
+def robust_loss(z: Tensor, w: Tensor) -> Tensor:
+    """M-step for θ (Eq. 5): −[w·log σ(z) + (1−w)·log σ(−z)] per pair, (B,). ∂/∂z = σ(z) − w.
+
+    Not w·loss: the flipped term stays. With w ≡ 1 it equals the base loss for DPO (method.md §4).
+    """
+    return F.binary_cross_entropy_with_logits(z, w.to(z.dtype), reduction="none")
+
+
+def weighted_loss(kind: LossKind, logps: PairLogps, params: LossParams, w: Tensor) -> Tensor:
+    """The weighted raw loss w·L(a≻b) + (1−w)·L(b≻a) per pair, (B,) (method.md §7.1; equals robust_loss for DPO)."""
+    kind = LossKind(kind)
+    if kind not in ROBUST_KINDS:
+        raise ValueError(f"loss {kind} cannot be made robust: RE-PO wraps only {sorted(ROBUST_KINDS)}")
+    w = w.detach().to(logps.policy_chosen_logps.dtype)
+    return w * base_loss(kind, logps, params) + (1 - w) * base_loss(kind, logps.swapped(), params)
+
+
+def implicit_rewards(kind: LossKind, logps: PairLogps, params: LossParams) -> tuple[Tensor, Tensor]:
+    """(chosen_rewards, rejected_rewards), each (B,), detached: TRL's metrics `rewards/*`.
+
+    β·ρ(y) for the DPO family; β·ρ̄(y) (per-token mean) for IPO unless `ipo_summed`; β·ℓ(y)/|y| for SimPO;
+    β·ℓ(y) for CPO — the log-probs each of TRL's trainers feeds its loss, times β.
+    """
+    kind = LossKind(kind)
+    match kind:
+        case LossKind.dpo | LossKind.cdpo | LossKind.rdpo:
+            chosen, rejected = _log_ratios(logps, kind)
+        case LossKind.ipo:
+            chosen, rejected = _log_ratios(logps, kind)
+            if not params.ipo_summed:
+                chosen_len, rejected_len = _lengths(logps, kind)
+                chosen, rejected = chosen / chosen_len, rejected / rejected_len
+        case LossKind.simpo:
+            chosen_len, rejected_len = _lengths(logps, kind)
+            chosen, rejected = logps.policy_chosen_logps / chosen_len, logps.policy_rejected_logps / rejected_len
+        case LossKind.cpo:
+            chosen, rejected = logps.policy_chosen_logps, logps.policy_rejected_logps
+        case _:
+            assert_never(kind)
+    return (params.beta * chosen).detach(), (params.beta * rejected).detach()

@@ -1,0 +1,53 @@
+"""Whole tables in the formats users bring their data in, chosen by the file's extension.
+
+.jsonl (one JSON object a line), .json (an array of objects), .parquet, .csv. For tools that hand a
+dataset back in the user's own format (make-noisy, inspect-noise's dumps and exports). Every write is
+atomic: a temporary file in the same folder, then os.replace.
+"""
+import os
+from pathlib import Path
+
+import polars as pl
+
+FORMATS = (".jsonl", ".json", ".parquet", ".csv")
+
+
+def table_format(path: str | Path) -> str:
+    """The format named by the extension (".jsonl", ...); raises ValueError for any other."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise ValueError(f"{path}: unknown table format {suffix or '(no extension)'!r}; use one of {', '.join(FORMATS)}")
+    return suffix
+
+
+def read_table(path: str | Path) -> pl.DataFrame:
+    path = Path(path)
+    match table_format(path):
+        case ".jsonl":
+            return pl.read_ndjson(path)
+        case ".json":
+            return pl.read_json(path)
+        case ".parquet":
+            return pl.read_parquet(path)
+        case _:
+            return pl.read_csv(path)
+
+
+def write_table(df: pl.DataFrame, path: str | Path) -> None:
+    """Write df in the format of path's extension, atomically. CSV refuses nested columns (say which)."""
+    path = Path(path)
+    fmt = table_format(path)
+    nested = [name for name, dtype in df.schema.items() if dtype.is_nested()]
+    if fmt == ".csv" and nested:
+        raise ValueError(f"{path}: CSV cannot hold the nested columns {nested}; write .jsonl, .json or .parquet")
+    tmp = path.with_name(f".{path.name}.tmp")
+    match fmt:
+        case ".jsonl":
+            df.write_ndjson(tmp)
+        case ".json":
+            df.write_json(tmp)
+        case ".parquet":
+            df.write_parquet(tmp)
+        case _:
+            df.write_csv(tmp)
+    os.replace(tmp, path)

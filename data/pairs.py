@@ -130,16 +130,20 @@ def read_pairs(source: str | Path, columns: Columns = Columns(),
             else [_read_file(path, text_names) for path in _files(source)])
     resolved = replace(columns, annotator=columns.annotator or _present(raws[0], "annotator"),
                        pair_id=columns.pair_id or _present(raws[0], "pair_id"))
-    parts, rejects, shards, layout = [], [], [], None
+    kept: dict[str, list] = {"row_id": [], "pair_id": [], "annotator": [], "texts": []}
+    carried_parts, rejects, shards, layout = [], [], [], None
     for raw in raws:
         shard = Shard(raw.file, sum(s.num_rows for s in shards), raw.num_rows, raw.lines)
         shards.append(shard)
-        part, layout = _normalize_shard(raw, shard, resolved, layout, on_bad_row, rejects)
-        parts.append(part)
-    table = pl.concat(parts, how="diagonal_relaxed")
+        carried, layout = _normalize_shard(raw, shard, resolved, layout, on_bad_row, kept, rejects)
+        carried_parts.append(carried)
     conversational, implicit = layout or (False, False)
-    if conversational:
-        table = table.rename(dict(zip(TEXT_COLUMNS, MESSAGE_COLUMNS)))
+    text_names = MESSAGE_COLUMNS if conversational else TEXT_COLUMNS
+    texts = dict(zip(text_names, zip(*kept.pop("texts")))) if kept["row_id"] else dict.fromkeys(text_names, [])
+    table = pl.DataFrame({**kept, **texts}, schema={"row_id": pl.Int64, **dict.fromkeys(
+        ["pair_id", "annotator", *text_names], pl.String)})
+    carried = pl.concat(carried_parts, how="diagonal_relaxed").drop("row_id")
+    table = table.hstack(carried.get_columns())
     return PairsRead(table, rejects, _table_sha(table), conversational, implicit, resolved, tuple(shards))
 
 
@@ -165,12 +169,14 @@ class _RawShard:
             return [record.get(name) for record in self.records]
         return self.frame[name].to_list()
 
-    def carried(self, names: list[str]) -> pl.DataFrame:
+    def carried(self, names: list[str]) -> list[pl.Series]:
+        if not names:
+            return []
         if self.records is None:
-            return self.frame.select(names)
+            return self.frame.select(names).get_columns()
         rows = [{name: record.get(name) for name in names} for record in self.records]
         try:  # strict=False: a carried column with mixed types takes polars' common type instead of failing
-            return pl.from_dicts(rows, infer_schema_length=None, strict=False)
+            return pl.from_dicts(rows, infer_schema_length=None, strict=False).get_columns()
         except (pl.exceptions.PolarsError, TypeError, ValueError) as err:
             raise DataError(f"{self.file}: cannot carry columns {names} through: {err}") from err
 
@@ -232,7 +238,7 @@ def _read_json(path: Path) -> _RawShard:
     unreadable = {}
     for offset, (value, error) in enumerate(parsed):
         if error is None and not isinstance(value, dict):
-            error = f"expected a JSON object, got {type(value).__name__}"
+            error = f"expected a JSON object, got {_type_name(value)}"
         if error is not None:
             unreadable[offset] = error
     records = [value if offset not in unreadable else {} for offset, (value, _) in enumerate(parsed)]
@@ -272,14 +278,14 @@ def _read_hf(source: str, text_names: set[str]) -> _RawShard:
 Layout = tuple[bool, bool]  # (conversational, implicit prompt)
 
 
-def _normalize_shard(raw: _RawShard, shard: Shard, columns: Columns, layout: Layout | None,
-                     on_bad_row: str, rejects: list[Reject]) -> tuple[pl.DataFrame, Layout | None]:
-    """Validate and normalize one shard's rows; returns its part of the table and the data layout so far."""
+def _normalize_shard(raw: _RawShard, shard: Shard, columns: Columns, layout: Layout | None, on_bad_row: str,
+                     kept: dict[str, list], rejects: list[Reject]) -> tuple[pl.DataFrame, Layout | None]:
+    """Validate and normalize one shard's rows into `kept` (bad ones into `rejects`); returns the kept rows'
+    carried columns (with row_id) and the data layout so far."""
     _require_columns(raw, [columns.chosen, columns.rejected, columns.annotator, columns.pair_id])
     prompts, chosens, rejecteds = (raw.values(name) for name in (columns.prompt, columns.chosen, columns.rejected))
     annotators, pair_ids = raw.values(columns.annotator), raw.values(columns.pair_id)
-    kept: dict[str, list] = {"row_id": [], "pair_id": [], "annotator": [], **{name: [] for name in TEXT_COLUMNS}}
-    keep_mask = []
+    keep = []
     for offset in range(raw.num_rows):
         row_id = shard.first_row_id + offset
         try:
@@ -296,14 +302,14 @@ def _normalize_shard(raw: _RawShard, shard: Shard, columns: Columns, layout: Lay
             if on_bad_row == "error":
                 raise located from None
             rejects.append(located.as_reject())
-            keep_mask.append(False)
+            keep.append(False)
             continue
-        keep_mask.append(True)
-        for name, value in zip(kept, (row_id, pair_id, annotator, *texts)):
+        keep.append(True)
+        for name, value in (("row_id", row_id), ("pair_id", pair_id), ("annotator", annotator), ("texts", texts)):
             kept[name].append(value)
-    core = pl.DataFrame(kept, schema={"row_id": pl.Int64, **dict.fromkeys(list(kept)[1:], pl.String)})
-    carried = raw.carried(_carried_names(raw, columns, layout))
-    return core.hstack([column.filter(pl.Series(keep_mask, dtype=pl.Boolean)) for column in carried.get_columns()]), layout
+    row_ids = pl.Series("row_id", range(shard.first_row_id, shard.first_row_id + raw.num_rows), pl.Int64)
+    carried = pl.DataFrame(row_ids).hstack(raw.carried(_carried_names(raw, columns, layout)))
+    return carried.filter(pl.Series(keep, dtype=pl.Boolean)), layout
 
 
 def _require_columns(raw: _RawShard, names: list[str | None]) -> None:

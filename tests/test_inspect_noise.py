@@ -1,0 +1,397 @@
+"""`repo inspect-noise` on a synthetic robust run with injected flips.
+
+The run folder and score cache are written here directly, per brief/contract.md: an input dataset,
+its cache (through data/schema.py, as `repo score` writes it) and a two-epoch run whose w are set by
+hand, so every expected number is counted independently in the test.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from cli import app
+from data import run_folder, schema
+from data.pairs import Columns, pair_values, read_pairs
+from stages.inspect_noise import CleanAction, InspectConfig, run
+
+runner = CliRunner()
+
+N = 40
+ANNOTATOR = ["careful"] * 20 + ["sloppy"] * 20
+FLIPPED = {3, 11, 20, 22, 24, 26, 28, 30, 32, 34}  # careful: 2 of 20 wrong, sloppy: 8 of 20
+MISSED = {11}  # a wrong label the model agrees with
+FALSE_ALARMS = {5, 21}  # right labels the model disagrees with
+ETA = {"careful": 0.95, "sloppy": 0.7}
+WORDS = "the cat sat on a mat while dog ran to sun".split()
+
+
+def margins() -> np.ndarray:
+    """z of the last epoch: negative for wrong labels and false alarms, positive otherwise (distinct)."""
+    z = np.array([2.0 + 0.05 * i for i in range(N)])
+    for i in FLIPPED | FALSE_ALARMS:
+        z[i] = -1.0 - 0.1 * i
+    for i in MISSED:
+        z[i] = 1.5
+    return z
+
+
+def weights(z: np.ndarray) -> np.ndarray:
+    logit = np.array([math.log(ETA[a] / (1 - ETA[a])) for a in ANNOTATOR])
+    return 1 / (1 + np.exp(-(z + logit)))
+
+
+def input_rows(conversational: bool = False) -> list[dict]:
+    rows = []
+    for i in range(N):
+        prompt = f"tell me about the {WORDS[i % len(WORDS)]} number {i}"
+        good, bad = f"good answer {i} " + " ".join(WORDS[: i % 7 + 1]), f"bad answer {i}"
+        chosen, rejected = (bad, good) if i in FLIPPED else (good, bad)
+        row = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+        if conversational:  # implicit prompt: the shared first message
+            user = {"role": "user", "content": prompt}
+            row = {"chosen": [user, {"role": "assistant", "content": chosen}],
+                   "rejected": [user, {"role": "assistant", "content": rejected}]}
+        row |= {"annotator": ANNOTATOR[i], "is_flipped": i in FLIPPED, "domain": "toy",
+                "chosen_score": float(i), "rejected_score": -float(i)}
+        rows.append(row)
+    return rows
+
+
+def write_input(folder: Path, fmt: str, conversational: bool = False) -> Path:
+    rows = input_rows(conversational)
+    path = folder / f"pairs{fmt}"
+    if fmt == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif fmt == ".parquet":
+        pl.DataFrame(rows).write_parquet(path)
+    else:
+        pl.DataFrame(rows).write_csv(path)
+    return path
+
+
+def write_cache(folder: Path, source: Path) -> Path:
+    """A complete score cache of `source`, in two parts, as `repo score` writes it."""
+    read = read_pairs(source)
+    n = read.table.height
+    scored = pl.DataFrame({
+        "prompt_ids": [[2, 7, 8]] * n, "chosen_ids": [[9, 3]] * n, "rejected_ids": [[10, 3]] * n,
+        "ref_chosen_logps": np.linspace(-5, -4, n), "ref_rejected_logps": np.linspace(-6, -5, n),
+        "chosen_len": [2] * n, "rejected_len": [2] * n, "truncated": [False] * n,
+    }, schema_overrides={k: v for k, v in schema.SCORE_COLUMNS.items() if k not in ("row_id", "pair_id", "annotator")})
+    df = pl.concat([read.table.select("row_id", "pair_id", "annotator"), scored,
+                    read.table.drop("row_id", "pair_id", "annotator")], how="horizontal")
+    key = schema.make_key(ref_model="tiny", weights_sha="w", tokenizer_sha="t", chat_template_sha="c",
+                          max_length=64, max_prompt_length=32, dtype="float32", backend="hf",
+                          backend_version="0", dataset_sha=read.dataset_sha)
+    manifest = schema.open_cache(folder, key, {"num_parts": 2, "num_rows": n}, overwrite=False)
+    schema.write_part(folder, manifest, 0, df.head(n // 2), [])
+    schema.write_part(folder, manifest, 1, df.tail(n - n // 2), [])
+    schema.finish_cache(folder, manifest, [])
+    return folder
+
+
+def write_run(folder: Path, scores: Path, epochs: int = 2, robust: bool = True) -> Path:
+    """config.json, posteriors and annotators per epoch (z grows towards margins()), eta_steps."""
+    folder.mkdir(parents=True)
+    run_folder.write_json({"scores": str(scores), "robust": robust, "epochs": epochs}, folder / run_folder.CONFIG)
+    cached, _ = schema.read_scores(scores)
+    steps = []
+    for epoch in range(1, epochs + 1):
+        z = margins() * epoch / epochs
+        w = weights(z)
+        posteriors = pl.DataFrame({
+            "row_id": cached["row_id"], "pair_id": cached["pair_id"], "annotator": cached["annotator"],
+            "z": z, "p": 1 / (1 + np.exp(-z)), "w": w, "flagged": w < 0.5, "epoch": [epoch] * N})
+        run_folder.write_parquet(posteriors, run_folder.epoch_file(folder, run_folder.POSTERIORS, epoch))
+        eta = {name: 0.9 + (ETA[name] - 0.9) * epoch / epochs for name in ETA}
+        annotators = posteriors.group_by("annotator").agg(
+            labels=pl.len(), w_mean=pl.col("w").mean(), flagged=pl.col("flagged").sum()
+        ).with_columns(eta=pl.col("annotator").replace_strict(eta), epoch=pl.lit(epoch))
+        run_folder.write_parquet(annotators.select("annotator", "eta", "labels", "w_mean", "flagged", "epoch"),
+                                 run_folder.epoch_file(folder, run_folder.ANNOTATORS, epoch))
+        for s in range(5):
+            step = (epoch - 1) * 5 + s + 1
+            for name in ETA:
+                steps.append({"step": step, "epoch": epoch, "event": "step", "annotator": name,
+                              "eta": 0.9 + (ETA[name] - 0.9) * step / (5 * epochs)})
+    run_folder.write_parquet(pl.DataFrame(steps), folder / run_folder.ETA_STEPS)
+    return folder
+
+
+@pytest.fixture
+def setup(tmp_path):
+    """(input path, cache, run) for the plain JSON Lines input."""
+    source = write_input(tmp_path, ".jsonl")
+    scores = write_cache(tmp_path / "scores", source)
+    return source, scores, write_run(tmp_path / "run", scores)
+
+
+def flagged_rows(threshold=0.5) -> set[int]:
+    return {i for i, w in enumerate(weights(margins())) if w < threshold}
+
+
+# ---- the stage --------------------------------------------------------------------------------------------
+
+def test_report_table_and_suspicious_pairs(setup, tmp_path, capsys):
+    _, _, run_dir = setup
+    out_dir = run(InspectConfig(run=run_dir, out_dir=tmp_path / "inspect", show=3))
+    printed = capsys.readouterr().out
+    assert printed == (out_dir / "report.txt").read_text()
+    lines = printed.splitlines()
+    expected_flags = flagged_rows()
+    assert f"{N} pairs, {len(expected_flags)} flagged (w < 0.5)" in lines[0]
+    # the least reliable annotator first, with its counts
+    table = [line.split() for line in lines[2:5]]
+    w = weights(margins())
+    assert table[0][0] == "annotator"
+    for row, name in zip(table[1:], ["sloppy", "careful"]):
+        rows = [i for i in range(N) if ANNOTATOR[i] == name]
+        assert row[:5] == [name, "20", f"{ETA[name]:.3f}", f"{w[rows].mean():.3f}",
+                           str(len(expected_flags & set(rows)))]
+        assert float(row[5]) == pytest.approx(1 - len(FLIPPED & set(rows)) / 20, abs=1e-3)  # accuracy
+    # the three lowest w, with excerpts of the right texts
+    lowest = np.argsort(w)[:3]
+    blocks = [line for line in lines if line.lstrip()[:2] in ("1.", "2.", "3.")]
+    assert [f"row_id {i}" in block for i, block in zip(lowest, blocks)] == [True] * 3
+    assert f"w {w[lowest[0]]:.4f}" in blocks[0] and "FLAGGED" in blocks[0]
+    rows = input_rows()
+    assert f"prompt:   {rows[lowest[0]]['prompt']}" in printed
+    assert f"rejected: {rows[lowest[0]]['rejected']}" in printed
+
+
+def test_truth_metrics_equal_independent_counts(setup, tmp_path):
+    _, _, run_dir = setup
+    summary = json.loads((run(InspectConfig(run=run_dir, out_dir=tmp_path / "i")) / "summary.json").read_text())
+    w = weights(margins())
+    flags = flagged_rows()
+    tp, fp, fn = len(flags & FLIPPED), len(flags - FLIPPED), len(FLIPPED - flags)
+    wins = sum((1 - w[i] > 1 - w[j]) + 0.5 * (w[i] == w[j]) for i in FLIPPED for j in set(range(N)) - FLIPPED)
+    truth = summary["truth"]
+    assert truth["column"] == "is_flipped" and truth["noisy"] == len(FLIPPED)
+    assert (truth["true_positives"], truth["false_positives"], truth["false_negatives"]) == (tp, fp, fn)
+    assert truth["precision"] == pytest.approx(tp / (tp + fp))
+    assert truth["recall"] == pytest.approx(tp / (tp + fn))
+    assert truth["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert truth["roc_auc"] == pytest.approx(wins / (len(FLIPPED) * (N - len(FLIPPED))))
+    by_name = {a["annotator"]: a for a in summary["annotators"]}
+    assert by_name["careful"]["accuracy"] == pytest.approx(0.9) and by_name["sloppy"]["accuracy"] == 0.6
+    assert by_name["sloppy"]["eta_abs_error"] == pytest.approx(0.1)
+    assert truth["eta_abs_error_mean"] == pytest.approx((0.05 + 0.1) / 2)
+    assert [a["annotator"] for a in summary["annotators"]] == ["sloppy", "careful"]
+    assert summary["epoch"] == 2 and summary["epochs"] == [1, 2] and summary["flagged"] == len(flags)
+
+
+def test_top_k_and_epoch(setup, tmp_path):
+    _, _, run_dir = setup
+    summary = json.loads((run(InspectConfig(run=run_dir, out_dir=tmp_path / "i", top_k=4, epoch=1,
+                                            truth_col="is_flipped")) / "summary.json").read_text())
+    w1 = weights(margins() / 2)
+    assert summary["epoch"] == 1 and summary["flag_rule"] == {"top_k": 4} and summary["flagged"] == 4
+    expected = set(np.argsort(w1)[:4].tolist())
+    assert {p["row_id"] for p in summary["suspicious"][:4]} == expected
+    assert summary["truth"]["true_positives"] == len(expected & FLIPPED)
+
+
+def test_without_truth_column_there_are_no_truth_metrics(tmp_path):
+    rows = [{k: v for k, v in r.items() if k != "is_flipped"} for r in input_rows()]
+    source = tmp_path / "plain.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_dir = write_run(tmp_path / "run", write_cache(tmp_path / "scores", source))
+    summary = json.loads((run(InspectConfig(run=run_dir, out_dir=tmp_path / "i")) / "summary.json").read_text())
+    assert summary["truth"] is None and "accuracy" not in summary["annotators"][0]
+
+
+@pytest.mark.parametrize("fmt", [".jsonl", ".csv", ".parquet"])
+def test_dump_holds_flagged_pairs_with_every_column(setup, tmp_path, fmt):
+    _, _, run_dir = setup
+    out = tmp_path / f"flagged{fmt}"
+    run(InspectConfig(run=run_dir, out_dir=tmp_path / "i", out=out))
+    dump = {".jsonl": pl.read_ndjson, ".csv": pl.read_csv, ".parquet": pl.read_parquet}[fmt](out)
+    assert set(dump["row_id"]) == flagged_rows()
+    assert dump["w"].is_sorted()
+    for name in ["pair_id", "annotator", "z", "w", "prompt", "chosen", "rejected", "is_flipped", "domain",
+                 "chosen_score", "ref_chosen_logps"]:
+        assert name in dump.columns, name
+    assert "chosen_ids" not in dump.columns
+    by_row = {r["row_id"]: r for r in dump.iter_rows(named=True)}
+    rows = input_rows()
+    for i, got in by_row.items():
+        assert (got["chosen"], got["is_flipped"]) == (rows[i]["chosen"], rows[i]["is_flipped"])
+
+
+def test_csv_dump_json_encodes_nested_values(tmp_path):
+    rows = [r | {"tags": ["x", str(i)]} for i, r in enumerate(input_rows())]
+    source = tmp_path / "tagged.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_dir = write_run(tmp_path / "run", write_cache(tmp_path / "scores", source))
+    run(InspectConfig(run=run_dir, out_dir=tmp_path / "i", out=tmp_path / "f.csv"))
+    dump = pl.read_csv(tmp_path / "f.csv")
+    assert {json.dumps(["x", str(i)]) for i in flagged_rows()} == set(dump["tags"])
+
+
+@pytest.mark.parametrize("fmt,conversational", [(".jsonl", False), (".csv", False), (".parquet", False),
+                                                (".jsonl", True), (".parquet", True)])
+@pytest.mark.parametrize("action", ["drop", "flip"])
+def test_export_clean_is_readable_and_changes_the_flagged_rows(tmp_path, fmt, conversational, action):
+    source = write_input(tmp_path, fmt, conversational)
+    run_dir = write_run(tmp_path / "run", write_cache(tmp_path / "scores", source))
+    clean_path = tmp_path / f"clean{fmt}"
+    run(InspectConfig(run=run_dir, out_dir=tmp_path / "i", export_clean=clean_path, action=CleanAction(action),
+                      data=str(source)))
+    before, after = read_pairs(source), read_pairs(clean_path)  # what `repo score` reads
+    assert after.conversational == conversational and not after.rejects
+    flags = flagged_rows()
+    old = list(zip(pair_values(before.table), before.table["is_flipped"].to_list()))
+    new = list(zip(pair_values(after.table), after.table["is_flipped"].to_list()))
+    if fmt == ".csv":  # CSV may read every column as text
+        old = [(v, str(t).lower() == "true") for v, t in old]
+        new = [(v, str(t).lower() == "true") for v, t in new]
+    if action == "drop":
+        assert new == [row for i, row in enumerate(old) if i not in flags]
+        assert after.table["pair_id"].to_list() == [p for i, p in enumerate(before.table["pair_id"]) if i not in flags]
+    else:
+        expected = [((p, r, c), not t) if i in flags else ((p, c, r), t) for i, ((p, c, r), t) in enumerate(old)]
+        assert new == expected
+        scores = after.table.select("chosen_score", "rejected_score").rows()
+        raw = [(float(i), -float(i)) for i in range(N)]
+        expected_scores = [(b, a) if i in flags else (a, b) for i, (a, b) in enumerate(raw)]
+        assert [(float(a), float(b)) for a, b in scores] == expected_scores  # per-response columns follow
+        if fmt == ".jsonl" and not conversational:  # the flip fixed the wrong labels it caught
+            assert sum(t for _, t in new) == len(FLIPPED ^ (flags & FLIPPED)) + len(flags - FLIPPED)
+
+
+def test_plots_open_and_are_not_blank(setup, tmp_path):
+    _, _, run_dir = setup
+    summary = json.loads((run(InspectConfig(run=run_dir, out_dir=tmp_path / "i", plots=tmp_path / "plots"))
+                          / "summary.json").read_text())
+    paths = [Path(p) for p in summary["outputs"]["plots"]]
+    assert sorted(p.name for p in paths) == ["eta_steps.png", "w_flagged.png", "w_hist.png"]
+    for path in paths:
+        pixels = np.asarray(Image.open(path).convert("L"), dtype=np.float64)
+        assert pixels.shape[0] > 100 and pixels.var() > 0, path
+
+
+# ---- errors -----------------------------------------------------------------------------------------------
+
+def test_run_without_posteriors_says_what_to_run(tmp_path):
+    source = write_input(tmp_path, ".jsonl")
+    scores = write_cache(tmp_path / "scores", source)
+    for robust, hint in [(False, "repo train --robust"), (True, "first epoch")]:
+        folder = tmp_path / f"run-{robust}"
+        folder.mkdir()
+        run_folder.write_json({"scores": str(scores), "robust": robust}, folder / run_folder.CONFIG)
+        with pytest.raises(FileNotFoundError, match=hint):
+            run(InspectConfig(run=folder, out_dir=tmp_path / "i"))
+    with pytest.raises(FileNotFoundError, match="repo train --robust"):
+        run(InspectConfig(run=tmp_path / "nothing", out_dir=tmp_path / "i"))
+
+
+def test_unknown_truth_column_lists_the_columns(setup, tmp_path):
+    with pytest.raises(ValueError, match="'truth' is not in the data; the columns are: .*is_flipped.*domain"):
+        run(InspectConfig(run=setup[2], out_dir=tmp_path / "i", truth_col="truth"))
+
+
+def test_bad_truth_values_and_epoch_and_cache(setup, tmp_path):
+    source, scores, run_dir = setup
+    with pytest.raises(ValueError, match="truth column 'domain': row_id 0 holds 'toy'; expected true/false"):
+        run(InspectConfig(run=run_dir, out_dir=tmp_path / "i", truth_col="domain"))
+    with pytest.raises(ValueError, match="'chosen_score' has type Float64"):
+        run(InspectConfig(run=run_dir, out_dir=tmp_path / "i", truth_col="chosen_score"))
+    with pytest.raises(ValueError, match=r"no posteriors for epoch 7; epochs written: \[1, 2\]"):
+        run(InspectConfig(run=run_dir, out_dir=tmp_path / "i", epoch=7))
+    half = tmp_path / "half.jsonl"
+    half.write_text("".join(source.read_text().splitlines(keepends=True)[:10]))
+    with pytest.raises(ValueError, match="share 10 row_ids"):
+        run(InspectConfig(run=run_dir, out_dir=tmp_path / "i", scores=write_cache(tmp_path / "s2", half)))
+    with pytest.raises(ValueError, match="not the dataset the run's score cache was made from"):
+        run(InspectConfig(run=run_dir, out_dir=tmp_path / "i", export_clean=tmp_path / "c.jsonl", data=str(half)))
+
+
+def test_config_checks():
+    with pytest.raises(ValueError, match="threshold"):
+        InspectConfig(run=Path("r"), out_dir=Path("o"), threshold=0.0)
+    with pytest.raises(ValueError, match="top_k"):
+        InspectConfig(run=Path("r"), out_dir=Path("o"), top_k=0)
+    with pytest.raises(ValueError, match="unknown table format"):
+        InspectConfig(run=Path("r"), out_dir=Path("o"), out=Path("x.txt"))
+    with pytest.raises(ValueError, match="needs the input dataset"):
+        InspectConfig(run=Path("r"), out_dir=Path("o"), export_clean=Path("x.jsonl"))
+
+
+# ---- the command line -------------------------------------------------------------------------------------
+
+def test_cli_every_option(setup, tmp_path, monkeypatch):
+    source, scores, run_dir = setup
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, [
+        "inspect-noise", str(run_dir), "--out-dir", "insp", "--epoch", "1", "--top-k", "5", "--show", "2",
+        "--scores", str(scores), "--truth-col", "is_flipped", "--out", "f.parquet", "--export-clean", "c.jsonl",
+        "--action", "flip", "--data", str(source), "--plots", "plots"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "insp" / "summary.json").read_text())
+    assert summary["epoch"] == 1 and summary["flag_rule"] == {"top_k": 5} and len(summary["suspicious"]) == 2
+    assert pl.read_parquet(tmp_path / "f.parquet").height == 5
+    assert read_pairs(tmp_path / "c.jsonl").table.height == N
+    assert len(list((tmp_path / "plots").glob("*.png"))) == 3
+    assert "the 2 most suspicious pairs" in result.output
+
+
+def test_cli_defaults_come_from_the_project(tmp_path, monkeypatch):
+    """No flags: the run under <workspace>/train, output to <workspace>/inspect, [inspect] threshold."""
+    source = write_input(tmp_path, ".jsonl")
+    scores = write_cache(tmp_path / "ws" / "scores", source)
+    write_run(tmp_path / "ws" / "train", scores)
+    (tmp_path / "repo.toml").write_text(
+        f'workspace = "ws"\n[data]\npath = "{source.name}"\n[models]\nref = "x"\n[inspect]\nthreshold = 0.3\n')
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["inspect-noise", "--export-clean", "clean.jsonl"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "ws" / "inspect" / "summary.json").read_text())
+    assert summary["flag_rule"] == {"threshold": 0.3} and summary["flagged"] == len(flagged_rows(0.3))
+    assert read_pairs(tmp_path / "clean.jsonl").table.height == N - len(flagged_rows(0.3))
+    result = runner.invoke(app, ["inspect-noise", "--threshold", "0.6"])  # a flag beats the file
+    assert json.loads((tmp_path / "ws" / "inspect" / "summary.json").read_text())["flag_rule"] == {"threshold": 0.6}
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--truth-col", "nope"], "columns are:"),
+    (["--epoch", "9"], "epochs written"),
+    (["--threshold", "0"], "threshold must lie in"),
+    (["--out", "x.txt"], "unknown table format"),
+    (["--action", "burn"], "burn"),
+])
+def test_cli_errors(setup, tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["inspect-noise", str(setup[2]), *args])
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_cli_run_without_posteriors(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "run"
+    folder.mkdir()
+    run_folder.write_json({"scores": "s", "robust": False}, folder / run_folder.CONFIG)
+    result = runner.invoke(app, ["inspect-noise", str(folder)])
+    assert result.exit_code == 2 and "repo train --robust" in result.output
+    result = runner.invoke(app, ["inspect-noise"])  # the default run folder does not exist
+    assert result.exit_code == 2 and "not a run folder" in result.output
+
+
+def test_cli_parameters_match_config():
+    import dataclasses
+    import inspect as pyinspect
+
+    from cli import inspect_noise_cmd
+    params = set(pyinspect.signature(inspect_noise_cmd).parameters) - {"run_dir"}
+    fields = {f.name for f in dataclasses.fields(InspectConfig)} - {"run", "columns"}
+    assert params == fields
+
+
+def test_columns_default_is_the_readers():
+    assert InspectConfig(run=Path("r"), out_dir=Path("o")).columns == Columns()

@@ -78,10 +78,11 @@ class InspectConfig:
 
 
 def run(cfg: InspectConfig) -> Path:
-    run_config = read_run_config(cfg.run)
-    epoch = pick_epoch(cfg.run, cfg.epoch, run_config)
-    scores_dir = cfg.scores or Path(run_config["scores"])
-    pairs, cache_key = join_scores(run_folder.read_epoch(cfg.run, run_folder.POSTERIORS, epoch), scores_dir)
+    record = read_run_record(cfg.run)
+    epoch = pick_epoch(cfg.run, cfg.epoch, record["config"])
+    scores_dir = cfg.scores or Path(record["config"]["scores"])
+    posteriors = run_folder.read_epoch(cfg.run, run_folder.POSTERIORS, epoch)
+    pairs, cache_key = join_scores(posteriors, scores_dir, record.get("cache_key"))
     pairs = pairs.with_columns(flagged=flags(pairs["w"], cfg.threshold, cfg.top_k)).sort("w", "row_id")
     truth_col = resolve_truth_col(cfg.truth_col, pairs)
     noisy = truth_values(pairs, truth_col) if truth_col else None
@@ -117,7 +118,8 @@ def run(cfg: InspectConfig) -> Path:
 
 # ---- reading the run --------------------------------------------------------------------------------------
 
-def read_run_config(run: Path) -> dict:
+def read_run_record(run: Path) -> dict:
+    """config.json of a run: {"config": the TrainConfig's fields, "num_processes", "cache_key"}."""
     path = Path(run) / run_folder.CONFIG
     if not path.exists():
         raise FileNotFoundError(
@@ -144,9 +146,12 @@ def pick_epoch(run: Path, epoch: int | None, run_config: dict) -> int:
     return epoch
 
 
-def join_scores(posteriors: pl.DataFrame, scores_dir: Path) -> tuple[pl.DataFrame, dict]:
-    """The posteriors with the cached pair texts and input columns, one row per row_id; and the cache key."""
-    cached, key = schema.read_scores(scores_dir)
+def join_scores(posteriors: pl.DataFrame, scores_dir: Path, run_key: dict | None) -> tuple[pl.DataFrame, dict]:
+    """The posteriors with the cached pair texts and input columns, one row per row_id; and the cache key.
+
+    run_key: the key of the cache the run was trained on; another cache is refused, showing both keys.
+    """
+    cached, key = schema.read_scores(scores_dir, expect=run_key)
     cached = cached.drop("pair_id", "annotator")  # the posteriors carry both
     joined = posteriors.join(cached, on="row_id", how="inner")
     if joined.height != posteriors.height or joined.height != cached.height:

@@ -44,6 +44,7 @@ def eta_over_steps(eta_steps: pl.DataFrame, eta_epochs: pl.DataFrame, path: Path
     each epoch file's η as a dot at the epoch's last step.
     """
     fig, ax = _figure()
+    eta_steps, eta_epochs = (t.with_columns(pl.col("epoch").cast(pl.Int64)) for t in (eta_steps, eta_epochs))
     last = eta_epochs.filter(pl.col("epoch") == eta_epochs["epoch"].max()).sort("eta")
     shown = last["annotator"].head(MAX_LINES).to_list()
     epoch_end = eta_steps.group_by("epoch").agg(pl.col("step").max().alias("end_step"))

@@ -96,23 +96,32 @@ def write_cache(folder: Path, source: Path) -> Path:
     return folder
 
 
-def write_run(folder: Path, scores: Path, epochs: int = 2, robust: bool = True) -> Path:
+def write_record(folder: Path, scores: Path, robust: bool = True, epochs: int = 2, with_key: bool = True) -> None:
+    """config.json as `repo train` writes it (the TrainConfig under "config", the cache key)."""
+    key = schema.read_scores(scores)[1] if with_key else None
+    record = {"config": {"scores": str(scores), "out_dir": str(folder), "robust": robust, "epochs": epochs},
+              "num_processes": 1, "cache_key": key}
+    run_folder.write_json(record, folder / run_folder.CONFIG)
+
+
+def write_run(folder: Path, scores: Path, epochs: int = 2, with_key: bool = True) -> Path:
     """config.json, posteriors and annotators per epoch (z grows towards margins()), eta_steps."""
     folder.mkdir(parents=True)
-    run_folder.write_json({"scores": str(scores), "robust": robust, "epochs": epochs}, folder / run_folder.CONFIG)
+    write_record(folder, scores, epochs=epochs, with_key=with_key)
     cached, _ = schema.read_scores(scores)
-    steps = []
+    steps = [{"step": 0, "epoch": 1, "event": "init", "annotator": name, "eta": 0.9} for name in ETA]
     for epoch in range(1, epochs + 1):
         z = margins() * epoch / epochs
         w = weights(z)
         posteriors = pl.DataFrame({
             "row_id": cached["row_id"], "pair_id": cached["pair_id"], "annotator": cached["annotator"],
-            "z": z, "p": 1 / (1 + np.exp(-z)), "w": w, "flagged": w < 0.5, "epoch": [epoch] * N})
+            "z": z, "p": 1 / (1 + np.exp(-z)), "w": w, "flagged": w < 0.5, "epoch": [epoch] * N},
+            schema_overrides={"epoch": pl.Int32})
         run_folder.write_parquet(posteriors, run_folder.epoch_file(folder, run_folder.POSTERIORS, epoch))
         eta = {name: 0.9 + (ETA[name] - 0.9) * epoch / epochs for name in ETA}
         annotators = posteriors.group_by("annotator").agg(
             labels=pl.len(), w_mean=pl.col("w").mean(), flagged=pl.col("flagged").sum()
-        ).with_columns(eta=pl.col("annotator").replace_strict(eta), epoch=pl.lit(epoch))
+        ).with_columns(eta=pl.col("annotator").replace_strict(eta), epoch=pl.lit(epoch, pl.Int32))
         run_folder.write_parquet(annotators.select("annotator", "eta", "labels", "w_mean", "flagged", "epoch"),
                                  run_folder.epoch_file(folder, run_folder.ANNOTATORS, epoch))
         for s in range(5):
@@ -285,7 +294,7 @@ def test_run_without_posteriors_says_what_to_run(tmp_path):
     for robust, hint in [(False, "repo train --robust"), (True, "first epoch")]:
         folder = tmp_path / f"run-{robust}"
         folder.mkdir()
-        run_folder.write_json({"scores": str(scores), "robust": robust}, folder / run_folder.CONFIG)
+        write_record(folder, scores, robust=robust)
         with pytest.raises(FileNotFoundError, match=hint):
             run(InspectConfig(run=folder, out_dir=tmp_path / "i"))
     with pytest.raises(FileNotFoundError, match="repo train --robust"):
@@ -307,8 +316,12 @@ def test_bad_truth_values_and_epoch_and_cache(setup, tmp_path):
         run(InspectConfig(run=run_dir, out_dir=tmp_path / "i", epoch=7))
     half = tmp_path / "half.jsonl"
     half.write_text("".join(source.read_text().splitlines(keepends=True)[:10]))
+    other = write_cache(tmp_path / "s2", half)
+    with pytest.raises(ValueError, match="(?s)does not match.*differing fields: dataset_sha"):
+        run(InspectConfig(run=run_dir, out_dir=tmp_path / "i", scores=other))
+    keyless = write_run(tmp_path / "keyless", scores, with_key=False)  # a record without the cache key
     with pytest.raises(ValueError, match="share 10 row_ids"):
-        run(InspectConfig(run=run_dir, out_dir=tmp_path / "i", scores=write_cache(tmp_path / "s2", half)))
+        run(InspectConfig(run=keyless, out_dir=tmp_path / "i", scores=other))
     with pytest.raises(ValueError, match="not the dataset the run's score cache was made from"):
         run(InspectConfig(run=run_dir, out_dir=tmp_path / "i", export_clean=tmp_path / "c.jsonl", data=str(half)))
 
@@ -376,7 +389,7 @@ def test_cli_run_without_posteriors(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     folder = tmp_path / "run"
     folder.mkdir()
-    run_folder.write_json({"scores": "s", "robust": False}, folder / run_folder.CONFIG)
+    run_folder.write_json({"config": {"scores": "s", "robust": False}}, folder / run_folder.CONFIG)
     result = runner.invoke(app, ["inspect-noise", str(folder)])
     assert result.exit_code == 2 and "repo train --robust" in result.output
     result = runner.invoke(app, ["inspect-noise"])  # the default run folder does not exist

@@ -408,3 +408,58 @@ def test_cli_parameters_match_config():
 
 def test_columns_default_is_the_readers():
     assert InspectConfig(run=Path("r"), out_dir=Path("o")).columns == Columns()
+
+
+# ---- end to end -------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def one_thread():
+    """One BLAS thread: the machine is shared."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_score_train_inspect_then_rescore_the_export(tiny_llama, tmp_path, monkeypatch, one_thread):
+    """The real stages: `repo score` → `repo train --robust` (2 epochs) → `repo inspect-noise`, and the
+    cleaned export is scored again by `repo score`: the flagged rows come back with their log-probs swapped."""
+    from stages.score import ScoreConfig
+    from stages.score import run as score
+    from stages.train import TrainConfig
+    from stages.train import run as train
+
+    words = "the cat sat on a mat dog ran sun sky".split()
+    rows = [{"prompt": f"tell me about the {words[i % 10]}", "chosen": " ".join(words[: i % 6 + 1]),
+             "rejected": " ".join(words[::-1][: i % 4 + 1]), "annotator": ["alice", "bob"][i % 2],
+             "is_flipped": i % 5 == 0} for i in range(16)]
+    source = tmp_path / "pairs.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    scores = score(ScoreConfig(data=str(source), model=str(tiny_llama), out=tmp_path / "scores", device="cpu",
+                               max_length=64, max_prompt_length=32))
+    run_dir = train(TrainConfig(scores=scores, out_dir=tmp_path / "run", robust=True, epochs=2, batch_size=4,
+                                lr=1e-2, warmup_ratio=0.0, device="cpu"))
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["inspect-noise", str(run_dir), "--out-dir", "insp", "--top-k", "4",
+                                 "--out", "flagged.csv", "--export-clean", "clean.jsonl", "--action", "flip",
+                                 "--data", str(source), "--plots", "plots"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "insp" / "summary.json").read_text())
+    assert summary["epoch"] == 2 and summary["pairs"] == 16 and summary["flagged"] == 4
+    assert summary["truth"]["column"] == "is_flipped" and summary["truth"]["noisy"] == 4
+    posteriors = pl.read_parquet(run_dir / "posteriors" / "epoch-0002.parquet")
+    lowest = set(posteriors.sort("w")["row_id"].head(4).to_list())
+    assert set(pl.read_csv(tmp_path / "flagged.csv")["row_id"]) == lowest
+    rescored, _ = schema.read_scores(score(ScoreConfig(data=str(tmp_path / "clean.jsonl"), model=str(tiny_llama),
+                                                       out=tmp_path / "scores2", device="cpu", max_length=64,
+                                                       max_prompt_length=32)))
+    first, _ = schema.read_scores(scores)
+    swapped = first.select("row_id", chosen="rejected", rejected="chosen", ref_chosen_logps="ref_rejected_logps")
+    kept = first.select("row_id", "chosen", "rejected", "ref_chosen_logps")
+    expected = pl.concat([swapped.filter(pl.col("row_id").is_in(lowest)),
+                          kept.filter(~pl.col("row_id").is_in(lowest))]).sort("row_id")
+    got = rescored.select("row_id", "chosen", "rejected", "ref_chosen_logps")
+    assert got.drop("ref_chosen_logps").equals(expected.drop("ref_chosen_logps"))
+    assert np.allclose(got["ref_chosen_logps"], expected["ref_chosen_logps"], atol=1e-4)

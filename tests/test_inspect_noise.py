@@ -495,3 +495,14 @@ def test_score_train_inspect_then_rescore_the_export(tiny_llama, tmp_path, monke
     got = rescored.select("row_id", "chosen", "rejected", "ref_chosen_logps")
     assert got.drop("ref_chosen_logps").equals(expected.drop("ref_chosen_logps"))
     assert np.allclose(got["ref_chosen_logps"], expected["ref_chosen_logps"], atol=1e-4)
+
+
+def test_nothing_flagged_still_writes_every_output(setup, tmp_path):
+    source, _, run_dir = setup
+    summary = json.loads((run(InspectConfig(
+        run=run_dir, out_dir=tmp_path / "i", threshold=1e-6, out=tmp_path / "f.csv", plots=tmp_path / "plots",
+        export_clean=tmp_path / "c.jsonl", action=CleanAction.flip, data=str(source))) / "summary.json").read_text())
+    assert summary["flagged"] == 0 and summary["truth"]["precision"] is None and summary["truth"]["recall"] == 0
+    assert pl.read_csv(tmp_path / "f.csv").height == 0
+    assert read_pairs(tmp_path / "c.jsonl").table.drop("row_id").equals(read_pairs(source).table.drop("row_id"))
+    assert len(summary["outputs"]["plots"]) == 3

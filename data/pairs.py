@@ -106,7 +106,9 @@ class PairsRead:
     def locate(self, error: BadRowError, row_id: int) -> BadRowError:
         """The same error naming file, position and row_id (a row failing after reading: tokenizing)."""
         shard = next(s for s in self.shards if s.first_row_id <= row_id < s.first_row_id + s.num_rows)
-        return BadRowError(error.reason, error.field, shard.file, row_id, shard.position(row_id))
+        input_names = dict(zip(TEXT_COLUMNS, (self.columns.prompt, self.columns.chosen, self.columns.rejected)))
+        field = input_names.get(error.field, error.field)  # "chosen" is the user's "good" column, say so
+        return BadRowError(error.reason, field, shard.file, row_id, shard.position(row_id))
 
 
 def pair_values(table: pl.DataFrame) -> list[tuple[PairValue, PairValue, PairValue]]:

@@ -49,6 +49,8 @@ def tokenize_pair(tokenizer, prompt: PairValue, chosen: PairValue, rejected: Pai
         room = max(max_length - len(prompt_ids), 0)
         truncated = truncated or any(len(ids) > room for ids in responses)
         responses = [ids[:room] for ids in responses]
+    if not prompt_ids:  # nothing precedes the response: its first token would have no log-prob
+        raise BadRowError("empty prompt: no token precedes the response (the tokenizer adds no BOS)", "prompt")
     for ids, name in zip(responses, ("chosen", "rejected")):
         if not ids:
             raise BadRowError(f"empty response after truncation (prompt {len(prompt_ids)} tokens, "

@@ -61,6 +61,8 @@ def test_given_pair_id_and_annotator_columns(tmp_path):
     assert read.table.row(0, named=True) == {"row_id": 0, "pair_id": "p1", "annotator": "7",
                                              "prompt": "hello", "chosen": "world", "rejected": "no",
                                              "pair_id_note": "x"}
+    located = read.locate(BadRowError("empty response after truncation", "chosen"), 0)
+    assert located.field == "good"  # errors found later (tokenizing) name the user's column too
     auto = read_pairs(write_jsonl(tmp_path / "a.jsonl", [{**PLAIN_ROWS[0], "pair_id": 12}]))
     assert auto.table["pair_id"][0] == "12" and auto.columns.pair_id == "pair_id"
 

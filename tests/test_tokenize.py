@@ -104,6 +104,16 @@ def test_empty_response_is_a_bad_row(tokenizer, prompt, chosen, rejected, field)
         tokenize_pair(tokenizer, prompt, chosen, rejected)
 
 
+def test_empty_prompt_needs_a_bos(tokenizer):
+    """An empty prompt is fine where the tokenizer adds BOS; without one the response's first token has
+    nothing before it to be scored from."""
+    assert tokenize_pair(tokenizer, "", "yes", "no").prompt_ids == [BOS]
+    no_bos = build_word_tokenizer()
+    no_bos.backend_tokenizer.post_processor = processors.TemplateProcessing(single="$A", special_tokens=[])
+    with pytest.raises(BadRowError, match="field 'prompt': empty prompt: no token precedes the response"):
+        tokenize_pair(no_bos, "", "yes", "no")
+
+
 def test_mixed_value_kinds_are_a_bad_row(tokenizer):
     with pytest.raises(BadRowError, match="all strings or all message lists"):
         tokenize_pair(tokenizer, "hello", [msg("assistant", "yes")], [msg("assistant", "no")])

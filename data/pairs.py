@@ -131,6 +131,8 @@ def read_pairs(source: str | Path, columns: Columns = Columns(),
     string_columns = {columns.prompt, columns.chosen, columns.rejected, columns.annotator or "annotator",
                       columns.pair_id or "pair_id"}  # CSV: read as text even where they look like numbers
     source_text = str(source)
+    if source_text.startswith("hf:/") and not source_text.startswith("hf://"):  # Path("hf://x") is "hf:/x"
+        source_text = "hf://" + source_text.removeprefix("hf:/")
     raws = ([_read_hf(source_text, string_columns)] if source_text.startswith("hf://")
             else [_read_file(path, string_columns) for path in _files(source)])
     raws = [raw for raw in raws if raw.num_rows]  # an empty shard has no rows and may lack the columns

@@ -1,5 +1,6 @@
 """data/pairs.py: every format and layout gives one normalized table; bad input names file, row, field."""
 import json
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -270,6 +271,8 @@ def test_hf_path_with_hub_offline_says_so(monkeypatch):
     with pytest.raises(DataError, match="hf://datasets/owner/name: hf:// paths are read from the Hugging "
                                         "Face Hub, but HF_HUB_OFFLINE is set"):
         read_pairs("hf://datasets/owner/name")
+    with pytest.raises(DataError, match="^hf://datasets/owner/name: hf:// paths"):
+        read_pairs(Path("hf://datasets/owner/name"))  # a Path keeps one slash of "//"
 
 
 def test_hf_path_unreachable_says_so(monkeypatch):

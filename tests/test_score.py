@@ -1,11 +1,22 @@
 """Stage one with the hf backend: the log-prob reduction, the cache, resumption and bad input."""
+import json
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import WORDS, build_word_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from data import schema
 from pipeline.logprobs import pack, response_logps
+from stages.score import ScoreConfig, length_batches, run
 
 
 def peaky_llama(seed: int = 0) -> LlamaForCausalLM:
@@ -88,3 +99,235 @@ def test_lm_head_runs_only_on_positions_that_predict_response_tokens():
     with torch.no_grad():
         response_logps(model, pack(prompts, responses, pad_id=0))
     assert rows == [sum(len(r) for r in responses)]
+
+
+# --- stage one end to end (hf backend) -----------------------------------------------------------------
+
+
+
+@pytest.fixture(scope="module")
+def peaky_model_dir(tmp_path_factory) -> Path:
+    """peaky_llama and the word tokenizer saved as a model folder."""
+    path = tmp_path_factory.mktemp("peaky_llama")
+    tokenizer = build_word_tokenizer()
+    model = peaky_llama()
+    model.config.bos_token_id, model.config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def sentence(rng: random.Random, low: int, high: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randrange(low, high)))
+
+
+def write_pairs(path: Path, count: int, seed: int = 0) -> Path:
+    """JSON Lines pairs of random words; every 5th row repeats the row before with another annotator and
+    every 7th swaps it, so pairs are shared between rows (scored once, stored per row)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(count):
+        row = {"prompt": sentence(rng, 1, 11), "chosen": sentence(rng, 1, 10), "rejected": sentence(rng, 1, 10),
+               "annotator": f"a{i % 3}", "truth": i % 2 == 0}
+        if i % 5 == 4:
+            row = {**rows[-1], "annotator": "again"}
+        if i % 7 == 6:
+            row = {**rows[-1], "chosen": rows[-1]["rejected"], "rejected": rows[-1]["chosen"], "truth": False}
+        rows.append(row)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def score_config(data: Path, model: Path, out: Path, **overrides) -> ScoreConfig:
+    return ScoreConfig(data=str(data), model=str(model), out=out, max_length=24, max_prompt_length=8,
+                       part_size=16, batch_tokens=256, device="cpu", **overrides)
+
+
+def test_hf_scores_match_float64_brute_force_per_row(peaky_model_dir, tmp_path):
+    data = write_pairs(tmp_path / "pairs.jsonl", 40)
+    run(score_config(data, peaky_model_dir, tmp_path / "scores"))
+    df, key = schema.read_scores(tmp_path / "scores", expect={"ref_model": str(peaky_model_dir), "max_length": 24})
+    assert df["row_id"].to_list() == list(range(40))
+    assert key["backend"] == "hf" and key["dtype"] == "float32"
+    # Carried columns survive, the original texts included.
+    source = [json.loads(line) for line in data.read_text().splitlines()]
+    assert df["truth"].to_list() == [r["truth"] for r in source]
+    assert df["chosen"].to_list() == [r["chosen"] for r in source]
+    model = LlamaForCausalLM.from_pretrained(peaky_model_dir)
+    tokenizer = build_word_tokenizer()
+    for row in df.iter_rows(named=True):
+        assert row["truncated"] or row["prompt_ids"][0] == tokenizer.bos_token_id
+        assert row["chosen_ids"][-1] == tokenizer.eos_token_id
+        assert len(row["prompt_ids"]) + max(row["chosen_len"], row["rejected_len"]) <= 24
+        for side in ("chosen", "rejected"):
+            expected = brute_force_logps(model, row["prompt_ids"], row[f"{side}_ids"])
+            assert row[f"ref_{side}_logps"] == pytest.approx(expected, rel=1e-5, abs=1e-5)
+            assert row[f"{side}_len"] == len(row[f"{side}_ids"])
+    assert df["truncated"].any()  # max_prompt_length 8 cuts some of these prompts
+
+
+def test_length_batches_respect_budget_and_sort():
+    lengths = [5, 40, 7, 40, 12, 3, 30, 8]
+    batches = length_batches(lengths, batch_tokens=100)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) == 1 or 2 * len(batch) * max(lengths[i] for i in batch) <= 100
+    flat = [lengths[i] for b in batches for i in b]
+    assert flat == sorted(lengths, reverse=True)
+
+
+# --- resumption --------------------------------------------------------------------------------------------
+
+KILLABLE_SCORER = """
+import sys, time
+from pathlib import Path
+from data import schema
+from stages import score
+
+write_part = schema.write_part
+def slow_write_part(*args, **kwargs):  # slow enough to be killed between any two parts
+    time.sleep(0.3)
+    write_part(*args, **kwargs)
+schema.write_part = slow_write_part
+score.run(score.ScoreConfig(data=sys.argv[1], model=sys.argv[2], out=Path(sys.argv[3]), max_length=24,
+                            max_prompt_length=8, part_size=16, batch_tokens=256, device="cpu"))
+"""
+
+
+def test_sigkill_mid_run_then_rerun_gives_every_row_once_with_the_same_values(peaky_model_dir, tmp_path):
+    data = write_pairs(tmp_path / "pairs.jsonl", 100)
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", KILLABLE_SCORER, str(data), str(peaky_model_dir), str(out)],
+                            env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        manifest = out / schema.MANIFEST
+        if manifest.exists() and json.loads(manifest.read_text())["parts"]:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    interrupted = json.loads((out / schema.MANIFEST).read_text())
+    assert 1 <= len(interrupted["parts"]) < 7 and not interrupted["complete"]
+    with pytest.raises(schema.CacheError, match="incomplete"):
+        schema.read_scores(out)
+
+    run(score_config(data, peaky_model_dir, out))
+    resumed, _ = schema.read_scores(out)
+    run(score_config(data, peaky_model_dir, tmp_path / "straight"))
+    straight, _ = schema.read_scores(tmp_path / "straight")
+    assert resumed["row_id"].to_list() == list(range(100))
+    assert resumed.equals(straight)
+
+
+def test_part_written_but_not_in_manifest_is_redone_once(peaky_model_dir, tmp_path):
+    """A kill between a part's rename and the manifest update leaves an unlisted part (and maybe a .tmp)."""
+    data = write_pairs(tmp_path / "pairs.jsonl", 40)
+    out = tmp_path / "scores"
+    run(score_config(data, peaky_model_dir, out))
+    before, _ = schema.read_scores(out)
+    manifest = json.loads((out / schema.MANIFEST).read_text())
+    del manifest["parts"][schema.part_name(1)]
+    manifest["complete"] = False
+    (out / schema.MANIFEST).write_text(json.dumps(manifest))
+    (out / (schema.part_name(2) + ".tmp")).write_bytes(b"half a file")
+    run(score_config(data, peaky_model_dir, out))
+    after, _ = schema.read_scores(out)
+    assert after.equals(before)
+
+
+def test_rerun_with_other_options_is_refused_showing_both_keys_and_overwrite_starts_over(peaky_model_dir, tmp_path):
+    data = write_pairs(tmp_path / "pairs.jsonl", 20)
+    out = tmp_path / "scores"
+    run(score_config(data, peaky_model_dir, out))
+    with pytest.raises(schema.CacheError, match=r"--overwrite[\s\S]*max_length[\s\S]*\"max_length\": 24"
+                       r"[\s\S]*\"max_length\": 20"):
+        run(ScoreConfig(**{**score_config(data, peaky_model_dir, out).__dict__, "max_length": 20}))
+    run(ScoreConfig(**{**score_config(data, peaky_model_dir, out).__dict__, "max_length": 20, "overwrite": True}))
+    _, key = schema.read_scores(out)
+    assert key["max_length"] == 20
+
+
+def test_read_scores_refuses_a_key_mismatch_showing_both(peaky_model_dir, tmp_path):
+    data = write_pairs(tmp_path / "pairs.jsonl", 10)
+    run(score_config(data, peaky_model_dir, tmp_path / "scores"))
+    with pytest.raises(schema.CacheError, match=r"differing fields: ref_model[\s\S]*cache key:.*peaky_llama"
+                       r"[\s\S]*expected key: .*other-model"):
+        schema.read_scores(tmp_path / "scores", expect={"ref_model": "other-model", "max_length": 24})
+    footer = pq.read_schema(tmp_path / "scores" / schema.part_name(0)).metadata[schema.KEY_METADATA.encode()]
+    assert json.loads(footer) == schema.read_scores(tmp_path / "scores")[1]
+
+
+# --- bad input ------------------------------------------------------------------------------------------------
+
+
+def test_unknown_model_path_is_named(tmp_path):
+    data = write_pairs(tmp_path / "pairs.jsonl", 3)
+    with pytest.raises(FileNotFoundError, match=r"unknown model '.*no-such-model'.*no such folder"):
+        run(score_config(data, tmp_path / "no-such-model", tmp_path / "scores"))
+
+
+GOOD_ROW = '{"prompt": "hello", "chosen": "yes", "rejected": "no"}'
+
+
+@pytest.mark.parametrize("lines,message", [
+    (['{"prompt": "hello", "rejected": "no"}'] * 2, r"column.*'chosen'"),
+    ([GOOD_ROW, '{"prompt": "hello", "rejected": "no"}'], r"line 2 \(row_id 1\), field 'chosen': missing"),
+    ([GOOD_ROW, '{"prompt": "hello", "chosen": 3, "rejected": "no"}'], r"line 2 \(row_id 1\), field 'chosen'"),
+    ([GOOD_ROW, '{"prompt": "hello", "chosen": "yes", "rejected": "no"'], r"line 2 \(row_id 1\).*malformed JSON"),
+    ([GOOD_ROW, '{"prompt": "hello", "chosen": "", "rejected": "no"}'], r"line 2 \(row_id 1\), field 'chosen'.*empty"),
+])
+def test_bad_rows_are_named_by_file_line_and_field(peaky_model_dir, tmp_path, lines, message):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"pairs\.jsonl.*" + message):
+        run(score_config(data, peaky_model_dir, tmp_path / "scores"))
+
+
+def test_truncation_keeps_prompt_end_and_response_start(peaky_model_dir, tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    long_prompt = " ".join(["the cat sat on the mat"] * 5)
+    data.write_text(GOOD_ROW + "\n" + json.dumps({"prompt": long_prompt, "chosen": "yes", "rejected": "no"}) + "\n")
+    # max_length 9 leaves one token after a full 8-token prompt: the response keeps its first token only.
+    run(ScoreConfig(data=str(data), model=str(peaky_model_dir), out=tmp_path / "scores", max_length=9,
+                    max_prompt_length=8, device="cpu"))
+    df, _ = schema.read_scores(tmp_path / "scores")
+    assert df["truncated"].to_list() == [False, True] and df["chosen_len"].to_list() == [2, 1]
+    assert df["prompt_ids"].list.len().to_list() == [2, 8]
+
+
+def test_rows_failing_tokenization_are_an_error_or_a_skip_kept_across_reruns(peaky_model_dir, tmp_path,
+                                                                             monkeypatch):
+    from data import pairs, tokenize
+
+    tokenize_pair = tokenize.tokenize_pair
+
+    def refusing(tokenizer, prompt, chosen, rejected, *limits):
+        if chosen == "bad":
+            raise pairs.BadRowError("empty response after truncation", "chosen")
+        return tokenize_pair(tokenizer, prompt, chosen, rejected, *limits)
+
+    monkeypatch.setattr(tokenize, "tokenize_pair", refusing)
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join([GOOD_ROW, GOOD_ROW.replace('"yes"', '"bad"'), GOOD_ROW]) + "\n")
+    with pytest.raises(ValueError, match=r"pairs\.jsonl line 2 \(row_id 1\), field 'chosen'.*empty response"):
+        run(score_config(data, peaky_model_dir, tmp_path / "strict"))
+    config = score_config(data, peaky_model_dir, tmp_path / "lenient", on_bad_row="skip")
+    for _ in range(2):  # the second run finds the cache complete and must still list the reject
+        run(config)
+        df, _ = schema.read_scores(tmp_path / "lenient")
+        assert df["row_id"].to_list() == [0, 2]
+        (reject,) = schema.read_rejects(tmp_path / "lenient")
+        assert reject["row_id"] == 1 and reject["field"] == "chosen" and reject["position"] == "line 2"
+        assert reject["file"].endswith("pairs.jsonl") and "empty response" in reject["reason"]
+
+
+def test_skipped_input_rows_go_to_the_rejects_file_and_the_summary(peaky_model_dir, tmp_path, capsys):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join([GOOD_ROW, '{"prompt": "hello", "chosen": 3, "rejected": "no"}', GOOD_ROW]) + "\n")
+    run(score_config(data, peaky_model_dir, tmp_path / "scores", on_bad_row="skip"))
+    assert schema.read_scores(tmp_path / "scores")[0]["row_id"].to_list() == [0, 2]
+    assert [r["row_id"] for r in schema.read_rejects(tmp_path / "scores")] == [1]
+    summary = capsys.readouterr().err
+    assert "3 rows read, 2 scored, 1 skipped" in summary and "skipped 1: chosen:" in summary

@@ -1,0 +1,203 @@
+"""The score cache: the ONLY code that reads or writes it.
+
+A cache is a folder written by `repo score` and read by `repo train` / `repo inspect-noise`:
+    manifest.json        cache key, how the input rows are split into parts, the finished parts
+                         (with the rows each rejected), and whether the whole cache is complete
+    part-NNNNN.parquet   scored rows of part NNNNN (SCORE_COLUMNS + carried input columns); the cache
+                         key is also in each file's footer metadata
+    rejects.jsonl        rows skipped with --on-bad-row skip: row_id, file, field, reason
+Every file is written to a temporary name in the same folder and then renamed (os.replace), and the
+manifest lists a part only after its file is in place: a scorer killed at any moment leaves either a
+finished part or none, never half of one, and a rerun redoes only unlisted parts.
+"""
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = 1
+# Everything that can change a stored log-prob (or the token ids): a cache is reused only if all agree.
+CACHE_KEY_FIELDS = (
+    "schema_version",
+    "ref_model",  # the model path or id as given
+    "weights_sha",  # sha256 over the model folder's weight files
+    "tokenizer_sha",
+    "chat_template_sha",
+    "max_length",
+    "max_prompt_length",
+    "dtype",
+    "backend",  # hf | vllm
+    "backend_version",  # transformers or vllm version
+    "dataset_sha",
+)
+SCORE_COLUMNS = pl.Schema(
+    {
+        "row_id": pl.Int64,  # 0-based index of the input row over the whole source
+        "pair_id": pl.String,
+        "annotator": pl.String,
+        "prompt_ids": pl.List(pl.Int32),  # tokens exactly as scored: stage two never re-tokenizes
+        "chosen_ids": pl.List(pl.Int32),
+        "rejected_ids": pl.List(pl.Int32),
+        "ref_chosen_logps": pl.Float64,  # Σ log π_ref over the response tokens
+        "ref_rejected_logps": pl.Float64,
+        "chosen_len": pl.Int32,  # response tokens in those sums (EOS included)
+        "rejected_len": pl.Int32,
+        "truncated": pl.Boolean,  # the prompt or a response was cut to fit the max lengths
+    }
+)
+MANIFEST = "manifest.json"
+REJECTS = "rejects.jsonl"
+KEY_METADATA = "re_po.cache_key"  # Parquet footer entry holding the JSON cache key
+
+
+class CacheError(ValueError):
+    """A missing, incomplete, foreign or stale score cache; the message says which and shows the keys."""
+
+
+@dataclass
+class Manifest:
+    key: dict
+    layout: dict  # how the writer split its input into parts (part_size, num_parts, num_rows, ...)
+    parts: dict[str, dict] = field(default_factory=dict)  # finished part -> {"rows", "truncated", "rejects"}
+    complete: bool = False
+
+
+def part_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def make_key(**fields: object) -> dict:
+    """The cache key, checked to have exactly CACHE_KEY_FIELDS (schema_version filled in)."""
+    key = {"schema_version": SCHEMA_VERSION, **fields}
+    if set(key) != set(CACHE_KEY_FIELDS):
+        missing, extra = set(CACHE_KEY_FIELDS) - set(key), set(key) - set(CACHE_KEY_FIELDS)
+        raise ValueError(f"cache key fields wrong: missing {sorted(missing)}, unknown {sorted(extra)}")
+    return {name: key[name] for name in CACHE_KEY_FIELDS}
+
+
+def open_cache(folder: Path, key: dict, layout: dict, overwrite: bool) -> Manifest:
+    """Start a cache in `folder`, or resume the one there if it was made with the same key and layout.
+
+    overwrite: delete an existing cache first. A cache with another key or layout is refused otherwise.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        for path in [folder / MANIFEST, folder / REJECTS, *folder.glob("part-*.parquet*")]:
+            path.unlink(missing_ok=True)
+    existing = _read_manifest(folder)
+    if existing is None:
+        manifest = Manifest(key=key, layout=layout)
+        write_manifest(folder, manifest)
+        return manifest
+    if _differing(existing.key, key) or existing.layout != layout:
+        raise CacheError(
+            f"{folder} holds a score cache made with other options; pass --overwrite to replace it, "
+            f"or another --out.\n{_show_keys(existing.key, key, 'expected')}"
+            + (f"\n  cache layout:    {existing.layout}\n  expected layout: {layout}"
+               if existing.layout != layout else "")
+        )
+    return existing
+
+
+def write_part(folder: Path, manifest: Manifest, index: int, df: pl.DataFrame, rejects: list[dict]) -> None:
+    """Write part `index` atomically, then record it (with the rows it rejected) in the manifest."""
+    wrong = {n: (df.schema.get(n), dtype) for n, dtype in SCORE_COLUMNS.items() if df.schema.get(n) != dtype}
+    if wrong:
+        raise ValueError(f"score part columns wrong (found, expected): {wrong}")
+    table = df.to_arrow()
+    metadata = {**(table.schema.metadata or {}), KEY_METADATA.encode(): json.dumps(manifest.key).encode()}
+    name = part_name(index)
+    _atomic_write(folder / name, lambda tmp: pq.write_table(table.replace_schema_metadata(metadata), tmp))
+    manifest.parts[name] = {"rows": df.height, "truncated": int(df["truncated"].sum()), "rejects": rejects}
+    write_manifest(folder, manifest)
+
+
+def finish_cache(folder: Path, manifest: Manifest, rejects: list[dict]) -> None:
+    """Write the rejects file (all rows skipped, sorted by row_id) and mark the cache complete."""
+    lines = "".join(json.dumps(r) + "\n" for r in sorted(rejects, key=lambda r: r["row_id"]))
+    _atomic_write(folder / REJECTS, lambda tmp: tmp.write_text(lines))
+    manifest.complete = True
+    write_manifest(folder, manifest)
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> None:
+    text = json.dumps(asdict(manifest), indent=1)
+    _atomic_write(folder / MANIFEST, lambda tmp: tmp.write_text(text))
+
+
+def read_scores(folder: str | Path, expect: dict | None = None) -> tuple[pl.DataFrame, dict]:
+    """All scored rows of a complete cache, sorted by row_id, and its cache key.
+
+    expect: key fields the caller relies on (e.g. ref_model, max_length); any difference is refused,
+    showing both keys. Values are compared as strings, so a Path and its str agree.
+    """
+    folder = Path(folder)
+    manifest = _read_manifest(folder)
+    if manifest is None:
+        raise CacheError(f"no score cache in {folder} ({MANIFEST} missing); run `repo score` first")
+    if not manifest.complete:
+        total = manifest.layout.get("num_parts", "?")
+        raise CacheError(
+            f"score cache {folder} is incomplete ({len(manifest.parts)} of {total} parts); "
+            "rerun `repo score` with the same options to finish it"
+        )
+    if expect is not None:
+        unknown = set(expect) - set(CACHE_KEY_FIELDS)
+        if unknown:
+            raise ValueError(f"read_scores: unknown cache key fields {sorted(unknown)}")
+        if _differing(manifest.key, expect):
+            raise CacheError(f"score cache {folder} does not match.\n{_show_keys(manifest.key, expect, 'expected')}")
+    frames = []
+    for name in sorted(manifest.parts):
+        footer = pq.read_schema(folder / name).metadata or {}
+        part_key = json.loads(footer.get(KEY_METADATA.encode(), b"null"))
+        if part_key != manifest.key:
+            raise CacheError(f"{folder / name} belongs to another cache.\n{_show_keys(part_key or {}, manifest.key, 'manifest')}")
+        frames.append(pl.read_parquet(folder / name))
+    df = pl.concat(frames, how="vertical") if frames else _empty_scores()
+    return df.sort("row_id"), manifest.key
+
+
+def read_rejects(folder: str | Path) -> list[dict]:
+    path = Path(folder) / REJECTS
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _empty_scores() -> pl.DataFrame:
+    return pl.DataFrame(schema=SCORE_COLUMNS)
+
+
+def _read_manifest(folder: Path) -> Manifest | None:
+    path = folder / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        return Manifest(**json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as err:
+        raise CacheError(f"{path} is not a re-po score manifest: {err}") from err
+
+
+def _differing(found: dict, expected: dict) -> list[str]:
+    return [name for name in expected if str(found.get(name)) != str(expected[name])]
+
+
+def _show_keys(found: dict, expected: dict, label: str) -> str:
+    diff = _differing(found, expected)
+    return (
+        f"  differing fields: {', '.join(diff)}\n"
+        f"  cache key:    {json.dumps(found, sort_keys=True)}\n"
+        f"  {label} key: {json.dumps(expected, sort_keys=True)}"
+    )
+
+
+def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """write(tmp) into the same folder, flush it to disk, then rename over `path`."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)

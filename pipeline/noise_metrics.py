@@ -89,3 +89,17 @@ def _bools(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
     if len({a.shape for a in out}) > 1:
         raise ValueError(f"arrays must have the same shape, got {[a.shape for a in out]}")
     return out
+
+
+def order_accuracy(margins: np.ndarray, label_wrong: np.ndarray) -> float:
+    """Share of pairs whose true order the sign of `margins` (N,) reproduces; a zero margin counts ½.
+
+    margins > 0 prefers the observed chosen response; `label_wrong` (N,) bool is True where the true
+    order is the reverse (a benchmark's `is_flipped`).
+    """
+    margins = np.asarray(margins, dtype=np.float64)
+    (label_wrong,) = _bools(label_wrong)
+    if margins.shape != label_wrong.shape or margins.size == 0:
+        raise ValueError(f"need margins and labels of one non-empty shape, got {margins.shape}, {label_wrong.shape}")
+    agrees = np.where(label_wrong, -margins, margins)
+    return float(np.mean((agrees > 0) + 0.5 * (agrees == 0)))

@@ -79,3 +79,13 @@ def test_annotator_accuracy_per_annotator_loop():
     annotator = np.array(["a", "b", "a", "c", "b", "a"])
     noisy = np.array([False, True, True, False, False, False])
     assert nm.annotator_accuracy(annotator, noisy) == {"a": pytest.approx(2 / 3), "b": 0.5, "c": 1.0}
+
+
+def test_order_accuracy_counts_agreeing_signs_and_ties_as_half():
+    margins = np.array([2.0, -1.0, 0.0, 3.0, -0.5])
+    wrong = np.array([False, True, False, True, False])
+    # per pair: right, right (reversed truth, negative margin), tie ½, wrong, wrong -> 2.5 / 5
+    assert nm.order_accuracy(margins, wrong) == 0.5
+    assert nm.order_accuracy(np.ones(4), np.zeros(4, bool)) == 1.0
+    with pytest.raises(ValueError):
+        nm.order_accuracy(np.ones(3), np.zeros(2, bool))

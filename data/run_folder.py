@@ -1,0 +1,81 @@
+"""The run folder of `repo train`: where each output lives, and atomic writers and readers for them.
+
+Layout (brief/contract.md):
+    config.json                      the TrainConfig, the process count and the cache key of the run
+    metrics.jsonl                    one JSON object per optimizer step (TRL's metric names + repo/*)
+    eta_steps.parquet                step, epoch, event, annotator, eta: η after every change
+    posteriors/epoch-000K.parquet    row_id, pair_id, annotator, z, p, w, flagged, epoch[, first_visit_z]
+    annotators/epoch-000K.parquet    annotator, eta, labels, w_mean, flagged, epoch
+    checkpoints/step-NNNNNNNN/       training state (stages/checkpoint.py)
+    final/                           the trained policy (save_pretrained) and its tokenizer
+Every file is written under a temporary name in its folder and renamed into place (os.replace).
+"""
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+ETA_STEPS = "eta_steps.parquet"
+POSTERIORS = "posteriors"
+ANNOTATORS = "annotators"
+CHECKPOINTS = "checkpoints"
+FINAL = "final"
+
+
+def epoch_file(run: Path, kind: str, epoch: int) -> Path:
+    """run/<kind>/epoch-000K.parquet, kind = POSTERIORS or ANNOTATORS."""
+    return Path(run) / kind / f"epoch-{epoch:04d}.parquet"
+
+
+def epochs_written(run: Path, kind: str) -> list[int]:
+    """The epochs with a <kind> file, ascending."""
+    return sorted(int(path.stem.split("-")[1]) for path in (Path(run) / kind).glob("epoch-*.parquet"))
+
+
+def read_epoch(run: Path, kind: str, epoch: int | None = None) -> pl.DataFrame:
+    """The <kind> table of `epoch` (default: the last one written)."""
+    written = epochs_written(run, kind)
+    if not written:
+        raise FileNotFoundError(f"{Path(run) / kind}: no epoch files; was the run trained with --robust?")
+    return pl.read_parquet(epoch_file(run, kind, written[-1] if epoch is None else epoch))
+
+
+def write_parquet(frame: pl.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, frame.write_parquet)
+
+
+def write_json(obj: object, path: Path) -> None:
+    text = json.dumps(obj, indent=1, default=str)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """write(tmp) into the same folder, flush it to disk, then rename over `path`."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class MetricsLog:
+    """metrics.jsonl, appended one line per step. Opening it for a resumed run drops the lines past the checkpoint."""
+
+    def __init__(self, path: Path, resume_step: int | None = None) -> None:
+        self.path = path
+        if resume_step is not None and path.exists():
+            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
+            atomic_write(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)))
+        self.handle = open(path, "a")
+
+    def write(self, record: dict) -> None:
+        self.handle.write(json.dumps(record) + "\n")
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()

@@ -1,0 +1,552 @@
+"""Stage two, `repo train`: train the policy on the score cache with DPO, IPO, SimPO, CPO (plain or RE-PO
+`--robust`), or the cDPO / rDPO baselines. The reference model is never loaded.
+
+Reads   the score cache (data/schema.read_scores): token ids and reference log-probs of every pair, refused if
+        its tokenizer or chat template differs from the policy's; the policy and its tokenizer.
+Writes  the run folder (data/run_folder.py): config.json, metrics.jsonl (+ tensorboard/ when installed),
+        eta_steps.parquet, posteriors/ and annotators/ per epoch (--robust), checkpoints/, final/.
+
+One optimizer step (Algorithm 1): for each micro-batch, one forward of chosen and rejected together → induced
+logit z → E-step w = σ(z.detach() + logit η) with the η in force → loss → backward; then clip, optimizer and
+scheduler step, and the η EMA (Eq. 7) on the (Σw, count) of the whole global batch. Between epochs a no-grad
+pass re-estimates every pair's posterior and persists it (method.md §7.5).
+
+Several processes: `accelerate launch [--num_processes N] .venv/bin/repo train ...` (DDP; also multi-node).
+Each process runs its own share of every step (pipeline/batching.py deals rows out explicitly, so no pair is
+padded in twice); per-pair results are gathered, so every process computes the same η. FSDP:
+`accelerate launch --use_fsdp --fsdp_sharding_strategy FULL_SHARD --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP
+--fsdp_state_dict_type FULL_STATE_DICT ...` (or the same keys in an `accelerate config` file); checkpoints
+go through accelerate's save_state. DeepSpeed ZeRO-1/2 is expected to work through an accelerate config with
+`gradient_accumulation_steps: 1` and this command's --grad-accum, but is untested; only DDP is tested (CPU, gloo).
+"""
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, fields
+from enum import StrEnum
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from data import run_folder, schema, tokenize
+from pipeline import batching, em, logprobs, losses
+from pipeline.losses import LossKind, LossParams, PairLogps
+from stages import checkpoint
+from stages.checkpoint import TrainState
+
+
+class EtaUpdate(StrEnum):
+    """How η moves (method.md §7.5): per-step EMA (Alg. 1), one exact M-step between epochs, or both."""
+
+    ema = "ema"
+    epoch = "epoch"
+    both = "both"
+
+
+class RobustForm(StrEnum):
+    """The RE-PO loss: BCE on the induced logit (Eq. 5), or w·L(a≻b) + (1−w)·L(b≻a) (method.md §7.1)."""
+
+    induced = "induced"
+    weighted = "weighted"
+
+
+class Schedule(StrEnum):
+    cosine = "cosine"
+    linear = "linear"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    scores: Path  # score cache folder written by `repo score`
+    out_dir: Path  # run folder
+    policy: str | None = None  # starting policy, HF id or local folder; None: the cache's reference model
+    loss: LossKind = LossKind.dpo
+    robust: bool = False  # RE-PO: learn per-annotator η and re-weight pairs by their posterior w
+    beta: float | None = None  # None: losses.DEFAULT_BETA[loss]
+    gamma: float = 0.5  # SimPO target margin γ
+    cpo_alpha: float = 1.0  # CPO NLL weight α
+    ipo_summed: bool = False  # IPO on summed instead of per-token mean log-ratios
+    label_smoothing: float = 0.0  # cDPO ε
+    flip_rate: float = 0.0  # rDPO ε
+    eta0: float = 0.9  # initial reliability of every annotator, in (½, 1]
+    eta_alpha: float = 0.1  # EMA rate α_η of Eq. 7; 0 freezes η
+    eta_update: EtaUpdate = EtaUpdate.ema
+    robust_form: RobustForm = RobustForm.induced
+    flag_threshold: float = 0.5  # a pair is flagged as a likely wrong label when w < this
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    epochs: int = 1
+    max_steps: int = 0  # stop after this many optimizer steps (0: no limit)
+    batch_size: int = 8  # pairs per micro-batch per process
+    grad_accum: int = 1  # micro-batches per optimizer step
+    warmup_ratio: float = 0.1  # share of the optimizer steps with a linear LR warmup
+    scheduler: Schedule = Schedule.cosine
+    max_grad_norm: float = 1.0  # 0: no clipping
+    bf16: bool = True  # bf16 autocast on CUDA (weights stay fp32); ignored on CPU
+    gradient_checkpointing: bool = False
+    lora: bool = False  # train LoRA adapters (needs the `peft` extra); final/ holds the merged model
+    lora_r: int = 16
+    lora_alpha: int = 32
+    seed: int = 0
+    save_every: int = 0  # checkpoint every N optimizer steps; always at each epoch end
+    resume: bool = False  # continue the run in out_dir from its last checkpoint
+    device: str = "auto"  # auto | cpu | cuda
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(message)
+
+        for name, kind in (("scores", Path), ("out_dir", Path), ("loss", LossKind), ("eta_update", EtaUpdate),
+                           ("robust_form", RobustForm), ("scheduler", Schedule)):
+            object.__setattr__(self, name, kind(getattr(self, name)))  # a CLI or test may pass plain strings
+        loss = self.loss
+        need(not self.robust or loss in losses.ROBUST_KINDS,
+             f"--robust wraps {sorted(losses.ROBUST_KINDS)}; {loss} is a baseline with its own noise model")
+        need(self.label_smoothing == 0 or loss is LossKind.cdpo, "--label-smoothing is cDPO's ε: use --loss cdpo")
+        need(self.flip_rate == 0 or loss is LossKind.rdpo, "--flip-rate is rDPO's ε: use --loss rdpo")
+        need(0.5 < self.eta0 <= 1, f"eta0 must be in (0.5, 1] (η = ½ gives zero gradient), got {self.eta0}")
+        need(0 <= self.eta_alpha <= 1, f"eta_alpha must be in [0, 1], got {self.eta_alpha}")
+        need(0 < self.flag_threshold < 1, f"flag_threshold must be in (0, 1), got {self.flag_threshold}")
+        need(self.lr > 0 and self.weight_decay >= 0 and self.max_grad_norm >= 0, "lr must be > 0; "
+             f"weight_decay, max_grad_norm >= 0 (got {self.lr}, {self.weight_decay}, {self.max_grad_norm})")
+        need(min(self.epochs, self.batch_size, self.grad_accum, self.lora_r) >= 1 and self.max_steps >= 0,
+             "epochs, batch_size, grad_accum, lora_r must be >= 1 and max_steps >= 0")
+        need(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        need(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device}")
+        self.loss_params()  # β > 0 and the ε ranges are checked there
+
+    def loss_params(self) -> LossParams:
+        return LossParams.for_kind(self.loss, self.beta, gamma=self.gamma, cpo_alpha=self.cpo_alpha,
+                                   ipo_summed=self.ipo_summed, label_smoothing=self.label_smoothing,
+                                   flip_rate=self.flip_rate)
+
+
+# Fields that may differ between a run and its --resume: they do not change what is trained.
+RESUMABLE_CHANGES = ("resume", "save_every", "device")
+ETA_QUANTILES = {"min": 0.0, "p10": 0.1, "p50": 0.5, "p90": 0.9, "max": 1.0}  # logged instead of η_k when K > 16
+RECORD = ("row", "loss", "z", "w", "logps_chosen", "logps_rejected", "rewards_chosen", "rewards_rejected")
+
+
+def run(cfg: TrainConfig) -> Path:
+    """Train; returns the run folder (cfg.out_dir), whose final/ holds the policy and tokenizer."""
+    accelerator = _accelerator(cfg)
+    set_seed(cfg.seed)
+    out, params, world = cfg.out_dir, cfg.loss_params(), accelerator.num_processes
+    pairs = Pairs.from_cache(cfg.scores, cfg.loss)
+    policy_name = cfg.policy or pairs.key["ref_model"]  # by default the policy starts as the reference
+    tokenizer = _load_tokenizer(policy_name, pairs.key, cfg.scores)
+    policy = _load_policy(policy_name, cfg)
+    pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
+
+    model = SequenceLogps(policy)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(pairs.num_pairs / (cfg.batch_size * cfg.grad_accum * world))
+    total_steps = min(cfg.max_steps or math.inf, steps_per_epoch * cfg.epochs)
+    scheduler = _scheduler(cfg, optimizer, total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    eta = em.init_eta(pairs.num_annotators, min(cfg.eta0, em.ETA_MAX))
+    state = TrainState(eta=eta, first_visit_z=torch.full((pairs.num_pairs,), math.nan, dtype=torch.float64))
+    accelerator.register_for_checkpointing(scheduler, state)
+    _start_run_folder(cfg, out, world, pairs.key, policy_name, accelerator)
+    if cfg.resume:
+        checkpoint.load(accelerator, checkpoint.latest(out / run_folder.CHECKPOINTS))
+    elif cfg.robust:
+        state.eta_history.append({"step": 0, "epoch": 1, "event": "init", "eta": state.eta})
+    log = Logger(out, accelerator, pairs.annotators, state.global_step if cfg.resume else None)
+    bar = tqdm(total=total_steps, initial=state.global_step, disable=not accelerator.is_main_process,
+               desc=f"train {cfg.loss}{' robust' if cfg.robust else ''}")
+
+    model.train()
+    while state.epoch <= cfg.epochs and state.global_step < total_steps:
+        plan = batching.plan_epoch(pairs.lengths, cfg.batch_size * cfg.grad_accum * world, cfg.seed, state.epoch)
+        while state.step_in_epoch < len(plan) and state.global_step < total_steps:
+            started, step_rows = time.perf_counter(), plan[state.step_in_epoch]
+            micro_batches = batching.split_step(step_rows, cfg.batch_size, world)
+            records = []
+            for i, shards in enumerate(micro_batches):
+                rows = shards[accelerator.process_index]
+                # A process without rows here still runs a forward (DDP syncs every backward), on a real row
+                # whose loss is multiplied by 0 and whose record is dropped.
+                run_rows, keep = (rows, 1.0) if rows else (step_rows[:1], 0.0)
+                last = i == len(micro_batches) - 1
+                with nullcontext() if last else accelerator.no_sync(model):
+                    logps = pairs.logps(model, run_rows, pad_id)
+                    if cfg.robust:  # Alg. 1: z → E-step with the η in force → robust loss
+                        z = losses.induced_logit(cfg.loss, logps, params)
+                        w = losses.posterior_weight(z, state.eta[pairs.annotator[run_rows]])
+                        per_pair = (losses.robust_loss(z, w) if cfg.robust_form == RobustForm.induced
+                                    else losses.weighted_loss(cfg.loss, logps, params, w))
+                    else:  # the base method's own loss, not w ≡ 1
+                        z = w = torch.full_like(logps.policy_chosen_logps, math.nan)
+                        per_pair = losses.base_loss(cfg.loss, logps, params)
+                    # The loss is the mean over the global batch (method.md §7.3); DDP averages over processes.
+                    accelerator.backward(per_pair.sum() * (keep * world / len(step_rows)))
+                records.append(_records(cfg, params, logps, per_pair, z, w, rows, cfg.batch_size))
+            batch = dict(zip(RECORD, accelerator.gather(torch.cat(records)).T))  # same on every process
+            valid = batch["row"] >= 0
+            batch = {name: values[valid] for name, values in batch.items()}
+            batch_rows = batch["row"].long()
+            _stop_if_not_finite(batch["loss"], batch_rows, pairs, state.global_step + 1)
+
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or math.inf)
+            learning_rate = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.global_step += 1
+            state.step_in_epoch += 1
+
+            if cfg.robust:
+                if state.epoch == 1:  # out-of-sample margins: before the policy trained on these pairs (§7.6)
+                    state.first_visit_z[batch_rows] = batch["z"]
+                if cfg.eta_update in (EtaUpdate.ema, EtaUpdate.both) and cfg.eta_alpha > 0:
+                    # Eq. 7 after the optimizer step, on the global batch's (Σw, count) (method.md §7.4)
+                    sums, counts = em.annotator_sums(batch["w"], pairs.annotator[batch_rows], pairs.num_annotators)
+                    state.eta = em.ema_update(state.eta, sums, counts, cfg.eta_alpha)
+                state.eta_history.append({"step": state.global_step, "epoch": state.epoch, "event": "step",
+                                          "eta": state.eta})
+            pairs_per_s = len(step_rows) / (time.perf_counter() - started)
+            log.step(state, batch, cfg, grad_norm=float(grad_norm), learning_rate=learning_rate,
+                     epoch=state.epoch - 1 + state.step_in_epoch / len(plan), pairs_per_s=pairs_per_s)
+            bar.update()
+            bar.set_postfix(loss=f"{float(batch['loss'].mean()):.4f}", pairs_s=f"{pairs_per_s:.1f}")
+            if cfg.save_every and state.global_step % cfg.save_every == 0 and state.step_in_epoch < len(plan):
+                _save_checkpoint(accelerator, out, state, log)
+
+        if cfg.robust:  # between epochs: re-estimate every posterior with the current policy (method.md §7.5)
+            _epoch_posteriors(cfg, params, accelerator, model, pairs, state, pad_id, log)
+        state.epoch, state.step_in_epoch = state.epoch + 1, 0
+        _save_checkpoint(accelerator, out, state, log)
+
+    bar.close()
+    log.close()
+    _save_final(accelerator, model, tokenizer, cfg, out)
+    return out
+
+
+class SequenceLogps(torch.nn.Module):
+    """The policy behind a forward that returns summed response log-probs (logprobs.response_logps).
+
+    response_logps calls the decoder and the LM head directly; wrapping the whole computation in one module
+    lets DDP/FSDP and autocast see it as the model's forward.
+    """
+
+    def __init__(self, policy: torch.nn.Module) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, input_ids, attention_mask, response_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        return logprobs.response_logps(self.policy, logprobs.Packed(input_ids, attention_mask, response_mask))
+
+
+@dataclass
+class Pairs:
+    """The score cache in memory; a row index is a position in the cache sorted by row_id."""
+
+    frame: pl.DataFrame  # row_id, pair_id, annotator
+    key: dict  # the cache key
+    annotators: list[str]  # sorted annotator ids; η_k belongs to annotators[k]
+    annotator: torch.Tensor  # (N,) long index into annotators
+    tokens: dict[str, tuple[np.ndarray, np.ndarray]]  # prompt|chosen|rejected -> (flat int32 ids, offsets)
+    ref_chosen_logps: torch.Tensor | None  # (N,) float64; None for reference-free losses
+    ref_rejected_logps: torch.Tensor | None
+    chosen_len: torch.Tensor  # (N,) long response token counts
+    rejected_len: torch.Tensor
+    lengths: list[int]  # prompt + the longer response, for length bucketing
+
+    @property
+    def num_pairs(self) -> int:
+        return self.frame.height
+
+    @property
+    def num_annotators(self) -> int:
+        return len(self.annotators)
+
+    @classmethod
+    def from_cache(cls, folder: Path, loss: LossKind) -> "Pairs":
+        """Read the cache; refuse it if `loss` needs reference log-probs that it lacks."""
+        df, key = schema.read_scores(folder)
+        if df.height == 0:
+            raise ValueError(f"score cache {folder} holds no pairs")
+        refs = None
+        if losses.needs_reference(loss):
+            missing = df.filter(pl.any_horizontal(pl.col(c).is_null() | pl.col(c).is_nan()
+                                                  for c in ("ref_chosen_logps", "ref_rejected_logps")))
+            if missing.height:
+                raise ValueError(f"loss {loss} needs reference log-probs, but score cache {folder} lacks them for "
+                                 f"{missing.height} rows (first row_id {missing['row_id'][0]}); rescore with "
+                                 "`repo score`, or use a reference-free loss (simpo, cpo)")
+            refs = tuple(torch.tensor(df[c].to_numpy(), dtype=torch.float64) for c in ("ref_chosen_logps", "ref_rejected_logps"))
+        annotators = sorted(df["annotator"].unique().to_list())
+        tokens = {}
+        for name in ("prompt", "chosen", "rejected"):
+            column = df[f"{name}_ids"]
+            offsets = np.zeros(df.height + 1, dtype=np.int64)
+            offsets[1:] = np.cumsum(column.list.len().to_numpy())
+            tokens[name] = (column.explode().to_numpy().astype(np.int32), offsets)
+        length = {name: np.diff(offsets) for name, (_, offsets) in tokens.items()}
+        return cls(
+            frame=df.select("row_id", "pair_id", "annotator"), key=key, annotators=annotators,
+            annotator=torch.tensor(df["annotator"].cast(pl.Enum(annotators)).to_physical().to_numpy(), dtype=torch.long),
+            tokens=tokens, ref_chosen_logps=refs[0] if refs else None, ref_rejected_logps=refs[1] if refs else None,
+            chosen_len=torch.tensor(df["chosen_len"].to_numpy(), dtype=torch.long),
+            rejected_len=torch.tensor(df["rejected_len"].to_numpy(), dtype=torch.long),
+            lengths=(length["prompt"] + np.maximum(length["chosen"], length["rejected"])).tolist(),
+        )
+
+    def ids(self, name: str, rows: list[int]) -> list[list[int]]:
+        flat, offsets = self.tokens[name]
+        return [flat[offsets[r] : offsets[r + 1]].tolist() for r in rows]
+
+    def logps(self, model: torch.nn.Module, rows: list[int], pad_id: int) -> PairLogps:
+        """Policy log-probs of `rows`: chosen and rejected in one concatenated forward, with the cached refs."""
+        prompts = self.ids("prompt", rows)
+        packed = logprobs.pack(prompts + prompts, self.ids("chosen", rows) + self.ids("rejected", rows), pad_id)
+        policy_logps, _ = model(packed.input_ids, packed.attention_mask, packed.response_mask)
+        chosen, rejected = policy_logps.split(len(rows))
+        device, index = chosen.device, torch.tensor(rows)
+        ref = None if self.ref_chosen_logps is None else (self.ref_chosen_logps[index].to(device),
+                                                          self.ref_rejected_logps[index].to(device))
+        return PairLogps(chosen, rejected, *(ref or (None, None)),
+                         self.chosen_len[index].to(device), self.rejected_len[index].to(device))
+
+
+def _records(cfg, params, logps, per_pair, z, w, rows, width) -> torch.Tensor:
+    """Per-pair results as (width, len(RECORD)) float64 rows; padding rows have row = −1 (dropped after gather)."""
+    rewards_chosen, rewards_rejected = losses.implicit_rewards(cfg.loss, logps, params)
+    values = [torch.tensor(rows, dtype=torch.float64), per_pair, z, w, logps.policy_chosen_logps,
+              logps.policy_rejected_logps, rewards_chosen, rewards_rejected]
+    out = torch.full((width, len(RECORD)), -1.0, dtype=torch.float64, device=per_pair.device)
+    if rows:
+        out[: len(rows)] = torch.stack([v.detach().to(out)[: len(rows)] for v in values], dim=1)
+    return out
+
+
+def _stop_if_not_finite(loss: torch.Tensor, rows: torch.Tensor, pairs: Pairs, step: int) -> None:
+    bad = rows[~torch.isfinite(loss)].tolist()
+    if bad:
+        ids = pairs.frame["pair_id"].gather(bad).to_list()
+        raise FloatingPointError(f"non-finite loss at optimizer step {step} for {len(bad)} pairs; pair ids: "
+                                 f"{ids[:20]}{' ...' if len(ids) > 20 else ''}; lower --lr, or check these pairs")
+
+
+@torch.no_grad()
+def _epoch_posteriors(cfg, params, accelerator, model, pairs, state, pad_id, log) -> None:
+    """No-grad pass over all pairs: fresh z and w = σ(z + logit η) with the η in force, written as Parquet.
+
+    `--eta-update epoch|both` then take ONE exact M-step (Eq. 6) on these w — never iterated to convergence:
+    on in-sample margins that drives every η to 1 (method.md §7.5).
+    """
+    model.eval()
+    order = sorted(range(pairs.num_pairs), key=lambda r: -pairs.lengths[r])
+    size, world, rank = 2 * cfg.batch_size, accelerator.num_processes, accelerator.process_index
+    batches = [order[i : i + size] for i in range(0, len(order), size)]
+    z_sum = torch.zeros(pairs.num_pairs, dtype=torch.float64, device=accelerator.device)
+    seen = torch.zeros_like(z_sum)
+    for i in range(rank, math.ceil(len(batches) / world) * world, world):  # same number of forwards everywhere
+        rows = batches[i] if i < len(batches) else batches[0]
+        z = losses.induced_logit(cfg.loss, pairs.logps(model, rows, pad_id), params)
+        if i < len(batches):
+            z_sum[rows] += z.double()
+            seen[rows] += 1
+    z, seen = accelerator.reduce(z_sum, "sum").cpu(), accelerator.reduce(seen, "sum").cpu()
+    if not bool((seen == 1).all()):
+        raise RuntimeError(f"posterior pass covered {int((seen == 0).sum())} pairs 0 times and "
+                           f"{int((seen > 1).sum())} more than once")
+    model.train()
+    eta_before = state.eta
+    w = losses.posterior_weight(z, eta_before[pairs.annotator])
+    sums, counts = em.annotator_sums(w, pairs.annotator, pairs.num_annotators)
+    if cfg.eta_update in (EtaUpdate.epoch, EtaUpdate.both):
+        state.eta = em.mstep(state.eta, sums, counts)
+        state.eta_history.append({"step": state.global_step, "epoch": state.epoch, "event": "epoch_pass",
+                                  "eta": state.eta})
+    log.epoch(state, pairs, z, w, sums, counts, cfg.flag_threshold)
+
+
+class Logger:
+    """metrics.jsonl (+ TensorBoard when importable) and the per-epoch Parquet files; writes on the main process."""
+
+    def __init__(self, out: Path, accelerator: Accelerator, annotators: list[str], resume_step: int | None):
+        self.out, self.annotators, self.main = out, annotators, accelerator.is_main_process
+        self.metrics = run_folder.MetricsLog(out / run_folder.METRICS, resume_step) if self.main else None
+        self.tensorboard = None
+        if self.main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tensorboard = SummaryWriter(str(out / "tensorboard"))
+            except ImportError:
+                pass
+
+    def step(self, state: TrainState, batch: dict, cfg: TrainConfig, **extra: float) -> None:
+        if not self.main:
+            return
+        mean = {name: float(values.mean()) for name, values in batch.items()}
+        record = {"step": state.global_step, **extra, "loss": mean["loss"],
+                  "rewards/chosen": mean["rewards_chosen"], "rewards/rejected": mean["rewards_rejected"],
+                  "rewards/margins": mean["rewards_chosen"] - mean["rewards_rejected"],
+                  "rewards/accuracies": float((batch["rewards_chosen"] > batch["rewards_rejected"]).double().mean()),
+                  "logps/chosen": mean["logps_chosen"], "logps/rejected": mean["logps_rejected"]}
+        if cfg.robust:
+            record["repo/w_mean"] = mean["w"]
+            record["repo/flagged_frac"] = float((batch["w"] < cfg.flag_threshold).double().mean())
+            record.update(self._eta_metrics(state.eta))
+        self.metrics.write(record)
+        if self.tensorboard is not None:
+            for name, value in record.items():
+                if name != "step":
+                    self.tensorboard.add_scalar(name, value, state.global_step)
+
+    def _eta_metrics(self, eta: torch.Tensor) -> dict[str, float]:
+        if len(self.annotators) <= 16:
+            return {f"repo/eta/{name}": float(value) for name, value in zip(self.annotators, eta)}
+        return {f"repo/eta_quantile/{name}": float(torch.quantile(eta, q)) for name, q in ETA_QUANTILES.items()}
+
+    def epoch(self, state, pairs, z, w, sums, counts, threshold) -> None:
+        if not self.main:
+            return
+        flagged = w < threshold
+        posteriors = pairs.frame.with_columns(z=z.numpy(), p=torch.sigmoid(z).numpy(), w=w.numpy(),
+                                              flagged=flagged.numpy(), epoch=pl.lit(state.epoch, pl.Int32))
+        if state.epoch == 1:
+            posteriors = posteriors.with_columns(first_visit_z=state.first_visit_z.numpy())
+        run_folder.write_parquet(posteriors, run_folder.epoch_file(self.out, run_folder.POSTERIORS, state.epoch))
+        annotators = pl.DataFrame({
+            "annotator": self.annotators, "eta": state.eta.numpy(), "labels": counts.long().numpy(),
+            "w_mean": (sums / counts).numpy(),
+            "flagged": torch.bincount(pairs.annotator[flagged], minlength=len(self.annotators)).numpy(),
+            "epoch": [state.epoch] * len(self.annotators)}, schema_overrides={"epoch": pl.Int32})
+        run_folder.write_parquet(annotators, run_folder.epoch_file(self.out, run_folder.ANNOTATORS, state.epoch))
+
+    def eta_steps(self, state: TrainState) -> None:
+        """eta_steps.parquet: one row per (η change, annotator)."""
+        history = state.eta_history
+        if not self.main or not history:
+            return
+        k = len(self.annotators)
+        frame = pl.DataFrame({
+            "step": np.repeat([h["step"] for h in history], k), "epoch": np.repeat([h["epoch"] for h in history], k),
+            "event": np.repeat([h["event"] for h in history], k), "annotator": self.annotators * len(history),
+            "eta": torch.stack([h["eta"] for h in history]).reshape(-1).numpy()})
+        run_folder.write_parquet(frame, self.out / run_folder.ETA_STEPS)
+
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def _save_checkpoint(accelerator: Accelerator, out: Path, state: TrainState, log: Logger) -> None:
+    log.eta_steps(state)  # the trajectory so far, beside the checkpoint that holds it
+    checkpoint.save(accelerator, out / run_folder.CHECKPOINTS, state.global_step)
+
+
+def _accelerator(cfg: TrainConfig) -> Accelerator:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda, but torch sees no CUDA device")
+    on_gpu = cfg.device != "cpu" and torch.cuda.is_available()
+    return Accelerator(cpu=cfg.device == "cpu", mixed_precision="bf16" if cfg.bf16 and on_gpu else "no")
+
+
+def _load_tokenizer(name: str, key: dict, scores: Path):
+    """The policy's tokenizer; refused if the cache was tokenized with another tokenizer or chat template."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except OSError as err:
+        raise FileNotFoundError(f"policy {name!r} is neither a model folder nor a model in the local Hugging Face "
+                                f"cache (the Hub is not reached): {err}") from err
+    policy_key = tokenize.tokenizer_fingerprint(tokenizer)
+    differing = [field for field, value in policy_key.items() if str(key.get(field)) != str(value)]
+    if differing:
+        shown = "\n".join(f"  {field}: cache {key.get(field)}, policy {policy_key[field]}" for field in differing)
+        raise schema.CacheError(f"score cache {scores} was tokenized with another tokenizer or chat template than "
+                                f"policy {name!r}; rescore with the policy's tokenizer.\n{shown}")
+    return tokenizer
+
+
+def _load_policy(name: str, cfg: TrainConfig) -> torch.nn.Module:
+    """The starting policy in fp32 (autocast gives bf16 on GPU), dropout off as TRL's disable_dropout does."""
+    from transformers import AutoModelForCausalLM
+
+    policy = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+    for module in policy.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    if cfg.gradient_checkpointing:
+        policy.config.use_cache = False
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora:
+        try:
+            import peft
+        except ImportError as err:
+            raise ImportError("--lora needs peft: pip install 're-po[peft]'") from err
+        policy = peft.get_peft_model(policy, peft.LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                                             target_modules="all-linear", task_type="CAUSAL_LM"))
+    return policy
+
+
+def _scheduler(cfg: TrainConfig, optimizer, total_steps: int):
+    from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+
+    make = get_cosine_schedule_with_warmup if cfg.scheduler is Schedule.cosine else get_linear_schedule_with_warmup
+    return make(optimizer, round(cfg.warmup_ratio * total_steps), total_steps)
+
+
+def _config_record(cfg: TrainConfig, world: int, key: dict, policy: str) -> dict:
+    config = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in RESUMABLE_CHANGES}
+    return json.loads(json.dumps({"config": {**config, "policy": policy}, "num_processes": world, "cache_key": key},
+                                 default=str))
+
+
+def _start_run_folder(cfg, out, world, key, policy, accelerator) -> None:
+    """Write config.json for a new run; for --resume, check the run folder holds a checkpoint of this run."""
+    record, path = _config_record(cfg, world, key, policy), out / run_folder.CONFIG
+    if cfg.resume:
+        if checkpoint.latest(out / run_folder.CHECKPOINTS) is None:
+            raise FileNotFoundError(f"--resume: {out / run_folder.CHECKPOINTS} holds no checkpoint")
+        saved = json.loads(path.read_text())
+        if saved != record:
+            changed = sorted(k for k in {**saved["config"], **record["config"]}
+                             if saved["config"].get(k) != record["config"].get(k))
+            changed += [k for k in ("num_processes", "cache_key") if saved[k] != record[k]]
+            raise ValueError(f"--resume: {out} was trained with other settings ({', '.join(changed)}); "
+                             f"saved {json.dumps({k: saved['config'].get(k, saved.get(k)) for k in changed})}, "
+                             f"now {json.dumps({k: record['config'].get(k, record.get(k)) for k in changed})}")
+        return
+    if path.exists():
+        raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        run_folder.write_json(record, path)
+    accelerator.wait_for_everyone()
+
+
+def _save_final(accelerator: Accelerator, model, tokenizer, cfg: TrainConfig, out: Path) -> None:
+    """final/: the policy (LoRA merged in) via save_pretrained, plus its tokenizer; loadable by transformers/vLLM."""
+    import shutil
+
+    accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(model)  # gathers FSDP shards; every process must call it
+    if accelerator.is_main_process:
+        policy = accelerator.unwrap_model(model).policy
+        tmp, final = out / (run_folder.FINAL + ".tmp"), out / run_folder.FINAL
+        shutil.rmtree(tmp, ignore_errors=True)
+        if cfg.lora:
+            policy.merge_and_unload().save_pretrained(tmp)
+        else:
+            policy.save_pretrained(tmp, state_dict={k.removeprefix("policy."): v for k, v in state_dict.items()})
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+    accelerator.wait_for_everyone()

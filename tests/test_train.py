@@ -1,0 +1,359 @@
+"""stages/train.py on a tiny Llama and a cache written by the real score stage (CPU, seconds each).
+
+Checks the step-0 invariant that ties both stages together, that RE-PO with η ≡ 1 is the plain loss, exact
+resumption after SIGKILL, two processes under `accelerate launch` (gloo), the persisted posteriors and η, and
+the error messages.
+"""
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+from conftest import WORDS
+from safetensors.torch import load_file
+
+from data import run_folder, schema
+from pipeline import batching, losses
+from stages.score import ScoreConfig
+from stages.score import run as score
+from stages.train import Pairs, SequenceLogps, TrainConfig, run
+
+REPO = Path(__file__).resolve().parents[1]
+NUM_PAIRS, BATCH = 24, 4  # 6 steps per epoch
+ANNOTATORS = ("alice", "bob", "carol")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One BLAS thread: the machine is shared, and results must match subprocesses started with OMP_NUM_THREADS=1."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def scores(tiny_llama, tmp_path_factory) -> Path:
+    """A score cache of NUM_PAIRS plain-text pairs by three annotators, written by `repo score` (hf backend)."""
+    rng = random.Random(0)
+    words = [w for w in WORDS if w.isalpha()]
+    def text(low, high):
+        return " ".join(rng.choices(words, k=rng.randint(low, high)))
+    rows = [{"prompt": text(2, 6), "chosen": text(1, 9), "rejected": text(1, 9), "annotator": ANNOTATORS[i % 3]}
+            for i in range(NUM_PAIRS)]
+    folder = tmp_path_factory.mktemp("scores")
+    (folder / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return score(ScoreConfig(data=str(folder / "pairs.jsonl"), model=str(tiny_llama), out=folder / "cache",
+                             device="cpu", max_length=64, max_prompt_length=32))
+
+
+def config(scores: Path, out: Path, **overrides) -> TrainConfig:
+    return TrainConfig(**{"scores": scores, "out_dir": out, "batch_size": BATCH, "lr": 1e-2, "warmup_ratio": 0.0,
+                          "device": "cpu", **overrides})
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / run_folder.FINAL / "model.safetensors")
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / run_folder.METRICS).read_text().splitlines()]
+
+
+def rewrite_cache(src: Path, dst: Path, edit_rows=lambda df: df, edit_key=lambda key: key) -> Path:
+    """A copy of a cache with rows or key changed, written by the schema writer."""
+    df, key = schema.read_scores(src)
+    manifest = schema.open_cache(dst, edit_key(dict(key)), {"num_parts": 1}, overwrite=True)
+    schema.write_part(dst, manifest, 0, edit_rows(df), [])
+    schema.finish_cache(dst, manifest, [])
+    return dst
+
+
+def test_step0_policy_logps_equal_cached_reference_and_dpo_loss_is_ln2(scores, tiny_llama, tmp_path):
+    """With policy = reference, the trainer's forward reproduces the scorer's log-probs: margins 0, loss ln 2."""
+    from transformers import AutoModelForCausalLM
+
+    pairs = Pairs.from_cache(scores, losses.LossKind.dpo)
+    first_step = batching.plan_epoch(pairs.lengths, BATCH, seed=0, epoch=1)[0]
+    policy = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    with torch.no_grad():
+        logps = pairs.logps(SequenceLogps(policy), first_step, pad_id=0)
+    torch.testing.assert_close(logps.policy_chosen_logps.double(), logps.ref_chosen_logps, rtol=0, atol=1e-4)
+    torch.testing.assert_close(logps.policy_rejected_logps.double(), logps.ref_rejected_logps, rtol=0, atol=1e-4)
+    assert logps.policy_chosen_logps.abs().min() > 1  # real log-probs, not zeros
+
+    out = run(config(scores, tmp_path / "run", max_steps=1))
+    step = metrics(out)[0]
+    assert step["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert step["rewards/margins"] == pytest.approx(0, abs=1e-5)
+    assert step["rewards/chosen"] == pytest.approx(0, abs=1e-5)
+    rows = pairs.frame[first_step]
+    ref = schema.read_scores(scores)[0].filter(pl.col("row_id").is_in(rows["row_id"].to_list()))
+    assert step["logps/chosen"] == pytest.approx(ref["ref_chosen_logps"].mean(), abs=1e-4)
+    assert {"grad_norm", "learning_rate", "rewards/rejected", "rewards/accuracies", "logps/rejected"} <= set(step)
+
+
+def assert_trains_alike(first: Path, second: Path, start: dict, update_tolerance: float) -> None:
+    """Per step the same loss and gradient norm (rtol 5e-3); weight updates within update_tolerance (relative L2)."""
+    for a, b in zip(metrics(first), metrics(second), strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=5e-3)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=5e-3)
+    update, other = ([weights(out)[n] - start[n] for n in start] for out in (first, second))
+    difference = torch.cat([(a - b).flatten() for a, b in zip(update, other)]).norm()
+    assert difference <= update_tolerance * torch.cat([a.flatten() for a in update]).norm()
+
+
+@pytest.mark.parametrize("loss, form", [("dpo", "induced"), ("dpo", "weighted"), ("ipo", "weighted"),
+                                        ("simpo", "weighted"), ("cpo", "weighted")])
+def test_robust_with_eta_one_and_frozen_trains_like_the_plain_loss(scores, tiny_llama, tmp_path, loss, form):
+    """η0 = 1, α_η = 0: w ≈ 1, so RE-PO trains as the base loss (method.md §4).
+
+    The induced-logit BCE equals the base loss only where e^−L(a≻b) + e^−L(b≻a) = 1 (DPO); the weighted form
+    w·L(a≻b) + (1−w)·L(b≻a) equals it for every loss. η is clamped to 1 − 1e-4 (method.md §7.3), so w = 1 − 1e-4
+    at z = 0 (more where z < 0: IPO's z = 2u/β is large) and gradient norms differ by 2e-4 to 1.5e-3; Adam normalises each coordinate, which magnifies that
+    where a coordinate's gradient is near 0 (most for CPO, whose rejected-response NLL enters with weight 1 − w):
+    measured relative update differences are 4e-6 (DPO), 6e-5 (IPO), 2e-4 (SimPO), 7e-3 (CPO).
+    """
+    plain = run(config(scores, tmp_path / "plain", loss=loss, max_steps=4, lr=1e-3))
+    robust = run(config(scores, tmp_path / "robust", loss=loss, max_steps=4, lr=1e-3, robust=True, eta0=1.0,
+                        eta_alpha=0.0, robust_form=form))
+    assert_trains_alike(plain, robust, load_file(tiny_llama / "model.safetensors"), update_tolerance=2e-2)
+
+
+def test_robust_with_low_eta_trains_differently(scores, tiny_llama, tmp_path):
+    """The guard of the test above: with η0 = 0.6 the gradients shrink (w ≈ 0.6 at z ≈ 0) and it fails."""
+    plain = run(config(scores, tmp_path / "plain", max_steps=4, lr=1e-3))
+    robust = run(config(scores, tmp_path / "robust", max_steps=4, lr=1e-3, robust=True, eta0=0.6, eta_alpha=0.0))
+    with pytest.raises(AssertionError):
+        assert_trains_alike(plain, robust, load_file(tiny_llama / "model.safetensors"), update_tolerance=2e-2)
+
+
+def test_gradient_accumulation_equals_one_larger_batch(scores, tiny_llama, tmp_path):
+    """2 micro-batches of 4 accumulate to the gradient of one batch of 8 (same data order: 8 pairs per step).
+
+    Weights are compared through their updates: Adam magnifies float rounding on coordinates whose gradient is ~0.
+    """
+    big = run(config(scores, tmp_path / "big", batch_size=8, max_steps=3))
+    accumulated = run(config(scores, tmp_path / "acc", batch_size=4, grad_accum=2, max_steps=3))
+    for a, b in zip(metrics(big), metrics(accumulated), strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-6)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5)
+    assert_trains_alike(big, accumulated, load_file(tiny_llama / "model.safetensors"), update_tolerance=1e-4)
+
+
+def test_gradient_checkpointing_gives_the_same_weights(scores, tmp_path):
+    plain = weights(run(config(scores, tmp_path / "plain", max_steps=2)))
+    checkpointed = weights(run(config(scores, tmp_path / "gc", max_steps=2, gradient_checkpointing=True)))
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-6)
+
+
+def test_same_seed_same_weights_other_seed_other_order(scores, tmp_path):
+    first = weights(run(config(scores, tmp_path / "a", max_steps=3)))
+    again = weights(run(config(scores, tmp_path / "b", max_steps=3)))
+    other = weights(run(config(scores, tmp_path / "c", max_steps=3, seed=1)))
+    assert all(torch.equal(first[n], again[n]) for n in first)
+    assert not all(torch.equal(first[n], other[n]) for n in first)
+
+
+def _posterior_checks(out: Path, pairs: Pairs, eta_update: str) -> None:
+    for epoch in (1, 2):
+        post = run_folder.read_epoch(out, run_folder.POSTERIORS, epoch)
+        notes = run_folder.read_epoch(out, run_folder.ANNOTATORS, epoch).sort("annotator")
+        assert sorted(post["row_id"].to_list()) == sorted(pairs.frame["row_id"].to_list())  # each pair once
+        z = torch.tensor(post["z"].to_numpy())
+        torch.testing.assert_close(torch.tensor(post["p"].to_numpy()), torch.sigmoid(z))
+        assert post["flagged"].to_list() == (post["w"] < 0.5).to_list()
+        # w was computed with the η in force before this epoch's pass: that of the step just before it
+        steps = pl.read_parquet(out / run_folder.ETA_STEPS)
+        before = steps.filter((pl.col("step") == 6 * epoch) & (pl.col("event") == "step"))
+        eta_before = dict(zip(before["annotator"], before["eta"]))
+        expected_w = torch.sigmoid(z + torch.logit(torch.tensor([eta_before[a] for a in post["annotator"]])))
+        torch.testing.assert_close(torch.tensor(post["w"].to_numpy()), expected_w)
+        means = post.group_by("annotator").agg(pl.col("w").mean(), pl.len()).sort("annotator")
+        assert notes["labels"].to_list() == means["len"].to_list()
+        torch.testing.assert_close(torch.tensor(notes["w_mean"].to_numpy()), torch.tensor(means["w"].to_numpy()))
+        if eta_update == "epoch":  # one exact M-step on the fresh posteriors (Eq. 6)
+            torch.testing.assert_close(torch.tensor(notes["eta"].to_numpy()), torch.tensor(means["w"].to_numpy()))
+        else:  # the epoch pass leaves η alone under ema
+            assert notes["eta"].to_list() == [eta_before[a] for a in notes["annotator"]]
+    first = run_folder.read_epoch(out, run_folder.POSTERIORS, 1)
+    assert first["first_visit_z"].null_count() == 0 and not first["first_visit_z"].is_nan().any()
+    assert "first_visit_z" not in run_folder.read_epoch(out, run_folder.POSTERIORS, 2).columns
+
+
+@pytest.mark.parametrize("eta_update", ["ema", "epoch"])
+def test_epoch_pass_persists_posteriors_and_eta(scores, tmp_path, eta_update):
+    out = run(config(scores, tmp_path / "run", robust=True, epochs=2, lr=1e-3, eta_update=eta_update))
+    pairs = Pairs.from_cache(scores, losses.LossKind.dpo)
+    _posterior_checks(out, pairs, eta_update)
+    first_step = batching.plan_epoch(pairs.lengths, BATCH, seed=0, epoch=1)[0]
+    first = run_folder.read_epoch(out, run_folder.POSTERIORS, 1)
+    z0 = first.filter(pl.col("row_id").is_in(pairs.frame[first_step]["row_id"].to_list()))["first_visit_z"]
+    assert z0.abs().max() < 1e-5  # the first step's pairs were first seen by the untrained policy: z = 0
+    steps = pl.read_parquet(out / run_folder.ETA_STEPS)
+    assert steps.filter(pl.col("event") == "step")["step"].unique().sort().to_list() == list(range(1, 13))
+    if eta_update == "epoch":  # no per-step EMA: within an epoch η stays at what the last epoch pass set
+        after_epoch_1 = run_folder.read_epoch(out, run_folder.ANNOTATORS, 1).sort("annotator")["eta"].to_list()
+        for epoch, eta in ((1, [0.9] * 3), (2, after_epoch_1)):
+            in_epoch = steps.filter((pl.col("epoch") == epoch) & (pl.col("event") == "step")).sort("step", "annotator")
+            assert in_epoch["eta"].to_list() == eta * 6
+    last = metrics(out)[-1]
+    assert {f"repo/eta/{a}" for a in ANNOTATORS} | {"repo/w_mean", "repo/flagged_frac"} <= set(last)
+
+
+KILLED_RUN = """
+import json, os, signal, sys
+from data import run_folder
+from stages.train import TrainConfig, run
+kill_at = int(sys.argv[2])
+write = run_folder.MetricsLog.write
+def write_then_die(self, record):
+    write(self, record)
+    if record["step"] == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+run_folder.MetricsLog.write = write_then_die
+run(TrainConfig(**json.loads(sys.argv[1])))
+"""
+
+
+def test_resume_after_sigkill_ends_like_an_uninterrupted_run(scores, tmp_path):
+    """Killed after step 3 (last checkpoint at step 2, epoch 1), resumed: same weights, η, posteriors, metrics."""
+    settings = {"robust": True, "epochs": 2, "eta_update": "both", "save_every": 2, "lr": 1e-3}
+    whole = run(config(scores, tmp_path / "whole", **settings))
+    killed = tmp_path / "killed"
+    args = {"scores": str(scores), "out_dir": str(killed), "batch_size": BATCH, "warmup_ratio": 0.0, "device": "cpu",
+            **settings}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", KILLED_RUN, json.dumps(args), "3"], env=env, capture_output=True)
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
+    assert [p.name for p in (killed / run_folder.CHECKPOINTS).iterdir()] == ["step-00000002"]
+    assert not (killed / run_folder.FINAL).exists()
+
+    resumed = run(config(scores, killed, **settings, resume=True))
+    first, second = weights(whole), weights(resumed)
+    assert all(torch.equal(first[n], second[n]) for n in first)
+    for kind in (run_folder.POSTERIORS, run_folder.ANNOTATORS):
+        for epoch in (1, 2):
+            assert run_folder.read_epoch(whole, kind, epoch).equals(run_folder.read_epoch(resumed, kind, epoch))
+    assert pl.read_parquet(whole / run_folder.ETA_STEPS).equals(pl.read_parquet(resumed / run_folder.ETA_STEPS))
+    drop_timing = [{k: v for k, v in m.items() if k != "pairs_per_s"} for m in metrics(whole)]
+    assert drop_timing == [{k: v for k, v in m.items() if k != "pairs_per_s"} for m in metrics(resumed)]
+
+
+DISTRIBUTED_RUN = """
+import json, sys
+import torch
+from accelerate import PartialState
+from pipeline import em
+from stages.train import TrainConfig, run
+trajectory, ema_update = [], em.ema_update
+def recording_ema_update(*args, **kwargs):
+    trajectory.append(ema_update(*args, **kwargs))
+    return trajectory[-1]
+em.ema_update = recording_ema_update
+out = run(TrainConfig(**json.loads(sys.argv[1])))
+rank = PartialState().process_index
+(out / f"eta-rank{rank}.json").write_text(json.dumps([eta.tolist() for eta in trajectory]))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_hold_the_same_eta_and_write_each_posterior_once(scores, tmp_path):
+    """`accelerate launch --num_processes 2` on CPU (gloo): η equal on both ranks at every step, every pair's
+    posterior exactly once, and the same training as one process with the same global batch."""
+    out = tmp_path / "ddp"
+    args = {"scores": str(scores), "out_dir": str(out), "batch_size": 2, "warmup_ratio": 0.0, "device": "cpu",
+            "robust": True, "epochs": 2, "lr": 1e-3}
+    (tmp_path / "script.py").write_text(DISTRIBUTED_RUN)
+    accelerate = Path(sys.executable).parent / "accelerate"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    # `--cpu` would make accelerate 1.x start one process (multi-CPU needs MPI there); `--multi_gpu` starts two
+    # through torchrun, and device="cpu" makes them use gloo.
+    done = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+                           str(_free_port()), str(tmp_path / "script.py"), json.dumps(args)],
+                          env=env, capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    rank0, rank1 = (json.loads((out / f"eta-rank{r}.json").read_text()) for r in (0, 1))
+    assert len(rank0) == 12 and rank0 == rank1  # bit-identical on both ranks, every step
+    pairs = Pairs.from_cache(scores, losses.LossKind.dpo)
+    _posterior_checks(out, pairs, "ema")
+
+    single = run(config(scores, tmp_path / "single", batch_size=4, robust=True, epochs=2, lr=1e-3))
+    eta_single = pl.read_parquet(single / run_folder.ETA_STEPS).filter(pl.col("event") == "step")["eta"]
+    torch.testing.assert_close(torch.tensor(rank0, dtype=torch.float64).reshape(-1), torch.tensor(eta_single.to_numpy()),
+                               rtol=0, atol=1e-6)
+    for name, value in weights(single).items():
+        torch.testing.assert_close(weights(out)[name], value, rtol=1e-4, atol=1e-5)
+
+
+def test_refuses_a_cache_tokenized_for_another_tokenizer(scores, tmp_path):
+    foreign = rewrite_cache(scores, tmp_path / "foreign", edit_key=lambda key: {**key, "tokenizer_sha": "f00"})
+    with pytest.raises(schema.CacheError, match="another tokenizer") as err:
+        run(config(foreign, tmp_path / "run"))
+    assert "cache f00" in str(err.value) and "policy " in str(err.value)
+
+
+def test_refuses_a_missing_policy(scores, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no-such-model"):
+        run(config(scores, tmp_path / "run", policy=str(tmp_path / "no-such-model")))
+
+
+def test_refuses_a_loss_needing_reference_logps_the_cache_lacks(scores, tmp_path):
+    no_refs = rewrite_cache(scores, tmp_path / "no_refs",
+                            edit_rows=lambda df: df.with_columns(ref_chosen_logps=pl.lit(None, pl.Float64)))
+    with pytest.raises(ValueError, match=f"loss ipo needs reference log-probs.*{NUM_PAIRS} rows"):
+        run(config(no_refs, tmp_path / "run", loss="ipo"))
+    run(config(no_refs, tmp_path / "simpo", loss="simpo", max_steps=1))  # reference-free: fine
+
+
+def test_stops_on_a_non_finite_loss_naming_step_and_pairs(scores, tmp_path, monkeypatch):
+    base_loss = losses.base_loss
+    monkeypatch.setattr(losses, "base_loss", lambda *a: base_loss(*a) + torch.tensor(math.nan))
+    pairs = Pairs.from_cache(scores, losses.LossKind.dpo)
+    first_step = batching.plan_epoch(pairs.lengths, BATCH, seed=0, epoch=1)[0]
+    with pytest.raises(FloatingPointError, match="optimizer step 1") as err:
+        run(config(scores, tmp_path / "run"))
+    assert all(pair_id in str(err.value) for pair_id in pairs.frame["pair_id"].gather(first_step))
+
+
+def test_run_folder_guards(scores, tmp_path):
+    out = run(config(scores, tmp_path / "run", max_steps=1))
+    with pytest.raises(FileExistsError, match="--resume"):
+        run(config(scores, out, max_steps=1))
+    with pytest.raises(ValueError, match=r"other settings \(lr\)"):
+        run(config(scores, out, max_steps=1, lr=0.5, resume=True))
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
+        run(config(scores, tmp_path / "fresh", resume=True))
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    AutoModelForCausalLM.from_pretrained(out / run_folder.FINAL)
+    AutoTokenizer.from_pretrained(out / run_folder.FINAL)
+    shutil.rmtree(out)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"loss": "cdpo", "robust": True}, "baseline"),
+    ({"loss": "dpo", "label_smoothing": 0.1}, "cdpo"),
+    ({"loss": "dpo", "flip_rate": 0.1}, "rdpo"),
+    ({"eta0": 0.5}, "eta0"),
+    ({"grad_accum": 0}, "grad_accum"),
+    ({"device": "tpu"}, "device"),
+])
+def test_config_refuses_bad_combinations(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(scores=tmp_path, out_dir=tmp_path, **overrides)

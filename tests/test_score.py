@@ -331,3 +331,18 @@ def test_skipped_input_rows_go_to_the_rejects_file_and_the_summary(peaky_model_d
     assert [r["row_id"] for r in schema.read_rejects(tmp_path / "scores")] == [1]
     summary = capsys.readouterr().err
     assert "3 rows read, 2 scored, 1 skipped" in summary and "skipped 1: chosen:" in summary
+
+
+def test_empty_prompt_without_bos_is_a_named_bad_row(peaky_model_dir, tmp_path):
+    """Nothing would predict the first response token; the row is refused by name, not by a crash in pack."""
+    import shutil
+
+    model_dir = tmp_path / "no_bos"
+    shutil.copytree(peaky_model_dir, model_dir)
+    tokenizer = build_word_tokenizer()
+    tokenizer.backend_tokenizer.post_processor = None  # no BOS in front of a text
+    tokenizer.save_pretrained(model_dir)
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(GOOD_ROW + "\n" + GOOD_ROW.replace('"hello"', '""') + "\n")
+    with pytest.raises(ValueError, match=r"line 2 \(row_id 1\), field 'prompt'.*empty prompt"):
+        run(score_config(data, model_dir, tmp_path / "scores"))

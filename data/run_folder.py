@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 CONFIG = "config.json"
@@ -42,6 +43,37 @@ def read_epoch(run: Path, kind: str, epoch: int | None = None) -> pl.DataFrame:
     if not written:
         raise FileNotFoundError(f"{Path(run) / kind}: no epoch files; was the run trained with --robust?")
     return pl.read_parquet(epoch_file(run, kind, written[-1] if epoch is None else epoch))
+
+
+def write_epoch_tables(run: Path, epoch: int, pairs: pl.DataFrame, annotators: list[str], annotator: np.ndarray,
+                       z: np.ndarray, w: np.ndarray, eta: np.ndarray, flag_threshold: float,
+                       first_visit_z: np.ndarray | None) -> None:
+    """posteriors/ and annotators/ files of one epoch.
+
+    pairs: row_id, pair_id, annotator of the N pairs; annotator: (N,) index into `annotators`; z, w: (N,) fresh
+    induced logits and posteriors; eta: (K,) η after the epoch's update; first_visit_z: (N,) epoch 1 only.
+    """
+    flagged = w < flag_threshold
+    posteriors = pairs.with_columns(z=z, p=1 / (1 + np.exp(-z)), w=w, flagged=flagged, epoch=pl.lit(epoch, pl.Int32))
+    if first_visit_z is not None:
+        posteriors = posteriors.with_columns(first_visit_z=first_visit_z)
+    write_parquet(posteriors, epoch_file(run, POSTERIORS, epoch))
+    labels = np.bincount(annotator, minlength=len(annotators))
+    per_annotator = pl.DataFrame({
+        "annotator": annotators, "eta": eta, "labels": labels,
+        "w_mean": np.bincount(annotator, weights=w, minlength=len(annotators)) / labels,
+        "flagged": np.bincount(annotator[flagged], minlength=len(annotators)),
+        "epoch": pl.Series([epoch] * len(annotators), dtype=pl.Int32)})
+    write_parquet(per_annotator, epoch_file(run, ANNOTATORS, epoch))
+
+
+def write_eta_steps(run: Path, history: list[dict], annotators: list[str]) -> None:
+    """eta_steps.parquet: one row per (η change, annotator); history items {"step", "epoch", "event", "eta": (K,)}."""
+    k = len(annotators)
+    write_parquet(pl.DataFrame({
+        "step": np.repeat([h["step"] for h in history], k), "epoch": np.repeat([h["epoch"] for h in history], k),
+        "event": np.repeat([h["event"] for h in history], k), "annotator": annotators * len(history),
+        "eta": np.concatenate([np.asarray(h["eta"], dtype=np.float64) for h in history])}), Path(run) / ETA_STEPS)
 
 
 def write_parquet(frame: pl.DataFrame, path: Path) -> None:

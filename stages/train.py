@@ -27,14 +27,13 @@ from dataclasses import dataclass, fields
 from enum import StrEnum
 from pathlib import Path
 
-import numpy as np
-import polars as pl
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from data import run_folder, schema, tokenize
+from data.pair_table import MissingReference, PairTable
 from pipeline import batching, em, logprobs, losses
 from pipeline.losses import LossKind, LossParams, PairLogps
 from stages import checkpoint
@@ -139,7 +138,7 @@ def run(cfg: TrainConfig) -> Path:
     accelerator = _accelerator(cfg)
     set_seed(cfg.seed)
     out, params, world = cfg.out_dir, cfg.loss_params(), accelerator.num_processes
-    pairs = Pairs.from_cache(cfg.scores, cfg.loss)
+    pairs = _read_pairs(cfg)
     policy_name = cfg.policy or pairs.key["ref_model"]  # by default the policy starts as the reference
     tokenizer = _load_tokenizer(policy_name, pairs.key, cfg.scores)
     policy = _load_policy(policy_name, cfg)
@@ -178,7 +177,7 @@ def run(cfg: TrainConfig) -> Path:
                 run_rows, keep = (rows, 1.0) if rows else (step_rows[:1], 0.0)
                 last = i == len(micro_batches) - 1
                 with nullcontext() if last else accelerator.no_sync(model):
-                    logps = pairs.logps(model, run_rows, pad_id)
+                    logps = pair_logps(model, pairs, run_rows, pad_id)
                     if cfg.robust:  # Alg. 1: z → E-step with the η in force → robust loss
                         z = losses.induced_logit(cfg.loss, logps, params)
                         w = losses.posterior_weight(z, state.eta[pairs.annotator[run_rows]])
@@ -247,76 +246,17 @@ class SequenceLogps(torch.nn.Module):
         return logprobs.response_logps(self.policy, logprobs.Packed(input_ids, attention_mask, response_mask))
 
 
-@dataclass
-class Pairs:
-    """The score cache in memory; a row index is a position in the cache sorted by row_id."""
-
-    frame: pl.DataFrame  # row_id, pair_id, annotator
-    key: dict  # the cache key
-    annotators: list[str]  # sorted annotator ids; η_k belongs to annotators[k]
-    annotator: torch.Tensor  # (N,) long index into annotators
-    tokens: dict[str, tuple[np.ndarray, np.ndarray]]  # prompt|chosen|rejected -> (flat int32 ids, offsets)
-    ref_chosen_logps: torch.Tensor | None  # (N,) float64; None for reference-free losses
-    ref_rejected_logps: torch.Tensor | None
-    chosen_len: torch.Tensor  # (N,) long response token counts
-    rejected_len: torch.Tensor
-    lengths: list[int]  # prompt + the longer response, for length bucketing
-
-    @property
-    def num_pairs(self) -> int:
-        return self.frame.height
-
-    @property
-    def num_annotators(self) -> int:
-        return len(self.annotators)
-
-    @classmethod
-    def from_cache(cls, folder: Path, loss: LossKind) -> "Pairs":
-        """Read the cache; refuse it if `loss` needs reference log-probs that it lacks."""
-        df, key = schema.read_scores(folder)
-        if df.height == 0:
-            raise ValueError(f"score cache {folder} holds no pairs")
-        refs = None
-        if losses.needs_reference(loss):
-            missing = df.filter(pl.any_horizontal(pl.col(c).is_null() | pl.col(c).is_nan()
-                                                  for c in ("ref_chosen_logps", "ref_rejected_logps")))
-            if missing.height:
-                raise ValueError(f"loss {loss} needs reference log-probs, but score cache {folder} lacks them for "
-                                 f"{missing.height} rows (first row_id {missing['row_id'][0]}); rescore with "
-                                 "`repo score`, or use a reference-free loss (simpo, cpo)")
-            refs = tuple(torch.tensor(df[c].to_numpy(), dtype=torch.float64) for c in ("ref_chosen_logps", "ref_rejected_logps"))
-        annotators = sorted(df["annotator"].unique().to_list())
-        tokens = {}
-        for name in ("prompt", "chosen", "rejected"):
-            column = df[f"{name}_ids"]
-            offsets = np.zeros(df.height + 1, dtype=np.int64)
-            offsets[1:] = np.cumsum(column.list.len().to_numpy())
-            tokens[name] = (column.explode().to_numpy().astype(np.int32), offsets)
-        length = {name: np.diff(offsets) for name, (_, offsets) in tokens.items()}
-        return cls(
-            frame=df.select("row_id", "pair_id", "annotator"), key=key, annotators=annotators,
-            annotator=torch.tensor(df["annotator"].cast(pl.Enum(annotators)).to_physical().to_numpy(), dtype=torch.long),
-            tokens=tokens, ref_chosen_logps=refs[0] if refs else None, ref_rejected_logps=refs[1] if refs else None,
-            chosen_len=torch.tensor(df["chosen_len"].to_numpy(), dtype=torch.long),
-            rejected_len=torch.tensor(df["rejected_len"].to_numpy(), dtype=torch.long),
-            lengths=(length["prompt"] + np.maximum(length["chosen"], length["rejected"])).tolist(),
-        )
-
-    def ids(self, name: str, rows: list[int]) -> list[list[int]]:
-        flat, offsets = self.tokens[name]
-        return [flat[offsets[r] : offsets[r + 1]].tolist() for r in rows]
-
-    def logps(self, model: torch.nn.Module, rows: list[int], pad_id: int) -> PairLogps:
-        """Policy log-probs of `rows`: chosen and rejected in one concatenated forward, with the cached refs."""
-        prompts = self.ids("prompt", rows)
-        packed = logprobs.pack(prompts + prompts, self.ids("chosen", rows) + self.ids("rejected", rows), pad_id)
-        policy_logps, _ = model(packed.input_ids, packed.attention_mask, packed.response_mask)
-        chosen, rejected = policy_logps.split(len(rows))
-        device, index = chosen.device, torch.tensor(rows)
-        ref = None if self.ref_chosen_logps is None else (self.ref_chosen_logps[index].to(device),
-                                                          self.ref_rejected_logps[index].to(device))
-        return PairLogps(chosen, rejected, *(ref or (None, None)),
-                         self.chosen_len[index].to(device), self.rejected_len[index].to(device))
+def pair_logps(model: torch.nn.Module, pairs: PairTable, rows: list[int], pad_id: int) -> PairLogps:
+    """Policy log-probs of `rows`: chosen and rejected in one concatenated forward; the reference from the cache."""
+    prompts = pairs.ids("prompt", rows)
+    packed = logprobs.pack(prompts + prompts, pairs.ids("chosen", rows) + pairs.ids("rejected", rows), pad_id)
+    policy_chosen, policy_rejected = model(packed.input_ids, packed.attention_mask, packed.response_mask)[0].split(
+        len(rows))
+    device, index = policy_chosen.device, torch.tensor(rows)
+    ref = (None, None) if pairs.ref_chosen_logps is None else (pairs.ref_chosen_logps[index].to(device),
+                                                               pairs.ref_rejected_logps[index].to(device))
+    return PairLogps(policy_chosen, policy_rejected, *ref, pairs.chosen_len[index].to(device),
+                     pairs.rejected_len[index].to(device))
 
 
 def _records(cfg, params, logps, per_pair, z, w, rows, width) -> torch.Tensor:
@@ -330,7 +270,7 @@ def _records(cfg, params, logps, per_pair, z, w, rows, width) -> torch.Tensor:
     return out
 
 
-def _stop_if_not_finite(loss: torch.Tensor, rows: torch.Tensor, pairs: Pairs, step: int) -> None:
+def _stop_if_not_finite(loss: torch.Tensor, rows: torch.Tensor, pairs: PairTable, step: int) -> None:
     bad = rows[~torch.isfinite(loss)].tolist()
     if bad:
         ids = pairs.frame["pair_id"].gather(bad).to_list()
@@ -353,7 +293,7 @@ def _epoch_posteriors(cfg, params, accelerator, model, pairs, state, pad_id, log
     seen = torch.zeros_like(z_sum)
     for i in range(rank, math.ceil(len(batches) / world) * world, world):  # same number of forwards everywhere
         rows = batches[i] if i < len(batches) else batches[0]
-        z = losses.induced_logit(cfg.loss, pairs.logps(model, rows, pad_id), params)
+        z = losses.induced_logit(cfg.loss, pair_logps(model, pairs, rows, pad_id), params)
         if i < len(batches):
             z_sum[rows] += z.double()
             seen[rows] += 1
@@ -362,14 +302,12 @@ def _epoch_posteriors(cfg, params, accelerator, model, pairs, state, pad_id, log
         raise RuntimeError(f"posterior pass covered {int((seen == 0).sum())} pairs 0 times and "
                            f"{int((seen > 1).sum())} more than once")
     model.train()
-    eta_before = state.eta
-    w = losses.posterior_weight(z, eta_before[pairs.annotator])
-    sums, counts = em.annotator_sums(w, pairs.annotator, pairs.num_annotators)
+    w = losses.posterior_weight(z, state.eta[pairs.annotator])
     if cfg.eta_update in (EtaUpdate.epoch, EtaUpdate.both):
-        state.eta = em.mstep(state.eta, sums, counts)
+        state.eta = em.mstep(state.eta, *em.annotator_sums(w, pairs.annotator, pairs.num_annotators))
         state.eta_history.append({"step": state.global_step, "epoch": state.epoch, "event": "epoch_pass",
                                   "eta": state.eta})
-    log.epoch(state, pairs, z, w, sums, counts, cfg.flag_threshold)
+    log.epoch(state, pairs, z, w, cfg.flag_threshold)
 
 
 class Logger:
@@ -410,33 +348,15 @@ class Logger:
             return {f"repo/eta/{name}": float(value) for name, value in zip(self.annotators, eta)}
         return {f"repo/eta_quantile/{name}": float(torch.quantile(eta, q)) for name, q in ETA_QUANTILES.items()}
 
-    def epoch(self, state, pairs, z, w, sums, counts, threshold) -> None:
-        if not self.main:
-            return
-        flagged = w < threshold
-        posteriors = pairs.frame.with_columns(z=z.numpy(), p=torch.sigmoid(z).numpy(), w=w.numpy(),
-                                              flagged=flagged.numpy(), epoch=pl.lit(state.epoch, pl.Int32))
-        if state.epoch == 1:
-            posteriors = posteriors.with_columns(first_visit_z=state.first_visit_z.numpy())
-        run_folder.write_parquet(posteriors, run_folder.epoch_file(self.out, run_folder.POSTERIORS, state.epoch))
-        annotators = pl.DataFrame({
-            "annotator": self.annotators, "eta": state.eta.numpy(), "labels": counts.long().numpy(),
-            "w_mean": (sums / counts).numpy(),
-            "flagged": torch.bincount(pairs.annotator[flagged], minlength=len(self.annotators)).numpy(),
-            "epoch": [state.epoch] * len(self.annotators)}, schema_overrides={"epoch": pl.Int32})
-        run_folder.write_parquet(annotators, run_folder.epoch_file(self.out, run_folder.ANNOTATORS, state.epoch))
+    def epoch(self, state: TrainState, pairs: PairTable, z: torch.Tensor, w: torch.Tensor, threshold: float) -> None:
+        if self.main:
+            first_visit_z = state.first_visit_z.numpy() if state.epoch == 1 else None
+            run_folder.write_epoch_tables(self.out, state.epoch, pairs.frame, self.annotators, pairs.annotator.numpy(),
+                                          z.numpy(), w.numpy(), state.eta.numpy(), threshold, first_visit_z)
 
     def eta_steps(self, state: TrainState) -> None:
-        """eta_steps.parquet: one row per (η change, annotator)."""
-        history = state.eta_history
-        if not self.main or not history:
-            return
-        k = len(self.annotators)
-        frame = pl.DataFrame({
-            "step": np.repeat([h["step"] for h in history], k), "epoch": np.repeat([h["epoch"] for h in history], k),
-            "event": np.repeat([h["event"] for h in history], k), "annotator": self.annotators * len(history),
-            "eta": torch.stack([h["eta"] for h in history]).reshape(-1).numpy()})
-        run_folder.write_parquet(frame, self.out / run_folder.ETA_STEPS)
+        if self.main and state.eta_history:
+            run_folder.write_eta_steps(self.out, state.eta_history, self.annotators)
 
     def close(self) -> None:
         if self.metrics is not None:
@@ -455,6 +375,14 @@ def _accelerator(cfg: TrainConfig) -> Accelerator:
         raise RuntimeError("--device cuda, but torch sees no CUDA device")
     on_gpu = cfg.device != "cpu" and torch.cuda.is_available()
     return Accelerator(cpu=cfg.device == "cpu", mixed_precision="bf16" if cfg.bf16 and on_gpu else "no")
+
+
+def _read_pairs(cfg: TrainConfig) -> PairTable:
+    try:
+        return PairTable.read(cfg.scores, with_reference=losses.needs_reference(cfg.loss))
+    except MissingReference as err:
+        raise MissingReference(f"loss {cfg.loss} needs reference log-probs: {err}; rescore with `repo score`, or "
+                               "use a reference-free loss (simpo, cpo)") from err
 
 
 def _load_tokenizer(name: str, key: dict, scores: Path):
@@ -526,6 +454,7 @@ def _start_run_folder(cfg, out, world, key, policy, accelerator) -> None:
         return
     if path.exists():
         raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    accelerator.wait_for_everyone()  # every process has looked before the main one writes
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         run_folder.write_json(record, path)

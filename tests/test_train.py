@@ -22,10 +22,11 @@ from conftest import WORDS
 from safetensors.torch import load_file
 
 from data import run_folder, schema
+from data.pair_table import PairTable
 from pipeline import batching, losses
 from stages.score import ScoreConfig
 from stages.score import run as score
-from stages.train import Pairs, SequenceLogps, TrainConfig, run
+from stages.train import SequenceLogps, TrainConfig, pair_logps, run
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_PAIRS, BATCH = 24, 4  # 6 steps per epoch
@@ -82,11 +83,11 @@ def test_step0_policy_logps_equal_cached_reference_and_dpo_loss_is_ln2(scores, t
     """With policy = reference, the trainer's forward reproduces the scorer's log-probs: margins 0, loss ln 2."""
     from transformers import AutoModelForCausalLM
 
-    pairs = Pairs.from_cache(scores, losses.LossKind.dpo)
+    pairs = PairTable.read(scores, with_reference=True)
     first_step = batching.plan_epoch(pairs.lengths, BATCH, seed=0, epoch=1)[0]
     policy = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
     with torch.no_grad():
-        logps = pairs.logps(SequenceLogps(policy), first_step, pad_id=0)
+        logps = pair_logps(SequenceLogps(policy), pairs, first_step, pad_id=0)
     torch.testing.assert_close(logps.policy_chosen_logps.double(), logps.ref_chosen_logps, rtol=0, atol=1e-4)
     torch.testing.assert_close(logps.policy_rejected_logps.double(), logps.ref_rejected_logps, rtol=0, atol=1e-4)
     assert logps.policy_chosen_logps.abs().min() > 1  # real log-probs, not zeros
@@ -165,7 +166,7 @@ def test_same_seed_same_weights_other_seed_other_order(scores, tmp_path):
     assert not all(torch.equal(first[n], other[n]) for n in first)
 
 
-def _posterior_checks(out: Path, pairs: Pairs, eta_update: str) -> None:
+def _posterior_checks(out: Path, pairs: PairTable, eta_update: str) -> None:
     for epoch in (1, 2):
         post = run_folder.read_epoch(out, run_folder.POSTERIORS, epoch)
         notes = run_folder.read_epoch(out, run_folder.ANNOTATORS, epoch).sort("annotator")
@@ -194,7 +195,7 @@ def _posterior_checks(out: Path, pairs: Pairs, eta_update: str) -> None:
 @pytest.mark.parametrize("eta_update", ["ema", "epoch"])
 def test_epoch_pass_persists_posteriors_and_eta(scores, tmp_path, eta_update):
     out = run(config(scores, tmp_path / "run", robust=True, epochs=2, lr=1e-3, eta_update=eta_update))
-    pairs = Pairs.from_cache(scores, losses.LossKind.dpo)
+    pairs = PairTable.read(scores, with_reference=True)
     _posterior_checks(out, pairs, eta_update)
     first_step = batching.plan_epoch(pairs.lengths, BATCH, seed=0, epoch=1)[0]
     first = run_folder.read_epoch(out, run_folder.POSTERIORS, 1)
@@ -288,10 +289,11 @@ def test_two_processes_hold_the_same_eta_and_write_each_posterior_once(scores, t
                            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
                            str(_free_port()), str(tmp_path / "script.py"), json.dumps(args)],
                           env=env, capture_output=True, timeout=300)
-    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    errors = [line for line in done.stderr.decode().splitlines() if "Error" in line]
+    assert done.returncode == 0, "\n".join(errors[:20])
     rank0, rank1 = (json.loads((out / f"eta-rank{r}.json").read_text()) for r in (0, 1))
     assert len(rank0) == 12 and rank0 == rank1  # bit-identical on both ranks, every step
-    pairs = Pairs.from_cache(scores, losses.LossKind.dpo)
+    pairs = PairTable.read(scores, with_reference=True)
     _posterior_checks(out, pairs, "ema")
 
     single = run(config(scores, tmp_path / "single", batch_size=4, robust=True, epochs=2, lr=1e-3))
@@ -317,7 +319,7 @@ def test_refuses_a_missing_policy(scores, tmp_path):
 def test_refuses_a_loss_needing_reference_logps_the_cache_lacks(scores, tmp_path):
     no_refs = rewrite_cache(scores, tmp_path / "no_refs",
                             edit_rows=lambda df: df.with_columns(ref_chosen_logps=pl.lit(None, pl.Float64)))
-    with pytest.raises(ValueError, match=f"loss ipo needs reference log-probs.*{NUM_PAIRS} rows"):
+    with pytest.raises(ValueError, match=f"loss ipo needs reference log-probs.*for {NUM_PAIRS} rows"):
         run(config(no_refs, tmp_path / "run", loss="ipo"))
     run(config(no_refs, tmp_path / "simpo", loss="simpo", max_steps=1))  # reference-free: fine
 
@@ -325,7 +327,7 @@ def test_refuses_a_loss_needing_reference_logps_the_cache_lacks(scores, tmp_path
 def test_stops_on_a_non_finite_loss_naming_step_and_pairs(scores, tmp_path, monkeypatch):
     base_loss = losses.base_loss
     monkeypatch.setattr(losses, "base_loss", lambda *a: base_loss(*a) + torch.tensor(math.nan))
-    pairs = Pairs.from_cache(scores, losses.LossKind.dpo)
+    pairs = PairTable.read(scores, with_reference=True)
     first_step = batching.plan_epoch(pairs.lengths, BATCH, seed=0, epoch=1)[0]
     with pytest.raises(FloatingPointError, match="optimizer step 1") as err:
         run(config(scores, tmp_path / "run"))

@@ -346,3 +346,26 @@ def test_empty_prompt_without_bos_is_a_named_bad_row(peaky_model_dir, tmp_path):
     data.write_text(GOOD_ROW + "\n" + GOOD_ROW.replace('"hello"', '""') + "\n")
     with pytest.raises(ValueError, match=r"line 2 \(row_id 1\), field 'prompt'.*empty prompt"):
         run(score_config(data, model_dir, tmp_path / "scores"))
+
+
+@pytest.mark.slow
+def test_prepare_model_writes_a_plain_transformers_folder(tmp_path):
+    """The packaged GGUF becomes an unquantized transformers model that knows some facts (about 25 s)."""
+    pytest.importorskip("gguf")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from stages.prepare_model import PrepareModelConfig
+    from stages.prepare_model import run as prepare
+
+    dest = prepare(PrepareModelConfig(dest=tmp_path / "smollm2"))
+    assert "quantization_config" not in json.loads((dest / "config.json").read_text())
+    assert not list(tmp_path.glob(".smollm2-*"))  # the temporary folder was renamed, none left behind
+    tokenizer = AutoTokenizer.from_pretrained(dest)
+    model = AutoModelForCausalLM.from_pretrained(dest).eval()
+    assert tokenizer.chat_template and next(model.parameters()).dtype == torch.float32
+    prompt = tokenizer("The capital of France is")["input_ids"]
+    answers = [tokenizer(" Paris", add_special_tokens=False)["input_ids"],
+               tokenizer(" banana", add_special_tokens=False)["input_ids"]]
+    with torch.no_grad():
+        paris, banana = response_logps(model, pack([prompt, prompt], answers, pad_id=0))[0].tolist()
+    assert paris > banana + 5

@@ -359,3 +359,13 @@ def test_run_folder_guards(scores, tmp_path):
 def test_config_refuses_bad_combinations(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(scores=tmp_path, out_dir=tmp_path, **overrides)
+
+
+def test_lora_trains_adapters_and_saves_a_merged_policy(scores, tiny_llama, tmp_path):
+    pytest.importorskip("peft")
+    out = run(config(scores, tmp_path / "lora", lora=True, lora_r=4, max_steps=2))
+    assert metrics(out)[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # adapters start as a no-op
+    start, final = load_file(tiny_llama / "model.safetensors"), weights(out)
+    assert set(final) == set(start)  # plain transformers weights, no adapter keys
+    assert torch.equal(final["model.embed_tokens.weight"], start["model.embed_tokens.weight"])  # not adapted
+    assert not torch.equal(final["model.layers.0.self_attn.q_proj.weight"], start["model.layers.0.self_attn.q_proj.weight"])

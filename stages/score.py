@@ -124,11 +124,8 @@ def _score_part(part: pl.DataFrame, read: pairs.PairsRead, tokenizer, score_pair
     kept, tokenized, rejects = [], [], []
     for row_id, (prompt, chosen, rejected) in zip(row_ids, pairs.pair_values(part)):
         try:
-            pair = tokenize.tokenize_pair(tokenizer, prompt, chosen, rejected, cfg.max_length, cfg.max_prompt_length)
-            if not pair.prompt_ids:  # a tokenizer without BOS and an empty prompt: nothing predicts token one
-                raise pairs.BadRowError("empty prompt: the tokenizer adds no BOS, so the first response token "
-                                        "would have no position to be predicted from", "prompt")
-            tokenized.append(pair)
+            tokenized.append(tokenize.tokenize_pair(tokenizer, prompt, chosen, rejected, cfg.max_length,
+                                                    cfg.max_prompt_length))
             kept.append(row_id)
         except pairs.BadRowError as err:
             located = read.locate(err, row_id)

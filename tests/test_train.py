@@ -369,3 +369,14 @@ def test_lora_trains_adapters_and_saves_a_merged_policy(scores, tiny_llama, tmp_
     assert set(final) == set(start)  # plain transformers weights, no adapter keys
     assert torch.equal(final["model.embed_tokens.weight"], start["model.embed_tokens.weight"])  # not adapted
     assert not torch.equal(final["model.layers.0.self_attn.q_proj.weight"], start["model.layers.0.self_attn.q_proj.weight"])
+
+
+def test_many_annotators_log_eta_quantiles(scores, tmp_path):
+    """Past 16 annotators, metrics.jsonl carries η quantiles instead of one entry per annotator."""
+    many = rewrite_cache(scores, tmp_path / "many",
+                         edit_rows=lambda df: df.with_columns(annotator=pl.format("a{}", pl.col("row_id") % 20)))
+    out = run(config(many, tmp_path / "run", robust=True, max_steps=2))
+    step = metrics(out)[-1]
+    assert not any(name.startswith("repo/eta/") for name in step)
+    assert step["repo/eta_quantile/min"] <= step["repo/eta_quantile/p50"] <= step["repo/eta_quantile/max"]
+    assert run_folder.read_epoch(out, run_folder.ANNOTATORS)["annotator"].len() == 20

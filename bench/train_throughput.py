@@ -1,0 +1,167 @@
+"""Throughput of stage two (`repo train`) against TRL's DPOTrainer, on the same pairs, model, batch and max length.
+
+The first --pairs rows of the bundled sample are scored once (`repo score`, hf backend, not timed here), then each
+run trains one epoch in its own process (so each peak RSS is its own), one after the other:
+  dpo, re-dpo, simpo, re-simpo   `repo train --loss L [--robust]`, float32, AdamW
+  trl-precompute                 trl.DPOTrainer(precompute_ref_log_probs=True): reference log-probs computed
+                                 before training (that pass is reported apart, not in the training rate)
+  trl                            trl.DPOTrainer with the reference model run at every step
+Reported per run: pairs/s of the training loop (re-po: the optimizer steps, from metrics.jsonl; TRL: train()),
+end-to-end seconds (model load, checkpoint and final save included), peak RSS; for the robust runs the
+between-epoch posterior pass in seconds and as a fraction of the epoch's training time; the RE-PO overhead of
+re-dpo over dpo and re-simpo over simpo. Targets (issue 4): overhead ≤ 5%, epoch pass ≤ 40% of an epoch,
+≥ 2× TRL-precompute pairs/s in the same precision, lower peak RSS.
+
+Run on a quiet machine (timings of a shared one are meaningless):
+    .venv/bin/python bench/train_throughput.py [--pairs 128] [--batch-size 8] [--max-length 128] [--json out.json]
+Needs the `bench` extra (trl) unless `--skip trl trl-precompute`. `--model DIR` replaces SmolLM2-135M-Instruct
+(a tiny model makes a smoke run).
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "sample" / "train.jsonl"
+REPO_RUNS = {"dpo": ("dpo", False), "re-dpo": ("dpo", True), "simpo": ("simpo", False), "re-simpo": ("simpo", True)}
+TRL_RUNS = {"trl-precompute": True, "trl": False}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--max-prompt-length", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-6)
+    parser.add_argument("--model", type=Path, help="model folder (default: the prepared SmolLM2-135M-Instruct)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=[*REPO_RUNS, *TRL_RUNS])
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: one run, in its own process
+    args = parser.parse_args()
+    if args.child:
+        spec = json.loads(args.child)
+        result = child_repo(spec) if spec["run"] in REPO_RUNS else child_trl(spec)
+        result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+        print("RESULT " + json.dumps(result))
+        return
+    if args.pairs % args.batch_size:
+        raise SystemExit("--pairs must be a multiple of --batch-size (every step then trains a full batch)")
+
+    from stages import score
+    from stages.prepare_model import ensure_default_model
+
+    model_dir = args.model or ensure_default_model()
+    rows = [json.loads(line) for line in SAMPLE.read_text().splitlines()[: args.pairs]]
+    results: dict = {"pairs": len(rows), "batch_size": args.batch_size, "max_length": args.max_length,
+                     "model": str(model_dir), "cpus": os.cpu_count(), "runs": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        (workdir / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        scores = score.run(score.ScoreConfig(
+            data=str(workdir / "pairs.jsonl"), model=str(model_dir), out=workdir / "scores", device="cpu",
+            max_length=args.max_length, max_prompt_length=args.max_prompt_length))
+        for name in [*REPO_RUNS, *TRL_RUNS]:
+            if name in args.skip:
+                continue
+            spec = {"run": name, "model": str(model_dir), "scores": str(scores), "out": str(workdir / name),
+                    "data": str(workdir / "pairs.jsonl"), "batch_size": args.batch_size, "lr": args.lr,
+                    "max_length": args.max_length, "max_prompt_length": args.max_prompt_length}
+            results["runs"][name] = in_child(spec)
+            print(f"{name}: {results['runs'][name]}", file=sys.stderr)
+    report(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+def in_child(spec: dict) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1"}
+    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env, capture_output=True,
+                          text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode or not lines:
+        raise RuntimeError(f"run {spec['run']} failed:\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+def child_repo(spec: dict) -> dict:
+    """One epoch of `repo train`; the training loop's time is the sum of the step times in metrics.jsonl."""
+    from stages import train
+
+    loss, robust = REPO_RUNS[spec["run"]]
+    passes, epoch_posteriors = [], train._epoch_posteriors
+
+    def timed_epoch_posteriors(*args, **kwargs):
+        start = time.perf_counter()
+        epoch_posteriors(*args, **kwargs)
+        passes.append(time.perf_counter() - start)
+
+    train._epoch_posteriors = timed_epoch_posteriors
+    config = train.TrainConfig(scores=Path(spec["scores"]), out_dir=Path(spec["out"]), policy=spec["model"],
+                               loss=loss, robust=robust, batch_size=spec["batch_size"], lr=spec["lr"],
+                               epochs=1, device="cpu")
+    start = time.perf_counter()
+    out = train.run(config)
+    end_to_end = time.perf_counter() - start
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    pairs = len(steps) * spec["batch_size"]
+    loop_seconds = sum(spec["batch_size"] / step["pairs_per_s"] for step in steps)
+    return {"pairs": pairs, "train_seconds": loop_seconds, "end_to_end_seconds": end_to_end,
+            "epoch_pass_seconds": sum(passes) if passes else None}
+
+
+def child_trl(spec: dict) -> dict:
+    """One epoch of TRL's DPOTrainer in float32 on CPU; train() timed, the precompute pass (in __init__) apart."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    precompute = TRL_RUNS[spec["run"]]
+    rows = [json.loads(line) for line in Path(spec["data"]).read_text().splitlines()]
+    config = DPOConfig(output_dir=spec["out"], precompute_ref_log_probs=precompute, max_length=spec["max_length"],
+                       per_device_train_batch_size=spec["batch_size"], learning_rate=spec["lr"], num_train_epochs=1,
+                       report_to=[], use_cpu=True, bf16=False, save_strategy="no", dataloader_num_workers=0,
+                       disable_tqdm=True)
+    start = time.perf_counter()
+    trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32), args=config,
+                         train_dataset=Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")}
+                                                          for r in rows]),
+                         processing_class=AutoTokenizer.from_pretrained(spec["model"]))
+    setup = time.perf_counter() - start
+    train_start = time.perf_counter()
+    trainer.train()
+    train_seconds = time.perf_counter() - train_start
+    return {"pairs": len(rows), "train_seconds": train_seconds, "setup_seconds": setup,
+            "end_to_end_seconds": time.perf_counter() - start}
+
+
+def report(results: dict) -> None:
+    runs = results["runs"]
+    print(f"{results['pairs']} pairs, batch {results['batch_size']}, max length {results['max_length']}, "
+          f"{results['cpus']} CPUs, float32; model {results['model']}")
+    print(f"{'run':<15} {'pairs/s':>8} {'end-to-end s':>12} {'peak RSS GB':>11} {'epoch pass':>16}")
+    rate = {name: r["pairs"] / r["train_seconds"] for name, r in runs.items()}
+    for name, r in runs.items():
+        passed = r.get("epoch_pass_seconds")
+        epoch_pass = f"{passed:.1f}s ({passed / r['train_seconds']:.0%})" if passed is not None else ""
+        print(f"{name:<15} {rate[name]:8.2f} {r['end_to_end_seconds']:12.1f} {r['peak_rss_bytes'] / 1e9:11.2f} "
+              f"{epoch_pass:>16}")
+    for robust, plain in (("re-dpo", "dpo"), ("re-simpo", "simpo")):
+        if robust in rate and plain in rate:
+            print(f"RE-PO overhead, {robust} over {plain}: {rate[plain] / rate[robust] - 1:+.1%} (target ≤ 5%)")
+    for name in REPO_RUNS:
+        for trl in TRL_RUNS:
+            if name in rate and trl in rate:
+                print(f"{name} / {trl}: {rate[name] / rate[trl]:.2f}× pairs/s, "
+                      f"{runs[name]['peak_rss_bytes'] / runs[trl]['peak_rss_bytes']:.2f}× peak RSS")
+
+
+if __name__ == "__main__":
+    main()

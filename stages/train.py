@@ -11,8 +11,9 @@ logit z → E-step w = σ(z.detach() + logit η) with the η in force → loss �
 scheduler step, and the η EMA (Eq. 7) on the (Σw, count) of the whole global batch. Between epochs a no-grad
 pass re-estimates every pair's posterior and persists it (method.md §7.5).
 
-Several processes: `accelerate launch [--num_processes N] .venv/bin/repo train ...` (DDP; also multi-node).
-Each process runs its own share of every step (pipeline/batching.py deals rows out explicitly, so no pair is
+Several processes (DDP): `accelerate launch --multi_gpu --num_processes N $(which repo) train ...`; multi-node adds
+`--num_machines M --machine_rank R --main_process_ip HOST`. On CPU (gloo) pass `--device cpu` to `repo train`
+(accelerate 1.x's `launch --cpu` starts a single process unless given an MPI hostfile). Each process runs its own share of every step (pipeline/batching.py deals rows out explicitly, so no pair is
 padded in twice); per-pair results are gathered, so every process computes the same η. FSDP:
 `accelerate launch --use_fsdp --fsdp_sharding_strategy FULL_SHARD --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP
 --fsdp_state_dict_type FULL_STATE_DICT ...` (or the same keys in an `accelerate config` file); checkpoints

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from data import run_folder, schema, tokenize
 from data.pair_table import MissingReference, PairTable
-from pipeline import batching, em, logprobs, losses
+from pipeline import batching, em, logprobs, losses, train_metrics
 from pipeline.losses import LossKind, LossParams, PairLogps
 from stages import checkpoint
 from stages.checkpoint import TrainState
@@ -130,7 +130,6 @@ class TrainConfig:
 
 # Fields that may differ between a run and its --resume: they do not change what is trained.
 RESUMABLE_CHANGES = ("resume", "save_every", "device")
-ETA_QUANTILES = {"min": 0.0, "p10": 0.1, "p50": 0.5, "p90": 0.9, "max": 1.0}  # logged instead of η_k when K > 16
 RECORD = ("row", "loss", "z", "w", "logps_chosen", "logps_rejected", "rewards_chosen", "rewards_rejected")
 
 
@@ -328,26 +327,15 @@ class Logger:
     def step(self, state: TrainState, batch: dict, cfg: TrainConfig, **extra: float) -> None:
         if not self.main:
             return
-        mean = {name: float(values.mean()) for name, values in batch.items()}
-        record = {"step": state.global_step, **extra, "loss": mean["loss"],
-                  "rewards/chosen": mean["rewards_chosen"], "rewards/rejected": mean["rewards_rejected"],
-                  "rewards/margins": mean["rewards_chosen"] - mean["rewards_rejected"],
-                  "rewards/accuracies": float((batch["rewards_chosen"] > batch["rewards_rejected"]).double().mean()),
-                  "logps/chosen": mean["logps_chosen"], "logps/rejected": mean["logps_rejected"]}
+        record = {"step": state.global_step, **extra,
+                  **train_metrics.step_metrics(batch, cfg.flag_threshold if cfg.robust else None)}
         if cfg.robust:
-            record["repo/w_mean"] = mean["w"]
-            record["repo/flagged_frac"] = float((batch["w"] < cfg.flag_threshold).double().mean())
-            record.update(self._eta_metrics(state.eta))
+            record.update(train_metrics.eta_metrics(state.eta, self.annotators))
         self.metrics.write(record)
         if self.tensorboard is not None:
             for name, value in record.items():
                 if name != "step":
                     self.tensorboard.add_scalar(name, value, state.global_step)
-
-    def _eta_metrics(self, eta: torch.Tensor) -> dict[str, float]:
-        if len(self.annotators) <= 16:
-            return {f"repo/eta/{name}": float(value) for name, value in zip(self.annotators, eta)}
-        return {f"repo/eta_quantile/{name}": float(torch.quantile(eta, q)) for name, q in ETA_QUANTILES.items()}
 
     def epoch(self, state: TrainState, pairs: PairTable, z: torch.Tensor, w: torch.Tensor, threshold: float) -> None:
         if self.main:

@@ -23,8 +23,10 @@ from data.project import (
     merge_config,
     write_project_file,
 )
-from stages import make_noisy, prepare_model, score
+from stages import demo, make_noisy, prepare_model, score, train
+from stages.demo import DemoConfig
 from stages.score import ScoreConfig
+from stages.train import TrainConfig
 
 HELP = """\
 re-po: preference alignment (DPO, IPO, SimPO, CPO) robust to noisy labels (RE-PO's EM).
@@ -239,7 +241,9 @@ def inspect_noise_cmd(
     out_dir: Annotated[
         Path | None, typer.Option(help="report.txt and summary.json go here [default: <workspace>/inspect].")
     ] = None,
-    epoch: Annotated[int | None, typer.Option(help="Epoch to inspect [default: the last one written].")] = None,
+    epoch: Annotated[
+        int | None, typer.Option(help="Epoch to inspect [default: the last one written].")
+    ] = None,
     threshold: Annotated[
         float | None, typer.Option(help="Flag pairs with w below it." + _default(InspectConfig, "threshold"))
     ] = None,
@@ -251,7 +255,8 @@ def inspect_noise_cmd(
         Path | None, typer.Option(help="Score cache [default: the one the run was trained on].")
     ] = None,
     truth_col: Annotated[
-        str | None, typer.Option(help="Column that is true where the label is wrong [default: is_flipped if present].")
+        str | None,
+        typer.Option(help="Column that is true where the label is wrong [default: is_flipped if present]."),
     ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Write the flagged pairs with every column: .jsonl, .csv or .parquet.")
@@ -261,10 +266,13 @@ def inspect_noise_cmd(
     ] = None,
     action: Annotated[
         str | None,
-        typer.Option(help="drop the flagged pairs, or flip their labels." + _default(InspectConfig, "action")),
+        typer.Option(
+            help="drop the flagged pairs, or flip their labels." + _default(InspectConfig, "action")
+        ),
     ] = None,
     data: Annotated[
-        str | None, typer.Option(help="The input dataset, for --export-clean [default: repo.toml's data.path].")
+        str | None,
+        typer.Option(help="The input dataset, for --export-clean [default: repo.toml's data.path]."),
     ] = None,
     plots: Annotated[Path | None, typer.Option(help="Folder for PNG plots of w and η.")] = None,
 ) -> None:
@@ -291,6 +299,211 @@ def inspect_noise_cmd(
         plots=plots,
     )
     _call(inspect_noise.run, _config(InspectConfig, "inspect", project, flags))
+
+
+@app.command("train")
+def train_cmd(
+    scores: Annotated[
+        Path | None, typer.Argument(help="Score cache from `repo score` [default: <workspace>/scores].")
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Run folder [default: <workspace>/train].")
+    ] = None,
+    policy: Annotated[
+        str, typer.Option(help="Starting policy: an alias from repo.toml, a hub id or a folder.")
+    ] = "policy",
+    loss: Annotated[
+        str | None,
+        typer.Option(
+            help="dpo | ipo | simpo | cpo, or the baselines cdpo | rdpo." + _default(TrainConfig, "loss")
+        ),
+    ] = None,
+    robust: Annotated[
+        bool | None,
+        typer.Option(
+            "--robust/--no-robust",
+            help="RE-PO: learn per-annotator η and re-weight pairs by their posterior w."
+            + _default(TrainConfig, "robust"),
+        ),
+    ] = None,
+    beta: Annotated[
+        float | None, typer.Option(help="Preference temperature β [default: 0.1; SimPO 2.0].")
+    ] = None,
+    gamma: Annotated[
+        float | None, typer.Option(help="SimPO target margin γ." + _default(TrainConfig, "gamma"))
+    ] = None,
+    cpo_alpha: Annotated[
+        float | None, typer.Option(help="CPO NLL weight α." + _default(TrainConfig, "cpo_alpha"))
+    ] = None,
+    ipo_summed: Annotated[
+        bool | None,
+        typer.Option(
+            "--ipo-summed/--no-ipo-summed",
+            help="IPO on summed instead of per-token mean log-ratios." + _default(TrainConfig, "ipo_summed"),
+        ),
+    ] = None,
+    label_smoothing: Annotated[
+        float | None, typer.Option(help="cDPO's ε." + _default(TrainConfig, "label_smoothing"))
+    ] = None,
+    flip_rate: Annotated[
+        float | None, typer.Option(help="rDPO's assumed flip rate ε." + _default(TrainConfig, "flip_rate"))
+    ] = None,
+    eta0: Annotated[
+        float | None,
+        typer.Option(
+            help="Initial reliability of every annotator, in (½, 1]." + _default(TrainConfig, "eta0")
+        ),
+    ] = None,
+    eta_alpha: Annotated[
+        float | None,
+        typer.Option(help="EMA rate α_η of Eq. 7; 0 freezes η." + _default(TrainConfig, "eta_alpha")),
+    ] = None,
+    eta_update: Annotated[
+        str | None,
+        typer.Option(
+            help="How η moves: ema (per step, the paper), epoch (one M-step between epochs), both."
+            + _default(TrainConfig, "eta_update")
+        ),
+    ] = None,
+    robust_form: Annotated[
+        str | None,
+        typer.Option(
+            help="induced (BCE on the induced logit, Eq. 5) or weighted (w·L(a≻b) + (1−w)·L(b≻a))."
+            + _default(TrainConfig, "robust_form")
+        ),
+    ] = None,
+    flag_threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="A pair is flagged as a likely wrong label when w < this."
+            + _default(TrainConfig, "flag_threshold")
+        ),
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="AdamW learning rate." + _default(TrainConfig, "lr"))
+    ] = None,
+    weight_decay: Annotated[
+        float | None, typer.Option(help="AdamW weight decay." + _default(TrainConfig, "weight_decay"))
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Passes over the pairs." + _default(TrainConfig, "epochs"))
+    ] = None,
+    max_steps: Annotated[
+        int | None,
+        typer.Option(
+            help="Stop after this many optimizer steps (0: no limit)." + _default(TrainConfig, "max_steps")
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(help="Pairs per micro-batch per process." + _default(TrainConfig, "batch_size")),
+    ] = None,
+    grad_accum: Annotated[
+        int | None,
+        typer.Option(help="Micro-batches per optimizer step." + _default(TrainConfig, "grad_accum")),
+    ] = None,
+    warmup_ratio: Annotated[
+        float | None,
+        typer.Option(
+            help="Share of the optimizer steps with a linear LR warmup."
+            + _default(TrainConfig, "warmup_ratio")
+        ),
+    ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(help="LR decay after warmup: cosine or linear." + _default(TrainConfig, "scheduler")),
+    ] = None,
+    max_grad_norm: Annotated[
+        float | None,
+        typer.Option(help="Gradient clipping norm; 0: no clipping." + _default(TrainConfig, "max_grad_norm")),
+    ] = None,
+    bf16: Annotated[
+        bool | None,
+        typer.Option(
+            "--bf16/--no-bf16",
+            help="bf16 autocast on CUDA (weights stay fp32); ignored on CPU." + _default(TrainConfig, "bf16"),
+        ),
+    ] = None,
+    gradient_checkpointing: Annotated[
+        bool | None,
+        typer.Option(
+            "--gradient-checkpointing/--no-gradient-checkpointing",
+            help="Recompute activations in backward to save memory."
+            + _default(TrainConfig, "gradient_checkpointing"),
+        ),
+    ] = None,
+    lora: Annotated[
+        bool | None,
+        typer.Option(
+            "--lora/--no-lora",
+            help="Train LoRA adapters (needs the `peft` extra); final/ holds the merged model."
+            + _default(TrainConfig, "lora"),
+        ),
+    ] = None,
+    lora_r: Annotated[int | None, typer.Option(help="LoRA rank." + _default(TrainConfig, "lora_r"))] = None,
+    lora_alpha: Annotated[
+        int | None, typer.Option(help="LoRA scaling α." + _default(TrainConfig, "lora_alpha"))
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of init, data order and dropout." + _default(TrainConfig, "seed"))
+    ] = None,
+    save_every: Annotated[
+        int | None,
+        typer.Option(
+            help="Checkpoint every N optimizer steps; always at each epoch end."
+            + _default(TrainConfig, "save_every")
+        ),
+    ] = None,
+    resume: Annotated[
+        bool | None,
+        typer.Option(
+            "--resume/--no-resume",
+            help="Continue the run in out_dir from its last checkpoint." + _default(TrainConfig, "resume"),
+        ),
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            help="auto, cpu or cuda (accelerate launch picks the device per process)."
+            + _default(TrainConfig, "device")
+        ),
+    ] = None,
+) -> None:
+    """Stage two: train the policy on the cached reference log-probs (DPO, IPO, SimPO, CPO; --robust: RE-PO).
+
+    Writes the run folder: metrics.jsonl, the posteriors and reliabilities of every epoch as Parquet,
+    checkpoints (--resume continues), and final/ (the policy, loadable by transformers and vLLM).
+    Several GPUs: accelerate launch $(which repo) train ...
+    """
+    project = _project()
+    flags = {name: value for name, value in locals().items() if name != "project"}
+    flags.update(
+        scores=scores or project.scores_dir,
+        out_dir=out_dir or project.train_dir,
+        policy=project.model(policy),
+    )
+    typer.echo(_call(train.run, _config(TrainConfig, "train", project, flags)))
+
+
+@app.command("demo")
+def demo_cmd(
+    workspace: Annotated[Path, typer.Option(help="Where the demo writes.")] = DemoConfig.workspace,
+    train_pairs: Annotated[
+        int, typer.Option(help="Use N of the training pairs (0: all 800).")
+    ] = DemoConfig.train_pairs,
+    heldout_pairs: Annotated[
+        int, typer.Option(help="Use N of the held-out pairs (0: all 304).")
+    ] = DemoConfig.heldout_pairs,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = DemoConfig.epochs,
+    model: Annotated[
+        str | None, typer.Option(help="Model folder [default: SmolLM2-135M-Instruct, prepared locally].")
+    ] = None,
+) -> None:
+    """The main job on the embedded default: score, train RE-DPO, inspect the noise, evaluate held-out pairs."""
+    cfg = DemoConfig(
+        workspace=workspace, train_pairs=train_pairs, heldout_pairs=heldout_pairs, epochs=epochs, model=model
+    )
+    typer.echo(_call(demo.run, cfg))
 
 
 if __name__ == "__main__":

@@ -96,12 +96,13 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
 
 
 class MetricsLog:
-    """metrics.jsonl, appended one line per step. Opening it for a resumed run drops the lines past the checkpoint."""
+    """metrics.jsonl, appended one line per step, starting after `start_step` (the checkpoint a run resumes from,
+    or 0): lines past it, written by a run killed after its checkpoint, are dropped."""
 
-    def __init__(self, path: Path, resume_step: int | None = None) -> None:
+    def __init__(self, path: Path, start_step: int) -> None:
         self.path = path
-        if resume_step is not None and path.exists():
-            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
+        if path.exists():
+            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= start_step]
             atomic_write(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)))
         self.handle = open(path, "a")
 

@@ -22,6 +22,7 @@ go through accelerate's save_state. DeepSpeed ZeRO-1/2 is expected to work throu
 """
 import json
 import math
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, fields
@@ -141,6 +142,7 @@ def run(cfg: TrainConfig) -> Path:
     pairs = _read_pairs(cfg)
     policy_name = cfg.policy or pairs.key["ref_model"]  # by default the policy starts as the reference
     tokenizer = _load_tokenizer(policy_name, pairs.key, cfg.scores)
+    _start_run_folder(cfg, out, world, pairs.key, policy_name, accelerator)  # before the slow model load
     policy = _load_policy(policy_name, cfg)
     pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
 
@@ -154,12 +156,11 @@ def run(cfg: TrainConfig) -> Path:
     eta = em.init_eta(pairs.num_annotators, min(cfg.eta0, em.ETA_MAX))
     state = TrainState(eta=eta, first_visit_z=torch.full((pairs.num_pairs,), math.nan, dtype=torch.float64))
     accelerator.register_for_checkpointing(scheduler, state)
-    _start_run_folder(cfg, out, world, pairs.key, policy_name, accelerator)
     if cfg.resume:
         checkpoint.load(accelerator, checkpoint.latest(out / run_folder.CHECKPOINTS))
     elif cfg.robust:
         state.eta_history.append({"step": 0, "epoch": 1, "event": "init", "eta": state.eta})
-    log = Logger(out, accelerator, pairs.annotators, state.global_step if cfg.resume else None)
+    log = Logger(out, accelerator, pairs.annotators, state.global_step)
     bar = tqdm(total=total_steps, initial=state.global_step, disable=not accelerator.is_main_process,
                desc=f"train {cfg.loss}{' robust' if cfg.robust else ''}")
 
@@ -313,9 +314,9 @@ def _epoch_posteriors(cfg, params, accelerator, model, pairs, state, pad_id, log
 class Logger:
     """metrics.jsonl (+ TensorBoard when importable) and the per-epoch Parquet files; writes on the main process."""
 
-    def __init__(self, out: Path, accelerator: Accelerator, annotators: list[str], resume_step: int | None):
+    def __init__(self, out: Path, accelerator: Accelerator, annotators: list[str], start_step: int):
         self.out, self.annotators, self.main = out, annotators, accelerator.is_main_process
-        self.metrics = run_folder.MetricsLog(out / run_folder.METRICS, resume_step) if self.main else None
+        self.metrics = run_folder.MetricsLog(out / run_folder.METRICS, start_step) if self.main else None
         self.tensorboard = None
         if self.main:
             try:
@@ -431,7 +432,8 @@ def _start_run_folder(cfg, out, world, key, policy, accelerator) -> None:
     record, path = _config_record(cfg, world, key, policy), out / run_folder.CONFIG
     if cfg.resume:
         if checkpoint.latest(out / run_folder.CHECKPOINTS) is None:
-            raise FileNotFoundError(f"--resume: {out / run_folder.CHECKPOINTS} holds no checkpoint")
+            raise FileNotFoundError(f"--resume: {out / run_folder.CHECKPOINTS} holds no checkpoint; "
+                                    "start the run again without --resume")
         saved = json.loads(path.read_text())
         if saved != record:
             changed = sorted(k for k in {**saved["config"], **record["config"]}
@@ -441,7 +443,7 @@ def _start_run_folder(cfg, out, world, key, policy, accelerator) -> None:
                              f"saved {json.dumps({k: saved['config'].get(k, saved.get(k)) for k in changed})}, "
                              f"now {json.dumps({k: record['config'].get(k, record.get(k)) for k in changed})}")
         return
-    if path.exists():
+    if checkpoint.latest(out / run_folder.CHECKPOINTS) is not None:  # a run started without one lost nothing
         raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     accelerator.wait_for_everyone()  # every process has looked before the main one writes
     if accelerator.is_main_process:
@@ -452,8 +454,6 @@ def _start_run_folder(cfg, out, world, key, policy, accelerator) -> None:
 
 def _save_final(accelerator: Accelerator, model, tokenizer, cfg: TrainConfig, out: Path) -> None:
     """final/: the policy (LoRA merged in) via save_pretrained, plus its tokenizer; loadable by transformers/vLLM."""
-    import shutil
-
     accelerator.wait_for_everyone()
     state_dict = accelerator.get_state_dict(model)  # gathers FSDP shards; every process must call it
     if accelerator.is_main_process:

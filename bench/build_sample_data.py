@@ -33,7 +33,6 @@ import html
 import io
 import json
 import math
-import os
 import random
 import statistics
 import subprocess
@@ -42,6 +41,8 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from data.atomic import atomic_write, atomic_write_text
 
 SDIST_NAME = "vaderSentiment-3.3.2.tar.gz"
 SDIST_SHA256 = "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9"
@@ -223,12 +224,6 @@ def reliability(rows: list[dict]) -> dict[str, tuple[int, float]]:
     return out
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def jsonl(rows: list[dict]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
 
@@ -311,10 +306,10 @@ def main(argv: list[str] | None = None) -> None:
     sizes = {}
     for split in ("train", "heldout", "pool"):
         data = jsonl(built[split])
-        atomic_write(args.out / f"{split}.jsonl", data)
+        atomic_write(args.out / f"{split}.jsonl", lambda tmp: tmp.write_bytes(data))
         sizes[f"{split}.jsonl"] = len(data)
-    atomic_write(args.out / "LICENSE-vaderSentiment.txt", license_text)
-    atomic_write(args.out / "README.md", readme(built, args, sizes).encode())
+    atomic_write(args.out / "LICENSE-vaderSentiment.txt", lambda tmp: tmp.write_bytes(license_text))
+    atomic_write_text(args.out / "README.md", readme(built, args, sizes))
     for split in ("train", "heldout", "pool"):
         for annotator, (n, acc) in reliability(built[split]).items():
             print(f"{split:8s} {annotator:11s} pairs={n:5d} measured accuracy={acc:.3f}")

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data.atomic import atomic_write_text
+
 PROJECT_FILE = "repo.toml"
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
 SAMPLE_TRAIN = SAMPLE_DIR / "train.jsonl"
@@ -268,7 +270,5 @@ def write_project_file(cwd: Path, data: str, ref: str, workspace: str = "workspa
     if path.exists():
         raise ProjectError(f"{path} exists already; edit it, or remove it to start over")
     text = PROJECT_TEMPLATE.format(workspace=workspace, data=data, ref=ref)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
     return path

@@ -11,12 +11,12 @@ Layout (brief/contract.md):
 Every file is written under a temporary name in its folder and renamed into place (os.replace).
 """
 import json
-import os
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+
+from data.atomic import atomic_write
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -84,15 +84,6 @@ def write_parquet(frame: pl.DataFrame, path: Path) -> None:
 def write_json(obj: object, path: Path) -> None:
     text = json.dumps(obj, indent=1, default=str)
     atomic_write(path, lambda tmp: tmp.write_text(text))
-
-
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """write(tmp) into the same folder, flush it to disk, then rename over `path`."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 class MetricsLog:

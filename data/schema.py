@@ -11,13 +11,13 @@ manifest lists a part only after its file is in place: a scorer killed at any mo
 finished part or none, never half of one, and a rerun redoes only unlisted parts.
 """
 import json
-import os
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import polars as pl
 import pyarrow.parquet as pq
+
+from data.atomic import atomic_write
 
 SCHEMA_VERSION = 1
 # Everything that can change a stored log-prob (or the token ids): a cache is reused only if all agree.
@@ -111,7 +111,7 @@ def write_part(folder: Path, manifest: Manifest, index: int, df: pl.DataFrame, r
     table = df.to_arrow()
     metadata = {**(table.schema.metadata or {}), KEY_METADATA.encode(): json.dumps(manifest.key).encode()}
     name = part_name(index)
-    _atomic_write(folder / name, lambda tmp: pq.write_table(table.replace_schema_metadata(metadata), tmp))
+    atomic_write(folder / name, lambda tmp: pq.write_table(table.replace_schema_metadata(metadata), tmp))
     manifest.parts[name] = {"rows": df.height, "truncated": int(df["truncated"].sum()), "rejects": rejects}
     write_manifest(folder, manifest)
 
@@ -119,14 +119,14 @@ def write_part(folder: Path, manifest: Manifest, index: int, df: pl.DataFrame, r
 def finish_cache(folder: Path, manifest: Manifest, rejects: list[dict]) -> None:
     """Write the rejects file (all rows skipped, sorted by row_id) and mark the cache complete."""
     lines = "".join(json.dumps(r) + "\n" for r in sorted(rejects, key=lambda r: r["row_id"]))
-    _atomic_write(folder / REJECTS, lambda tmp: tmp.write_text(lines))
+    atomic_write(folder / REJECTS, lambda tmp: tmp.write_text(lines))
     manifest.complete = True
     write_manifest(folder, manifest)
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> None:
     text = json.dumps(asdict(manifest), indent=1)
-    _atomic_write(folder / MANIFEST, lambda tmp: tmp.write_text(text))
+    atomic_write(folder / MANIFEST, lambda tmp: tmp.write_text(text))
 
 
 def read_scores(folder: str | Path, expect: dict | None = None) -> tuple[pl.DataFrame, dict]:
@@ -194,10 +194,3 @@ def _show_keys(found: dict, expected: dict, label: str) -> str:
     )
 
 
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """write(tmp) into the same folder, flush it to disk, then rename over `path`."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)

@@ -4,10 +4,11 @@
 dataset back in the user's own format (make-noisy, inspect-noise's dumps and exports). Every write is
 atomic: a temporary file in the same folder, then os.replace.
 """
-import os
 from pathlib import Path
 
 import polars as pl
+
+from data.atomic import atomic_write
 
 FORMATS = (".jsonl", ".json", ".parquet", ".csv")
 
@@ -40,14 +41,5 @@ def write_table(df: pl.DataFrame, path: str | Path) -> None:
     nested = [name for name, dtype in df.schema.items() if dtype.is_nested()]
     if fmt == ".csv" and nested:
         raise ValueError(f"{path}: CSV cannot hold the nested columns {nested}; write .jsonl, .json or .parquet")
-    tmp = path.with_name(f".{path.name}.tmp")
-    match fmt:
-        case ".jsonl":
-            df.write_ndjson(tmp)
-        case ".json":
-            df.write_json(tmp)
-        case ".parquet":
-            df.write_parquet(tmp)
-        case _:
-            df.write_csv(tmp)
-    os.replace(tmp, path)
+    writer = {".jsonl": df.write_ndjson, ".json": df.write_json, ".parquet": df.write_parquet}.get(fmt, df.write_csv)
+    atomic_write(path, writer)

@@ -26,6 +26,7 @@ import numpy as np
 import polars as pl
 
 from data import run_folder, schema
+from data.atomic import atomic_write_text
 from data.pairs import Columns, pair_values, read_pairs
 from data.tables import read_table, table_format, write_table
 from pipeline import noise_metrics
@@ -112,7 +113,7 @@ def run(cfg: InspectConfig) -> Path:
         "outputs": outputs,
     }
     report = format_report(summary, pairs.head(cfg.show), truth_col)
-    run_folder.atomic_write(cfg.out_dir / "report.txt", lambda tmp: tmp.write_text(report))
+    atomic_write_text(cfg.out_dir / "report.txt", report)
     run_folder.write_json(summary, cfg.out_dir / "summary.json")
     print(report, end="")
     return cfg.out_dir

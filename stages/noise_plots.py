@@ -16,7 +16,7 @@ import polars as pl
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from data.run_folder import atomic_write
+from data.atomic import atomic_write
 
 MAX_LINES = 12  # annotators in the η plot (the least reliable) and, ×4, pairs in the w plot
 RIGHT, WRONG = "tab:blue", "tab:red"

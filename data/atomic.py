@@ -1,0 +1,21 @@
+"""One way to write a file so that a kill at any moment leaves either the old file or the new one.
+
+write(tmp) fills a temporary file in the same folder; it is flushed to disk and renamed over `path`
+(os.replace is atomic within a file system). Every writer in re-po goes through here.
+"""
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))

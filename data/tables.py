@@ -43,3 +43,37 @@ def write_table(df: pl.DataFrame, path: str | Path) -> None:
         raise ValueError(f"{path}: CSV cannot hold the nested columns {nested}; write .jsonl, .json or .parquet")
     writer = {".jsonl": df.write_ndjson, ".json": df.write_json, ".parquet": df.write_parquet}.get(fmt, df.write_csv)
     atomic_write(path, writer)
+
+
+def swapped_column_pairs(df: pl.DataFrame, source: Path) -> list[tuple[str, str]]:
+    """(chosen, rejected) and every (chosen_<x>, rejected_<x>) present; their dtypes must agree."""
+    for name in ("chosen", "rejected"):
+        if name not in df.columns:
+            raise ValueError(f"{source}: no column {name!r}; the columns are {df.columns}")
+    pairs = [("chosen", "rejected")] + [
+        (name, "rejected" + name.removeprefix("chosen"))
+        for name in df.columns
+        if name.startswith("chosen_") and "rejected" + name.removeprefix("chosen") in df.columns
+    ]
+    for a, b in pairs:
+        if df.schema[a] != df.schema[b]:
+            raise ValueError(f"{source}: columns {a!r} ({df.schema[a]}) and {b!r} ({df.schema[b]}) differ in type, "
+                             "so they cannot be swapped")
+    return pairs
+
+
+def boolean_column(df: pl.DataFrame, name: str, source: Path) -> pl.Series:
+    """The input's truth column as Boolean (0/1 accepted), or all False when there is none."""
+    if name not in df.columns:
+        return pl.Series(name, [False] * df.height)
+    column = df[name]
+    if column.dtype.is_integer():
+        bad = ~column.is_in([0, 1]) | column.is_null()
+    elif column.dtype == pl.Boolean:
+        bad = column.is_null()
+    else:
+        raise ValueError(f"{source}: field {name!r} must be true/false, found type {column.dtype}")
+    if bad.any():
+        row = int(bad.arg_true()[0])
+        raise ValueError(f"{source}: row {row}: field {name!r} must be true/false, got {column[row]!r}")
+    return column.cast(pl.Boolean)

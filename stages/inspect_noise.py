@@ -28,10 +28,9 @@ import polars as pl
 from data import run_folder, schema
 from data.atomic import atomic_write_text
 from data.pairs import Columns, pair_values, read_pairs
-from data.tables import read_table, table_format, write_table
+from data.tables import boolean_column, read_table, swapped_column_pairs, table_format, write_table
 from pipeline import noise_metrics
 from stages import noise_plots
-from stages.make_noisy import boolean_column, swapped_column_pairs
 
 DEFAULT_TRUTH_COL = "is_flipped"
 TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")  # left out of dumps: tokens, not data

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from data.tables import read_table, write_table
+from data.tables import boolean_column, read_table, swapped_column_pairs, write_table
 
 TRUTH, INJECTED, ANNOTATOR = "is_flipped", "injected_flip", "annotator"
 
@@ -78,22 +78,6 @@ def run(cfg: MakeNoisyConfig) -> Path:
     return cfg.out
 
 
-def swapped_column_pairs(df: pl.DataFrame, source: Path) -> list[tuple[str, str]]:
-    """(chosen, rejected) and every (chosen_<x>, rejected_<x>) present; their dtypes must agree."""
-    for name in ("chosen", "rejected"):
-        if name not in df.columns:
-            raise ValueError(f"{source}: no column {name!r}; the columns are {df.columns}")
-    pairs = [("chosen", "rejected")] + [
-        (name, "rejected" + name.removeprefix("chosen"))
-        for name in df.columns
-        if name.startswith("chosen_") and "rejected" + name.removeprefix("chosen") in df.columns
-    ]
-    for a, b in pairs:
-        if df.schema[a] != df.schema[b]:
-            raise ValueError(f"{source}: columns {a!r} ({df.schema[a]}) and {b!r} ({df.schema[b]}) differ in type, "
-                             "so they cannot be swapped")
-    return pairs
-
 
 def with_annotators(df: pl.DataFrame, cfg: MakeNoisyConfig) -> tuple[pl.DataFrame, dict[str, float]]:
     """The table with its annotator column (assigned if needed) and the flip rate of each annotator."""
@@ -130,20 +114,3 @@ def choose_flips(groups: list[str], rates: dict[str, float], seed: int) -> np.nd
         count = int(np.floor(rates[name] * len(rows) + 0.5))
         flip[rng.choice(rows, size=count, replace=False)] = True
     return flip
-
-
-def boolean_column(df: pl.DataFrame, name: str, source: Path) -> pl.Series:
-    """The input's truth column as Boolean (0/1 accepted), or all False when there is none."""
-    if name not in df.columns:
-        return pl.Series(name, [False] * df.height)
-    column = df[name]
-    if column.dtype.is_integer():
-        bad = ~column.is_in([0, 1]) | column.is_null()
-    elif column.dtype == pl.Boolean:
-        bad = column.is_null()
-    else:
-        raise ValueError(f"{source}: field {name!r} must be true/false, found type {column.dtype}")
-    if bad.any():
-        row = int(bad.arg_true()[0])
-        raise ValueError(f"{source}: row {row}: field {name!r} must be true/false, got {column[row]!r}")
-    return column.cast(pl.Boolean)

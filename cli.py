@@ -13,7 +13,6 @@ from typing import Annotated, Any, Callable
 
 import typer
 
-from data.pairs import Columns
 from data.project import (
     SAMPLE_TRAIN,
     Project,
@@ -23,8 +22,9 @@ from data.project import (
     merge_config,
     write_project_file,
 )
-from stages import demo, make_noisy, prepare_model, score, train
+from stages import demo, evaluate, make_noisy, prepare_model, score, train
 from stages.demo import DemoConfig
+from stages.evaluate import EvaluateConfig
 from stages.score import ScoreConfig
 from stages.train import TrainConfig
 
@@ -197,12 +197,11 @@ def score_cmd(
     columns) that `repo train` reads. A rerun resumes where an interrupted one stopped.
     """
     project = _project()
-    columns = Columns(**{k: v for k, v in project.data.items() if k != "path"})
     flags = dict(
         data=data or project.data["path"],
         model=project.model(model),
         out=out or project.scores_dir,
-        columns=columns,
+        columns=project.columns(),
         backend=backend,
         dtype=dtype,
         device=device,
@@ -295,7 +294,7 @@ def inspect_noise_cmd(
         export_clean=export_clean,
         action=action,
         data=data or project.data["path"],
-        columns=Columns(**{k: v for k, v in project.data.items() if k != "path"}),
+        columns=project.columns(),
         plots=plots,
     )
     _call(inspect_noise.run, _config(InspectConfig, "inspect", project, flags))
@@ -483,6 +482,29 @@ def train_cmd(
         policy=project.model(policy),
     )
     typer.echo(_call(train.run, _config(TrainConfig, "train", project, flags)))
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    data: Annotated[str, typer.Argument(help="Held-out pairs with a truth column.")],
+    run: Annotated[
+        Path | None, typer.Option(help="Run folder of `repo train` [default: <workspace>/train].")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder [default: <workspace>/evaluate].")] = None,
+    truth_col: Annotated[
+        str, typer.Option(help="True where the observed order is the wrong one.")
+    ] = "is_flipped",
+) -> None:
+    """Held-out accuracy of the trained policy's implicit reward against the truth, before and after."""
+    project = _project()
+    cfg = EvaluateConfig(
+        data=data,
+        run=run or project.train_dir,
+        out=out or project.workspace / "evaluate",
+        truth_col=truth_col,
+        columns=project.columns(),
+    )
+    typer.echo(_call(evaluate.run, cfg))
 
 
 @app.command("demo")

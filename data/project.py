@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from data.atomic import atomic_write_text
+from data.pairs import Columns
 
 PROJECT_FILE = "repo.toml"
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
@@ -80,6 +81,10 @@ class Project:
             seen.add(name)
             name = self.models[name]
         return name
+
+    def columns(self) -> Columns:
+        """The dataset's column names from [data] (the defaults where not given)."""
+        return Columns(**{key: value for key, value in self.data.items() if key != "path"})
 
     def section(self, stage: str) -> dict[str, Any]:
         return self.stages.get(stage, {})

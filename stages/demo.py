@@ -2,14 +2,15 @@
 
 Reads   the bundled sentiment pairs (data/sample: real human labels with real noise, truth from the
         consensus of raters the label never saw) and SmolLM2-135M-Instruct prepared locally.
-Writes  under `workspace`: scores/ (stage one), train/ (stage two, RE-DPO), heldout-ref/ and
-        heldout-policy/ (the held-out pairs scored by the reference and by the trained policy),
-        inspect/ (report, plots, summary.json) and demo-summary.json.
+Writes  under `workspace`: scores/ (stage one), train/ (stage two, RE-DPO), heldout/ (stages/evaluate.py:
+        the held-out pairs scored by the reference and by the trained policy), inspect/ (report, plots,
+        summary.json) and demo-summary.json.
 Run     repo demo [--train-pairs N] [--heldout-pairs N] [--epochs E]
 
 The summary compares each annotator group's η̂ with its measured reliability, scores the flags against
 the truth, and measures held-out accuracy: the share of held-out pairs whose consensus order the
-policy's implicit reward β·(ρ(a) − ρ(b)) reproduces (ties count ½), before and after training.
+policy's implicit reward β·(ρ(a) − ρ(b)) reproduces (ties count ½), before and after training
+(stages/evaluate.py).
 """
 
 import json
@@ -17,15 +18,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import polars as pl
-
-from data import run_folder, schema
+from data import run_folder
 from data.project import SAMPLE_HELDOUT, SAMPLE_TRAIN
 from data.tables import read_table, write_table
 from pipeline.losses import LossKind
-from pipeline.noise_metrics import order_accuracy
-from stages import inspect_noise, prepare_model, score, train
+from stages import evaluate, inspect_noise, prepare_model, score, train
 
 
 @dataclass(frozen=True)
@@ -48,13 +45,11 @@ def run(cfg: DemoConfig) -> Path:
     """Score, train with --robust, inspect, evaluate on held-out pairs; returns demo-summary.json."""
     ws = Path(cfg.workspace)
     model = cfg.model or str(prepare_model.ensure_default_model())
-    train_file = _first_rows(cfg.train_data, cfg.train_pairs, ws / "data" / "train.jsonl")
-    heldout_file = _first_rows(cfg.heldout_data, cfg.heldout_pairs, ws / "data" / "heldout.jsonl")
+    train_file = _sample_rows(cfg.train_data, cfg.train_pairs, ws / "data" / "train.jsonl")
+    heldout_file = _sample_rows(cfg.heldout_data, cfg.heldout_pairs, ws / "data" / "heldout.jsonl")
 
     _step("stage one: reference log-probs of the training pairs")
     scores = score.run(score.ScoreConfig(data=str(train_file), model=model, out=ws / "scores"))
-    _step("stage one: reference log-probs of the held-out pairs")
-    heldout_ref = score.run(score.ScoreConfig(data=str(heldout_file), model=model, out=ws / "heldout-ref"))
 
     _step(f"stage two: {cfg.loss} --robust")
     run_dir = train.run(
@@ -71,10 +66,13 @@ def run(cfg: DemoConfig) -> Path:
             resume=_has_checkpoint(ws / "train"),
         )
     )
-    final = run_dir / run_folder.FINAL
-    _step("held-out pairs under the trained policy")
-    heldout_policy = score.run(
-        score.ScoreConfig(data=str(heldout_file), model=str(final), out=ws / "heldout-policy")
+    _step("held-out pairs: reference and trained policy")
+    evaluation = json.loads(
+        evaluate.run(
+            evaluate.EvaluateConfig(
+                data=str(heldout_file), run=run_dir, out=ws / "heldout", truth_col=cfg.truth_col
+            )
+        ).read_text()
     )
 
     _step("inspect-noise")
@@ -87,10 +85,9 @@ def run(cfg: DemoConfig) -> Path:
         )
     )
     noise = json.loads((inspect_dir / "summary.json").read_text())
-    beta = json.loads((run_dir / run_folder.CONFIG).read_text())["config"]["beta"]
     summary = {
         "train_pairs": noise["pairs"],
-        "heldout": heldout_summary(heldout_ref, heldout_policy, beta, cfg.truth_col),
+        "heldout": evaluation,
         "annotators": [
             {k: a.get(k) for k in ("annotator", "labels", "eta", "accuracy", "eta_abs_error", "flagged")}
             for a in noise["annotators"]
@@ -102,41 +99,6 @@ def run(cfg: DemoConfig) -> Path:
     run_folder.write_json(summary, path)
     print(format_summary(summary), file=sys.stderr)
     return path
-
-
-def heldout_summary(ref_cache: Path, policy_cache: Path, beta: float | None, truth_col: str) -> dict:
-    """Held-out accuracy against the consensus, before (policy = reference) and after training.
-
-    Two rankings: the DPO implicit reward margin β·(ρ(a) − ρ(b)) (0 for every pair before training, so
-    ½), and the model's own per-token log-likelihood margin ℓ(a)/|a| − ℓ(b)/|b| (reference vs policy).
-    """
-    ref, _ = schema.read_scores(ref_cache)
-    policy, _ = schema.read_scores(policy_cache)
-    joined = ref.select(
-        "row_id", truth_col, "ref_chosen_logps", "ref_rejected_logps", "chosen_len", "rejected_len"
-    ).join(
-        policy.select(
-            "row_id",
-            pl.col("ref_chosen_logps").alias("pol_chosen"),
-            pl.col("ref_rejected_logps").alias("pol_rejected"),
-        ),
-        on="row_id",
-    )
-    wrong = joined[truth_col].to_numpy().astype(bool)
-    reward_margin = (joined["pol_chosen"] - joined["ref_chosen_logps"]) - (
-        joined["pol_rejected"] - joined["ref_rejected_logps"]
-    )
-    lens_c, lens_r = joined["chosen_len"].to_numpy(), joined["rejected_len"].to_numpy()
-    ref_ll = joined["ref_chosen_logps"].to_numpy() / lens_c - joined["ref_rejected_logps"].to_numpy() / lens_r
-    pol_ll = joined["pol_chosen"].to_numpy() / lens_c - joined["pol_rejected"].to_numpy() / lens_r
-    return {
-        "pairs": joined.height,
-        "implicit_reward_accuracy_before": order_accuracy(np.zeros(joined.height), wrong),
-        "implicit_reward_accuracy_after": order_accuracy(reward_margin.to_numpy(), wrong),
-        "loglik_accuracy_before": order_accuracy(ref_ll, wrong),
-        "loglik_accuracy_after": order_accuracy(pol_ll, wrong),
-        "label_accuracy": float(1 - wrong.mean()),
-    }
 
 
 def format_summary(summary: dict) -> str:
@@ -164,8 +126,8 @@ def format_summary(summary: dict) -> str:
         )
     lines += [
         f"held-out accuracy against the consensus ({h['pairs']} pairs, no training sentence among them):",
-        f"  implicit reward β·(ρ(a) − ρ(b)):   before {h['implicit_reward_accuracy_before']:.3f}"
-        f"  after {h['implicit_reward_accuracy_after']:.3f}",
+        f"  implicit reward β·(ρ(a) − ρ(b)):   before {h['reward_accuracy_before']:.3f}"
+        f"  after {h['reward_accuracy_after']:.3f}",
         f"  per-token log-likelihood margin:   before {h['loglik_accuracy_before']:.3f}"
         f"  after {h['loglik_accuracy_after']:.3f}",
         f"  (the single labels themselves agree with the consensus on {h['label_accuracy']:.3f})",
@@ -179,7 +141,7 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _first_rows(source: Path, n: int, dest: Path) -> Path:
+def _sample_rows(source: Path, n: int, dest: Path) -> Path:
     """`source` itself, or n of its rows drawn with a fixed seed (the files are sorted by domain and
     annotator, so the first rows would all be of one kind), written to `dest`."""
     if n <= 0:

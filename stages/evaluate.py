@@ -1,0 +1,128 @@
+"""`repo evaluate`: held-out preference accuracy of a trained run against the truth.
+
+Reads   a run folder of `repo train` (its config.json names the loss, β and the score cache, whose key
+        names the reference model) and held-out pairs with a truth column (`is_flipped`: the observed
+        order is the reverse of the true one).
+Writes  into `out`: ref/ and policy/ (the held-out pairs scored by the reference and by the trained
+        policy, through `repo score`, so both see exactly the same tokens) and evaluation.json.
+Run     repo evaluate HELDOUT [--run RUN] [--out DIR]
+
+Accuracy is the share of held-out pairs whose true order the policy's implicit reward reproduces
+(TRL's `rewards/accuracies`, against the truth instead of the labels; ties count ½). "Before" is the
+same measure with the policy equal to the reference. A second ranking, the per-token log-likelihood
+margin ℓ(a)/|a| − ℓ(b)/|b|, shows what the policy itself now prefers.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from data import run_folder, schema
+from data.pairs import Columns
+from pipeline import losses
+from pipeline.noise_metrics import order_accuracy
+from stages import score
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    data: str  # held-out pairs with a truth column
+    run: Path  # run folder of `repo train`
+    out: Path  # the two score caches and evaluation.json go here
+    truth_col: str = "is_flipped"
+    columns: Columns = Columns()
+    max_length: int | None = None  # None: as the run's training cache was scored
+    max_prompt_length: int | None = None
+
+
+def run(cfg: EvaluateConfig) -> Path:
+    """Score the held-out pairs with the reference and the trained policy; returns evaluation.json."""
+    run_dir, out = Path(cfg.run), Path(cfg.out)
+    train_config = json.loads((run_dir / run_folder.CONFIG).read_text())
+    trained, key = train_config["config"], train_config["cache_key"]
+    final = run_dir / run_folder.FINAL
+    if not (final / "config.json").exists():
+        raise FileNotFoundError(f"{run_dir} has no trained policy in {final}; let `repo train` finish first")
+    lengths = dict(
+        max_length=cfg.max_length or int(key["max_length"]),
+        max_prompt_length=cfg.max_prompt_length or int(key["max_prompt_length"]),
+    )
+    ref_cache = score.run(
+        score.ScoreConfig(
+            data=cfg.data, model=key["ref_model"], out=out / "ref", columns=cfg.columns, **lengths
+        )
+    )
+    policy_cache = score.run(
+        score.ScoreConfig(data=cfg.data, model=str(final), out=out / "policy", columns=cfg.columns, **lengths)
+    )
+    kind = losses.LossKind(trained["loss"])
+    params = losses.LossParams.for_kind(
+        kind,
+        trained["beta"],
+        gamma=trained["gamma"],
+        cpo_alpha=trained["cpo_alpha"],
+        ipo_summed=trained["ipo_summed"],
+    )
+    result = {
+        "run": str(run_dir),
+        "data": cfg.data,
+        "loss": str(kind),
+        **heldout_accuracy(ref_cache, policy_cache, kind, params, cfg.truth_col),
+    }
+    path = out / "evaluation.json"
+    run_folder.write_json(result, path)
+    print(
+        f"held-out accuracy against {cfg.truth_col} ({result['pairs']} pairs): implicit reward "
+        f"{result['reward_accuracy_before']:.3f} -> {result['reward_accuracy_after']:.3f}; "
+        f"log-likelihood margin {result['loglik_accuracy_before']:.3f} -> {result['loglik_accuracy_after']:.3f}"
+    )
+    return path
+
+
+def heldout_accuracy(
+    ref_cache: Path, policy_cache: Path, kind: losses.LossKind, params: losses.LossParams, truth_col: str
+) -> dict:
+    """Accuracies before (policy = reference) and after, from two score caches of the same pairs."""
+    ref, _ = schema.read_scores(ref_cache)
+    policy, _ = schema.read_scores(policy_cache)
+    if truth_col not in ref.columns:
+        raise ValueError(
+            f"held-out data has no truth column {truth_col!r}; its columns: {', '.join(ref.columns)}"
+        )
+    joined = ref.join(
+        policy.select(
+            "row_id",
+            pl.col("ref_chosen_logps").alias("policy_chosen"),
+            pl.col("ref_rejected_logps").alias("policy_rejected"),
+        ),
+        on="row_id",
+    )
+    wrong = joined[truth_col].cast(pl.Boolean).to_numpy()
+
+    def column(name: str) -> torch.Tensor:
+        return torch.tensor(joined[name].to_numpy(), dtype=torch.float64)
+
+    ref_chosen, ref_rejected = column("ref_chosen_logps"), column("ref_rejected_logps")
+    chosen_len, rejected_len = column("chosen_len"), column("rejected_len")
+
+    def reward_margin(chosen: torch.Tensor, rejected: torch.Tensor) -> np.ndarray:
+        logps = losses.PairLogps(chosen, rejected, ref_chosen, ref_rejected, chosen_len, rejected_len)
+        rewards_chosen, rewards_rejected = losses.implicit_rewards(kind, logps, params)
+        return (rewards_chosen - rewards_rejected).numpy()
+
+    def loglik_margin(chosen: torch.Tensor, rejected: torch.Tensor) -> np.ndarray:
+        return (chosen / chosen_len - rejected / rejected_len).numpy()
+
+    policy_chosen, policy_rejected = column("policy_chosen"), column("policy_rejected")
+    return {
+        "pairs": joined.height,
+        "reward_accuracy_before": order_accuracy(reward_margin(ref_chosen, ref_rejected), wrong),
+        "reward_accuracy_after": order_accuracy(reward_margin(policy_chosen, policy_rejected), wrong),
+        "loglik_accuracy_before": order_accuracy(loglik_margin(ref_chosen, ref_rejected), wrong),
+        "loglik_accuracy_after": order_accuracy(loglik_margin(policy_chosen, policy_rejected), wrong),
+        "label_accuracy": float(1 - wrong.mean()),
+    }

@@ -9,7 +9,7 @@ PIP    := $(PY) -m pip
 # model loading, and no text model needs them (see docs in README, "Install").
 UNWANTED := torchvision torchaudio torchcodec triton
 
-.PHONY: demo test lint bench bench-quick clean-venv
+.PHONY: demo test lint model bench clean-venv
 
 $(VENV)/.stamp-base:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,11 @@ $(VENV)/.stamp-bench: $(VENV)/.stamp-test
 lint: $(VENV)/.stamp-test
 	$(VENV)/bin/ruff check .
 
-test: lint
+# The real-model tests (SmolLM2-135M: hf vs vLLM agreement, step-0 invariant) need it converted once.
+model: $(VENV)/.stamp-test
+	HF_HUB_OFFLINE=1 $(VENV)/bin/repo prepare-model
+
+test: lint model
 	$(VENV)/bin/pytest -q
 
 demo: $(VENV)/.stamp-test

@@ -77,3 +77,10 @@ def boolean_column(df: pl.DataFrame, name: str, source: Path) -> pl.Series:
         row = int(bad.arg_true()[0])
         raise ValueError(f"{source}: row {row}: field {name!r} must be true/false, got {column[row]!r}")
     return column.cast(pl.Boolean)
+
+
+def sample_rows(df: pl.DataFrame, n: int, seed: int = 0) -> pl.DataFrame:
+    """n rows drawn with a fixed seed, kept in their input order (all rows when n is 0 or more than there are)."""
+    if n <= 0 or n >= df.height:
+        return df
+    return df.with_row_index("_row").sample(n, seed=seed).sort("_row").drop("_row")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from data import run_folder
 from data.project import SAMPLE_HELDOUT, SAMPLE_TRAIN
-from data.tables import read_table, write_table
+from data.tables import read_table, sample_rows, write_table
 from pipeline.losses import LossKind
 from stages import evaluate, inspect_noise, prepare_model, score, train
 
@@ -147,8 +147,7 @@ def _sample_rows(source: Path, n: int, dest: Path) -> Path:
     if n <= 0:
         return Path(source)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    table = read_table(Path(source))
-    write_table(table.sample(min(n, table.height), seed=0).sort("pair_id"), dest)
+    write_table(sample_rows(read_table(Path(source)), n), dest)
     return dest
 
 

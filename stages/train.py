@@ -91,6 +91,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0  # 0: no clipping
     bf16: bool = True  # bf16 autocast on CUDA (weights stay fp32); ignored on CPU
     gradient_checkpointing: bool = False
+    packing: bool = True  # several sequences per forward row (logprobs.pack) instead of right padding
     lora: bool = False  # train LoRA adapters (needs the `peft` extra); final/ holds the merged model
     lora_r: int = 16
     lora_alpha: int = 32
@@ -178,7 +179,7 @@ def run(cfg: TrainConfig) -> Path:
                 run_rows, keep = (rows, 1.0) if rows else (step_rows[:1], 0.0)
                 last = i == len(micro_batches) - 1
                 with nullcontext() if last else accelerator.no_sync(model):
-                    logps = pair_logps(model, pairs, run_rows, pad_id)
+                    logps = pair_logps(model, pairs, run_rows, pad_id, cfg.packing)
                     if cfg.robust:  # Alg. 1: z → E-step with the η in force → robust loss
                         z = losses.induced_logit(cfg.loss, logps, params)
                         w = losses.posterior_weight(z, state.eta[pairs.annotator[run_rows]])
@@ -243,16 +244,21 @@ class SequenceLogps(torch.nn.Module):
         super().__init__()
         self.policy = policy
 
-    def forward(self, input_ids, attention_mask, response_mask) -> tuple[torch.Tensor, torch.Tensor]:
-        return logprobs.response_logps(self.policy, logprobs.Packed(input_ids, attention_mask, response_mask))
+    def forward(self, input_ids, response_mask, sequence, attention_mask=None, position_ids=None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        packed = logprobs.Packed(input_ids, response_mask, sequence, attention_mask, position_ids)
+        return logprobs.response_logps(self.policy, packed)
 
 
-def pair_logps(model: torch.nn.Module, pairs: PairTable, rows: list[int], pad_id: int) -> PairLogps:
-    """Policy log-probs of `rows`: chosen and rejected in one concatenated forward; the reference from the cache."""
+def pair_logps(model: torch.nn.Module, pairs: PairTable, rows: list[int], pad_id: int,
+               packing: bool = True) -> PairLogps:
+    """Policy log-probs of `rows`: chosen and rejected in one concatenated forward (packed several to a row, or
+    right-padded); the reference from the cache."""
     prompts = pairs.ids("prompt", rows)
-    packed = logprobs.pack(prompts + prompts, pairs.ids("chosen", rows) + pairs.ids("rejected", rows), pad_id)
-    policy_chosen, policy_rejected = model(packed.input_ids, packed.attention_mask, packed.response_mask)[0].split(
-        len(rows))
+    layout = logprobs.pack if packing else logprobs.pad
+    packed = layout(prompts + prompts, pairs.ids("chosen", rows) + pairs.ids("rejected", rows), pad_id)
+    policy_chosen, policy_rejected = model(packed.input_ids, packed.response_mask, packed.sequence,
+                                           packed.attention_mask, packed.position_ids)[0].split(len(rows))
     device, index = policy_chosen.device, torch.tensor(rows)
     ref = (None, None) if pairs.ref_chosen_logps is None else (pairs.ref_chosen_logps[index].to(device),
                                                                pairs.ref_rejected_logps[index].to(device))
@@ -294,7 +300,7 @@ def _epoch_posteriors(cfg, params, accelerator, model, pairs, state, pad_id, log
     seen = torch.zeros_like(z_sum)
     for i in range(rank, math.ceil(len(batches) / world) * world, world):  # same number of forwards everywhere
         rows = batches[i] if i < len(batches) else batches[0]
-        z = losses.induced_logit(cfg.loss, pair_logps(model, pairs, rows, pad_id), params)
+        z = losses.induced_logit(cfg.loss, pair_logps(model, pairs, rows, pad_id, cfg.packing), params)
         if i < len(batches):
             z_sum[rows] += z.double()
             seen[rows] += 1

@@ -80,17 +80,19 @@ def rewrite_cache(src: Path, dst: Path, edit_rows=lambda df: df, edit_key=lambda
 
 
 def test_step0_policy_logps_equal_cached_reference_and_dpo_loss_is_ln2(scores, tiny_llama, tmp_path):
-    """With policy = reference, the trainer's forward reproduces the scorer's log-probs: margins 0, loss ln 2."""
+    """With policy = reference, the trainer's forward reproduces the scorer's log-probs: margins 0, loss ln 2.
+    The cache was scored packed; the trainer's forward agrees with it packed and padded."""
     from transformers import AutoModelForCausalLM
 
     pairs = PairTable.read(scores, with_reference=True)
     first_step = batching.plan_epoch(pairs.lengths, BATCH, seed=0, epoch=1)[0]
     policy = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
-    with torch.no_grad():
-        logps = pair_logps(SequenceLogps(policy), pairs, first_step, pad_id=0)
-    torch.testing.assert_close(logps.policy_chosen_logps.double(), logps.ref_chosen_logps, rtol=0, atol=1e-4)
-    torch.testing.assert_close(logps.policy_rejected_logps.double(), logps.ref_rejected_logps, rtol=0, atol=1e-4)
-    assert logps.policy_chosen_logps.abs().min() > 1  # real log-probs, not zeros
+    for packing in (True, False):
+        with torch.no_grad():
+            logps = pair_logps(SequenceLogps(policy), pairs, first_step, pad_id=0, packing=packing)
+        torch.testing.assert_close(logps.policy_chosen_logps.double(), logps.ref_chosen_logps, rtol=0, atol=1e-4)
+        torch.testing.assert_close(logps.policy_rejected_logps.double(), logps.ref_rejected_logps, rtol=0, atol=1e-4)
+        assert logps.policy_chosen_logps.abs().min() > 1  # real log-probs, not zeros
 
     out = run(config(scores, tmp_path / "run", max_steps=1))
     step = metrics(out)[0]

@@ -61,7 +61,9 @@ def main() -> None:
     parser.add_argument("--annotators", nargs="*", choices=ANNOTATORS)
     parser.add_argument("--methods", nargs="*", choices=METHODS)
     parser.add_argument("--seeds", nargs="*", type=int)
-    parser.add_argument("--train-pairs", type=int, default=400, help="training pairs drawn from train.jsonl")
+    parser.add_argument("--train-file", type=Path, default=SAMPLE_TRAIN, help="pairs to train on (drawn from)")
+    parser.add_argument("--heldout-file", type=Path, default=SAMPLE_HELDOUT, help="pairs to evaluate on")
+    parser.add_argument("--train-pairs", type=int, default=400, help="training pairs drawn from --train-file")
     parser.add_argument("--heldout-pairs", type=int, default=304, help="held-out pairs (all 304 by default)")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--lr", type=float, default=1e-5)
@@ -78,13 +80,13 @@ def main() -> None:
     out = args.out
     heldout = out / "data" / "heldout.jsonl"
     heldout.parent.mkdir(parents=True, exist_ok=True)
-    write_table(sample_rows(read_table(SAMPLE_HELDOUT), args.heldout_pairs), heldout)
+    write_table(sample_rows(read_table(args.heldout_file), args.heldout_pairs), heldout)
     results = _load(out / "results.json")
     started = time.perf_counter()
     for noise in plan["noise"]:
         for annotators in plan["annotators"]:
             variant = Variant(noise, annotators)
-            data = training_data(variant, args.train_pairs, out / "data")
+            data = training_data(variant, args.train_file, args.train_pairs, out / "data")
             cache = score.run(score.ScoreConfig(data=str(data), model=model, out=out / "scores" / variant.name))
             truth = read_table(data)
             for method in plan["methods"]:
@@ -100,9 +102,9 @@ def main() -> None:
     print(f"\n{len(results)} runs in {out}; this invocation took {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
 
-def training_data(variant: Variant, pairs: int, folder: Path) -> Path:
+def training_data(variant: Variant, source: Path, pairs: int, folder: Path) -> Path:
     """The training file of a variant: drawn pairs, annotators merged or not, flips injected or not."""
-    base = sample_rows(read_table(SAMPLE_TRAIN), pairs)
+    base = sample_rows(read_table(source), pairs)
     if variant.annotators == "single":
         base = base.with_columns(pl.col("annotator").alias("source_annotator"), pl.lit("all").alias("annotator"))
     path = folder / f"{variant.name}.jsonl"

@@ -64,13 +64,29 @@ class Packed:
 
 def pack(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int,
          row_tokens: int = ROW_TOKENS) -> Packed:
-    """Several sequences per row, first-fit decreasing into rows of max(longest sequence, row_tokens) tokens.
+    """Several sequences per row: first-fit decreasing into as few rows as rows of max(longest sequence,
+    row_tokens) tokens need, then narrowed to the least width that still fits them in that many rows (so the
+    unused tail is spread thin over the rows instead of filling most of the last one).
 
     Position ids restart at 0 for every sequence, and for the unused tail of a row, which thereby forms a
     segment of its own (it comes after every real token, so causal attention keeps it out of them anyway).
     """
     lengths = _check(prompt_ids, response_ids)
-    width = max(max(lengths), row_tokens)
+    rows = _first_fit_decreasing(lengths, max(max(lengths), row_tokens))
+    low = max(max(lengths), -(-sum(lengths) // len(rows)))  # no narrower width can hold them in as many rows
+    high = max(sum(lengths[i] for i in row) for row in rows)
+    while low < high:  # binary search on the width; `rows` always holds a packing of width `high`
+        width = (low + high) // 2
+        narrower = _first_fit_decreasing(lengths, width)
+        if len(narrower) <= len(rows):
+            rows, high = narrower, width
+        else:
+            low = width + 1
+    return _layout(prompt_ids, response_ids, pad_id, rows, packed=True)
+
+
+def _first_fit_decreasing(lengths: list[int], width: int) -> list[list[int]]:
+    """Sequence indices by row: longest first, each into the first row with room, else a new row."""
     rows: list[list[int]] = []
     free: list[int] = []  # tokens left in each row
     for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
@@ -80,7 +96,7 @@ def pack(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int
             free.append(width)
         rows[row].append(i)
         free[row] -= lengths[i]
-    return _layout(prompt_ids, response_ids, pad_id, rows, packed=True)
+    return rows
 
 
 def pad(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int) -> Packed:

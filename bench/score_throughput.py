@@ -3,13 +3,15 @@
 On the same pairs (the first --pairs rows of the bundled sample), model (SmolLM2-135M-Instruct, float32)
 and max length, in one process, one after the other:
   matmul      fp32 matmul FLOP/s of this machine right now (the ceiling for the rows below)
-  hf          `repo score --backend hf`: length-sorted batches, LM head only on response positions
-  hf-unsorted the same, batches of as many pairs in input order (what sorting buys)
+  hf          `repo score --backend hf`: length-sorted batches packed several sequences to a row, LM head
+              only on response positions
+  hf-padded   the same with --no-packing: one sequence per row, right-padded (what packing buys)
+  hf-unsorted the same as hf, batches of as many pairs in input order (what sorting buys)
   trl         trl.DPOTrainer(precompute_ref_log_probs=True): the precompute pass run in its __init__
   vllm        `repo score --backend vllm` (engine start excluded from the scoring rate)
 Rates: pairs/s and real tokens/s (tokens of prompt + response, both responses; padding not counted)
 over the scoring time; achieved FLOP/s = 2 × parameters × real tokens / scoring time, as a fraction of
-the matmul rate. hf and vllm also report end to end (model load, tokenization, Parquet writes included).
+the matmul rate; padding = share of the computed positions that hold no real token. hf and vllm also report end to end (model load, tokenization, Parquet writes included).
 Targets (issue 3): hf ≥ 2.5× TRL's pairs/s, and ≥ 50% of the matmul FLOP/s on real tokens.
 
 Run on a quiet machine (timings of a shared one are meaningless):
@@ -50,13 +52,15 @@ def matmul_flops(size: int = 2048, seconds: float = 3.0) -> float:
 def timed_backend(name: str, record: dict):
     """Wrap stages.score's backend `name` so that record gets the seconds spent scoring, the real tokens
     scored (pairs are deduplicated by the scorer, so these are the tokens actually computed) and, for hf,
-    the padded positions of its batches."""
-    original, original_pack = getattr(score, name), score.pack
+    the positions its batches computed (real tokens and padding)."""
+    original, layouts = getattr(score, name), {"pack": score.pack, "pad": score.pad}
 
-    def counted_pack(*args, **kwargs):
-        packed = original_pack(*args, **kwargs)
-        record["positions"] = record.get("positions", 0) + packed.input_ids.numel()
-        return packed
+    def counted(layout):
+        def lay_out(*args, **kwargs):
+            packed = layout(*args, **kwargs)
+            record["positions"] = record.get("positions", 0) + packed.input_ids.numel()
+            return packed
+        return lay_out
 
     @contextmanager
     def wrapper(*args, **kwargs):
@@ -72,12 +76,14 @@ def timed_backend(name: str, record: dict):
 
     record.update(seconds=0.0, tokens=0, pairs=0)
     setattr(score, name, wrapper)
-    score.pack = counted_pack
+    for layout_name, layout in layouts.items():
+        setattr(score, layout_name, counted(layout))
     try:
         yield
     finally:
         setattr(score, name, original)
-        score.pack = original_pack
+        for layout_name, layout in layouts.items():
+            setattr(score, layout_name, layout)
 
 
 @contextmanager
@@ -93,12 +99,12 @@ def unsorted_batches(pairs_per_batch: int):
         score.length_batches = original
 
 
-def run_score(args, model_dir: Path, data: Path, out: Path, backend: str) -> dict:
+def run_score(args, model_dir: Path, data: Path, out: Path, backend: str, packing: bool = True) -> dict:
     record: dict = {}
     name = "_hf_backend" if backend == "hf" else "_vllm_backend"
     config = score.ScoreConfig(data=str(data), model=str(model_dir), out=out, backend=score.Backend(backend),
                                max_length=args.max_length, max_prompt_length=args.max_prompt_length,
-                               batch_tokens=args.batch_tokens, overwrite=True, device="cpu")
+                               batch_tokens=args.batch_tokens, packing=packing, overwrite=True, device="cpu")
     with timed_backend(name, record):
         start = time.perf_counter()
         score.run(config)
@@ -151,7 +157,7 @@ def main() -> None:
     parser.add_argument("--max-prompt-length", type=int, default=64)
     parser.add_argument("--batch-tokens", type=int, default=score.ScoreConfig.batch_tokens)
     parser.add_argument("--trl-batch-size", type=int, default=8)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["hf-unsorted", "trl", "vllm"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["hf-padded", "hf-unsorted", "trl", "vllm"])
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     # vLLM's CPU engine keeps one core for its front end unless told otherwise (vllm-cpu.md).
@@ -169,6 +175,8 @@ def main() -> None:
         data.write_text("".join(json.dumps(r) + "\n" for r in rows))
         results["hf"] = run_score(args, model_dir, data, workdir / "hf", "hf")
         hf_scores, _ = schema.read_scores(workdir / "hf")
+        if "hf-padded" not in args.skip:
+            results["hf-padded"] = run_score(args, model_dir, data, workdir / "padded", "hf", packing=False)
         if "hf-unsorted" not in args.skip:
             batches = len(score.length_batches(
                 [len(p) + max(len(c), len(r)) for p, c, r in
@@ -200,7 +208,7 @@ def report(results: dict) -> None:
     print(f"{results['pairs']} pairs, max length {results['max_length']}, {results['threads']} threads, "
           f"{results['parameters'] / 1e6:.1f}M parameters; fp32 matmul {flops / 1e9:.1f} GFLOP/s")
     print(f"{'run':<12} {'pairs/s':>8} {'tok/s':>8} {'GFLOP/s':>8} {'of matmul':>9} {'padding':>8} {'end-to-end pairs/s':>19}")
-    for name in ("hf", "hf-unsorted", "trl", "vllm"):
+    for name in ("hf", "hf-padded", "hf-unsorted", "trl", "vllm"):
         if name not in results:
             continue
         r = results[name]
@@ -209,9 +217,9 @@ def report(results: dict) -> None:
         end_to_end = f"{results['pairs'] / r['end_to_end_seconds']:.2f}" if "end_to_end_seconds" in r else ""
         print(f"{name:<12} {r['pairs'] / r['seconds']:8.2f} {r['tokens'] / r['seconds']:8.0f} "
               f"{achieved / 1e9:8.1f} {achieved / flops:9.0%} {padding:>8} {end_to_end:>19}")
-    rate = {name: results[name]["pairs"] / results[name]["seconds"] for name in ("hf", "hf-unsorted", "trl", "vllm")
-            if name in results}
-    for name in ("hf-unsorted", "trl", "vllm"):
+    rate = {name: results[name]["pairs"] / results[name]["seconds"]
+            for name in ("hf", "hf-padded", "hf-unsorted", "trl", "vllm") if name in results}
+    for name in ("hf-padded", "hf-unsorted", "trl", "vllm"):
         if name in rate:
             print(f"hf / {name}: {rate['hf'] / rate[name]:.2f}×")
     if "vllm_max_relative_difference" in results:

@@ -3,13 +3,15 @@
 The first --pairs rows of the bundled sample are scored once (`repo score`, hf backend, not timed here), then each
 run trains one epoch in its own process (so each peak RSS is its own), one after the other:
   dpo, re-dpo, simpo, re-simpo   `repo train --loss L [--robust]`, float32, AdamW
+  dpo-padded                     dpo with --no-packing: one sequence per forward row, right-padded
   trl-precompute                 trl.DPOTrainer(precompute_ref_log_probs=True): reference log-probs computed
                                  before training (that pass is reported apart, not in the training rate)
   trl                            trl.DPOTrainer with the reference model run at every step
 Reported per run: pairs/s of the training loop (re-po: the optimizer steps, from metrics.jsonl; TRL: train()),
 end-to-end seconds (model load, checkpoint and final save included), peak RSS; for the robust runs the
-between-epoch posterior pass in seconds and as a fraction of the epoch's training time; the RE-PO overhead of
-re-dpo over dpo and re-simpo over simpo. Targets (issue 4): overhead ≤ 5%, epoch pass ≤ 40% of an epoch,
+between-epoch posterior pass in seconds and as a fraction of the epoch's training time; for re-po runs the share
+of the computed positions that hold no real token (padding); the RE-PO overhead of re-dpo over dpo and re-simpo
+over simpo. Targets (issue 4): overhead ≤ 5%, epoch pass ≤ 40% of an epoch,
 ≥ 2× TRL-precompute pairs/s in the same precision, lower peak RSS.
 
 Run on a quiet machine (timings of a shared one are meaningless):
@@ -29,7 +31,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample" / "train.jsonl"
-REPO_RUNS = {"dpo": ("dpo", False), "re-dpo": ("dpo", True), "simpo": ("simpo", False), "re-simpo": ("simpo", True)}
+REPO_RUNS = {"dpo": ("dpo", False, True), "re-dpo": ("dpo", True, True), "simpo": ("simpo", False, True),
+             "re-simpo": ("simpo", True, True), "dpo-padded": ("dpo", False, False)}  # (loss, robust, packing)
 TRL_RUNS = {"trl-precompute": True, "trl": False}
 
 
@@ -92,10 +95,22 @@ def in_child(spec: dict) -> dict:
 
 def child_repo(spec: dict) -> dict:
     """One epoch of `repo train`; the training loop's time is the sum of the step times in metrics.jsonl."""
+    from pipeline import logprobs
     from stages import train
 
-    loss, robust = REPO_RUNS[spec["run"]]
+    loss, robust, packing = REPO_RUNS[spec["run"]]
     passes, epoch_posteriors = [], train._epoch_posteriors
+    positions = {"computed": 0, "real": 0}
+
+    def counted(layout):
+        def lay_out(*args, **kwargs):
+            batch = layout(*args, **kwargs)
+            positions["computed"] += batch.input_ids.numel()
+            positions["real"] += int((batch.sequence >= 0).sum())
+            return batch
+        return lay_out
+
+    logprobs.pack, logprobs.pad = counted(logprobs.pack), counted(logprobs.pad)
 
     def timed_epoch_posteriors(*args, **kwargs):
         start = time.perf_counter()
@@ -105,7 +120,7 @@ def child_repo(spec: dict) -> dict:
     train._epoch_posteriors = timed_epoch_posteriors
     config = train.TrainConfig(scores=Path(spec["scores"]), out_dir=Path(spec["out"]), policy=spec["model"],
                                loss=loss, robust=robust, batch_size=spec["batch_size"], lr=spec["lr"],
-                               epochs=1, device="cpu")
+                               epochs=1, device="cpu", packing=packing)
     start = time.perf_counter()
     out = train.run(config)
     end_to_end = time.perf_counter() - start
@@ -113,7 +128,8 @@ def child_repo(spec: dict) -> dict:
     pairs = len(steps) * spec["batch_size"]
     loop_seconds = sum(spec["batch_size"] / step["pairs_per_s"] for step in steps)
     return {"pairs": pairs, "train_seconds": loop_seconds, "end_to_end_seconds": end_to_end,
-            "epoch_pass_seconds": sum(passes) if passes else None}
+            "epoch_pass_seconds": sum(passes) if passes else None,
+            "padding": 1 - positions["real"] / positions["computed"]}
 
 
 def child_trl(spec: dict) -> dict:
@@ -146,17 +162,20 @@ def report(results: dict) -> None:
     runs = results["runs"]
     print(f"{results['pairs']} pairs, batch {results['batch_size']}, max length {results['max_length']}, "
           f"{results['cpus']} CPUs, float32; model {results['model']}")
-    print(f"{'run':<15} {'pairs/s':>8} {'end-to-end s':>12} {'peak RSS GB':>11} {'epoch pass':>16}")
+    print(f"{'run':<15} {'pairs/s':>8} {'end-to-end s':>12} {'peak RSS GB':>11} {'epoch pass':>16} {'padding':>8}")
     rate = {name: r["pairs"] / r["train_seconds"] for name, r in runs.items()}
     for name, r in runs.items():
         passed = r.get("epoch_pass_seconds")
         epoch_pass = f"{passed:.1f}s ({passed / r['train_seconds']:.0%})" if passed is not None else ""
+        padding = f"{r['padding']:.0%}" if "padding" in r else ""
         print(f"{name:<15} {rate[name]:8.2f} {r['end_to_end_seconds']:12.1f} {r['peak_rss_bytes'] / 1e9:11.2f} "
-              f"{epoch_pass:>16}")
+              f"{epoch_pass:>16} {padding:>8}")
+    if "dpo" in rate and "dpo-padded" in rate:
+        print(f"packing: dpo / dpo-padded {rate['dpo'] / rate['dpo-padded']:.2f}× pairs/s")
     for robust, plain in (("re-dpo", "dpo"), ("re-simpo", "simpo")):
         if robust in rate and plain in rate:
             print(f"RE-PO overhead, {robust} over {plain}: {rate[plain] / rate[robust] - 1:+.1%} (target ≤ 5%)")
-    for name in REPO_RUNS:
+    for name in [run for run in REPO_RUNS if run != "dpo-padded"]:
         for trl in TRL_RUNS:
             if name in rate and trl in rate:
                 print(f"{name} / {trl}: {rate[name] / rate[trl]:.2f}× pairs/s, "

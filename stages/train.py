@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
@@ -370,6 +371,9 @@ def _accelerator(cfg: TrainConfig) -> Accelerator:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda, but torch sees no CUDA device")
     on_gpu = cfg.device != "cpu" and torch.cuda.is_available()
+    # Several runs in one process (the demo, the robustness benchmark) may ask for another precision than the
+    # last; accelerate keeps its state per process, so drop it; the process group (PartialState) stays.
+    AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(cpu=cfg.device == "cpu", mixed_precision="bf16" if cfg.bf16 and on_gpu else "no")
 
 

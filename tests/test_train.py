@@ -284,7 +284,8 @@ def test_two_processes_hold_the_same_eta_and_write_each_posterior_once(scores, t
             "robust": True, "epochs": 2, "lr": 1e-3}
     (tmp_path / "script.py").write_text(DISTRIBUTED_RUN)
     accelerate = Path(sys.executable).parent / "accelerate"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    # CUDA hidden: on a machine with fewer GPUs than processes, --multi_gpu would still pick cuda:LOCAL_RANK.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
     # `--cpu` would make accelerate 1.x start one process (multi-CPU needs MPI there); `--multi_gpu` starts two
     # through torchrun, and device="cpu" makes them use gloo.
     done = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",

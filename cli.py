@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any, Callable, NoReturn
 
 import typer
 
@@ -51,7 +51,7 @@ def _project() -> Project:
         _fail(str(exc))
 
 
-def _fail(message: str) -> typer.Exit:
+def _fail(message: str) -> NoReturn:
     typer.secho(f"error: {message}", err=True, fg="red")
     raise typer.Exit(code=2)
 
@@ -63,7 +63,7 @@ def _call(run: Callable[[Any], Path], cfg: Any) -> Path:
     """
     try:
         return run(cfg)
-    except (ValueError, FileNotFoundError, ProjectError) as exc:
+    except (ValueError, FileNotFoundError, ModuleNotFoundError, FloatingPointError) as exc:
         if os.environ.get("REPO_DEBUG"):
             raise
         _fail(str(exc))

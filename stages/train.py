@@ -166,69 +166,70 @@ def run(cfg: TrainConfig) -> Path:
     bar = tqdm(total=total_steps, initial=state.global_step, disable=not accelerator.is_main_process,
                desc=f"train {cfg.loss}{' robust' if cfg.robust else ''}")
 
-    model.train()
-    while state.epoch <= cfg.epochs and state.global_step < total_steps:
-        plan = batching.plan_epoch(pairs.lengths, cfg.batch_size * cfg.grad_accum * world, cfg.seed, state.epoch)
-        while state.step_in_epoch < len(plan) and state.global_step < total_steps:
-            started, step_rows = time.perf_counter(), plan[state.step_in_epoch]
-            micro_batches = batching.split_step(step_rows, cfg.batch_size, world)
-            records = []
-            for i, shards in enumerate(micro_batches):
-                rows = shards[accelerator.process_index]
-                # A process without rows here still runs a forward (DDP syncs every backward), on a real row
-                # whose loss is multiplied by 0 and whose record is dropped.
-                run_rows, keep = (rows, 1.0) if rows else (step_rows[:1], 0.0)
-                last = i == len(micro_batches) - 1
-                with nullcontext() if last else accelerator.no_sync(model):
-                    logps = pair_logps(model, pairs, run_rows, pad_id, cfg.packing)
-                    if cfg.robust:  # Alg. 1: z → E-step with the η in force → robust loss
-                        z = losses.induced_logit(cfg.loss, logps, params)
-                        w = losses.posterior_weight(z, state.eta[pairs.annotator[run_rows]])
-                        per_pair = (losses.robust_loss(z, w) if cfg.robust_form == RobustForm.induced
-                                    else losses.weighted_loss(cfg.loss, logps, params, w))
-                    else:  # the base method's own loss, not w ≡ 1
-                        z = w = torch.full_like(logps.policy_chosen_logps, math.nan)
-                        per_pair = losses.base_loss(cfg.loss, logps, params)
-                    # The loss is the mean over the global batch (method.md §7.3); DDP averages over processes.
-                    accelerator.backward(per_pair.sum() * (keep * world / len(step_rows)))
-                records.append(_records(cfg, params, logps, per_pair, z, w, rows, cfg.batch_size))
-            batch = dict(zip(RECORD, accelerator.gather(torch.cat(records)).T))  # same on every process
-            valid = batch["row"] >= 0
-            batch = {name: values[valid] for name, values in batch.items()}
-            batch_rows = batch["row"].long()
-            _stop_if_not_finite(batch["loss"], batch_rows, pairs, state.global_step + 1)
+    try:  # the bar is closed also when a step stops the run (NaN loss), so it prints nothing later
+        model.train()
+        while state.epoch <= cfg.epochs and state.global_step < total_steps:
+            plan = batching.plan_epoch(pairs.lengths, cfg.batch_size * cfg.grad_accum * world, cfg.seed, state.epoch)
+            while state.step_in_epoch < len(plan) and state.global_step < total_steps:
+                started, step_rows = time.perf_counter(), plan[state.step_in_epoch]
+                micro_batches = batching.split_step(step_rows, cfg.batch_size, world)
+                records = []
+                for i, shards in enumerate(micro_batches):
+                    rows = shards[accelerator.process_index]
+                    # A process without rows here still runs a forward (DDP syncs every backward), on a real row
+                    # whose loss is multiplied by 0 and whose record is dropped.
+                    run_rows, keep = (rows, 1.0) if rows else (step_rows[:1], 0.0)
+                    last = i == len(micro_batches) - 1
+                    with nullcontext() if last else accelerator.no_sync(model):
+                        logps = pair_logps(model, pairs, run_rows, pad_id, cfg.packing)
+                        if cfg.robust:  # Alg. 1: z → E-step with the η in force → robust loss
+                            z = losses.induced_logit(cfg.loss, logps, params)
+                            w = losses.posterior_weight(z, state.eta[pairs.annotator[run_rows]])
+                            per_pair = (losses.robust_loss(z, w) if cfg.robust_form == RobustForm.induced
+                                        else losses.weighted_loss(cfg.loss, logps, params, w))
+                        else:  # the base method's own loss, not w ≡ 1
+                            z = w = torch.full_like(logps.policy_chosen_logps, math.nan)
+                            per_pair = losses.base_loss(cfg.loss, logps, params)
+                        # The loss is the mean over the global batch (method.md §7.3); DDP averages over processes.
+                        accelerator.backward(per_pair.sum() * (keep * world / len(step_rows)))
+                    records.append(_records(cfg, params, logps, per_pair, z, w, rows, cfg.batch_size))
+                batch = dict(zip(RECORD, accelerator.gather(torch.cat(records)).T))  # same on every process
+                valid = batch["row"] >= 0
+                batch = {name: values[valid] for name, values in batch.items()}
+                batch_rows = batch["row"].long()
+                _stop_if_not_finite(batch["loss"], batch_rows, pairs, state.global_step + 1)
 
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or math.inf)
-            learning_rate = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.global_step += 1
-            state.step_in_epoch += 1
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or math.inf)
+                learning_rate = scheduler.get_last_lr()[0]
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.global_step += 1
+                state.step_in_epoch += 1
 
-            if cfg.robust:
-                if state.epoch == 1:  # out-of-sample margins: before the policy trained on these pairs (§7.6)
-                    state.first_visit_z[batch_rows] = batch["z"]
-                if cfg.eta_update in (EtaUpdate.ema, EtaUpdate.both) and cfg.eta_alpha > 0:
-                    # Eq. 7 after the optimizer step, on the global batch's (Σw, count) (method.md §7.4)
-                    sums, counts = em.annotator_sums(batch["w"], pairs.annotator[batch_rows], pairs.num_annotators)
-                    state.eta = em.ema_update(state.eta, sums, counts, cfg.eta_alpha)
-                state.eta_history.append({"step": state.global_step, "epoch": state.epoch, "event": "step",
-                                          "eta": state.eta})
-            pairs_per_s = len(step_rows) / (time.perf_counter() - started)
-            log.step(state, batch, cfg, grad_norm=float(grad_norm), learning_rate=learning_rate,
-                     epoch=state.epoch - 1 + state.step_in_epoch / len(plan), pairs_per_s=pairs_per_s)
-            bar.update()
-            bar.set_postfix(loss=f"{float(batch['loss'].mean()):.4f}", pairs_s=f"{pairs_per_s:.1f}")
-            if cfg.save_every and state.global_step % cfg.save_every == 0 and state.step_in_epoch < len(plan):
-                _save_checkpoint(accelerator, out, state, log)
+                if cfg.robust:
+                    if state.epoch == 1:  # out-of-sample margins: before the policy trained on these pairs (§7.6)
+                        state.first_visit_z[batch_rows] = batch["z"]
+                    if cfg.eta_update in (EtaUpdate.ema, EtaUpdate.both) and cfg.eta_alpha > 0:
+                        # Eq. 7 after the optimizer step, on the global batch's (Σw, count) (method.md §7.4)
+                        sums, counts = em.annotator_sums(batch["w"], pairs.annotator[batch_rows], pairs.num_annotators)
+                        state.eta = em.ema_update(state.eta, sums, counts, cfg.eta_alpha)
+                    state.eta_history.append({"step": state.global_step, "epoch": state.epoch, "event": "step",
+                                              "eta": state.eta})
+                pairs_per_s = len(step_rows) / (time.perf_counter() - started)
+                log.step(state, batch, cfg, grad_norm=float(grad_norm), learning_rate=learning_rate,
+                         epoch=state.epoch - 1 + state.step_in_epoch / len(plan), pairs_per_s=pairs_per_s)
+                bar.update()
+                bar.set_postfix(loss=f"{float(batch['loss'].mean()):.4f}", pairs_s=f"{pairs_per_s:.1f}")
+                if cfg.save_every and state.global_step % cfg.save_every == 0 and state.step_in_epoch < len(plan):
+                    _save_checkpoint(accelerator, out, state, log)
 
-        if cfg.robust:  # between epochs: re-estimate every posterior with the current policy (method.md §7.5)
-            _epoch_posteriors(cfg, params, accelerator, model, pairs, state, pad_id, log)
-        state.epoch, state.step_in_epoch = state.epoch + 1, 0
-        _save_checkpoint(accelerator, out, state, log)
-
-    bar.close()
+            if cfg.robust:  # between epochs: re-estimate every posterior with the current policy (method.md §7.5)
+                _epoch_posteriors(cfg, params, accelerator, model, pairs, state, pad_id, log)
+            state.epoch, state.step_in_epoch = state.epoch + 1, 0
+            _save_checkpoint(accelerator, out, state, log)
+    finally:
+        bar.close()
     log.close()
     _save_final(accelerator, model, tokenizer, cfg, out)
     return out

@@ -190,6 +190,17 @@ def _is_union(hint: Any) -> bool:
     return typing.get_origin(hint) in (typing.Union, types.UnionType)
 
 
+# Field type -> (TOML value types it accepts, conversion, what to say when the value is not one of them).
+# A TOML boolean is a Python int too: only bool fields take one.
+SCALARS: dict[type, tuple[tuple[type, ...], Any, str]] = {
+    bool: ((bool,), bool, "true or false"),
+    int: ((int,), int, "an integer"),
+    float: ((int, float), float, "a number"),
+    str: ((str,), str, "a string"),
+    Path: ((str,), Path, "a path string"),
+}
+
+
 def _coerce_one(option: Any, value: Any) -> Any:
     origin = typing.get_origin(option)
     if origin in (tuple, list):
@@ -199,26 +210,11 @@ def _coerce_one(option: Any, value: Any) -> Any:
         return origin(_coerce_one(item, v) for v in value)
     if isinstance(option, type) and issubclass(option, enum.Enum):
         return option(value)
-    if option is bool:
-        if not isinstance(value, bool):
-            raise TypeError("expected true or false")
-        return value
-    if option is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError("expected an integer")
-        return value
-    if option is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError("expected a number")
-        return float(value)
-    if option is str:
-        if not isinstance(value, str):
-            raise TypeError("expected a string")
-        return value
-    if option is Path:
-        if not isinstance(value, str):
-            raise TypeError("expected a path string")
-        return Path(value)
+    if option in SCALARS:
+        accepted, convert, expected = SCALARS[option]
+        if isinstance(value, bool) != (option is bool) or not isinstance(value, accepted):
+            raise TypeError(f"expected {expected}")
+        return convert(value)
     raise TypeError(f"unsupported field type {option!r}")
 
 

@@ -3,8 +3,9 @@
 A cache is a folder written by `repo score` and read by `repo train` / `repo inspect-noise`:
     manifest.json        cache key, how the input rows are split into parts, the finished parts
                          (with the rows each rejected), and whether the whole cache is complete
-    part-NNNNN.parquet   scored rows of part NNNNN (SCORE_COLUMNS + carried input columns); the cache
-                         key is also in each file's footer metadata
+    part-NNNNN.parquet   scored rows of part NNNNN (SCORE_COLUMNS, the embedding columns of each layer in
+                         the key's embed_layers, carried input columns); the cache key is also in each
+                         file's footer metadata
     rejects.jsonl        rows skipped with --on-bad-row skip: row_id, file, field, reason
 Every file is written to a temporary name in the same folder and then renamed (os.replace), and the
 manifest lists a part only after its file is in place: a scorer killed at any moment leaves either a
@@ -19,7 +20,7 @@ import pyarrow.parquet as pq
 
 from data.atomic import atomic_write
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: response and prompt embeddings (embed_layers)
 # Everything that can change a stored log-prob (or the token ids): a cache is reused only if all agree.
 CACHE_KEY_FIELDS = (
     "schema_version",
@@ -33,6 +34,7 @@ CACHE_KEY_FIELDS = (
     "backend",  # hf | vllm
     "backend_version",  # transformers or vllm version
     "dataset_sha",
+    "embed_layers",  # the layers whose mean-pooled hidden states are stored, e.g. "15,30"; "" for none
 )
 SCORE_COLUMNS = pl.Schema(
     {
@@ -49,6 +51,22 @@ SCORE_COLUMNS = pl.Schema(
         "truncated": pl.Boolean,  # the prompt or a response was cut to fit the max lengths
     }
 )
+# Per layer l of embed_layers: the hidden state mean-pooled over the prompt's / each response's tokens, (H,) float16
+# (data for the noise estimator, pipeline/reliability.py: a float32 mean rounded once; ample for a linear probe).
+EMBEDDING_DTYPE = pl.Float16
+
+
+def embedding_columns(layer: int) -> tuple[str, str, str]:
+    """The (prompt, chosen, rejected) embedding column names of one layer."""
+    return f"prompt_emb_{layer}", f"chosen_emb_{layer}", f"rejected_emb_{layer}"
+
+
+def embed_layers(key: dict) -> tuple[int, ...]:
+    """The layers a cache stores embeddings of, from its key."""
+    text = str(key.get("embed_layers") or "")
+    return tuple(int(layer) for layer in text.split(",") if layer)
+
+
 MANIFEST = "manifest.json"
 REJECTS = "rejects.jsonl"
 KEY_METADATA = "re_po.cache_key"  # Parquet footer entry holding the JSON cache key

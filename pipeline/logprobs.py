@@ -149,19 +149,80 @@ def response_logps(model: torch.nn.Module, packed: Packed) -> tuple[Tensor, Tens
     model: a transformers causal LM (`get_decoder()` is the body, `get_output_embeddings()` the head).
     Returns (logps (S,) float32, n_tokens (S,) long), on the model's device.
     """
-    _refuse_logit_transforms(model)
+    scores = score_sequences(model, packed)
+    return scores.logps, scores.n_tokens
+
+
+@dataclass
+class SequenceScores:
+    """What one forward gives per sequence (S sequences, input order), on the model's device."""
+
+    logps: Tensor | None  # (S,) float32 Σ log π over response tokens; None when not asked for
+    n_tokens: Tensor  # (S,) long response tokens
+    response_mean: dict[int, Tensor]  # layer -> (S, H) float32 mean hidden state over the response tokens
+    prompt_mean: dict[int, Tensor]  # layer -> (S, H) float32 mean hidden state over the prompt tokens
+
+
+def score_sequences(model: torch.nn.Module, packed: Packed, pool_layers: tuple[int, ...] = (),
+                    with_logps: bool = True) -> SequenceScores:
+    """response_logps, plus hidden states mean-pooled per sequence at `pool_layers`, from the same forward.
+
+    Layer l (1 ≤ l ≤ L) is transformers' `hidden_states[l]`: the output of decoder layer l, and for l = L the
+    final normed state the LM head reads. Only those layers are kept (forward hooks), not all L + 1.
+    with_logps=False skips the LM head (embeddings only).
+    """
+    if with_logps:
+        _refuse_logit_transforms(model)
     if packed.position_ids is not None and not _packing_confines_attention(model, packed):
         packed = pad(*packed.sequences(), pad_id=0)  # any id: padding is masked out
-    return _logps(model, packed)
+    return _forward(model, packed, pool_layers, with_logps)
 
 
 def _logps(model: torch.nn.Module, packed: Packed) -> tuple[Tensor, Tensor]:
+    scores = _forward(model, packed, (), True)
+    return scores.logps, scores.n_tokens
+
+
+def _decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    layers = getattr(model.get_decoder(), "layers", None)
+    if layers is None:
+        raise NotImplementedError(f"{type(model).__name__}: no decoder.layers to read hidden states from; "
+                                  "score without embeddings")
+    return layers
+
+
+def _forward(model: torch.nn.Module, packed: Packed, pool_layers: tuple[int, ...], with_logps: bool
+             ) -> SequenceScores:
     device = model.get_output_embeddings().weight.device
     packed = packed.to(device)
-    hidden = model.get_decoder()(
-        input_ids=packed.input_ids, attention_mask=packed.attention_mask, position_ids=packed.position_ids,
-        use_cache=False,  # also what lets transformers see packed sequences: it skips that check with a cache
-    ).last_hidden_state  # (R, T, H)
+    count = packed.num_sequences
+    captured: dict[int, Tensor] = {}
+    hooks = []
+    if pool_layers:
+        layers = _decoder_layers(model)
+        for layer in pool_layers:
+            if not 1 <= layer <= len(layers):
+                raise ValueError(f"pool layer {layer} is not in 1..{len(layers)}")
+            if layer < len(layers):
+                def keep(module, args, output, layer=layer):
+                    captured[layer] = output[0] if isinstance(output, tuple) else output
+                hooks.append(layers[layer - 1].register_forward_hook(keep))
+    try:
+        hidden = model.get_decoder()(
+            input_ids=packed.input_ids, attention_mask=packed.attention_mask, position_ids=packed.position_ids,
+            use_cache=False,  # also what lets transformers see packed sequences: it skips that check with a cache
+        ).last_hidden_state  # (R, T, H)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    response_mean, prompt_mean = {}, {}
+    for layer in pool_layers:
+        states = captured.get(layer, hidden)
+        response_mean[layer] = _segment_mean(states, packed.sequence, packed.response_mask, count)
+        prompt_mean[layer] = _segment_mean(states, packed.sequence, ~packed.response_mask, count)
+    n_tokens = torch.bincount(packed.sequence[packed.response_mask], minlength=count)
+    if not with_logps:
+        return SequenceScores(None, n_tokens, response_mean, prompt_mean)
     # Position t-1 predicts token t: select the hidden states whose next token is a response token. A sequence
     # starts with a prompt token, so position t-1 always belongs to the same sequence as token t.
     predicts_response = packed.response_mask[:, 1:]  # (R, T-1)
@@ -170,9 +231,17 @@ def _logps(model: torch.nn.Module, packed: Packed) -> tuple[Tensor, Tensor]:
     owners = packed.sequence[:, 1:][predicts_response]  # (N,) sequence of each selected position
     logits = model.get_output_embeddings()(selected).float()  # (N, V), float32 for the log-softmax
     token_logps = logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
-    count = packed.num_sequences
     logps = torch.zeros(count, dtype=torch.float32, device=device).index_add(0, owners, token_logps)
-    return logps, torch.bincount(owners, minlength=count)
+    return SequenceScores(logps, n_tokens, response_mean, prompt_mean)
+
+
+def _segment_mean(states: Tensor, sequence: Tensor, mask: Tensor, count: int) -> Tensor:
+    """(count, H) float32 mean of states (R, T, H) over the positions of each sequence where mask (R, T) holds."""
+    chosen = mask & (sequence >= 0)
+    owners = sequence[chosen]
+    sums = torch.zeros(count, states.shape[-1], dtype=torch.float32, device=states.device)
+    sums.index_add_(0, owners, states[chosen].float())
+    return sums / torch.bincount(owners, minlength=count).clamp(min=1)[:, None]
 
 
 # model -> whether its attention stays within each packed sequence (checked on the model's first packed batch)

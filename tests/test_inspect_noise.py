@@ -88,7 +88,7 @@ def write_cache(folder: Path, source: Path) -> Path:
                     read.table.drop("row_id", "pair_id", "annotator")], how="horizontal")
     key = schema.make_key(ref_model="tiny", weights_sha="w", tokenizer_sha="t", chat_template_sha="c",
                           max_length=64, max_prompt_length=32, dtype="float32", backend="hf",
-                          backend_version="0", dataset_sha=read.dataset_sha)
+                          backend_version="0", dataset_sha=read.dataset_sha, embed_layers="")
     manifest = schema.open_cache(folder, key, {"num_parts": 2, "num_rows": n}, overwrite=False)
     schema.write_part(folder, manifest, 0, df.head(n // 2), [])
     schema.write_part(folder, manifest, 1, df.tail(n - n // 2), [])

@@ -177,3 +177,33 @@ def test_bfloat16_model_passes_the_packing_check():
         with torch.no_grad():
             response_logps(model, pack(prompts, responses, pad_id=0))
     assert logprobs._PACKING_CHECKED[model] is True
+
+
+@pytest.mark.parametrize("layout", ["packed", "padded"])
+def test_pooled_hidden_states_match_transformers_hidden_states(layout):
+    """score_sequences' means over the prompt and the response tokens, per layer, equal the means of
+    transformers' own output_hidden_states over one unpadded sequence at a time (layer 2 = L: after the norm)."""
+    model = peaky_llama()
+    prompts, responses = random_sequences(12)
+    with torch.no_grad():
+        out = logprobs.score_sequences(model, LAYOUTS[layout](prompts, responses, 0), pool_layers=(1, 2))
+        for i, (prompt, response) in enumerate(zip(prompts, responses)):
+            states = model.model(torch.tensor([prompt + response]), output_hidden_states=True).hidden_states
+            for layer in (1, 2):
+                torch.testing.assert_close(out.response_mean[layer][i], states[layer][0, len(prompt):].mean(0),
+                                           rtol=1e-4, atol=1e-5)
+                torch.testing.assert_close(out.prompt_mean[layer][i], states[layer][0, : len(prompt)].mean(0),
+                                           rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(out.response_mean[1], out.response_mean[2])  # the layers are not confused
+    plain, _ = response_logps(model, pack(prompts, responses, 0))
+    torch.testing.assert_close(out.logps, plain)  # the same forward still gives the log-probs
+
+
+def test_embeddings_without_the_lm_head_and_bad_layers():
+    model = peaky_llama()
+    prompts, responses = random_sequences(3)
+    with torch.no_grad():
+        out = logprobs.score_sequences(model, pack(prompts, responses, 0), pool_layers=(2,), with_logps=False)
+    assert out.logps is None and out.response_mean[2].shape == (3, model.config.hidden_size)
+    with pytest.raises(ValueError, match="not in 1..2"):
+        logprobs.score_sequences(model, pack(prompts, responses, 0), pool_layers=(3,))

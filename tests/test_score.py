@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import polars as pl
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -86,8 +87,8 @@ def write_pairs(path: Path, count: int, seed: int = 0) -> Path:
 
 
 def score_config(data: Path, model: Path, out: Path, **overrides) -> ScoreConfig:
-    return ScoreConfig(data=str(data), model=str(model), out=out, max_length=24, max_prompt_length=8,
-                       part_size=16, batch_tokens=256, device="cpu", **overrides)
+    settings = dict(max_length=24, max_prompt_length=8, part_size=16, batch_tokens=256, device="cpu")
+    return ScoreConfig(data=str(data), model=str(model), out=out, **{**settings, **overrides})
 
 
 @pytest.mark.parametrize("packing", [True, False])
@@ -317,3 +318,40 @@ def test_prepare_model_writes_a_plain_transformers_folder(tmp_path):
     with torch.no_grad():
         paris, banana = response_logps(model, pack([prompt, prompt], answers, pad_id=0))[0].tolist()
     assert paris > banana + 5
+
+
+def test_embeddings_are_stored_per_row_in_its_own_order_and_keyed(peaky_model_dir, tmp_path):
+    """Each row's chosen/rejected embeddings are its own responses' (a row stating the reverse order of an
+    earlier one gets them swapped), float16 of the pooled float32 means; the layers are in the cache key."""
+    data = write_pairs(tmp_path / "pairs.jsonl", 30)
+    run(score_config(data, peaky_model_dir, tmp_path / "scores", embed_layers="1,last"))
+    df, key = schema.read_scores(tmp_path / "scores")
+    assert key["embed_layers"] == "1,2" and schema.embed_layers(key) == (1, 2)
+    model = LlamaForCausalLM.from_pretrained(peaky_model_dir).eval()
+    for row in df.head(8).iter_rows(named=True):
+        for layer in (1, 2):
+            prompt_col, chosen_col, rejected_col = schema.embedding_columns(layer)
+            for side, column in (("chosen", chosen_col), ("rejected", rejected_col)):
+                with torch.no_grad():
+                    states = model.model(torch.tensor([row["prompt_ids"] + row[f"{side}_ids"]]),
+                                         output_hidden_states=True).hidden_states[layer][0]
+                expected = states[len(row["prompt_ids"]):].mean(0)
+                assert torch.allclose(torch.tensor(row[column], dtype=torch.float32), expected, rtol=2e-3, atol=2e-3)
+            expected_prompt = states[: len(row["prompt_ids"])].mean(0)
+            assert torch.allclose(torch.tensor(row[prompt_col], dtype=torch.float32), expected_prompt,
+                                  rtol=2e-3, atol=2e-3)
+    assert df.schema[schema.embedding_columns(2)[1]] == pl.Array(pl.Float16, 64)
+    swapped = df.row(6, named=True), df.row(5, named=True)  # row 6 swaps row 5 (write_pairs)
+    assert swapped[0]["chosen_emb_2"] == swapped[1]["rejected_emb_2"]
+    assert swapped[0]["rejected_emb_2"] == swapped[1]["chosen_emb_2"]
+
+
+def test_no_embeddings_and_another_layer_choice_is_another_cache(peaky_model_dir, tmp_path):
+    data = write_pairs(tmp_path / "pairs.jsonl", 10)
+    run(score_config(data, peaky_model_dir, tmp_path / "scores", embeddings=False))
+    df, key = schema.read_scores(tmp_path / "scores")
+    assert key["embed_layers"] == "" and not [c for c in df.columns if "_emb_" in c]
+    with pytest.raises(schema.CacheError, match="embed_layers"):
+        run(score_config(data, peaky_model_dir, tmp_path / "scores"))
+    with pytest.raises(ValueError, match="layers 1..2"):
+        run(score_config(data, peaky_model_dir, tmp_path / "other", embed_layers="5"))

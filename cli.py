@@ -24,6 +24,7 @@ from data.project import (
 )
 from stages import demo, evaluate, inspect_noise, make_noisy, prepare_model, score, train
 from stages.demo import DemoConfig
+from stages.estimate import EstimateConfig
 from stages.evaluate import EvaluateConfig
 from stages.inspect_noise import InspectConfig
 from stages.score import ScoreConfig
@@ -153,6 +154,16 @@ def score_cmd(
         str | None,
         typer.Option(help="error, or skip (to rejects.jsonl)." + _default(ScoreConfig, "on_bad_row")),
     ] = None,
+    embeddings: Annotated[
+        bool | None,
+        typer.Option("--embeddings/--no-embeddings",
+                     help="Store mean-pooled hidden states for the noise estimate (inspect-noise on the cache)."
+                     + _default(ScoreConfig, "embeddings")),
+    ] = None,
+    embed_layers: Annotated[
+        str | None,
+        typer.Option(help="Layers to pool: numbers 1..L, middle, last." + _default(ScoreConfig, "embed_layers")),
+    ] = None,
     tensor_parallel_size: Annotated[
         int | None, typer.Option(help="vllm: GPUs per model." + _default(ScoreConfig, "tensor_parallel_size"))
     ] = None,
@@ -188,6 +199,8 @@ def score_cmd(
         part_size=part_size,
         overwrite=overwrite,
         on_bad_row=on_bad_row,
+        embeddings=embeddings,
+        embed_layers=embed_layers,
         tensor_parallel_size=tensor_parallel_size,
         gpu_memory_utilization=gpu_memory_utilization,
         max_model_len=max_model_len,
@@ -392,7 +405,9 @@ def train_cmd(
 @app.command("inspect-noise")
 def inspect_noise_cmd(
     run_dir: Annotated[
-        Path | None, typer.Argument(help="Run folder of `repo train --robust` [default: <workspace>/train].")
+        Path | None,
+        typer.Argument(help="Run folder of `repo train --robust`, or a score cache of `repo score` for the "
+                            "estimate before training [default: <workspace>/train]."),
     ] = None,
     out_dir: Annotated[
         Path | None, typer.Option(help="report.txt and summary.json go here [default: <workspace>/inspect].")
@@ -431,11 +446,32 @@ def inspect_noise_cmd(
         typer.Option(help="The input dataset, for --export-clean [default: repo.toml's data.path]."),
     ] = None,
     plots: Annotated[Path | None, typer.Option(help="Folder for PNG plots of w and η.")] = None,
+    prior_col: Annotated[
+        str | None,
+        typer.Option(help="Score cache: a column of log-odds that each label's order is right (your reward "
+                          "model or judge) serves as the model instead of the probe on the embeddings."),
+    ] = None,
+    probe: Annotated[
+        bool | None,
+        typer.Option("--probe/--no-probe", help="Score cache: the cross-fitted probe on the embeddings, or "
+                     "the labels' agreement alone." + _default(EstimateConfig, "probe")),
+    ] = None,
+    eta0: Annotated[
+        float | None,
+        typer.Option(help="Score cache: start of every η, kept where the data do not identify it."
+                     + _default(EstimateConfig, "eta0")),
+    ] = None,
+    folds: Annotated[
+        int | None, typer.Option(help="Score cache: cross-fitting folds." + _default(EstimateConfig, "folds"))
+    ] = None,
 ) -> None:
-    """The labels a robust run believes are wrong, and how reliable each annotator was.
+    """The labels believed wrong, and how reliable each annotator is: after training, or before it.
 
-    Prints the annotators from least reliable and the pairs of lowest w; with the truth in the data
-    (e.g. `is_flipped`), the flags' precision, recall and ROC-AUC. Writes summary.json.
+    Given a run folder, reads its posteriors; given a score cache, estimates them first (a probe on the
+    reference model's embeddings, cross-fitted so no pair scores its own label, then EM over the annotators'
+    reliabilities with one true order per pair). Prints the annotators from least reliable and the pairs of
+    lowest w; with the truth in the data (e.g. `is_flipped`), the flags' precision, recall and ROC-AUC.
+    Writes summary.json.
     """
     project = _project()
     flags = dict(
@@ -453,6 +489,8 @@ def inspect_noise_cmd(
         data=data or project.data["path"],
         columns=project.columns(),
         plots=plots,
+        estimate=_config(EstimateConfig, "estimate", project,
+                         dict(prior_col=prior_col, probe=probe, eta0=eta0, folds=folds)),
     )
     _call(inspect_noise.run, _config(InspectConfig, "inspect", project, flags))
 

@@ -42,7 +42,7 @@ class ProjectError(ValueError):
 
 
 # The sections a project file may have, and which stage reads each.
-STAGE_SECTIONS = ("score", "train", "inspect")
+STAGE_SECTIONS = ("score", "train", "inspect", "estimate")
 DATA_KEYS = {"path": str, "prompt": str, "chosen": str, "rejected": str, "annotator": str, "pair_id": str}
 
 
@@ -262,6 +262,11 @@ ref = "{ref}"
 [inspect]
 # Defaults for `repo inspect-noise`, e.g.
 # threshold = 0.5
+
+[estimate]
+# The noise estimate of `repo inspect-noise SCORES` (before training), e.g.
+# prior_col = "judge_logodds"   # your reward model's or judge's log-odds instead of the probe
+# eta0 = 0.9
 """
 
 

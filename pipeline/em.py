@@ -99,3 +99,18 @@ def fit_eta(
             return new_eta
         eta = new_eta
     raise RuntimeError(f"fit_eta did not converge to tol={tol} in {max_iter} iterations (eta={eta.tolist()})")
+
+
+def other_labels_logit(eta: Tensor, annotator: Tensor, pair: Tensor, orientation: Tensor, num_pairs: int) -> Tensor:
+    """Σ_{j ∈ pair(i), j ≠ i} s_ij·logit η_{k_j} for every row i, (N,) float64: the evidence of the OTHER labels of
+    row i's pair (method.md §9), s_ij = +1 where label j states the same order as label i, −1 where not.
+
+    annotator, pair: (N,) long indices; orientation: (N,) ±1, the order each row states relative to its pair's
+    reference order (s_ij = o_i·o_j). Zero for a pair with one label, where the E-step is Eq. 4. Adding it to z
+    in `posterior_weight` gives the exact posterior with one true order per pair (Dawid–Skene with the model as
+    prior): w_i = σ(z_i + logit η_{k_i} + Σ_{j≠i} s_ij·logit η_{k_j}).
+    """
+    o = orientation.to(torch.float64)
+    votes = o * torch.logit(eta.clamp(ETA_MIN, ETA_MAX))[annotator]
+    per_pair = torch.zeros(num_pairs, dtype=torch.float64, device=votes.device).index_add_(0, pair, votes)
+    return o * per_pair[pair] - o * votes  # o_i·(S_g − o_i·v_i) with o_i² = 1

@@ -1,9 +1,14 @@
-"""`repo inspect-noise RUN`: the labels a robust run believes are wrong, and how reliable each annotator was.
+"""`repo inspect-noise RUN|SCORES`: the labels believed wrong, and how reliable each annotator is.
 
-Reads the run folder of `repo train --robust` (data/run_folder.py): posteriors/epoch-000K.parquet and
-annotators/epoch-000K.parquet of the inspected epoch (default: the last), eta_steps.parquet (plots),
-config.json (names the score cache); joins the posteriors on row_id with the score cache
-(data/schema.read_scores), which carries the pair texts and every input column.
+Reads either
+- the run folder of `repo train --robust` (data/run_folder.py): posteriors/epoch-000K.parquet and
+  annotators/epoch-000K.parquet of the inspected epoch (default: the last), eta_steps.parquet (plots),
+  config.json (names the score cache); or
+- a score cache of `repo score`, before any training: the noise estimate of stages/estimate.py (a cross-fitted
+  probe on the reference model's embeddings, or --prior-col, then EM with one true order per pair), written to
+  out_dir as posteriors.parquet and annotators.parquet (epoch 0).
+The posteriors are joined on row_id with the score cache (data/schema.read_scores), which carries the pair texts
+and every input column.
 
 Writes into out_dir: report.txt (also printed) and summary.json. On request: --out FILE (the flagged
 pairs, every column but the token ids), --export-clean FILE (the input dataset with the flagged pairs
@@ -30,7 +35,8 @@ from data.atomic import atomic_write_text
 from data.pairs import Columns, pair_values, read_pairs
 from data.tables import boolean_column, read_table, swapped_column_pairs, table_format, write_table
 from pipeline import noise_metrics
-from stages import noise_plots
+from stages import estimate, noise_plots
+from stages.estimate import EstimateConfig
 
 DEFAULT_TRUTH_COL = "is_flipped"
 TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")  # left out of dumps: tokens, not data
@@ -46,7 +52,7 @@ class CleanAction(StrEnum):
 
 @dataclass(frozen=True)
 class InspectConfig:
-    run: Path  # run folder of `repo train --robust`
+    run: Path  # run folder of `repo train --robust`, or a score cache of `repo score` (the estimate before training)
     out_dir: Path  # report.txt and summary.json go here
     epoch: int | None = None  # the epoch whose posteriors to read; None: the last one written
     threshold: float = 0.5  # flag pairs with w below it
@@ -60,6 +66,7 @@ class InspectConfig:
     data: str | None = None  # the input dataset (for export_clean); the run's cache must be scored from it
     columns: Columns = Columns()  # its column names, as `repo score` read it (repo.toml [data])
     plots: Path | None = None  # folder for the PNG plots
+    estimate: EstimateConfig = EstimateConfig()  # how a score cache is estimated
 
     def __post_init__(self):
         if not 0.0 < self.threshold <= 1.0:
@@ -79,31 +86,44 @@ class InspectConfig:
 
 
 def run(cfg: InspectConfig) -> Path:
-    record = read_run_record(cfg.run)
-    epoch = pick_epoch(cfg.run, cfg.epoch, record["config"])
-    scores_dir = cfg.scores or Path(record["config"]["scores"])
-    posteriors = run_folder.read_epoch(cfg.run, run_folder.POSTERIORS, epoch)
-    pairs, cache_key = join_scores(posteriors, scores_dir, record.get("cache_key"))
-    pairs = pairs.with_columns(flagged=flags(pairs["w"], cfg.threshold, cfg.top_k)).sort("w", "row_id")
-    truth_col = resolve_truth_col(cfg.truth_col, pairs)
-    noisy = truth_values(pairs, truth_col) if truth_col else None
-    eta = run_folder.read_epoch(cfg.run, run_folder.ANNOTATORS, epoch)
-    annotators = annotator_table(pairs, eta, noisy)
-
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     outputs: dict[str, object] = {"report": str(cfg.out_dir / "report.txt"),
                                   "summary": str(cfg.out_dir / "summary.json")}
+    if is_score_cache(cfg.run):
+        scores_dir, epoch, epochs = cfg.run, 0, [0]
+        cached, cache_key = schema.read_scores(scores_dir)
+        found = estimate.run(cfg.estimate, cached, cache_key, str(scores_dir))
+        posteriors, eta = found.posteriors, found.annotators
+        outputs["posteriors"] = str(cfg.out_dir / "posteriors.parquet")
+        outputs["annotators"] = str(cfg.out_dir / "annotators.parquet")
+        run_folder.write_parquet(posteriors, cfg.out_dir / "posteriors.parquet")
+        run_folder.write_parquet(eta, cfg.out_dir / "annotators.parquet")
+        pairs = join_rows(posteriors, cached, scores_dir)
+        source = {"model": found.model, "seconds": round(found.seconds, 3)}
+    else:
+        record = read_run_record(cfg.run)
+        epoch = pick_epoch(cfg.run, cfg.epoch, record["config"])
+        epochs = run_folder.epochs_written(cfg.run, run_folder.POSTERIORS)
+        scores_dir = cfg.scores or Path(record["config"]["scores"])
+        posteriors = run_folder.read_epoch(cfg.run, run_folder.POSTERIORS, epoch)
+        pairs, cache_key = join_scores(posteriors, scores_dir, record.get("cache_key"))
+        eta = run_folder.read_epoch(cfg.run, run_folder.ANNOTATORS, epoch)
+        source = None
+    pairs = pairs.with_columns(flagged=flags(pairs["w"], cfg.threshold, cfg.top_k)).sort("w", "row_id")
+    truth_col = resolve_truth_col(cfg.truth_col, pairs)
+    noisy = truth_values(pairs, truth_col) if truth_col else None
+    annotators = annotator_table(pairs, eta, noisy)
+
     flagged = pairs.filter("flagged")
     if cfg.out is not None:
         outputs["out"] = str(write_dump(flagged.drop(TOKEN_COLUMNS, strict=False), cfg.out))
     if cfg.export_clean is not None:
         outputs["export_clean"] = str(export_clean(cfg, set(flagged["row_id"]), cache_key, truth_col))
     if cfg.plots is not None:
-        outputs["plots"] = [str(p) for p in make_plots(cfg, pairs, noisy, epoch)]
+        outputs["plots"] = [str(p) for p in make_plots(cfg, pairs, noisy, epoch, from_run=source is None)]
 
     summary = {
-        "run": str(cfg.run), "scores": str(scores_dir), "epoch": epoch,
-        "epochs": run_folder.epochs_written(cfg.run, run_folder.POSTERIORS),
+        "run": str(cfg.run), "scores": str(scores_dir), "epoch": epoch, "epochs": epochs, "estimate": source,
         "pairs": pairs.height, "flag_rule": flag_rule(cfg), "flagged": flagged.height,
         "flagged_frac": flagged.height / max(pairs.height, 1), "w_mean": float(pairs["w"].mean()),
         "annotators": annotators.to_dicts(),
@@ -148,20 +168,33 @@ def pick_epoch(run: Path, epoch: int | None, run_config: dict) -> int:
     return epoch
 
 
+def is_score_cache(folder: Path) -> bool:
+    return (Path(folder) / schema.MANIFEST).exists() and not (Path(folder) / run_folder.CONFIG).exists()
+
+
 def join_scores(posteriors: pl.DataFrame, scores_dir: Path, run_key: dict | None) -> tuple[pl.DataFrame, dict]:
     """The posteriors with the cached pair texts and input columns, one row per row_id; and the cache key.
 
     run_key: the key of the cache the run was trained on; another cache is refused, showing both keys.
     """
     cached, key = schema.read_scores(scores_dir, expect=run_key)
-    cached = cached.drop("pair_id", "annotator")  # the posteriors carry both
+    return join_rows(posteriors, cached, scores_dir), key
+
+
+def join_rows(posteriors: pl.DataFrame, cached: pl.DataFrame, scores_dir: Path) -> pl.DataFrame:
+    """Posteriors and cache rows joined on row_id; refused unless they hold the same rows."""
+    cached = cached.drop("pair_id", "annotator", *_embedding_names(cached))  # the posteriors carry both
     joined = posteriors.join(cached, on="row_id", how="inner")
     if joined.height != posteriors.height or joined.height != cached.height:
         raise ValueError(
             f"the run's posteriors ({posteriors.height} pairs) and the score cache {scores_dir} "
             f"({cached.height} pairs) share {joined.height} row_ids: the run was not trained on this cache; "
             "name the right one with --scores")
-    return joined, key
+    return joined
+
+
+def _embedding_names(frame: pl.DataFrame) -> list[str]:
+    return [name for name, dtype in frame.schema.items() if isinstance(dtype, pl.Array)]
 
 
 def flags(w: pl.Series, threshold: float, top_k: int | None) -> pl.Series:
@@ -206,16 +239,21 @@ def truth_values(pairs: pl.DataFrame, name: str) -> np.ndarray:
 # ---- the tables -------------------------------------------------------------------------------------------
 
 def annotator_table(pairs: pl.DataFrame, eta: pl.DataFrame, noisy: np.ndarray | None) -> pl.DataFrame:
-    """annotator, labels, eta, w_mean, flagged[, accuracy, eta_abs_error], least reliable (lowest η) first."""
+    """annotator, labels, eta[, eta_se], w_mean, flagged[, accuracy, eta_abs_error], least reliable first.
+
+    eta_se, identified: the estimate's standard error of η (null where the data do not identify η), where `eta`
+    has them."""
     stats = pairs.group_by("annotator").agg(
         labels=pl.len(), w_mean=pl.col("w").mean(), flagged=pl.col("flagged").sum())
-    table = eta.select("annotator", "eta").join(stats, on="annotator", how="inner")
+    se = ["eta_se", "identified"] if "eta_se" in eta.columns else []
+    table = eta.select("annotator", "eta", *se).join(stats, on="annotator", how="inner")
     if noisy is not None:
         accuracy = noise_metrics.annotator_accuracy(pairs["annotator"].to_numpy(), noisy)
         table = table.with_columns(accuracy=pl.col("annotator").replace_strict(accuracy, return_dtype=pl.Float64))
         table = table.with_columns(eta_abs_error=(pl.col("eta") - pl.col("accuracy")).abs())
     truth = ["accuracy", "eta_abs_error"] if noisy is not None else []
-    return table.select("annotator", "labels", "eta", "w_mean", "flagged", *truth).sort("eta", "w_mean", "annotator")
+    return table.select("annotator", "labels", "eta", *se, "w_mean", "flagged", *truth).sort(
+        "eta", "w_mean", "annotator")
 
 
 def truth_summary(name: str, pairs: pl.DataFrame, noisy: np.ndarray, annotators: pl.DataFrame) -> dict:
@@ -231,14 +269,22 @@ def truth_summary(name: str, pairs: pl.DataFrame, noisy: np.ndarray, annotators:
 def format_report(summary: dict, suspicious: pl.DataFrame, truth_col: str | None) -> str:
     rule = summary["flag_rule"]
     rule_text = f"w < {rule['threshold']}" if "threshold" in rule else f"the {rule['top_k']} lowest w"
-    lines = [f"run {summary['run']}, epoch {summary['epoch']} (of {len(summary['epochs'])}): {summary['pairs']} pairs, "
+    estimated = summary["estimate"]
+    where = (f"score cache {summary['run']}, estimate before training (model: {estimated['model']})" if estimated
+             else f"run {summary['run']}, epoch {summary['epoch']} (of {len(summary['epochs'])})")
+    lines = [f"{where}: {summary['pairs']} pairs, "
              f"{summary['flagged']} flagged ({rule_text}), mean w {summary['w_mean']:.3f}", ""]
     truth = summary["truth"]
-    header = f"{'annotator':<24} {'labels':>7} {'eta':>7} {'mean w':>7} {'flagged':>8}"
-    lines.append(header + (f" {'accuracy':>9}" if truth else ""))
+    header = f"{'annotator':<24} {'labels':>7} {'eta':>7}" + (f" {'± se':>7}" if estimated else "")
+    lines.append(header + f" {'mean w':>7} {'flagged':>8}" + (f" {'accuracy':>9}" if truth else ""))
     for a in summary["annotators"][:MAX_ANNOTATOR_ROWS]:
-        line = f"{a['annotator'][:24]:<24} {a['labels']:>7} {a['eta']:>7.3f} {a['w_mean']:>7.3f} {a['flagged']:>8}"
+        line = f"{a['annotator'][:24]:<24} {a['labels']:>7} {a['eta']:>7.3f}"
+        if estimated:
+            line += f" {'n/i':>7}" if not a["identified"] else f" {a['eta_se']:>7.3f}"
+        line += f" {a['w_mean']:>7.3f} {a['flagged']:>8}"
         lines.append(line + (f" {a['accuracy']:>9.3f}" if truth else ""))
+    if estimated and not all(a["identified"] for a in summary["annotators"]):
+        lines.append("n/i: not identified by the data (one label per pair and a model at chance); η stays at eta0")
     if len(summary["annotators"]) > MAX_ANNOTATOR_ROWS:
         lines.append(f"... and {len(summary['annotators']) - MAX_ANNOTATOR_ROWS} more (all in summary.json)")
     if truth:
@@ -317,11 +363,16 @@ def label_columns(raw: pl.DataFrame, columns: Columns, source: Path) -> list[tup
     return [(columns.chosen, columns.rejected)]
 
 
-def make_plots(cfg: InspectConfig, pairs: pl.DataFrame, noisy: np.ndarray | None, epoch: int) -> list[Path]:
+def make_plots(cfg: InspectConfig, pairs: pl.DataFrame, noisy: np.ndarray | None, epoch: int,
+               from_run: bool) -> list[Path]:
+    """The w histogram; for a run also η over its steps and w over its epochs for the flagged pairs."""
     folder = cfg.plots
     folder.mkdir(parents=True, exist_ok=True)
     w = pairs["w"].to_numpy()
     cutoff = cfg.threshold if cfg.top_k is None else float(pairs.filter("flagged")["w"].max() or 0.0)
+    histogram = noise_plots.w_histogram(w, noisy, cutoff, folder / "w_hist.png")
+    if not from_run:
+        return [histogram]
     annotator_epochs = [run_folder.read_epoch(cfg.run, run_folder.ANNOTATORS, e)
                         for e in run_folder.epochs_written(cfg.run, run_folder.ANNOTATORS) if e <= epoch]
     steps_file = cfg.run / run_folder.ETA_STEPS
@@ -335,7 +386,7 @@ def make_plots(cfg: InspectConfig, pairs: pl.DataFrame, noisy: np.ndarray | None
     ]).join(pl.DataFrame({"row_id": flagged_rows, "rank": range(flagged_rows.len())}), on="row_id")
     noisy_of = None if noisy is None else dict(zip(pairs["row_id"].to_list(), noisy.tolist()))
     return [
-        noise_plots.w_histogram(w, noisy, cutoff, folder / "w_hist.png"),
+        histogram,
         noise_plots.eta_over_steps(eta_steps, pl.concat(annotator_epochs), folder / "eta_steps.png"),
         noise_plots.w_over_epochs(history.sort("rank", "epoch"), noisy_of, folder / "w_flagged.png"),
     ]

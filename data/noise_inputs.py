@@ -1,0 +1,111 @@
+"""The noise estimator's inputs, read off a score cache's rows: who labelled which pair which way, and the features.
+
+Reads a frame of data/schema.read_scores (rows sorted by row_id); writes nothing. The estimator itself is
+pipeline/reliability.py.
+
+- Pairs: rows sharing a pair_id are labels of one pair (data/pairs.py gives every label of the same two responses
+  after the same prompt one id, whichever way round). A pair's reference order is the order of its first row;
+  a row's orientation is +1 where it states that order, −1 where it states the reverse.
+- Features: per pair, the embeddings of the reference order's first and second response and of the prompt,
+  at every layer the cache stores (data/schema.embedding_columns), layers side by side.
+- Prior: a user's column of log-odds that each row's observed order is right, turned into the reference order's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from data import schema
+
+
+class NoiseInputError(ValueError):
+    """The cache cannot feed the estimator (no embeddings, a bad prior column); the message says what to do."""
+
+
+@dataclass(frozen=True)
+class NoiseInputs:
+    annotators: list[str]  # sorted ids; η_k belongs to annotators[k]
+    annotator: np.ndarray  # (N,) int64 index into annotators
+    pair: np.ndarray  # (N,) int64 pair index, pairs numbered by their first row
+    orientation: np.ndarray  # (N,) int64 ±1
+    num_pairs: int
+    first: np.ndarray | None  # (G, E) float32 embeddings of each reference order's preferred response
+    second: np.ndarray | None  # (G, E) float32 of the other response
+    prompt: np.ndarray | None  # (G, P) float32 of the prompt
+    prior: np.ndarray | None  # (G,) float64 log-odds that the reference order is right, from the prior column
+
+
+def read_inputs(frame: pl.DataFrame, key: dict, source: str, prior_col: str | None = None,
+                embeddings: bool = True) -> NoiseInputs:
+    """The estimator's inputs from the cache rows `frame` (sorted by row_id) with cache key `key`.
+
+    source names the cache in errors. prior_col: take the model's evidence from this carried column instead of
+    the embeddings; embeddings=False: neither (the labels' agreement alone).
+    """
+    if frame.height == 0:
+        raise NoiseInputError(f"{source}: the score cache holds no pairs")
+    annotators = sorted(frame["annotator"].unique().to_list())
+    annotator = frame["annotator"].cast(pl.Enum(annotators)).to_physical().to_numpy().astype(np.int64)
+    number: dict[str, int] = {}  # pair_id -> pair index, pairs numbered in the order of their first rows
+    pair = np.array([number.setdefault(p, len(number)) for p in frame["pair_id"].to_list()], dtype=np.int64)
+    first_row = np.full(len(number), frame.height, dtype=np.int64)
+    np.minimum.at(first_row, pair, np.arange(frame.height))
+    orientation = _orientation(frame, pair, first_row)
+    num_pairs = len(first_row)
+    first = second = prompt = prior = None
+    if prior_col is not None:
+        prior = _prior(frame, prior_col, orientation, pair, num_pairs, source)
+    elif embeddings:
+        layers = schema.embed_layers(key)
+        if not layers:
+            raise NoiseInputError(f"{source} was scored without embeddings (repo score --no-embeddings); rescore it "
+                                  "with embeddings, give your own judge with --prior-col, or use --no-probe")
+        reference = frame[first_row]  # whose chosen is the reference order's first response
+        first = _stack(reference, [schema.embedding_columns(layer)[1] for layer in layers])
+        second = _stack(reference, [schema.embedding_columns(layer)[2] for layer in layers])
+        prompt = _stack(reference, [schema.embedding_columns(layer)[0] for layer in layers])
+    return NoiseInputs(annotators, annotator, pair, orientation, num_pairs, first, second, prompt, prior)
+
+
+def _orientation(frame: pl.DataFrame, pair: np.ndarray, first_row: np.ndarray) -> np.ndarray:
+    """+1 where a row's chosen tokens are its pair's first row's chosen tokens, −1 where they are its rejected."""
+    chosen = frame["chosen_ids"].to_list()
+    rejected = frame["rejected_ids"].to_list()
+    orientation = np.ones(frame.height, dtype=np.int64)
+    for i, g in enumerate(pair):
+        reference = first_row[g]
+        if chosen[i] == chosen[reference] and rejected[i] == rejected[reference]:
+            continue
+        if chosen[i] == rejected[reference] and rejected[i] == chosen[reference]:
+            orientation[i] = -1
+            continue
+        raise NoiseInputError(f"row_id {frame['row_id'][i]} and row_id {frame['row_id'][int(reference)]} share "
+                              f"pair_id {frame['pair_id'][i]!r} but not the same two responses; give each pair "
+                              "its own pair_id")
+    return orientation
+
+
+def _stack(frame: pl.DataFrame, names: list[str]) -> np.ndarray:
+    return np.concatenate([frame[name].to_numpy().astype(np.float32) for name in names], axis=1)
+
+
+def _prior(frame: pl.DataFrame, name: str, orientation: np.ndarray, pair: np.ndarray, num_pairs: int,
+           source: str) -> np.ndarray:
+    """The reference orders' log-odds: the mean over each pair's rows of o_i × the row's value."""
+    if name not in frame.columns:
+        raise NoiseInputError(f"{source}: prior column {name!r} is not in the cache (columns: "
+                              f"{', '.join(c for c in frame.columns if not c.endswith('_ids'))})")
+    column = frame[name]
+    if not column.dtype.is_numeric():
+        raise NoiseInputError(f"{source}: prior column {name!r} has type {column.dtype}; expected numbers "
+                              "(log-odds that the observed order is right)")
+    values = column.cast(pl.Float64).to_numpy()
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        raise NoiseInputError(f"{source}: prior column {name!r} at row_id {frame['row_id'][int(bad[0])]} holds "
+                              f"{column[int(bad[0])]!r}; every row needs a finite log-odds")
+    sums = np.bincount(pair, weights=orientation * values, minlength=num_pairs)
+    return sums / np.bincount(pair, minlength=num_pairs)

@@ -1,0 +1,310 @@
+"""The noise estimator (method.md §9): per-label posteriors and annotator reliabilities η before any training.
+
+Pure torch (float64): reads and writes nothing. Three pieces, used in this order by `estimate`:
+
+1. `probe_features`: from the reference model's mean-pooled hidden states, per pair g the antisymmetric features
+   φ_g of its reference order (φ of the reverse order is −φ_g), with interactions against the prompt's principal
+   components so that the preferred direction may depend on the prompt ("write a positive / a negative ...").
+2. `crossfit_probe`: logistic regression without intercept on φ (so p(a≻b) + p(b≻a) = 1), K folds grouped by pair:
+   the score s_g of a pair comes from a probe that saw none of its labels. The ridge strength is chosen by inner
+   cross-validation on the training folds' labels (log-loss), never on a truth.
+3. `fit_reliability`: EM with the probe's (or a user's judge's) scores as the model, under the paper's flip model
+   with ONE true order per pair (Dawid & Skene 1979 with the model as prior, Raykar et al. 2010):
+       Λ_g = a·s_g + Σ_{j∈g} o_j·logit η_{k_j}   log-odds that pair g's reference order is the true one
+       w_i = σ(o_i·Λ_g)                           posterior that row i's label is right (em.posterior_weight)
+   o_i = +1 where row i states the reference order, −1 where it states the reverse. M-step: η_k = mean w over k's
+   labels (Eq. 6); the scale a of the scores by a 1-D logistic regression on the posteriors of the true order (the
+   calibration the data identifies: P(label | s) = (1 − η) + (2η − 1)·σ(a·s) saturates at η, not at 1). Iterated
+   to convergence, which is allowed here because every s_g is out-of-sample (method.md §7.5 forbids it on margins
+   of a policy trained on the same labels).
+   The standard errors come from the empirical Fisher information of the marginal likelihood over (η, a); an
+   annotator whose η the data do not identify (SE above `max_se`: single labels and a model at chance, or two
+   annotators on every pair and nothing else) keeps η0, and the estimate says so.
+
+Shapes: N label rows, G pairs, K annotators, D features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pipeline.em import ETA_MAX, ETA_MIN, annotator_sums, other_labels_logit
+from pipeline.losses import posterior_weight
+
+LAMBDAS = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)  # ridge strengths tried, per unit of total label weight
+MAX_SE = 0.1  # an η whose standard error is larger is not identified by the data: it stays at η0
+
+
+@dataclass(frozen=True)
+class Labels:
+    """Who labelled which pair which way. All (N,) long; orientation is ±1."""
+
+    annotator: Tensor  # index in [0, num_annotators)
+    pair: Tensor  # index in [0, num_pairs)
+    orientation: Tensor  # +1: the row states its pair's reference order; −1: the reverse
+    num_annotators: int
+    num_pairs: int
+
+    def __post_init__(self) -> None:
+        n = self.annotator.shape
+        if self.pair.shape != n or self.orientation.shape != n:
+            raise ValueError(f"annotator {tuple(n)}, pair {tuple(self.pair.shape)} and orientation "
+                             f"{tuple(self.orientation.shape)} must have one shape")
+        if not bool(((self.orientation == 1) | (self.orientation == -1)).all()):
+            raise ValueError("orientation must be +1 or -1")
+
+    def per_pair(self, values: Tensor) -> Tensor:
+        """(G,) sums over each pair's rows of values (N,)."""
+        return torch.zeros(self.num_pairs, dtype=values.dtype).index_add_(0, self.pair, values)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The estimator's output. z is the calibrated model logit of each row's observed order (0 without a model)."""
+
+    eta: Tensor  # (K,) float64, in [ETA_MIN, ETA_MAX]
+    eta_se: Tensor  # (K,) standard error of η (inf where not identified)
+    identified: Tensor  # (K,) bool: False where η stayed at η0
+    w: Tensor  # (N,) posterior that each row's label is right
+    z: Tensor  # (N,) a·s_i: calibrated log-odds of the row's order from the model alone
+    scale: float  # a
+    iterations: int
+
+
+# ---- 1. features ------------------------------------------------------------------------------------------------
+
+def probe_features(first: Tensor, second: Tensor, prompt: Tensor | None, components: int = 64,
+                   prompt_components: int = 8) -> Tensor:
+    """(G, D) antisymmetric features of each pair's reference order (first ≻ second).
+
+    first, second: (G, E) pooled hidden states of the two responses (layers concatenated); prompt: (G, P) or None.
+    d = first − second is projected on the top `components` eigenvectors of dᵀd (no centering: dᵀd is the same
+    whichever order each pair is given in, so the basis never depends on a label) and whitened; with a
+    prompt, the features are [d̃, d̃·u_1, …, d̃·u_m] for u the prompt's top m principal components (standardized),
+    which lets the probe's direction be an affine function of the prompt. Linear in d, so φ(b, a) = −φ(a, b).
+    """
+    d = (first.double() - second.double())
+    d = d / d.square().mean(0).sqrt().clamp(min=1e-12)  # per-dimension RMS: massive activations do not dominate
+    reduced = d @ _principal_directions(d, components)
+    reduced = reduced / reduced.square().mean(0).sqrt().clamp(min=1e-12)  # (G, c), unit RMS each
+    if prompt is None or prompt_components == 0:
+        return reduced
+    centred = prompt.double() - prompt.double().mean(0)
+    u = centred @ _principal_directions(centred, prompt_components)
+    if u.shape[1] == 0:  # one prompt for every pair: nothing for the direction to depend on
+        return reduced
+    u = u / u.square().mean(0).sqrt()
+    return torch.cat([reduced] + [reduced * u[:, c : c + 1] for c in range(u.shape[1])], dim=1)
+
+
+def _principal_directions(x: Tensor, count: int) -> Tensor:
+    """(E, c ≤ count) top eigenvectors of xᵀx above rounding, each signed so its largest entry is positive."""
+    values, vectors = torch.linalg.eigh(x.T @ x)  # ascending
+    values, vectors = values.flip(0), vectors.flip(1)
+    keep = min(count, int((values > values[0].clamp(min=0) * 1e-10).sum())) if values.numel() and values[0] > 0 else 0
+    vectors = vectors[:, :keep]
+    signs = torch.sign(vectors.gather(0, vectors.abs().argmax(0, keepdim=True)))
+    return vectors * signs
+
+
+# ---- 2. the cross-fitted probe ----------------------------------------------------------------------------------
+
+def fit_logistic(x: Tensor, target: Tensor, weight: Tensor, ridge: float, iterations: int = 50) -> Tensor:
+    """(D,) β minimising Σ_g c_g·[t_g·softplus(−x_g·β) + (1 − t_g)·softplus(x_g·β)] + ridge/2·‖β‖², by Newton.
+
+    x (G, D), target t (G,) in [0, 1], weight c (G,) ≥ 0. No intercept. The objective is strictly convex for
+    ridge > 0, so Newton with step halving converges to its unique minimum.
+    """
+    x, target, weight = x.double(), target.double(), weight.double()
+    beta = torch.zeros(x.shape[1], dtype=torch.float64)
+    eye = torch.eye(x.shape[1], dtype=torch.float64)
+
+    def objective(b: Tensor) -> Tensor:
+        margin = x @ b
+        return (weight * (target * torch.nn.functional.softplus(-margin)
+                          + (1 - target) * torch.nn.functional.softplus(margin))).sum() + ridge / 2 * b.dot(b)
+
+    value = objective(beta)
+    for _ in range(iterations):
+        p = torch.sigmoid(x @ beta)
+        gradient = x.T @ (weight * (p - target)) + ridge * beta
+        hessian = (x.T * (weight * p * (1 - p))) @ x + ridge * eye
+        step = torch.linalg.solve(hessian, gradient)
+        size = 1.0
+        while True:
+            candidate = beta - size * step
+            new_value = objective(candidate)
+            if new_value <= value or size < 1e-8:
+                break
+            size /= 2
+        beta, improvement, value = candidate, float(value - new_value), new_value
+        if improvement <= 1e-12 * max(1.0, abs(float(value))):
+            break
+    return beta
+
+
+def folds_of(num_pairs: int, num_folds: int, seed: int) -> Tensor:
+    """(G,) fold index of every pair: a seeded permutation dealt round-robin, so the folds differ by at most one."""
+    order = torch.randperm(num_pairs, generator=torch.Generator().manual_seed(seed))
+    folds = torch.empty(num_pairs, dtype=torch.long)
+    folds[order] = torch.arange(num_pairs) % num_folds
+    return folds
+
+
+def crossfit_probe(x: Tensor, target: Tensor, weight: Tensor, folds: Tensor, inner_folds: int = 3,
+                   lambdas: tuple[float, ...] = LAMBDAS, seed: int = 0, ridge: Tensor | None = None
+                   ) -> tuple[Tensor, Tensor]:
+    """Out-of-fold scores s (G,) of the reference orders, and the ridge chosen for each outer fold (F,).
+
+    For each fold f: the ridge is chosen by `inner_folds`-fold cross-validation on the other folds' targets
+    (weighted log-loss; ridge per unit of total weight), then a probe fitted on all other folds scores fold f.
+    A pair's own target never reaches its own score. `ridge` (F,): reuse these strengths instead of choosing.
+    """
+    num_folds = int(folds.max()) + 1
+    scores = torch.zeros(x.shape[0], dtype=torch.float64)
+    chosen = torch.zeros(num_folds, dtype=torch.float64)
+    for f in range(num_folds):
+        train = folds != f
+        if ridge is None:
+            inner = folds_of(int(train.sum()), inner_folds, seed + 1 + f)
+            chosen[f] = _choose_ridge(x[train], target[train], weight[train], inner, lambdas)
+        else:
+            chosen[f] = ridge[f]
+        beta = fit_logistic(x[train], target[train], weight[train], float(chosen[f] * weight[train].sum()))
+        scores[~train] = x[~train].double() @ beta
+    return scores, chosen
+
+
+def _choose_ridge(x: Tensor, target: Tensor, weight: Tensor, folds: Tensor, lambdas: tuple[float, ...]) -> float:
+    losses = []
+    for lam in lambdas:
+        total = 0.0
+        for f in range(int(folds.max()) + 1):
+            train = folds != f
+            beta = fit_logistic(x[train], target[train], weight[train], lam * float(weight[train].sum()))
+            margin = x[~train].double() @ beta
+            held = (weight[~train] * (target[~train] * torch.nn.functional.softplus(-margin)
+                                      + (1 - target[~train]) * torch.nn.functional.softplus(margin))).sum()
+            total += float(held)
+        losses.append(total)
+    return lambdas[min(range(len(lambdas)), key=losses.__getitem__)]
+
+
+def observed_targets(labels: Labels) -> tuple[Tensor, Tensor]:
+    """Per pair: the share of its labels that state the reference order (G,), and the number of labels (G,)."""
+    count = labels.per_pair(torch.ones_like(labels.orientation, dtype=torch.float64))
+    agree = labels.per_pair((labels.orientation.double() + 1) / 2)
+    return agree / count.clamp(min=1), count
+
+
+# ---- 3. EM for η (and the scale of the scores) --------------------------------------------------------------------
+
+def pair_log_odds(labels: Labels, eta: Tensor, model_logit: Tensor) -> Tensor:
+    """Λ (G,): log-odds that each pair's reference order is true, given the model's logit (G,) of that order and
+    every label of the pair (the exact posterior under the flip model, labels independent given the order)."""
+    votes = labels.orientation.double() * torch.logit(eta.clamp(ETA_MIN, ETA_MAX))[labels.annotator]
+    return model_logit.double() + labels.per_pair(votes)
+
+
+def row_posteriors(labels: Labels, eta: Tensor, model_logit: Tensor) -> Tensor:
+    """w (N,): posterior that each row's label is right, σ(o_i·Λ_g) = σ(z_i + logit η_{k_i} + others_i)."""
+    z = labels.orientation.double() * model_logit.double()[labels.pair]
+    others = other_labels_logit(eta, labels.annotator, labels.pair, labels.orientation, labels.num_pairs)
+    return posterior_weight(z + others, eta[labels.annotator])
+
+
+def fit_reliability(labels: Labels, scores: Tensor | None, eta0: float = 0.9, fit_scale: bool = True,
+                    max_se: float = MAX_SE, tol: float = 1e-9, max_iter: int = 10_000) -> Estimate:
+    """EM over η (and the scale a of `scores`, (G,) logits of the reference orders; None: no model, a = 0).
+
+    Starts from η0 everywhere and a = 1. Stops when no η_k and not a move by more than `tol`. Annotators whose η
+    the data do not identify (standard error > max_se) are reset to η0 and the posteriors recomputed.
+    """
+    if not 0.5 < eta0 < 1:
+        raise ValueError(f"eta0 must be in (0.5, 1), got {eta0}")
+    s = torch.zeros(labels.num_pairs, dtype=torch.float64) if scores is None else scores.double()
+    scale = 0.0 if scores is None else 1.0
+    eta = torch.full((labels.num_annotators,), eta0, dtype=torch.float64)
+    iterations = 0
+    for iterations in range(1, max_iter + 1):
+        w = row_posteriors(labels, eta, scale * s)
+        new_eta = annotator_sums(w, labels.annotator, labels.num_annotators)
+        new_eta = torch.where(new_eta[1] > 0, (new_eta[0] / new_eta[1].clamp(min=1)).clamp(ETA_MIN, ETA_MAX), eta)
+        new_scale = scale
+        if scores is not None and fit_scale:
+            truth = torch.sigmoid(pair_log_odds(labels, eta, scale * s))  # posterior of each reference order
+            new_scale = _fit_scale(s, truth, scale)
+        moved = max(float((new_eta - eta).abs().max()), abs(new_scale - scale))
+        eta, scale = new_eta, new_scale
+        if moved <= tol:
+            break
+    se = standard_errors(labels, eta, s, scale, with_scale=scores is not None and fit_scale)
+    identified = se <= max_se
+    eta = torch.where(identified, eta, torch.full_like(eta, eta0))
+    w = row_posteriors(labels, eta, scale * s)
+    z = labels.orientation.double() * (scale * s)[labels.pair]
+    return Estimate(eta, se, identified, w, z, scale, iterations)
+
+
+def _fit_scale(s: Tensor, truth: Tensor, start: float, iterations: int = 30) -> float:
+    """argmax_a Σ_g [q_g·log σ(a·s_g) + (1 − q_g)·log σ(−a·s_g)], by Newton from `start` (a ≥ 0)."""
+    a = start
+    for _ in range(iterations):
+        p = torch.sigmoid(a * s)
+        gradient = float((s * (truth - p)).sum())
+        curvature = float((s * s * p * (1 - p)).sum())
+        if curvature <= 0:
+            break
+        step = gradient / curvature
+        a = max(a + step, 0.0)
+        if abs(step) < 1e-12:
+            break
+    return a
+
+
+def standard_errors(labels: Labels, eta: Tensor, s: Tensor, scale: float, with_scale: bool) -> Tensor:
+    """(K,) SE of η from the empirical Fisher information Σ_g ∇ log P_g ∇ log P_gᵀ over (η, a).
+
+    ∂ log P_g / ∂η_k = Σ_{i∈g, k_i=k} (w_i − η_k) / (η_k (1 − η_k)); ∂ log P_g / ∂a = s_g·(q_g − σ(a·s_g)).
+    A direction the data do not inform (a zero eigenvalue) gives an infinite SE.
+    """
+    k = labels.num_annotators
+    w = row_posteriors(labels, eta, scale * s)
+    per_row = (w - eta[labels.annotator]) / (eta * (1 - eta))[labels.annotator]
+    columns = k + (1 if with_scale else 0)
+    score = torch.zeros(labels.num_pairs, columns, dtype=torch.float64)
+    score.index_put_((labels.pair, labels.annotator), per_row, accumulate=True)
+    if with_scale:
+        truth = torch.sigmoid(pair_log_odds(labels, eta, scale * s))
+        score[:, k] = s * (truth - torch.sigmoid(scale * s))
+    information = score.T @ score
+    values, vectors = torch.linalg.eigh(information)
+    floor = values.max().clamp(min=1e-300) * 1e-10
+    inverse_values = torch.where(values > floor, 1 / values.clamp(min=1e-300), torch.full_like(values, torch.inf))
+    variance = (vectors.square() * inverse_values).sum(1)
+    return variance[:k].sqrt()
+
+
+# ---- the whole estimator --------------------------------------------------------------------------------------------
+
+def estimate(labels: Labels, features: Tensor | None = None, prior: Tensor | None = None, eta0: float = 0.9,
+             num_folds: int = 5, refits: int = 0, seed: int = 0, max_se: float = MAX_SE) -> Estimate:
+    """Posteriors and η from a cross-fitted probe on `features` (G, D), or from a judge's logits `prior` (G,) of
+    the reference orders, or from the labels' agreement alone (neither). `refits`: refit the probe that many times
+    on the posteriors of the true order (Raykar et al. 2010) instead of the observed labels."""
+    if features is not None and prior is not None:
+        raise ValueError("give features (the probe) or a prior (your judge), not both")
+    if features is None:
+        return fit_reliability(labels, prior, eta0, max_se=max_se)
+    folds = folds_of(labels.num_pairs, num_folds, seed)
+    target, weight = observed_targets(labels)
+    scores, ridge = crossfit_probe(features, target, weight, folds, seed=seed)
+    result = fit_reliability(labels, scores, eta0, max_se=max_se)
+    for _ in range(refits):
+        truth = torch.sigmoid(pair_log_odds(labels, result.eta, result.scale * scores))
+        scores, _ = crossfit_probe(features, truth, torch.ones_like(truth), folds, ridge=ridge)
+        result = fit_reliability(labels, scores, eta0, max_se=max_se)
+    return result

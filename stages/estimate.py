@@ -1,0 +1,81 @@
+"""The noise estimate before any training (method.md §9): per-label posteriors and annotator reliabilities from a
+score cache alone. Used by `repo inspect-noise SCORES`.
+
+Reads   the rows of a score cache (data/schema.read_scores): labels, pair ids and the reference model's
+        embeddings (or a judge's column, --prior-col).
+Returns the posteriors (row_id, pair_id, annotator, z, p, w, epoch = 0) and the annotator table (annotator, eta,
+        eta_se, identified, epoch = 0) as frames; writes nothing itself.
+
+The recipe: data/noise_inputs.read_inputs → pipeline/reliability.probe_features → reliability.estimate (cross-fitted
+probe, then EM over η and the probe's scale with one true order per pair).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import torch
+
+from data import noise_inputs
+from pipeline import reliability
+
+
+@dataclass(frozen=True)
+class EstimateConfig:
+    eta0: float = 0.9  # start of every η, and where an η the data do not identify stays
+    probe: bool = True  # the cross-fitted probe on the embeddings; False: the labels' agreement alone
+    prior_col: str | None = None  # a carried column of log-odds that each row's order is right (your judge)
+    folds: int = 5  # cross-fitting folds, grouped by pair
+    components: int = 64  # principal directions of the embedding differences kept
+    prompt_components: int = 8  # prompt principal components the probe's direction may depend on
+    refits: int = 0  # refit the probe on the posteriors of the true order this many times (Raykar et al.)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.5 < self.eta0 < 1:
+            raise ValueError(f"eta0 must be in (0.5, 1), got {self.eta0}")
+        if self.folds < 2:
+            raise ValueError(f"folds must be at least 2, got {self.folds}")
+        if min(self.components, self.refits, self.prompt_components) < 0 or self.components == 0:
+            raise ValueError("components must be >= 1; prompt_components and refits >= 0")
+
+
+@dataclass(frozen=True)
+class NoiseEstimate:
+    posteriors: pl.DataFrame  # row_id, pair_id, annotator, z, p, w, epoch
+    annotators: pl.DataFrame  # annotator, eta, eta_se (null where not identified), identified, epoch
+    model: str  # what served as the model: "probe", "prior column X" or "none (agreement alone)"
+    seconds: float
+
+
+def run(cfg: EstimateConfig, frame: pl.DataFrame, key: dict, source: str) -> NoiseEstimate:
+    """Estimate on the cache rows `frame` (sorted by row_id) of cache `source` with key `key`."""
+    started = time.perf_counter()
+    inputs = noise_inputs.read_inputs(frame, key, source, cfg.prior_col, embeddings=cfg.probe)
+    labels = reliability.Labels(torch.from_numpy(inputs.annotator), torch.from_numpy(inputs.pair),
+                                torch.from_numpy(inputs.orientation), len(inputs.annotators), inputs.num_pairs)
+    features = None
+    if inputs.first is not None:
+        features = reliability.probe_features(torch.from_numpy(inputs.first), torch.from_numpy(inputs.second),
+                                              torch.from_numpy(inputs.prompt), cfg.components, cfg.prompt_components)
+    prior = None if inputs.prior is None else torch.from_numpy(inputs.prior)
+    result = reliability.estimate(labels, features, prior, cfg.eta0, cfg.folds, cfg.refits, cfg.seed)
+    model = ("probe" if features is not None else
+             f"prior column {cfg.prior_col}" if prior is not None else "none (agreement alone)")
+    lost = [name for name, ok in zip(inputs.annotators, result.identified.tolist()) if not ok]
+    if lost:
+        print(f"warning: the data do not identify the reliability of {len(lost)} annotator(s) "
+              f"({', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''}): with a model at chance and no second "
+              f"label on their pairs, any η fits as well; η stays at eta0 = {cfg.eta0} for them", file=sys.stderr)
+    z = result.z.numpy()
+    posteriors = frame.select("row_id", "pair_id", "annotator").with_columns(
+        z=z, p=1 / (1 + np.exp(-z)), w=result.w.numpy(), epoch=pl.lit(0, pl.Int32))
+    annotators = pl.DataFrame({"annotator": inputs.annotators, "eta": result.eta.numpy(),
+                               "eta_se": pl.Series(result.eta_se.numpy()).replace(np.inf, None),
+                               "identified": result.identified.numpy(),
+                               "epoch": pl.Series([0] * len(inputs.annotators), dtype=pl.Int32)})
+    return NoiseEstimate(posteriors, annotators, model, time.perf_counter() - started)

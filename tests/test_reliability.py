@@ -1,0 +1,253 @@
+"""The noise estimator (pipeline/reliability.py, em.other_labels_logit) against independent computations."""
+
+import math
+
+import pytest
+import torch
+
+from pipeline import em, reliability
+from pipeline.reliability import Labels
+
+
+def random_labels(num_pairs: int, per_pair: list[int], num_annotators: int, seed: int) -> Labels:
+    """Pairs with the given numbers of labels, random annotators and orientations (the first row is +1)."""
+    g = torch.Generator().manual_seed(seed)
+    pair, annotator, orientation = [], [], []
+    for p in range(num_pairs):
+        n = per_pair[p % len(per_pair)]
+        for j in range(n):
+            pair.append(p)
+            annotator.append(int(torch.randint(num_annotators, (1,), generator=g)))
+            orientation.append(1 if j == 0 else int(torch.randint(2, (1,), generator=g)) * 2 - 1)
+    return Labels(torch.tensor(annotator), torch.tensor(pair), torch.tensor(orientation), num_annotators, num_pairs)
+
+
+def simulate(num_pairs: int, etas: list[float], labels_per_pair: int, margins: torch.Tensor | None, seed: int):
+    """Labels drawn from the flip model: a true order per pair (from σ(margin) or a coin), each label kept with
+    probability η of its annotator. Returns the Labels, the reference orders' true model logits (or None), and
+    the share of each annotator's labels that are right."""
+    g = torch.Generator().manual_seed(seed)
+    k = len(etas)
+    logits = torch.zeros(num_pairs, dtype=torch.float64) if margins is None else margins
+    true_first = torch.rand(num_pairs, generator=g, dtype=torch.float64) < torch.sigmoid(logits)
+    annotator = torch.stack([torch.randperm(k, generator=g)[:labels_per_pair] for _ in range(num_pairs)]).flatten()
+    right = torch.rand(annotator.shape, generator=g, dtype=torch.float64) < torch.tensor(etas)[annotator]
+    pair = torch.arange(num_pairs).repeat_interleave(labels_per_pair)
+    states_first = torch.where(right, true_first[pair], ~true_first[pair])  # the order each label states
+    reference = states_first.view(num_pairs, labels_per_pair)[:, 0]  # the first row's order is the reference
+    orientation = torch.where(states_first == reference[pair], 1, -1)
+    ref_logit = torch.where(reference, logits, -logits)  # the model's logit of each reference order
+    accuracy = [float(right[annotator == a].double().mean()) for a in range(k)]
+    return Labels(annotator, pair, orientation, k, num_pairs), (None if margins is None else ref_logit), accuracy
+
+
+def brute_force_posteriors(labels: Labels, eta: torch.Tensor, model_logit: torch.Tensor) -> torch.Tensor:
+    """P(row i's label is right | all labels of its pair, model) by enumerating the pair's true order."""
+    w = torch.empty(labels.annotator.shape, dtype=torch.float64)
+    for g in range(labels.num_pairs):
+        rows = (labels.pair == g).nonzero().flatten().tolist()
+        joint = {}
+        for truth in (1, -1):  # the reference order is true, or the reverse
+            prior = torch.sigmoid(torch.tensor(float(truth) * float(model_logit[g]), dtype=torch.float64))
+            likelihood = math.prod(float(eta[labels.annotator[j]]) if int(labels.orientation[j]) == truth
+                                   else 1 - float(eta[labels.annotator[j]]) for j in rows)
+            joint[truth] = float(prior) * likelihood
+        for i in rows:
+            w[i] = joint[int(labels.orientation[i])] / (joint[1] + joint[-1])
+    return w
+
+
+def test_posteriors_match_enumeration_of_the_true_order():
+    labels = random_labels(40, [1, 2, 3, 4], num_annotators=5, seed=0)
+    eta = torch.tensor([0.95, 0.8, 0.6, 0.55, 0.3], dtype=torch.float64)
+    model_logit = torch.randn(40, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2
+    w = reliability.row_posteriors(labels, eta, model_logit)
+    torch.testing.assert_close(w, brute_force_posteriors(labels, eta, model_logit), rtol=0, atol=1e-12)
+
+
+def test_one_label_per_pair_is_eq4():
+    labels = random_labels(30, [1], num_annotators=3, seed=2)
+    eta = torch.tensor([0.9, 0.7, 0.6], dtype=torch.float64)
+    z = torch.randn(30, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    others = em.other_labels_logit(eta, labels.annotator, labels.pair, labels.orientation, labels.num_pairs)
+    assert torch.equal(others, torch.zeros(30, dtype=torch.float64))
+    w = reliability.row_posteriors(labels, eta, z)
+    torch.testing.assert_close(w, torch.sigmoid(z + torch.logit(eta[labels.annotator])))
+
+
+def test_other_labels_hand_worked():
+    """Pair of three labels by annotators (0, 1, 2) with η = (0.9, 0.8, 0.6); row 2 states the reverse order.
+    Row 0: + logit 0.8 − logit 0.6 = 1.3863 − 0.4055; row 2: − logit 0.9 − logit 0.8 = −2.1972 − 1.3863."""
+    eta = torch.tensor([0.9, 0.8, 0.6], dtype=torch.float64)
+    others = em.other_labels_logit(eta, torch.tensor([0, 1, 2]), torch.tensor([0, 0, 0]), torch.tensor([1, 1, -1]), 1)
+    torch.testing.assert_close(others, torch.tensor([0.980829, 1.791759, -3.583519], dtype=torch.float64),
+                               rtol=0, atol=1e-6)
+
+
+def test_three_annotators_recovered_from_agreement_alone():
+    labels, _, accuracy = simulate(3000, [0.95, 0.8, 0.65], labels_per_pair=3, margins=None, seed=4)
+    result = reliability.fit_reliability(labels, None)
+    assert result.identified.all()
+    assert (result.eta - torch.tensor(accuracy, dtype=torch.float64)).abs().max() < 0.03
+    assert result.scale == 0.0
+
+
+def test_two_annotators_on_every_pair_without_a_model_are_not_identified():
+    """Agreement of two labels identifies only (2η1 − 1)(2η2 − 1): the estimate must not pretend."""
+    labels, _, _ = simulate(2000, [0.9, 0.7], labels_per_pair=2, margins=None, seed=5)
+    result = reliability.fit_reliability(labels, None, eta0=0.8)
+    assert not result.identified.any()
+    assert torch.equal(result.eta, torch.full((2,), 0.8, dtype=torch.float64))
+
+
+def test_single_labels_and_no_model_keep_eta0():
+    labels, _, _ = simulate(1000, [0.7], labels_per_pair=1, margins=None, seed=6)
+    result = reliability.fit_reliability(labels, torch.zeros(1000, dtype=torch.float64))
+    assert not result.identified.any() and float(result.eta[0]) == 0.9
+    torch.testing.assert_close(result.w, torch.full((1000,), 0.9, dtype=torch.float64))
+
+
+def test_single_labels_with_a_calibrated_model_recover_eta_and_the_scale():
+    margins = torch.randn(6000, generator=torch.Generator().manual_seed(7), dtype=torch.float64) * 3
+    labels, ref_logit, accuracy = simulate(6000, [0.9, 0.7], labels_per_pair=1, margins=margins, seed=8)
+    result = reliability.fit_reliability(labels, 0.5 * ref_logit)  # the model's scale is off by 2
+    assert result.identified.all()
+    assert (result.eta - torch.tensor(accuracy, dtype=torch.float64)).abs().max() < 0.03
+    assert result.scale == pytest.approx(2.0, rel=0.1)
+
+
+def test_em_reaches_the_maximum_of_the_marginal_likelihood():
+    """At the EM's fixed point the gradient of Σ_g log P(labels of g) in (logit η, a) is zero (autograd)."""
+    margins = torch.randn(800, generator=torch.Generator().manual_seed(9), dtype=torch.float64) * 2
+    labels, ref_logit, _ = simulate(800, [0.9, 0.75, 0.6], labels_per_pair=2, margins=margins, seed=10)
+    result = reliability.fit_reliability(labels, ref_logit, tol=1e-12)
+    params = torch.cat([torch.logit(result.eta), torch.tensor([result.scale], dtype=torch.float64)]).requires_grad_()
+    marginal_log_likelihood(labels, torch.sigmoid(params[:3]), params[3] * ref_logit).backward()
+    assert params.grad.abs().max() < 1e-6
+
+
+def marginal_log_likelihood(labels: Labels, eta: torch.Tensor, model_logit: torch.Tensor) -> torch.Tensor:
+    """Σ_g log Σ_t P(t)·Π_j P(label j | t), written out directly."""
+    right = torch.log(eta)[labels.annotator]
+    wrong = torch.log1p(-eta)[labels.annotator]
+    states_ref = labels.orientation == 1
+    log_if_ref = torch.zeros(labels.num_pairs, dtype=torch.float64).index_add(
+        0, labels.pair, torch.where(states_ref, right, wrong))
+    log_if_rev = torch.zeros(labels.num_pairs, dtype=torch.float64).index_add(
+        0, labels.pair, torch.where(states_ref, wrong, right))
+    return torch.logaddexp(torch.nn.functional.logsigmoid(model_logit) + log_if_ref,
+                           torch.nn.functional.logsigmoid(-model_logit) + log_if_rev).sum()
+
+
+def test_standard_errors_match_the_observed_information():
+    """The empirical-Fisher SE agrees with the inverse Hessian of the marginal log-likelihood (to 15%)."""
+    margins = torch.randn(4000, generator=torch.Generator().manual_seed(11), dtype=torch.float64) * 2
+    labels, ref_logit, _ = simulate(4000, [0.9, 0.7], labels_per_pair=1, margins=margins, seed=12)
+    result = reliability.fit_reliability(labels, ref_logit, tol=1e-12)
+    point = torch.cat([result.eta, torch.tensor([result.scale], dtype=torch.float64)])
+    hessian = torch.autograd.functional.hessian(
+        lambda p: marginal_log_likelihood(labels, p[:2], p[2] * ref_logit), point)
+    observed = torch.linalg.inv(-hessian).diagonal()[:2].sqrt()
+    torch.testing.assert_close(result.eta_se, observed, rtol=0.15, atol=0)
+
+
+def test_fit_logistic_is_the_minimum():
+    """Zero gradient of the ridge objective (autograd), and the same β as L-BFGS run to high precision."""
+    g = torch.Generator().manual_seed(13)
+    x = torch.randn(300, 5, generator=g, dtype=torch.float64)
+    target = torch.rand(300, generator=g, dtype=torch.float64)
+    weight = torch.rand(300, generator=g, dtype=torch.float64) + 0.5
+    beta = reliability.fit_logistic(x, target, weight, ridge=3.0)
+
+    def objective(b):
+        m = x @ b
+        return (weight * (target * torch.nn.functional.softplus(-m) + (1 - target) * torch.nn.functional.softplus(m))
+                ).sum() + 1.5 * b.dot(b)
+
+    b = beta.clone().requires_grad_()
+    objective(b).backward()
+    assert b.grad.abs().max() < 1e-8
+    other = torch.zeros(5, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([other], tolerance_grad=1e-12, tolerance_change=1e-14, max_iter=500)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = objective(other)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    torch.testing.assert_close(beta, other.detach(), rtol=0, atol=1e-7)
+
+
+def test_a_pairs_own_label_never_reaches_its_own_score():
+    g = torch.Generator().manual_seed(14)
+    x = torch.randn(200, 4, generator=g, dtype=torch.float64)
+    target = (torch.rand(200, generator=g) < torch.sigmoid(x[:, 0] * 2)).double()
+    weight = torch.ones(200, dtype=torch.float64)
+    folds = reliability.folds_of(200, 5, seed=0)
+    scores, _ = reliability.crossfit_probe(x, target, weight, folds)
+    changed = target.clone()
+    changed[17] = 1 - changed[17]
+    moved, _ = reliability.crossfit_probe(x, changed, weight, folds)
+    assert moved[17] == scores[17]  # bit for bit
+    assert not torch.equal(moved, scores)  # the label does reach the other folds' scores
+
+
+def test_folds_are_balanced_and_seeded():
+    folds = reliability.folds_of(103, 5, seed=3)
+    assert sorted(torch.bincount(folds).tolist()) == [20, 20, 21, 21, 21]
+    assert torch.equal(folds, reliability.folds_of(103, 5, seed=3))
+    assert not torch.equal(folds, reliability.folds_of(103, 5, seed=4))
+
+
+def test_probe_features_are_antisymmetric():
+    g = torch.Generator().manual_seed(15)
+    a, b, prompt = (torch.randn(50, 12, generator=g) for _ in range(3))
+    forward = reliability.probe_features(a, b, prompt, components=6, prompt_components=3)
+    assert forward.shape == (50, 6 * 4)
+    torch.testing.assert_close(reliability.probe_features(b, a, prompt, 6, 3), -forward)
+
+
+def test_probe_direction_may_depend_on_the_prompt():
+    """Two prompt kinds asking for opposite directions: with prompt interactions the probe orders pairs well;
+    on the embedding difference alone it is at chance."""
+    g = torch.Generator().manual_seed(16)
+    n = 2000
+    kind = torch.randint(2, (n,), generator=g) * 2 - 1.0  # +1: "positive" prompt, −1: "negative"
+    prompt = torch.randn(n, 8, generator=g) * 0.1 + kind[:, None]
+    first, second = torch.randn(n, 16, generator=g), torch.randn(n, 16, generator=g)
+    truth_logit = 3 * kind * (first[:, 0] - second[:, 0])  # the prompt decides which way dimension 0 counts
+    observed_first = torch.rand(n, generator=g) < torch.sigmoid(truth_logit)
+    first, second = torch.where(observed_first[:, None], first, second), torch.where(observed_first[:, None], second, first)
+    labels = Labels(torch.zeros(n, dtype=torch.long), torch.arange(n), torch.ones(n, dtype=torch.long), 1, n)
+    oriented_truth = torch.where(observed_first, truth_logit, -truth_logit)
+    for prompt_components, at_least, at_most in ((1, 0.8, 1.0), (0, 0.0, 0.6)):
+        features = reliability.probe_features(first, second, prompt, 16, prompt_components)
+        target, weight = reliability.observed_targets(labels)
+        scores, _ = reliability.crossfit_probe(features, target, weight, reliability.folds_of(n, 5, 0))
+        agreement = float(((scores > 0) == (oriented_truth > 0)).double().mean())
+        assert at_least <= agreement <= at_most, (prompt_components, agreement)
+
+
+@pytest.mark.parametrize("labels_per_pair", [1, 3])
+def test_estimate_with_a_judge_prior(labels_per_pair):
+    margins = torch.randn(3000, generator=torch.Generator().manual_seed(17), dtype=torch.float64) * 3
+    labels, ref_logit, accuracy = simulate(3000, [0.95, 0.8, 0.65], labels_per_pair, margins, seed=18)
+    result = reliability.estimate(labels, prior=ref_logit)
+    assert (result.eta - torch.tensor(accuracy, dtype=torch.float64)).abs().max() < 0.03
+
+
+def test_estimate_refuses_two_models():
+    labels = random_labels(4, [1], 1, seed=0)
+    with pytest.raises(ValueError, match="not both"):
+        reliability.estimate(labels, features=torch.zeros(4, 2), prior=torch.zeros(4))
+
+
+def test_enumeration_helper_is_itself_right():
+    """The brute force on one pair of two agreeing labels: P(ref true) ∝ σ(m)·η0·η1 vs σ(−m)(1−η0)(1−η1)."""
+    labels = Labels(torch.tensor([0, 1]), torch.tensor([0, 0]), torch.tensor([1, 1]), 2, 1)
+    eta = torch.tensor([0.9, 0.6], dtype=torch.float64)
+    w = brute_force_posteriors(labels, eta, torch.tensor([0.0], dtype=torch.float64))
+    expected = 0.9 * 0.6 / (0.9 * 0.6 + 0.1 * 0.4)
+    assert all(abs(float(v) - expected) < 1e-12 for v in w)

@@ -6,8 +6,8 @@ pipeline/reliability.py.
 - Pairs: rows sharing a pair_id are labels of one pair (data/pairs.py gives every label of the same two responses
   after the same prompt one id, whichever way round). A pair's reference order is the order of its first row;
   a row's orientation is +1 where it states that order, −1 where it states the reverse.
-- Features: per pair, the embeddings of the reference order's first and second response and of the prompt,
-  at every layer the cache stores (data/schema.embedding_columns), layers side by side.
+- Features: per pair and per layer the cache stores (data/schema.embedding_columns), the embeddings of the
+  reference order's first and second response and of the prompt.
 - Prior: a user's column of log-odds that each row's observed order is right, turned into the reference order's.
 """
 
@@ -32,9 +32,9 @@ class NoiseInputs:
     pair: np.ndarray  # (N,) int64 pair index, pairs numbered by their first row
     orientation: np.ndarray  # (N,) int64 ±1
     num_pairs: int
-    first: np.ndarray | None  # (G, E) float32 embeddings of each reference order's preferred response
-    second: np.ndarray | None  # (G, E) float32 of the other response
-    prompt: np.ndarray | None  # (G, P) float32 of the prompt
+    # layer -> (first, second, prompt), each (G, H) float32: the reference order's preferred response, the other
+    # response, the prompt; empty without embeddings
+    embeddings: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]
     prior: np.ndarray | None  # (G,) float64 log-odds that the reference order is right, from the prior column
 
 
@@ -55,7 +55,7 @@ def read_inputs(frame: pl.DataFrame, key: dict, source: str, prior_col: str | No
     np.minimum.at(first_row, pair, np.arange(frame.height))
     orientation = _orientation(frame, pair, first_row)
     num_pairs = len(first_row)
-    first = second = prompt = prior = None
+    pooled, prior = {}, None
     if prior_col is not None:
         prior = _prior(frame, prior_col, orientation, pair, num_pairs, source)
     elif embeddings:
@@ -64,10 +64,11 @@ def read_inputs(frame: pl.DataFrame, key: dict, source: str, prior_col: str | No
             raise NoiseInputError(f"{source} was scored without embeddings (repo score --no-embeddings); rescore it "
                                   "with embeddings, give your own judge with --prior-col, or use --no-probe")
         reference = frame[first_row]  # whose chosen is the reference order's first response
-        first = _stack(reference, [schema.embedding_columns(layer)[1] for layer in layers])
-        second = _stack(reference, [schema.embedding_columns(layer)[2] for layer in layers])
-        prompt = _stack(reference, [schema.embedding_columns(layer)[0] for layer in layers])
-    return NoiseInputs(annotators, annotator, pair, orientation, num_pairs, first, second, prompt, prior)
+        for layer in layers:
+            prompt, chosen, rejected = (reference[name].to_numpy().astype(np.float32)
+                                        for name in schema.embedding_columns(layer))
+            pooled[layer] = (chosen, rejected, prompt)
+    return NoiseInputs(annotators, annotator, pair, orientation, num_pairs, pooled, prior)
 
 
 def _orientation(frame: pl.DataFrame, pair: np.ndarray, first_row: np.ndarray) -> np.ndarray:
@@ -86,10 +87,6 @@ def _orientation(frame: pl.DataFrame, pair: np.ndarray, first_row: np.ndarray) -
                               f"pair_id {frame['pair_id'][i]!r} but not the same two responses; give each pair "
                               "its own pair_id")
     return orientation
-
-
-def _stack(frame: pl.DataFrame, names: list[str]) -> np.ndarray:
-    return np.concatenate([frame[name].to_numpy().astype(np.float32) for name in names], axis=1)
 
 
 def _prior(frame: pl.DataFrame, name: str, orientation: np.ndarray, pair: np.ndarray, num_pairs: int,

@@ -26,6 +26,7 @@ Shapes: N label rows, G pairs, K annotators, D features.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -70,8 +71,10 @@ class Estimate:
     identified: Tensor  # (K,) bool: False where η stayed at η0
     w: Tensor  # (N,) posterior that each row's label is right
     z: Tensor  # (N,) a·s_i: calibrated log-odds of the row's order from the model alone
-    scale: float  # a
+    scale: Tensor  # (F,) a per calibration group (cross-fitting fold); 0 without a model
     iterations: int
+    features: str | None = None  # the probe's features, of the candidates it was given
+    log_loss: dict[str, float] | None = None  # each candidate's out-of-fold log-loss on the observed labels
 
 
 # ---- 1. features ------------------------------------------------------------------------------------------------
@@ -186,9 +189,7 @@ def _choose_ridge(x: Tensor, target: Tensor, weight: Tensor, folds: Tensor, lamb
             train = folds != f
             beta = fit_logistic(x[train], target[train], weight[train], lam * float(weight[train].sum()))
             margin = x[~train].double() @ beta
-            held = (weight[~train] * (target[~train] * torch.nn.functional.softplus(-margin)
-                                      + (1 - target[~train]) * torch.nn.functional.softplus(margin))).sum()
-            total += float(held)
+            total += float(_log_loss(margin, target[~train], weight[~train]))
         losses.append(total)
     return lambdas[min(range(len(lambdas)), key=losses.__getitem__)]
 
@@ -217,35 +218,43 @@ def row_posteriors(labels: Labels, eta: Tensor, model_logit: Tensor) -> Tensor:
 
 
 def fit_reliability(labels: Labels, scores: Tensor | None, eta0: float = 0.9, fit_scale: bool = True,
-                    max_se: float = MAX_SE, tol: float = 1e-9, max_iter: int = 10_000) -> Estimate:
-    """EM over η (and the scale a of `scores`, (G,) logits of the reference orders; None: no model, a = 0).
+                    groups: Tensor | None = None, max_se: float = MAX_SE, tol: float = 1e-9,
+                    max_iter: int = 10_000) -> Estimate:
+    """EM over η and the scales a of `scores` ((G,) logits of the reference orders; None: no model, a = 0).
 
-    Starts from η0 everywhere and a = 1. Stops when no η_k and not a move by more than `tol`. Annotators whose η
-    the data do not identify (standard error > max_se) are reset to η0 and the posteriors recomputed.
+    groups (G,) long: the calibration group of each score, one scale per group (the cross-fitting folds: each
+    fold's probe has its own ridge and so its own scale); None: one scale. Starts from η0 everywhere and a = 1.
+    Stops when no η_k and no a moves by more than `tol`. Annotators whose η the data do not identify (standard
+    error > max_se) are reset to η0 and the posteriors recomputed.
     """
     if not 0.5 < eta0 < 1:
         raise ValueError(f"eta0 must be in (0.5, 1), got {eta0}")
     s = torch.zeros(labels.num_pairs, dtype=torch.float64) if scores is None else scores.double()
-    scale = 0.0 if scores is None else 1.0
+    groups = torch.zeros(labels.num_pairs, dtype=torch.long) if groups is None else groups
+    num_groups = int(groups.max()) + 1
+    scale = torch.full((num_groups,), 0.0 if scores is None else 1.0, dtype=torch.float64)
     eta = torch.full((labels.num_annotators,), eta0, dtype=torch.float64)
     iterations = 0
     for iterations in range(1, max_iter + 1):
-        w = row_posteriors(labels, eta, scale * s)
-        new_eta = annotator_sums(w, labels.annotator, labels.num_annotators)
-        new_eta = torch.where(new_eta[1] > 0, (new_eta[0] / new_eta[1].clamp(min=1)).clamp(ETA_MIN, ETA_MAX), eta)
+        logit = scale[groups] * s
+        w = row_posteriors(labels, eta, logit)
+        sums, counts = annotator_sums(w, labels.annotator, labels.num_annotators)
+        new_eta = torch.where(counts > 0, (sums / counts.clamp(min=1)).clamp(ETA_MIN, ETA_MAX), eta)
         new_scale = scale
         if scores is not None and fit_scale:
-            truth = torch.sigmoid(pair_log_odds(labels, eta, scale * s))  # posterior of each reference order
-            new_scale = _fit_scale(s, truth, scale)
-        moved = max(float((new_eta - eta).abs().max()), abs(new_scale - scale))
+            truth = torch.sigmoid(pair_log_odds(labels, eta, logit))  # posterior of each reference order
+            new_scale = torch.tensor([_fit_scale(s[groups == f], truth[groups == f], float(scale[f]))
+                                      for f in range(num_groups)], dtype=torch.float64)
+        moved = max(float((new_eta - eta).abs().max()), float((new_scale - scale).abs().max()))
         eta, scale = new_eta, new_scale
         if moved <= tol:
             break
-    se = standard_errors(labels, eta, s, scale, with_scale=scores is not None and fit_scale)
+    se = standard_errors(labels, eta, s, scale, groups, with_scale=scores is not None and fit_scale)
     identified = se <= max_se
     eta = torch.where(identified, eta, torch.full_like(eta, eta0))
-    w = row_posteriors(labels, eta, scale * s)
-    z = labels.orientation.double() * (scale * s)[labels.pair]
+    logit = scale[groups] * s
+    w = row_posteriors(labels, eta, logit)
+    z = labels.orientation.double() * logit[labels.pair]
     return Estimate(eta, se, identified, w, z, scale, iterations)
 
 
@@ -265,21 +274,23 @@ def _fit_scale(s: Tensor, truth: Tensor, start: float, iterations: int = 30) -> 
     return a
 
 
-def standard_errors(labels: Labels, eta: Tensor, s: Tensor, scale: float, with_scale: bool) -> Tensor:
+def standard_errors(labels: Labels, eta: Tensor, s: Tensor, scale: Tensor, groups: Tensor,
+                    with_scale: bool) -> Tensor:
     """(K,) SE of η from the empirical Fisher information Σ_g ∇ log P_g ∇ log P_gᵀ over (η, a).
 
-    ∂ log P_g / ∂η_k = Σ_{i∈g, k_i=k} (w_i − η_k) / (η_k (1 − η_k)); ∂ log P_g / ∂a = s_g·(q_g − σ(a·s_g)).
-    A direction the data do not inform (a zero eigenvalue) gives an infinite SE.
+    ∂ log P_g / ∂η_k = Σ_{i∈g, k_i=k} (w_i − η_k) / (η_k (1 − η_k)); ∂ log P_g / ∂a_f = s_g·(q_g − σ(a_f·s_g)) for
+    the pairs of group f. A direction the data do not inform (a zero eigenvalue) gives an infinite SE.
     """
     k = labels.num_annotators
-    w = row_posteriors(labels, eta, scale * s)
+    logit = scale[groups] * s
+    w = row_posteriors(labels, eta, logit)
     per_row = (w - eta[labels.annotator]) / (eta * (1 - eta))[labels.annotator]
-    columns = k + (1 if with_scale else 0)
+    columns = k + (scale.numel() if with_scale else 0)
     score = torch.zeros(labels.num_pairs, columns, dtype=torch.float64)
     score.index_put_((labels.pair, labels.annotator), per_row, accumulate=True)
     if with_scale:
-        truth = torch.sigmoid(pair_log_odds(labels, eta, scale * s))
-        score[:, k] = s * (truth - torch.sigmoid(scale * s))
+        truth = torch.sigmoid(pair_log_odds(labels, eta, logit))
+        score[torch.arange(labels.num_pairs), k + groups] = s * (truth - torch.sigmoid(logit))
     information = score.T @ score
     values, vectors = torch.linalg.eigh(information)
     floor = values.max().clamp(min=1e-300) * 1e-10
@@ -290,21 +301,28 @@ def standard_errors(labels: Labels, eta: Tensor, s: Tensor, scale: float, with_s
 
 # ---- the whole estimator --------------------------------------------------------------------------------------------
 
-def estimate(labels: Labels, features: Tensor | None = None, prior: Tensor | None = None, eta0: float = 0.9,
-             num_folds: int = 5, refits: int = 0, seed: int = 0, max_se: float = MAX_SE) -> Estimate:
-    """Posteriors and η from a cross-fitted probe on `features` (G, D), or from a judge's logits `prior` (G,) of
-    the reference orders, or from the labels' agreement alone (neither). `refits`: refit the probe that many times
-    on the posteriors of the true order (Raykar et al. 2010) instead of the observed labels."""
-    if features is not None and prior is not None:
+def estimate(labels: Labels, candidates: dict[str, Tensor] | None = None, prior: Tensor | None = None,
+             eta0: float = 0.9, num_folds: int = 5, seed: int = 0, max_se: float = MAX_SE) -> Estimate:
+    """Posteriors and η from a cross-fitted probe, or from a judge's logits `prior` (G,) of the reference orders,
+    or from the labels' agreement alone (neither).
+
+    candidates: named feature matrices (G, D) (e.g. one per layer, and all layers together); the probe uses the
+    one whose out-of-fold scores predict the observed labels best (weighted log-loss: labels only, no truth).
+    """
+    if candidates and prior is not None:
         raise ValueError("give features (the probe) or a prior (your judge), not both")
-    if features is None:
+    if not candidates:
         return fit_reliability(labels, prior, eta0, max_se=max_se)
     folds = folds_of(labels.num_pairs, num_folds, seed)
     target, weight = observed_targets(labels)
-    scores, ridge = crossfit_probe(features, target, weight, folds, seed=seed)
-    result = fit_reliability(labels, scores, eta0, max_se=max_se)
-    for _ in range(refits):
-        truth = torch.sigmoid(pair_log_odds(labels, result.eta, result.scale * scores))
-        scores, _ = crossfit_probe(features, truth, torch.ones_like(truth), folds, ridge=ridge)
-        result = fit_reliability(labels, scores, eta0, max_se=max_se)
-    return result
+    fitted = {name: crossfit_probe(x, target, weight, folds, seed=seed)[0] for name, x in candidates.items()}
+    log_loss = {name: float(_log_loss(scores, target, weight)) for name, scores in fitted.items()}
+    best = min(log_loss, key=log_loss.__getitem__)
+    result = fit_reliability(labels, fitted[best], eta0, groups=folds, max_se=max_se)
+    return dataclasses.replace(result, features=best, log_loss=log_loss)
+
+
+def _log_loss(scores: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+    """Weighted mean log-loss of logits `scores` for soft targets."""
+    losses = target * torch.nn.functional.softplus(-scores) + (1 - target) * torch.nn.functional.softplus(scores)
+    return (weight * losses).sum() / weight.sum()

@@ -6,8 +6,9 @@ Reads   the rows of a score cache (data/schema.read_scores): labels, pair ids an
 Returns the posteriors (row_id, pair_id, annotator, z, p, w, epoch = 0) and the annotator table (annotator, eta,
         eta_se, identified, epoch = 0) as frames; writes nothing itself.
 
-The recipe: data/noise_inputs.read_inputs → pipeline/reliability.probe_features → reliability.estimate (cross-fitted
-probe, then EM over η and the probe's scale with one true order per pair).
+The recipe: data/noise_inputs.read_inputs → pipeline/reliability.probe_features for each stored layer and for all
+layers together → reliability.estimate (a cross-fitted probe on each, the one that best predicts the observed labels
+out of fold, then EM over η and the probe's per-fold scales with one true order per pair).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ class EstimateConfig:
     folds: int = 5  # cross-fitting folds, grouped by pair
     components: int = 64  # principal directions of the embedding differences kept
     prompt_components: int = 8  # prompt principal components the probe's direction may depend on
-    refits: int = 0  # refit the probe on the posteriors of the true order this many times (Raykar et al.)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -40,15 +40,16 @@ class EstimateConfig:
             raise ValueError(f"eta0 must be in (0.5, 1), got {self.eta0}")
         if self.folds < 2:
             raise ValueError(f"folds must be at least 2, got {self.folds}")
-        if min(self.components, self.refits, self.prompt_components) < 0 or self.components == 0:
-            raise ValueError("components must be >= 1; prompt_components and refits >= 0")
+        if self.components < 1 or self.prompt_components < 0:
+            raise ValueError("components must be >= 1 and prompt_components >= 0")
 
 
 @dataclass(frozen=True)
 class NoiseEstimate:
     posteriors: pl.DataFrame  # row_id, pair_id, annotator, z, p, w, epoch
     annotators: pl.DataFrame  # annotator, eta, eta_se (null where not identified), identified, epoch
-    model: str  # what served as the model: "probe", "prior column X" or "none (agreement alone)"
+    model: str  # what served as the model: "probe on layer L", "prior column X" or "none (agreement alone)"
+    log_loss: dict[str, float] | None  # the probe candidates' out-of-fold log-loss on the observed labels
     seconds: float
 
 
@@ -58,13 +59,9 @@ def run(cfg: EstimateConfig, frame: pl.DataFrame, key: dict, source: str) -> Noi
     inputs = noise_inputs.read_inputs(frame, key, source, cfg.prior_col, embeddings=cfg.probe)
     labels = reliability.Labels(torch.from_numpy(inputs.annotator), torch.from_numpy(inputs.pair),
                                 torch.from_numpy(inputs.orientation), len(inputs.annotators), inputs.num_pairs)
-    features = None
-    if inputs.first is not None:
-        features = reliability.probe_features(torch.from_numpy(inputs.first), torch.from_numpy(inputs.second),
-                                              torch.from_numpy(inputs.prompt), cfg.components, cfg.prompt_components)
     prior = None if inputs.prior is None else torch.from_numpy(inputs.prior)
-    result = reliability.estimate(labels, features, prior, cfg.eta0, cfg.folds, cfg.refits, cfg.seed)
-    model = ("probe" if features is not None else
+    result = reliability.estimate(labels, probe_candidates(inputs, cfg), prior, cfg.eta0, cfg.folds, cfg.seed)
+    model = (f"probe on {result.features}" if result.features else
              f"prior column {cfg.prior_col}" if prior is not None else "none (agreement alone)")
     lost = [name for name, ok in zip(inputs.annotators, result.identified.tolist()) if not ok]
     if lost:
@@ -78,4 +75,14 @@ def run(cfg: EstimateConfig, frame: pl.DataFrame, key: dict, source: str) -> Noi
                                "eta_se": pl.Series(result.eta_se.numpy()).replace(np.inf, None),
                                "identified": result.identified.numpy(),
                                "epoch": pl.Series([0] * len(inputs.annotators), dtype=pl.Int32)})
-    return NoiseEstimate(posteriors, annotators, model, time.perf_counter() - started)
+    return NoiseEstimate(posteriors, annotators, model, result.log_loss, time.perf_counter() - started)
+
+
+def probe_candidates(inputs: noise_inputs.NoiseInputs, cfg: EstimateConfig) -> dict[str, torch.Tensor]:
+    """The probe's feature candidates: each stored layer alone, and all of them side by side."""
+    layers = {f"layer {layer}": parts for layer, parts in inputs.embeddings.items()}
+    if len(layers) > 1:
+        layers["layers " + "+".join(map(str, inputs.embeddings))] = tuple(
+            np.concatenate(side, axis=1) for side in zip(*inputs.embeddings.values()))
+    return {name: reliability.probe_features(*(torch.from_numpy(part) for part in parts), cfg.components,
+                                             cfg.prompt_components) for name, parts in layers.items()}

@@ -99,7 +99,7 @@ def run(cfg: InspectConfig) -> Path:
         run_folder.write_parquet(posteriors, cfg.out_dir / "posteriors.parquet")
         run_folder.write_parquet(eta, cfg.out_dir / "annotators.parquet")
         pairs = join_rows(posteriors, cached, scores_dir)
-        source = {"model": found.model, "seconds": round(found.seconds, 3)}
+        source = {"model": found.model, "seconds": round(found.seconds, 3), "probe_log_loss": found.log_loss}
     else:
         record = read_run_record(cfg.run)
         epoch = pick_epoch(cfg.run, cfg.epoch, record["config"])

@@ -79,7 +79,8 @@ def test_three_annotators_by_agreement_alone(multi_cache, tmp_path, capsys):
 def test_with_the_probe_the_same_keys_come_back(multi_cache, tmp_path):
     cache, data = multi_cache
     summary = inspect(cache, tmp_path / "i")
-    assert summary["estimate"]["model"] == "probe"
+    assert summary["estimate"]["model"].startswith("probe on ")
+    assert set(summary["estimate"]["probe_log_loss"]) == {"layer 1", "layer 2", "layers 1+2"}
     truth = measured(data)
     assert all(abs(eta_of(summary)[a] - truth[a]) < 0.06 for a in FLIP_RATES), (eta_of(summary), truth)
     assert summary["truth"]["roc_auc"] is not None and summary["pairs"] == pl.read_ndjson(data).height
@@ -129,7 +130,8 @@ def test_inputs_group_rows_by_pair_and_orient_them(multi_cache):
     for row, (pair, orientation) in enumerate(zip(inputs.pair, inputs.orientation)):
         reference_row = first.setdefault(int(pair), row)
         assert (orientation == 1) == (flipped[row] == flipped[reference_row])
-    assert inputs.first.shape == (inputs.num_pairs, 2 * 64)  # layers middle (1) and last (2) of the peaky Llama
+    assert set(inputs.embeddings) == {1, 2}  # the middle and last layers of the 2-layer peaky Llama
+    assert all(part.shape == (inputs.num_pairs, 64) for parts in inputs.embeddings.values() for part in parts)
 
 
 def test_bad_prior_column_and_no_embeddings_are_named(multi_cache, peaky_model_dir, tmp_path):  # noqa: F811

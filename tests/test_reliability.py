@@ -89,7 +89,7 @@ def test_three_annotators_recovered_from_agreement_alone():
     result = reliability.fit_reliability(labels, None)
     assert result.identified.all()
     assert (result.eta - torch.tensor(accuracy, dtype=torch.float64)).abs().max() < 0.03
-    assert result.scale == 0.0
+    assert torch.equal(result.scale, torch.zeros(1, dtype=torch.float64))
 
 
 def test_two_annotators_on_every_pair_without_a_model_are_not_identified():
@@ -113,7 +113,7 @@ def test_single_labels_with_a_calibrated_model_recover_eta_and_the_scale():
     result = reliability.fit_reliability(labels, 0.5 * ref_logit)  # the model's scale is off by 2
     assert result.identified.all()
     assert (result.eta - torch.tensor(accuracy, dtype=torch.float64)).abs().max() < 0.03
-    assert result.scale == pytest.approx(2.0, rel=0.1)
+    assert float(result.scale) == pytest.approx(2.0, rel=0.1)
 
 
 def test_em_reaches_the_maximum_of_the_marginal_likelihood():
@@ -121,7 +121,7 @@ def test_em_reaches_the_maximum_of_the_marginal_likelihood():
     margins = torch.randn(800, generator=torch.Generator().manual_seed(9), dtype=torch.float64) * 2
     labels, ref_logit, _ = simulate(800, [0.9, 0.75, 0.6], labels_per_pair=2, margins=margins, seed=10)
     result = reliability.fit_reliability(labels, ref_logit, tol=1e-12)
-    params = torch.cat([torch.logit(result.eta), torch.tensor([result.scale], dtype=torch.float64)]).requires_grad_()
+    params = torch.cat([torch.logit(result.eta), result.scale]).requires_grad_()
     marginal_log_likelihood(labels, torch.sigmoid(params[:3]), params[3] * ref_logit).backward()
     assert params.grad.abs().max() < 1e-6
 
@@ -144,7 +144,7 @@ def test_standard_errors_match_the_observed_information():
     margins = torch.randn(4000, generator=torch.Generator().manual_seed(11), dtype=torch.float64) * 2
     labels, ref_logit, _ = simulate(4000, [0.9, 0.7], labels_per_pair=1, margins=margins, seed=12)
     result = reliability.fit_reliability(labels, ref_logit, tol=1e-12)
-    point = torch.cat([result.eta, torch.tensor([result.scale], dtype=torch.float64)])
+    point = torch.cat([result.eta, result.scale])
     hessian = torch.autograd.functional.hessian(
         lambda p: marginal_log_likelihood(labels, p[:2], p[2] * ref_logit), point)
     observed = torch.linalg.inv(-hessian).diagonal()[:2].sqrt()
@@ -241,7 +241,7 @@ def test_estimate_with_a_judge_prior(labels_per_pair):
 def test_estimate_refuses_two_models():
     labels = random_labels(4, [1], 1, seed=0)
     with pytest.raises(ValueError, match="not both"):
-        reliability.estimate(labels, features=torch.zeros(4, 2), prior=torch.zeros(4))
+        reliability.estimate(labels, candidates={"x": torch.zeros(4, 2)}, prior=torch.zeros(4))
 
 
 def test_enumeration_helper_is_itself_right():
@@ -251,3 +251,25 @@ def test_enumeration_helper_is_itself_right():
     w = brute_force_posteriors(labels, eta, torch.tensor([0.0], dtype=torch.float64))
     expected = 0.9 * 0.6 / (0.9 * 0.6 + 0.1 * 0.4)
     assert all(abs(float(v) - expected) < 1e-12 for v in w)
+
+
+def test_one_scale_per_fold():
+    """Scores whose scale differs by fold (each fold's probe has its own ridge) are calibrated fold by fold."""
+    margins = torch.randn(6000, generator=torch.Generator().manual_seed(19), dtype=torch.float64) * 3
+    labels, ref_logit, accuracy = simulate(6000, [0.9, 0.7], labels_per_pair=1, margins=margins, seed=20)
+    folds = torch.arange(6000) % 2
+    squeezed = torch.where(folds == 0, ref_logit / 3, ref_logit * 1.5)
+    result = reliability.fit_reliability(labels, squeezed, groups=folds)
+    torch.testing.assert_close(result.scale, torch.tensor([3.0, 1 / 1.5], dtype=torch.float64), rtol=0.25, atol=0)
+    assert (result.eta - torch.tensor(accuracy, dtype=torch.float64)).abs().max() < 0.03
+
+
+def test_the_probe_uses_the_candidate_that_predicts_the_labels_best():
+    g = torch.Generator().manual_seed(21)
+    n = 1500
+    signal, noise = torch.randn(n, 4, generator=g, dtype=torch.float64), torch.randn(n, 4, generator=g, dtype=torch.float64)
+    labels, _, _ = simulate(n, [0.9], labels_per_pair=1, margins=None, seed=22)
+    observed_first = torch.rand(n, generator=g, dtype=torch.float64) < torch.sigmoid(3 * signal[:, 0])
+    signal = torch.where(observed_first[:, None], signal, -signal)  # the label follows the signal's sign
+    result = reliability.estimate(labels, candidates={"noise": noise, "signal": signal})
+    assert result.features == "signal" and result.log_loss["signal"] < result.log_loss["noise"]

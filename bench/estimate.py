@@ -1,0 +1,195 @@
+"""Noise-estimate benchmark: how well `repo inspect-noise SCORES` finds the wrong labels before any training.
+
+Data: every bundled sentiment pair (data/sample: train + heldout + pool, 6,566 pairs of real human labels,
+`one-rater` and `panel-of-5`, truth from the consensus of the raters no label saw), scored once by the
+reference model (SmolLM2-135M-Instruct, embeddings at the middle and last layer). Scenarios:
+  real           the labels as bundled
+  +20%, +40%     extra flips of `repo make-noisy --flip-rate` (per annotator, seed 0) on top of the real noise
+  3 annotators   every pair labelled three times, one row per label sharing the pair_id, each label the
+                 consensus order flipped with probability 5% / 20% / 35% (seed 0); with the probe, and by the
+                 labels' agreement alone (--no-probe)
+The flipped and multi-labelled variants are built from the scored rows by swapping every chosen/rejected column
+(what rescoring the `repo make-noisy` output gives, bit for bit: the scorer scores each pair once in a fixed
+order and orients it per row; checked here on a subset against a real rescore).
+
+Per scenario: each annotator's η̂ beside its measured reliability (share of its labels that agree with the
+consensus), the largest |η̂ − measured|, ROC-AUC of 1 − w for the wrong labels, the probe's accuracy against the
+consensus, and the estimator's seconds. Then the cost: stage one with and without embeddings side by side on
+the same pairs, the cache's bytes per pair, and the estimate's share of one training epoch (DPO, measured
+on a few steps). Nothing here is tuned on a truth column; the estimator's settings are its defaults.
+
+    .venv/bin/python bench/estimate.py                   # scores into workspace/bench-estimate first (~15 min)
+    .venv/bin/python bench/estimate.py --scores DIR      # reuse a cache of all bundled pairs
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from data import schema
+from data.project import SAMPLE_HELDOUT, SAMPLE_TRAIN
+from data.tables import write_table
+from pipeline import noise_metrics
+from stages import estimate, make_noisy, prepare_model, score, train
+
+SAMPLE = SAMPLE_TRAIN.parent
+SPLITS = ("train.jsonl", "heldout.jsonl", "pool.jsonl")
+THREE = {"flip-5%": 0.05, "flip-20%": 0.20, "flip-35%": 0.35}
+MAX_LENGTH, MAX_PROMPT_LENGTH = 128, 64
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scores", type=Path, help="a score cache of all bundled pairs (else scored into --out)")
+    parser.add_argument("--out", type=Path, default=Path("workspace/bench-estimate"))
+    parser.add_argument("--no-cost", action="store_true", help="skip the stage-one and training timings")
+    args = parser.parse_args()
+    print(f"load average at start: {os.getloadavg()[0]:.2f} (2 cores)", file=sys.stderr)
+    model = str(prepare_model.ensure_default_model())
+    cache = args.scores or score_all(model, args.out)
+    frame, key = schema.read_scores(cache)
+    rows = []
+    rows.append(scenario("real", frame, key, estimate.EstimateConfig()))
+    for rate in (0.2, 0.4):
+        flipped = flip_rows(frame, make_noisy.choose_flips(frame["annotator"].to_list(),
+                                                           dict.fromkeys(frame["annotator"].unique().to_list(), rate), 0))
+        rows.append(scenario(f"+{rate:.0%}", flipped, key, estimate.EstimateConfig()))
+    three = three_annotators(frame)
+    rows.append(scenario("3 annotators", three, key, estimate.EstimateConfig()))
+    rows.append(scenario("3 annotators, agreement alone", three, key, estimate.EstimateConfig(probe=False)))
+    results = {"scenarios": rows, "cache": str(cache)}
+    if not args.no_cost:
+        results["flip_check"] = check_flips_match_a_rescore(model, args.out)
+        results["cost"] = cost(model, args.out, rows[0]["seconds"], frame.height)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    print(markdown(results))
+
+
+def score_all(model: str, out: Path) -> Path:
+    data = out / "all-pairs.jsonl"
+    out.mkdir(parents=True, exist_ok=True)
+    data.write_text("".join((SAMPLE / split).read_text() for split in SPLITS))
+    return score.run(score.ScoreConfig(data=str(data), model=model, out=out / "scores", max_length=MAX_LENGTH,
+                                       max_prompt_length=MAX_PROMPT_LENGTH))
+
+
+def flip_rows(frame: pl.DataFrame, flip: np.ndarray) -> pl.DataFrame:
+    """The rows with chosen and rejected swapped where `flip`: every chosen_*/rejected_* column, the reference
+    log-probs and the truth, as rescoring `repo make-noisy`'s output would give them."""
+    mask = pl.Series(flip)
+    pairs = [(c, c.replace("chosen", "rejected", 1)) for c in frame.columns
+             if (c == "chosen" or c.startswith(("chosen_", "ref_chosen_")))
+             and c.replace("chosen", "rejected", 1) in frame.columns]
+    return frame.with_columns(
+        *[pl.when(mask).then(pl.col(b)).otherwise(pl.col(a)).alias(a) for a, b in pairs],
+        *[pl.when(mask).then(pl.col(a)).otherwise(pl.col(b)).alias(b) for a, b in pairs],
+        (pl.col("is_flipped") ^ mask).alias("is_flipped"))
+
+
+def check_flips_match_a_rescore(model: str, out: Path, pairs: int = 64) -> str:
+    """flip_rows on a scored subset equals scoring `repo make-noisy`'s output of that subset (+40%), bit for bit."""
+    folder = Path(tempfile.mkdtemp(prefix="flips-", dir=out))
+    write_table(pl.read_ndjson(SAMPLE_TRAIN).head(pairs), folder / "pairs.jsonl")
+    make_noisy.run(make_noisy.MakeNoisyConfig(folder / "pairs.jsonl", folder / "noisy.jsonl", flip_rate=0.4))
+    settings = dict(model=model, max_length=MAX_LENGTH, max_prompt_length=MAX_PROMPT_LENGTH)
+    clean, _ = schema.read_scores(score.run(score.ScoreConfig(data=str(folder / "pairs.jsonl"), out=folder / "a",
+                                                              **settings)))
+    noisy, _ = schema.read_scores(score.run(score.ScoreConfig(data=str(folder / "noisy.jsonl"), out=folder / "b",
+                                                              **settings)))
+    injected = noisy["injected_flip"].to_numpy()
+    rebuilt = flip_rows(clean, injected)
+    columns = clean.columns
+    if not rebuilt.select(columns).equals(noisy.select(columns)):
+        raise AssertionError("flip_rows differs from rescoring make-noisy's output")
+    return f"{int(injected.sum())} of {pairs} rows flipped: identical to a rescore"
+
+
+def three_annotators(frame: pl.DataFrame) -> pl.DataFrame:
+    """Each pair three times, in the consensus order, then flipped with each annotator's THREE rate."""
+    consensus = flip_rows(frame, frame["is_flipped"].to_numpy())
+    copies = []
+    for index, (name, rate) in enumerate(THREE.items()):
+        flips = np.random.default_rng([0, index]).random(frame.height) < rate
+        copies.append(flip_rows(consensus.with_columns(annotator=pl.lit(name)), flips)
+                      .with_columns(row_id=pl.col("row_id") * len(THREE) + index))
+    return pl.concat(copies).sort("row_id")
+
+
+def scenario(name: str, frame: pl.DataFrame, key: dict, cfg: estimate.EstimateConfig) -> dict:
+    found = estimate.run(cfg, frame, key, name)
+    joined = found.posteriors.join(frame.select("row_id", "is_flipped"), on="row_id")
+    noisy = joined["is_flipped"].to_numpy()
+    measured = noise_metrics.annotator_accuracy(joined["annotator"].to_numpy(), noisy)
+    eta = dict(zip(found.annotators["annotator"], found.annotators["eta"]))
+    se = dict(zip(found.annotators["annotator"], found.annotators["eta_se"]))
+    errors = {a: abs(eta[a] - measured[a]) for a in measured}
+    z = joined["z"].to_numpy()
+    row = {"scenario": name, "pairs": int(joined["pair_id"].n_unique()), "labels": joined.height,
+           "model": found.model, "annotators": {a: {"eta": eta[a], "eta_se": se[a], "measured": measured[a]}
+                                                for a in sorted(measured)},
+           "max_abs_error": max(errors.values()), "roc_auc": noise_metrics.roc_auc(1 - joined["w"].to_numpy(), noisy),
+           "model_accuracy": noise_metrics.order_accuracy(z, noisy) if np.any(z) else None,
+           "seconds": found.seconds}
+    print(json.dumps(row), file=sys.stderr, flush=True)
+    return row
+
+
+def cost(model: str, out: Path, estimate_seconds: float, labels: int, pairs: int = 256, steps: int = 6) -> dict:
+    """Stage one with and without embeddings on the first `pairs` bundled pairs, one after the other; a few DPO
+    steps for the training rate; the estimate's share of one epoch over all `labels`."""
+    folder = Path(tempfile.mkdtemp(prefix="cost-", dir=out))
+    data = folder / "pairs.jsonl"
+    write_table(pl.read_ndjson(SAMPLE_TRAIN).head(pairs), data)
+    timings, sizes = {}, {}
+    for name, embeddings in (("without", False), ("with", True)):
+        started = time.perf_counter()
+        cache = score.run(score.ScoreConfig(data=str(data), model=model, out=folder / name, embeddings=embeddings,
+                                            max_length=MAX_LENGTH, max_prompt_length=MAX_PROMPT_LENGTH))
+        timings[name] = time.perf_counter() - started
+        sizes[name] = sum(p.stat().st_size for p in cache.glob("part-*.parquet")) / pairs
+    started = time.perf_counter()
+    run = train.run(train.TrainConfig(scores=folder / "without", out_dir=folder / "train", max_steps=steps,
+                                      batch_size=8, lr=5e-5))
+    train_rate = steps * 8 / (time.perf_counter() - started)
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    step_rate = float(np.median([m["pairs_per_s"] for m in metrics]))
+    epoch_seconds = labels / step_rate
+    embed_share = (timings["with"] - timings["without"]) / timings["without"]
+    return {"score_seconds": timings, "embedding_share_of_stage_one": embed_share,
+            "cache_bytes_per_pair": sizes, "train_pairs_per_s": step_rate, "train_end_to_end_pairs_per_s": train_rate,
+            "epoch_seconds": epoch_seconds, "estimate_seconds": estimate_seconds,
+            "estimate_share_of_epoch": (estimate_seconds + embed_share * labels / (pairs / timings["without"]))
+            / epoch_seconds, "load_average_end": os.getloadavg()[0], "heldout_file": str(SAMPLE_HELDOUT)}
+
+
+def markdown(results: dict) -> str:
+    lines = ["| scenario | labels | annotator: η̂ ± se (measured) | max abs(η̂ − measured) | flag ROC-AUC | "
+             "model accuracy | seconds |", "|---|---|---|---|---|---|---|"]
+    for r in results["scenarios"]:
+        shown = "; ".join(f"{a} {v['eta']:.3f} ± {v['eta_se'] or float('nan'):.3f} ({v['measured']:.3f})"
+                          for a, v in r["annotators"].items())
+        accuracy = "–" if r["model_accuracy"] is None else f"{r['model_accuracy']:.3f}"
+        lines.append(f"| {r['scenario']} | {r['labels']} | {shown} | {r['max_abs_error']:.3f} | {r['roc_auc']:.3f} | "
+                     f"{accuracy} | {r['seconds']:.1f} |")
+    if "cost" in results:
+        c = results["cost"]
+        lines += ["", f"stage one with embeddings {c['score_seconds']['with']:.1f} s vs without "
+                  f"{c['score_seconds']['without']:.1f} s ({c['embedding_share_of_stage_one']:+.1%}); cache "
+                  f"{c['cache_bytes_per_pair']['without']:.0f} -> {c['cache_bytes_per_pair']['with']:.0f} bytes/pair; "
+                  f"one DPO epoch over all labels ≈ {c['epoch_seconds']:.0f} s at {c['train_pairs_per_s']:.2f} pairs/s; "
+                  f"estimate (probe + EM) {c['estimate_seconds']:.1f} s; estimate + embeddings "
+                  f"= {c['estimate_share_of_epoch']:.1%} of an epoch; load average at the end "
+                  f"{c['load_average_end']:.2f}"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

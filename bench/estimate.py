@@ -50,13 +50,21 @@ def main() -> None:
     parser.add_argument("--scores", type=Path, help="a score cache of all bundled pairs (else scored into --out)")
     parser.add_argument("--out", type=Path, default=Path("workspace/bench-estimate"))
     parser.add_argument("--no-cost", action="store_true", help="skip the stage-one and training timings")
+    parser.add_argument("--cost-only", action="store_true", help="only the timings (after a run without them)")
     args = parser.parse_args()
     print(f"load average at start: {os.getloadavg()[0]:.2f} (2 cores)", file=sys.stderr)
     model = str(prepare_model.ensure_default_model())
+    args.out.mkdir(parents=True, exist_ok=True)
     cache = args.scores or score_all(model, args.out)
     frame, key = schema.read_scores(cache)
-    rows = []
-    rows.append(scenario("real", frame, key, estimate.EstimateConfig()))
+    if args.cost_only:
+        previous = json.loads((args.out / "results.json").read_text())
+        previous["flip_check"] = check_flips_match_a_rescore(model, args.out)
+        previous["cost"] = cost(model, args.out, previous["scenarios"][0]["seconds"], frame.height)
+        (args.out / "results.json").write_text(json.dumps(previous, indent=1))
+        print(markdown(previous))
+        return
+    rows = [scenario("real", frame, key, estimate.EstimateConfig())]
     for rate in (0.2, 0.4):
         flipped = flip_rows(frame, make_noisy.choose_flips(frame["annotator"].to_list(),
                                                            dict.fromkeys(frame["annotator"].unique().to_list(), rate), 0))
@@ -65,11 +73,11 @@ def main() -> None:
     rows.append(scenario("3 annotators", three, key, estimate.EstimateConfig()))
     rows.append(scenario("3 annotators, agreement alone", three, key, estimate.EstimateConfig(probe=False)))
     results = {"scenarios": rows, "cache": str(cache)}
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))  # kept should the timings fail
     if not args.no_cost:
         results["flip_check"] = check_flips_match_a_rescore(model, args.out)
         results["cost"] = cost(model, args.out, rows[0]["seconds"], frame.height)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+        (args.out / "results.json").write_text(json.dumps(results, indent=1))
     print(markdown(results))
 
 

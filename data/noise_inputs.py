@@ -49,11 +49,7 @@ def read_inputs(frame: pl.DataFrame, key: dict, source: str, prior_col: str | No
         raise NoiseInputError(f"{source}: the score cache holds no pairs")
     annotators = sorted(frame["annotator"].unique().to_list())
     annotator = frame["annotator"].cast(pl.Enum(annotators)).to_physical().to_numpy().astype(np.int64)
-    number: dict[str, int] = {}  # pair_id -> pair index, pairs numbered in the order of their first rows
-    pair = np.array([number.setdefault(p, len(number)) for p in frame["pair_id"].to_list()], dtype=np.int64)
-    first_row = np.full(len(number), frame.height, dtype=np.int64)
-    np.minimum.at(first_row, pair, np.arange(frame.height))
-    orientation = _orientation(frame, pair, first_row)
+    pair, orientation, first_row = pair_structure(frame, source)
     num_pairs = len(first_row)
     pooled, prior = {}, None
     if prior_col is not None:
@@ -71,7 +67,19 @@ def read_inputs(frame: pl.DataFrame, key: dict, source: str, prior_col: str | No
     return NoiseInputs(annotators, annotator, pair, orientation, num_pairs, pooled, prior)
 
 
-def _orientation(frame: pl.DataFrame, pair: np.ndarray, first_row: np.ndarray) -> np.ndarray:
+def pair_structure(frame: pl.DataFrame, source: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pair (N,), orientation (N,), first_row (G,)) of cache rows with pair_id, chosen_ids and rejected_ids:
+    pairs numbered in the order of their first rows; orientation ±1 against each pair's first row."""
+    number: dict[str, int] = {}  # pair_id -> pair index
+    pair = np.array([number.setdefault(p, len(number)) for p in frame["pair_id"].to_list()], dtype=np.int64)
+    first_row = np.full(len(number), frame.height, dtype=np.int64)
+    np.minimum.at(first_row, pair, np.arange(frame.height))
+    if frame.height == len(number):  # one label per pair: every row is its pair's reference
+        return pair, np.ones(frame.height, dtype=np.int64), first_row
+    return pair, _orientation(frame, pair, first_row, source), first_row
+
+
+def _orientation(frame: pl.DataFrame, pair: np.ndarray, first_row: np.ndarray, source: str) -> np.ndarray:
     """+1 where a row's chosen tokens are its pair's first row's chosen tokens, −1 where they are its rejected."""
     chosen = frame["chosen_ids"].to_list()
     rejected = frame["rejected_ids"].to_list()
@@ -83,7 +91,7 @@ def _orientation(frame: pl.DataFrame, pair: np.ndarray, first_row: np.ndarray) -
         if chosen[i] == rejected[reference] and rejected[i] == chosen[reference]:
             orientation[i] = -1
             continue
-        raise NoiseInputError(f"row_id {frame['row_id'][i]} and row_id {frame['row_id'][int(reference)]} share "
+        raise NoiseInputError(f"{source}: row_id {frame['row_id'][i]} and row_id {frame['row_id'][int(reference)]} share "
                               f"pair_id {frame['pair_id'][i]!r} but not the same two responses; give each pair "
                               "its own pair_id")
     return orientation

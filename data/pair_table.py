@@ -12,6 +12,7 @@ import polars as pl
 import torch
 
 from data import schema
+from data.noise_inputs import pair_structure
 
 TOKEN_COLUMNS = ("prompt", "chosen", "rejected")
 REFERENCE_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
@@ -33,6 +34,9 @@ class PairTable:
     chosen_len: torch.Tensor  # (N,) long response token counts (EOS included)
     rejected_len: torch.Tensor
     lengths: list[int]  # prompt + the longer response: the padded width of the pair in a forward
+    pair: torch.Tensor  # (N,) long index of the pair (rows sharing a pair_id: several labels of one pair)
+    orientation: torch.Tensor  # (N,) long ±1: the order each row states against its pair's first row
+    num_groups: int  # distinct pairs; < num_pairs when some pair has several labels
 
     @property
     def num_pairs(self) -> int:
@@ -58,6 +62,7 @@ class PairTable:
         tokens = {name: _flat(df[f"{name}_ids"]) for name in TOKEN_COLUMNS}
         length = {name: np.diff(offsets) for name, (_, offsets) in tokens.items()}
         annotators = sorted(df["annotator"].unique().to_list())
+        pair, orientation, first_row = pair_structure(df, str(folder))
         return cls(
             frame=df.select("row_id", "pair_id", "annotator"), key=key, annotators=annotators,
             annotator=torch.tensor(df["annotator"].cast(pl.Enum(annotators)).to_physical().to_numpy(), dtype=torch.long),
@@ -65,6 +70,7 @@ class PairTable:
             chosen_len=torch.tensor(df["chosen_len"].to_numpy(), dtype=torch.long),
             rejected_len=torch.tensor(df["rejected_len"].to_numpy(), dtype=torch.long),
             lengths=(length["prompt"] + np.maximum(length["chosen"], length["rejected"])).tolist(),
+            pair=torch.from_numpy(pair), orientation=torch.from_numpy(orientation), num_groups=len(first_row),
         )
 
     def ids(self, name: str, rows: list[int]) -> list[list[int]]:

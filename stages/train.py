@@ -7,7 +7,8 @@ Writes  the run folder (data/run_folder.py): config.json, metrics.jsonl (+ tenso
         eta_steps.parquet, posteriors/ and annotators/ per epoch (--robust), checkpoints/, final/.
 
 One optimizer step (Algorithm 1): for each micro-batch, one forward of chosen and rejected together → induced
-logit z → E-step w = σ(z.detach() + logit η) with the η in force → loss → backward; then clip, optimizer and
+logit z → E-step w = σ(z.detach() + logit η + the other labels of the pair, method.md §9) with the η in force →
+loss → backward; then clip, optimizer and
 scheduler step, and the η EMA (Eq. 7) on the (Σw, count) of the whole global batch. Between epochs a no-grad
 pass re-estimates every pair's posterior and persists it (method.md §7.5).
 
@@ -184,7 +185,9 @@ def run(cfg: TrainConfig) -> Path:
                         logps = pair_logps(model, pairs, run_rows, pad_id, cfg.packing)
                         if cfg.robust:  # Alg. 1: z → E-step with the η in force → robust loss
                             z = losses.induced_logit(cfg.loss, logps, params)
-                            w = losses.posterior_weight(z, state.eta[pairs.annotator[run_rows]])
+                            # the other labels of the same pair are evidence too (one true order per pair, §9)
+                            others = _other_labels(pairs, state.eta)[run_rows].to(z)
+                            w = losses.posterior_weight(z + others, state.eta[pairs.annotator[run_rows]])
                             per_pair = (losses.robust_loss(z, w) if cfg.robust_form == RobustForm.induced
                                         else losses.weighted_loss(cfg.loss, logps, params, w))
                         else:  # the base method's own loss, not w ≡ 1
@@ -311,12 +314,17 @@ def _epoch_posteriors(cfg, params, accelerator, model, pairs, state, pad_id, log
         raise RuntimeError(f"posterior pass covered {int((seen == 0).sum())} pairs 0 times and "
                            f"{int((seen > 1).sum())} more than once")
     model.train()
-    w = losses.posterior_weight(z, state.eta[pairs.annotator])
+    w = losses.posterior_weight(z + _other_labels(pairs, state.eta), state.eta[pairs.annotator])
     if cfg.eta_update in (EtaUpdate.epoch, EtaUpdate.both):
         state.eta = em.mstep(state.eta, *em.annotator_sums(w, pairs.annotator, pairs.num_annotators))
         state.eta_history.append({"step": state.global_step, "epoch": state.epoch, "event": "epoch_pass",
                                   "eta": state.eta})
     log.epoch(state, pairs, z, w, cfg.flag_threshold)
+
+
+def _other_labels(pairs: PairTable, eta: torch.Tensor) -> torch.Tensor:
+    """(N,) Σ ±logit η of the other labels of each row's pair (em.other_labels_logit); zero for single labels."""
+    return em.other_labels_logit(eta, pairs.annotator, pairs.pair, pairs.orientation, pairs.num_groups)
 
 
 class Logger:

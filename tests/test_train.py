@@ -385,3 +385,34 @@ def test_many_annotators_log_eta_quantiles(scores, tmp_path):
     assert not any(name.startswith("repo/eta/") for name in step)
     assert step["repo/eta_quantile/min"] <= step["repo/eta_quantile/p50"] <= step["repo/eta_quantile/max"]
     assert run_folder.read_epoch(out, run_folder.ANNOTATORS)["annotator"].len() == 20
+
+
+def test_the_e_step_uses_every_label_of_a_pair(scores, tmp_path):
+    """A cache where each pair is labelled twice (the second label by 'dave', the reverse order every other
+    pair): the epoch pass's w equals the posterior by enumeration of the pair's true order given the policy's z
+    and both labels (method.md §9), not Eq. 4 of the row alone."""
+    def doubled(df: pl.DataFrame) -> pl.DataFrame:
+        second = df.with_columns(annotator=pl.lit("dave"), row_id=pl.col("row_id") + df.height)
+        reverse = (pl.col("row_id") % 2) == 1
+        swaps = [("chosen_ids", "rejected_ids"), ("ref_chosen_logps", "ref_rejected_logps"),
+                 ("chosen_len", "rejected_len")]
+        second = second.with_columns(
+            *[pl.when(reverse).then(pl.col(b)).otherwise(pl.col(a)).alias(a) for a, b in swaps],
+            *[pl.when(reverse).then(pl.col(a)).otherwise(pl.col(b)).alias(b) for a, b in swaps])
+        return pl.concat([df, second]).drop([c for c in df.columns if "_emb_" in c])
+
+    cache = rewrite_cache(scores, tmp_path / "doubled", edit_rows=doubled)
+    out = run(config(cache, tmp_path / "run", robust=True, lr=1e-3, max_steps=3))
+    posteriors = run_folder.read_epoch(out, run_folder.POSTERIORS).sort("row_id")
+    eta = dict(run_folder.read_epoch(out, run_folder.ANNOTATORS).select("annotator", "eta").iter_rows())
+    rows = posteriors.to_dicts()
+    half = len(rows) // 2
+    for i, row in enumerate(rows):
+        other = rows[i + half] if i < half else rows[i - half]
+        agree = (row["row_id"] % half) % 2 == 0  # the second label reverses the odd pairs
+        # P(row's order true) ∝ σ(z)·η_row·(η_other if agree else 1 − η_other), against the reverse order
+        p = 1 / (1 + math.exp(-row["z"]))
+        e_row, e_other = eta[row["annotator"]], eta[other["annotator"]]
+        mine = p * e_row * (e_other if agree else 1 - e_other)
+        theirs = (1 - p) * (1 - e_row) * ((1 - e_other) if agree else e_other)
+        assert row["w"] == pytest.approx(mine / (mine + theirs), rel=1e-9, abs=1e-12)

@@ -109,7 +109,9 @@ def test_response_logps_gradient_matches_brute_force(layout):
         logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
         full = full + weight * sum(logp[k - 1, ids[k]] for k in range(len(prompt), len(ids)))
     full.backward()
-    torch.testing.assert_close(grad, model.model.layers[0].mlp.up_proj.weight.grad, rtol=1e-4, atol=1e-5)
+    # float32 sums in another order (packed rows vs one sequence at a time): on some processors an element
+    # moves by 1e-5 of a gradient of order 1; leaked attention or a wrong position moves it by far more.
+    torch.testing.assert_close(grad, model.model.layers[0].mlp.up_proj.weight.grad, rtol=1e-4, atol=5e-5)
 
 
 def test_packed_and_padded_gradients_agree_on_every_parameter():

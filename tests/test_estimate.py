@@ -155,3 +155,16 @@ def test_cli_inspects_a_cache(multi_cache, tmp_path, monkeypatch):
     summary = json.loads((tmp_path / "i" / "summary.json").read_text())
     assert summary["estimate"]["model"].startswith("none") and (tmp_path / "plots" / "w_hist.png").exists()
     assert np.isfinite([a["eta"] for a in summary["annotators"]]).all()
+
+
+def test_export_clean_from_the_estimate(multi_cache, tmp_path):
+    """--export-clean works before training too: the input rows without the labels the estimate flags."""
+    cache, data = multi_cache
+    clean = tmp_path / "clean.jsonl"
+    run(InspectConfig(run=cache, out_dir=tmp_path / "i", export_clean=clean, data=str(data),
+                      estimate=EstimateConfig(probe=False)))
+    flagged = pl.read_parquet(tmp_path / "i" / "posteriors.parquet").filter(pl.col("w") < 0.5)
+    assert flagged.height > 0
+    kept = pl.read_ndjson(clean)
+    assert kept.height == pl.read_ndjson(data).height - flagged.height
+    assert kept["is_flipped"].mean() < pl.read_ndjson(data)["is_flipped"].mean() / 2  # the flags were mostly wrong labels

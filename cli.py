@@ -282,6 +282,20 @@ def train_cmd(
             + _default(TrainConfig, "robust_form")
         ),
     ] = None,
+    eta_init: Annotated[
+        str | None,
+        typer.Option(help="fixed (η0 for everyone, the paper) or estimate (the cache's noise estimate, epoch 0)."
+                     + _default(TrainConfig, "eta_init")),
+    ] = None,
+    e_step: Annotated[
+        str | None,
+        typer.Option(help="The E-step's evidence: policy (Algorithm 1), seeded (policy + the estimate) or prior "
+                          "(the estimate alone)." + _default(TrainConfig, "e_step")),
+    ] = None,
+    estimate_with: Annotated[
+        Path | None,
+        typer.Option(help="Another score cache (same model) whose pairs the estimate learns from too."),
+    ] = None,
     flag_threshold: Annotated[
         float | None,
         typer.Option(
@@ -398,6 +412,7 @@ def train_cmd(
         scores=scores or project.scores_dir,
         out_dir=out_dir or project.train_dir,
         policy=project.model(policy),
+        estimate=_config(EstimateConfig, "estimate", project, {}),
     )
     typer.echo(_call(train.run, _config(TrainConfig, "train", project, flags)))
 

@@ -134,8 +134,7 @@ def fit_logistic(x: Tensor, target: Tensor, weight: Tensor, ridge: float, iterat
     for _ in range(iterations):
         p = torch.sigmoid(x @ beta)
         gradient = x.T @ (weight * (p - target)) + ridge * beta
-        hessian = (x.T * (weight * p * (1 - p))) @ x + ridge * eye
-        step = torch.linalg.solve(hessian, gradient)
+        step = _newton_step(x, weight * p * (1 - p), ridge, gradient, eye)
         size = 1.0
         while True:
             candidate = beta - size * step
@@ -147,6 +146,17 @@ def fit_logistic(x: Tensor, target: Tensor, weight: Tensor, ridge: float, iterat
         if improvement <= 1e-12 * max(1.0, abs(float(value))):
             break
     return beta
+
+
+def _newton_step(x: Tensor, curvature: Tensor, ridge: float, gradient: Tensor, eye: Tensor) -> Tensor:
+    """(Xᵀ C X + ridge·I)⁻¹ g, with C = diag(curvature). With more features than rows (D > G), through the
+    G×G system of the Woodbury identity: (1/ridge)·(g − Xᵀ√C (ridge·I + √C X Xᵀ √C)⁻¹ √C X g)."""
+    if x.shape[1] <= x.shape[0]:
+        return torch.linalg.solve((x.T * curvature) @ x + ridge * eye, gradient)
+    root = curvature.sqrt()
+    scaled = x * root[:, None]  # √C X
+    inner = scaled @ scaled.T + ridge * torch.eye(x.shape[0], dtype=x.dtype)
+    return (gradient - scaled.T @ torch.linalg.solve(inner, scaled @ gradient)) / ridge
 
 
 def folds_of(num_pairs: int, num_folds: int, seed: int) -> Tensor:

@@ -24,12 +24,14 @@ go through accelerate's save_state. DeepSpeed ZeRO-1/2 is expected to work throu
 import json
 import math
 import shutil
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, fields
 from enum import StrEnum
 from pathlib import Path
 
+import polars as pl
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
@@ -38,25 +40,19 @@ from tqdm.auto import tqdm
 
 from data import run_folder, schema, tokenize
 from data.pair_table import MissingReference, PairTable
-from pipeline import batching, em, logprobs, losses, train_metrics
+from pipeline import batching, em, logprobs, losses, robust, train_metrics
 from pipeline.losses import LossKind, LossParams, PairLogps
-from stages import checkpoint
+from pipeline.robust import EStep, EtaUpdate, RobustForm
+from stages import checkpoint, estimate
 from stages.checkpoint import TrainState
+from stages.estimate import EstimateConfig
 
 
-class EtaUpdate(StrEnum):
-    """How η moves (method.md §7.5): per-step EMA (Alg. 1), one exact M-step between epochs, or both."""
+class EtaInit(StrEnum):
+    """Where η starts: η0 for every annotator (the paper), or the noise estimate of the cache (epoch 0)."""
 
-    ema = "ema"
-    epoch = "epoch"
-    both = "both"
-
-
-class RobustForm(StrEnum):
-    """The RE-PO loss: BCE on the induced logit (Eq. 5), or w·L(a≻b) + (1−w)·L(b≻a) (method.md §7.1)."""
-
-    induced = "induced"
-    weighted = "weighted"
+    fixed = "fixed"
+    estimate = "estimate"
 
 
 class Schedule(StrEnum):
@@ -81,6 +77,10 @@ class TrainConfig:
     eta_alpha: float = 0.1  # EMA rate α_η of Eq. 7; 0 freezes η
     eta_update: EtaUpdate = EtaUpdate.ema
     robust_form: RobustForm = RobustForm.induced
+    eta_init: EtaInit = EtaInit.fixed  # estimate: start η at the cache's noise estimate (written as epoch 0)
+    e_step: EStep = EStep.policy  # the E-step's evidence: policy (Alg. 1), seeded (+ the estimate), prior (estimate)
+    estimate_with: Path | None = None  # another score cache (same model) whose pairs the estimate also learns from
+    estimate: EstimateConfig = EstimateConfig()  # repo.toml [estimate]
     flag_threshold: float = 0.5  # a pair is flagged as a likely wrong label when w < this
     lr: float = 1e-6
     weight_decay: float = 0.0
@@ -108,7 +108,8 @@ class TrainConfig:
                 raise ValueError(message)
 
         for name, kind in (("scores", Path), ("out_dir", Path), ("loss", LossKind), ("eta_update", EtaUpdate),
-                           ("robust_form", RobustForm), ("scheduler", Schedule)):
+                           ("robust_form", RobustForm), ("scheduler", Schedule), ("eta_init", EtaInit),
+                           ("e_step", EStep)):
             object.__setattr__(self, name, kind(getattr(self, name)))  # a CLI or test may pass plain strings
         loss = self.loss
         need(not self.robust or loss in losses.ROBUST_KINDS,
@@ -123,6 +124,10 @@ class TrainConfig:
         need(min(self.epochs, self.batch_size, self.grad_accum, self.lora_r) >= 1 and self.max_steps >= 0,
              "epochs, batch_size, grad_accum, lora_r must be >= 1 and max_steps >= 0")
         need(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        need(self.robust or (self.eta_init is EtaInit.fixed and self.e_step is EStep.policy),
+             "--eta-init estimate and --e-step seeded|prior are RE-PO's: add --robust")
+        if self.estimate_with is not None:
+            object.__setattr__(self, "estimate_with", Path(self.estimate_with))
         need(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device}")
         self.loss_params()  # β > 0 and the ε ranges are checked there
 
@@ -159,11 +164,13 @@ def run(cfg: TrainConfig) -> Path:
     eta = em.init_eta(pairs.num_annotators, min(cfg.eta0, em.ETA_MAX))
     state = TrainState(eta=eta, first_visit_z=torch.full((pairs.num_pairs,), math.nan, dtype=torch.float64))
     accelerator.register_for_checkpointing(scheduler, state)
+    log = Logger(out, accelerator, pairs.annotators, 0 if not cfg.resume else None)
+    prior = _epoch_zero(cfg, pairs, state, log) if uses_estimate(cfg) else None  # the estimate before training
     if cfg.resume:
         checkpoint.load(accelerator, checkpoint.latest(out / run_folder.CHECKPOINTS))
     elif cfg.robust:
         state.eta_history.append({"step": 0, "epoch": 1, "event": "init", "eta": state.eta})
-    log = Logger(out, accelerator, pairs.annotators, state.global_step)
+    log.start(state.global_step)
     bar = tqdm(total=total_steps, initial=state.global_step, disable=not accelerator.is_main_process,
                desc=f"train {cfg.loss}{' robust' if cfg.robust else ''}")
 
@@ -185,11 +192,10 @@ def run(cfg: TrainConfig) -> Path:
                         logps = pair_logps(model, pairs, run_rows, pad_id, cfg.packing)
                         if cfg.robust:  # Alg. 1: z → E-step with the η in force → robust loss
                             z = losses.induced_logit(cfg.loss, logps, params)
-                            # the other labels of the same pair are evidence too (one true order per pair, §9)
-                            others = _other_labels(pairs, state.eta)[run_rows].to(z)
-                            w = losses.posterior_weight(z + others, state.eta[pairs.annotator[run_rows]])
-                            per_pair = (losses.robust_loss(z, w) if cfg.robust_form == RobustForm.induced
-                                        else losses.weighted_loss(cfg.loss, logps, params, w))
+                            w = robust.posterior(cfg.e_step, z, None if prior is None else prior[run_rows],
+                                                 _other_labels(pairs, state.eta)[run_rows],
+                                                 state.eta[pairs.annotator[run_rows]])
+                            per_pair = robust.per_pair_loss(cfg.robust_form, cfg.loss, logps, params, z, w)
                         else:  # the base method's own loss, not w ≡ 1
                             z = w = torch.full_like(logps.policy_chosen_logps, math.nan)
                             per_pair = losses.base_loss(cfg.loss, logps, params)
@@ -213,10 +219,9 @@ def run(cfg: TrainConfig) -> Path:
                 if cfg.robust:
                     if state.epoch == 1:  # out-of-sample margins: before the policy trained on these pairs (§7.6)
                         state.first_visit_z[batch_rows] = batch["z"]
-                    if cfg.eta_update in (EtaUpdate.ema, EtaUpdate.both) and cfg.eta_alpha > 0:
-                        # Eq. 7 after the optimizer step, on the global batch's (Σw, count) (method.md §7.4)
-                        sums, counts = em.annotator_sums(batch["w"], pairs.annotator[batch_rows], pairs.num_annotators)
-                        state.eta = em.ema_update(state.eta, sums, counts, cfg.eta_alpha)
+                    # Eq. 7 after the optimizer step, on the global batch's w (method.md §7.4)
+                    state.eta = robust.after_step(state.eta, batch["w"], pairs.annotator[batch_rows], cfg.eta_update,
+                                                  cfg.eta_alpha)
                     state.eta_history.append({"step": state.global_step, "epoch": state.epoch, "event": "step",
                                               "eta": state.eta})
                 pairs_per_s = len(step_rows) / (time.perf_counter() - started)
@@ -228,7 +233,7 @@ def run(cfg: TrainConfig) -> Path:
                     _save_checkpoint(accelerator, out, state, log)
 
             if cfg.robust:  # between epochs: re-estimate every posterior with the current policy (method.md §7.5)
-                _epoch_posteriors(cfg, params, accelerator, model, pairs, state, pad_id, log)
+                _epoch_posteriors(cfg, params, accelerator, model, pairs, state, pad_id, log, prior)
             state.epoch, state.step_in_epoch = state.epoch + 1, 0
             _save_checkpoint(accelerator, out, state, log)
     finally:
@@ -291,12 +296,9 @@ def _stop_if_not_finite(loss: torch.Tensor, rows: torch.Tensor, pairs: PairTable
 
 
 @torch.no_grad()
-def _epoch_posteriors(cfg, params, accelerator, model, pairs, state, pad_id, log) -> None:
-    """No-grad pass over all pairs: fresh z and w = σ(z + logit η) with the η in force, written as Parquet.
-
-    `--eta-update epoch|both` then take ONE exact M-step (Eq. 6) on these w — never iterated to convergence:
-    on in-sample margins that drives every η to 1 (method.md §7.5).
-    """
+def _epoch_posteriors(cfg, params, accelerator, model, pairs, state, pad_id, log, prior) -> None:
+    """No-grad pass over all pairs: fresh z and the E-step's w with the η in force, written as Parquet; then
+    robust.after_epoch (`--eta-update epoch|both`: one exact M-step)."""
     model.eval()
     order = sorted(range(pairs.num_pairs), key=lambda r: -pairs.lengths[r])
     size, world, rank = 2 * cfg.batch_size, accelerator.num_processes, accelerator.process_index
@@ -314,12 +316,50 @@ def _epoch_posteriors(cfg, params, accelerator, model, pairs, state, pad_id, log
         raise RuntimeError(f"posterior pass covered {int((seen == 0).sum())} pairs 0 times and "
                            f"{int((seen > 1).sum())} more than once")
     model.train()
-    w = losses.posterior_weight(z + _other_labels(pairs, state.eta), state.eta[pairs.annotator])
+    w = robust.posterior(cfg.e_step, z, prior, _other_labels(pairs, state.eta), state.eta[pairs.annotator])
     if cfg.eta_update in (EtaUpdate.epoch, EtaUpdate.both):
-        state.eta = em.mstep(state.eta, *em.annotator_sums(w, pairs.annotator, pairs.num_annotators))
+        state.eta = robust.after_epoch(state.eta, w, pairs.annotator, cfg.eta_update)
         state.eta_history.append({"step": state.global_step, "epoch": state.epoch, "event": "epoch_pass",
                                   "eta": state.eta})
     log.epoch(state, pairs, z, w, cfg.flag_threshold)
+
+
+def uses_estimate(cfg: TrainConfig) -> bool:
+    return cfg.eta_init is EtaInit.estimate or cfg.e_step is not EStep.policy
+
+
+def _epoch_zero(cfg: TrainConfig, pairs: PairTable, state: TrainState, log: "Logger") -> torch.Tensor:
+    """The noise estimate of the cache before any training (stages/estimate.py), persisted as epoch 0; η starts
+    there with --eta-init estimate. Returns each row's prior logit (N,) float64 (the estimate's calibrated z).
+
+    A resumed run reads epoch 0 back instead of estimating again, so it continues from the same prior."""
+    posteriors = run_folder.epoch_file(cfg.out_dir, run_folder.POSTERIORS, 0)
+    if cfg.resume and posteriors.exists():
+        return torch.tensor(pl.read_parquet(posteriors).sort("row_id")["z"].to_numpy(), dtype=torch.float64)
+    frame, key = schema.read_scores(cfg.scores)
+    sources = [str(cfg.scores)]
+    if cfg.estimate_with is not None:  # more pairs to learn the probe from; their rows go after the cache's
+        extra, extra_key = schema.read_scores(cfg.estimate_with)
+        differing = [f for f in ("weights_sha", "tokenizer_sha", "embed_layers") if extra_key.get(f) != key.get(f)]
+        if differing:
+            raise schema.CacheError(f"--estimate-with {cfg.estimate_with} was scored differently from {cfg.scores} "
+                                    f"({', '.join(differing)}); score both with the same model and options")
+        offset = int(frame["row_id"].max()) + 1
+        shared = [c for c in frame.columns if c in extra.columns]
+        frame = pl.concat([frame.select(shared), extra.select(shared).with_columns(pl.col("row_id") + offset)])
+        sources.append(str(cfg.estimate_with))
+    found = estimate.run(cfg.estimate, frame, key, " + ".join(sources))
+    rows = found.posteriors.head(pairs.num_pairs)  # the cache's own rows, in row_id order like `pairs`
+    eta_of = dict(zip(found.annotators["annotator"], found.annotators["eta"]))
+    z, w = (torch.tensor(rows[name].to_numpy(), dtype=torch.float64) for name in ("z", "w"))
+    eta = torch.tensor([eta_of[a] for a in pairs.annotators], dtype=torch.float64)
+    log.epoch_tables(0, pairs, z, w, eta, cfg.flag_threshold, None)
+    if cfg.eta_init is EtaInit.estimate:
+        state.eta = eta
+    print(f"estimate before training ({found.model}, {found.seconds:.0f} s): " + ", ".join(
+        f"{a} η {eta_of[a]:.3f}" for a in pairs.annotators[:8]) + (" ..." if pairs.num_annotators > 8 else ""),
+        file=sys.stderr)
+    return z
 
 
 def _other_labels(pairs: PairTable, eta: torch.Tensor) -> torch.Tensor:
@@ -330,14 +370,21 @@ def _other_labels(pairs: PairTable, eta: torch.Tensor) -> torch.Tensor:
 class Logger:
     """metrics.jsonl (+ TensorBoard when importable) and the per-epoch Parquet files; writes on the main process."""
 
-    def __init__(self, out: Path, accelerator: Accelerator, annotators: list[str], start_step: int):
+    def __init__(self, out: Path, accelerator: Accelerator, annotators: list[str], start_step: int | None):
         self.out, self.annotators, self.main = out, annotators, accelerator.is_main_process
-        self.metrics = run_folder.MetricsLog(out / run_folder.METRICS, start_step) if self.main else None
-        self.tensorboard = None
+        self.metrics, self.tensorboard = None, None
+        if start_step is not None:
+            self.start(start_step)
+
+    def start(self, start_step: int) -> None:
+        """Open metrics.jsonl (dropping lines past start_step) and TensorBoard; once the start step is known."""
+        if self.metrics is not None:
+            return
+        self.metrics = run_folder.MetricsLog(self.out / run_folder.METRICS, start_step) if self.main else None
         if self.main:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-                self.tensorboard = SummaryWriter(str(out / "tensorboard"))
+                self.tensorboard = SummaryWriter(str(self.out / "tensorboard"))
             except ImportError:
                 pass
 
@@ -355,10 +402,15 @@ class Logger:
                     self.tensorboard.add_scalar(name, value, state.global_step)
 
     def epoch(self, state: TrainState, pairs: PairTable, z: torch.Tensor, w: torch.Tensor, threshold: float) -> None:
+        first_visit_z = state.first_visit_z if state.epoch == 1 else None
+        self.epoch_tables(state.epoch, pairs, z, w, state.eta, threshold, first_visit_z)
+
+    def epoch_tables(self, epoch: int, pairs: PairTable, z: torch.Tensor, w: torch.Tensor, eta: torch.Tensor,
+                     threshold: float, first_visit_z: torch.Tensor | None) -> None:
         if self.main:
-            first_visit_z = state.first_visit_z.numpy() if state.epoch == 1 else None
-            run_folder.write_epoch_tables(self.out, state.epoch, pairs.frame, self.annotators, pairs.annotator.numpy(),
-                                          z.numpy(), w.numpy(), state.eta.numpy(), threshold, first_visit_z)
+            run_folder.write_epoch_tables(self.out, epoch, pairs.frame, self.annotators, pairs.annotator.numpy(),
+                                          z.numpy(), w.numpy(), eta.numpy(), threshold,
+                                          None if first_visit_z is None else first_visit_z.numpy())
 
     def eta_steps(self, state: TrainState) -> None:
         if self.main and state.eta_history:

@@ -273,3 +273,16 @@ def test_the_probe_uses_the_candidate_that_predicts_the_labels_best():
     signal = torch.where(observed_first[:, None], signal, -signal)  # the label follows the signal's sign
     result = reliability.estimate(labels, candidates={"noise": noise, "signal": signal})
     assert result.features == "signal" and result.log_loss["signal"] < result.log_loss["noise"]
+
+
+def test_fit_logistic_with_more_features_than_rows_is_the_same_minimum():
+    """The Woodbury form of the Newton step (D > G) reaches the same β as the direct one on the same problem."""
+    g = torch.Generator().manual_seed(23)
+    x = torch.randn(30, 80, generator=g, dtype=torch.float64)
+    target = torch.rand(30, generator=g, dtype=torch.float64)
+    weight = torch.rand(30, generator=g, dtype=torch.float64) + 0.5
+    wide = reliability.fit_logistic(x, target, weight, ridge=2.0)
+    padded = torch.cat([x, torch.zeros(60, 80, dtype=torch.float64)])  # 90 rows ≥ 80 features: the direct solve
+    direct = reliability.fit_logistic(padded, torch.cat([target, torch.zeros(60, dtype=torch.float64)]),
+                                      torch.cat([weight, torch.zeros(60, dtype=torch.float64)]), ridge=2.0)
+    torch.testing.assert_close(wide, direct, rtol=0, atol=1e-9)

@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 from data import run_folder, schema
 from data.pair_table import PairTable
 from pipeline import batching, losses
+from stages import estimate
 from stages.score import ScoreConfig
 from stages.score import run as score
 from stages.train import SequenceLogps, TrainConfig, pair_logps, run
@@ -229,9 +230,13 @@ run(TrainConfig(**json.loads(sys.argv[1])))
 """
 
 
-def test_resume_after_sigkill_ends_like_an_uninterrupted_run(scores, tmp_path):
-    """Killed after step 3 (last checkpoint at step 2, epoch 1), resumed: same weights, η, posteriors, metrics."""
+@pytest.mark.parametrize("seeded", [False, True])
+def test_resume_after_sigkill_ends_like_an_uninterrupted_run(scores, tmp_path, monkeypatch, seeded):
+    """Killed after step 3 (last checkpoint at step 2, epoch 1), resumed: same weights, η, posteriors, metrics.
+    Seeded by the estimate, the resumed run reads epoch 0 back instead of estimating again."""
     settings = {"robust": True, "epochs": 2, "eta_update": "both", "save_every": 2, "lr": 1e-3}
+    if seeded:
+        settings.update(eta_init="estimate", e_step="seeded")
     whole = run(config(scores, tmp_path / "whole", **settings))
     killed = tmp_path / "killed"
     args = {"scores": str(scores), "out_dir": str(killed), "batch_size": BATCH, "warmup_ratio": 0.0, "device": "cpu",
@@ -242,11 +247,15 @@ def test_resume_after_sigkill_ends_like_an_uninterrupted_run(scores, tmp_path):
     assert [p.name for p in (killed / run_folder.CHECKPOINTS).iterdir()] == ["step-00000002"]
     assert not (killed / run_folder.FINAL).exists()
 
+    def no_second_estimate(*args):
+        raise AssertionError("a resumed run estimated again")
+
+    monkeypatch.setattr(estimate, "run", no_second_estimate)
     resumed = run(config(scores, killed, **settings, resume=True))
     first, second = weights(whole), weights(resumed)
     assert all(torch.equal(first[n], second[n]) for n in first)
     for kind in (run_folder.POSTERIORS, run_folder.ANNOTATORS):
-        for epoch in (1, 2):
+        for epoch in ((0, 1, 2) if seeded else (1, 2)):
             assert run_folder.read_epoch(whole, kind, epoch).equals(run_folder.read_epoch(resumed, kind, epoch))
     assert pl.read_parquet(whole / run_folder.ETA_STEPS).equals(pl.read_parquet(resumed / run_folder.ETA_STEPS))
     drop_timing = [{k: v for k, v in m.items() if k != "pairs_per_s"} for m in metrics(whole)]
@@ -416,3 +425,29 @@ def test_the_e_step_uses_every_label_of_a_pair(scores, tmp_path):
         mine = p * e_row * (e_other if agree else 1 - e_other)
         theirs = (1 - p) * (1 - e_row) * ((1 - e_other) if agree else e_other)
         assert row["w"] == pytest.approx(mine / (mine + theirs), rel=1e-9, abs=1e-12)
+
+
+
+@pytest.mark.parametrize("rule", ["seeded", "prior"])
+def test_seeded_training_starts_from_the_estimate_and_adds_its_evidence(scores, tmp_path, rule):
+    """--eta-init estimate --e-step seeded|prior: epoch 0 holds the estimate (the columns of every epoch), η
+    starts at its η, and the epoch pass's w is σ(z + prior + logit η) (seeded) or σ(prior + logit η) (prior)
+    with prior the epoch-0 z: checked against a direct computation from the written tables."""
+    out = run(config(scores, tmp_path / "run", robust=True, epochs=1, lr=1e-3, eta_init="estimate", e_step=rule))
+    zero = run_folder.read_epoch(out, run_folder.POSTERIORS, 0).sort("row_id")
+    one = run_folder.read_epoch(out, run_folder.POSTERIORS, 1).sort("row_id")
+    assert zero.columns == [c for c in one.columns if c != "first_visit_z"] and zero.height == NUM_PAIRS
+    start = pl.read_parquet(out / run_folder.ETA_STEPS).filter(pl.col("event") == "init").sort("annotator")
+    eta_zero = run_folder.read_epoch(out, run_folder.ANNOTATORS, 0).sort("annotator")
+    assert start["eta"].to_list() == eta_zero["eta"].to_list()
+    eta_one = dict(run_folder.read_epoch(out, run_folder.ANNOTATORS, 1).select("annotator", "eta").iter_rows())
+    for before, after in zip(zero.iter_rows(named=True), one.iter_rows(named=True)):
+        evidence = before["z"] + (after["z"] if rule == "seeded" else 0.0)
+        eta = eta_one[after["annotator"]]
+        expected = float(torch.sigmoid(torch.tensor(evidence + math.log(eta / (1 - eta)), dtype=torch.float64)))
+        assert after["w"] == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_the_estimate_options_need_robust(scores, tmp_path):
+    with pytest.raises(ValueError, match="add --robust"):
+        config(scores, tmp_path / "run", eta_init="estimate")

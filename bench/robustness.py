@@ -37,7 +37,11 @@ from stages import evaluate, inspect_noise, make_noisy, prepare_model, score, tr
 NOISE = {"real": None, "+20%": 0.2, "+40%": 0.4}
 ANNOTATORS = ("groups", "single")
 ROBUST = ("dpo", "ipo", "simpo", "cpo")
-METHODS = (*[m for loss in ROBUST for m in (loss, f"re-{loss}")], "cdpo", "rdpo")
+# RE-PO seeded by the noise estimate of the training cache (+ --estimate-with): epoch 0, η from it, and the
+# E-step's evidence the policy's logit plus the estimate's (seeded) or the estimate's alone (prior)
+SEEDED = {f"re-{loss}-{rule}": {"loss": loss, "eta_init": "estimate", "e_step": rule}
+          for loss in ROBUST for rule in ("seeded", "prior")}
+METHODS = (*[m for loss in ROBUST for m in (loss, f"re-{loss}")], *SEEDED, "cdpo", "rdpo")
 QUICK = {"noise": ["+20%", "+40%"], "annotators": ["groups"], "methods": ["dpo", "re-dpo"], "seeds": [0, 1]}
 FULL = {"noise": list(NOISE), "annotators": list(ANNOTATORS), "methods": list(METHODS), "seeds": [0, 1, 2]}
 
@@ -69,6 +73,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--model", help="model folder (default: SmolLM2-135M-Instruct, prepared locally)")
+    parser.add_argument("--estimate-with", type=Path, help="a score cache of more pairs (never the held-out ones) "
+                        "that the seeded methods' estimate learns from")
     parser.add_argument("--out", type=Path, default=Path("workspace/bench-robustness"))
     args = parser.parse_args()
     plan = dict(FULL if args.full else QUICK)
@@ -120,7 +126,12 @@ def training_data(variant: Variant, source: Path, pairs: int, folder: Path) -> P
 
 def one_run(variant: Variant, method: str, seed: int, cache: Path, truth: pl.DataFrame, heldout: Path,
             folder: Path, args) -> dict:
-    loss, robust = method.removeprefix("re-"), method.startswith("re-")
+    seeded = SEEDED.get(method, {})
+    loss, robust = seeded.get("loss", method.removeprefix("re-")), method.startswith("re-")
+    if seeded:
+        extra_seeded = {"eta_init": seeded["eta_init"], "e_step": seeded["e_step"], "estimate_with": args.estimate_with}
+    else:
+        extra_seeded = {}
     flip_rate = float(truth["is_flipped"].mean())
     epsilon = min(flip_rate, 0.45)  # the baselines' ε: the true flip rate (an oracle)
     extra = {"cdpo": {"label_smoothing": epsilon}, "rdpo": {"flip_rate": epsilon}}.get(loss, {})
@@ -128,6 +139,7 @@ def one_run(variant: Variant, method: str, seed: int, cache: Path, truth: pl.Dat
     run_dir = train.run(train.TrainConfig(
         scores=cache, out_dir=folder / "train", loss=loss, robust=robust, epochs=args.epochs, lr=args.lr,
         batch_size=args.batch_size, seed=seed, resume=(folder / "train" / "checkpoints").exists(), **extra,
+        **extra_seeded,
     ))
     train_seconds = time.perf_counter() - started
     evaluation = json.loads(evaluate.run(evaluate.EvaluateConfig(

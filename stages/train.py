@@ -10,7 +10,9 @@ One optimizer step (Algorithm 1): for each micro-batch, one forward of chosen an
 logit z → E-step w = σ(z.detach() + logit η + the other labels of the pair, method.md §9) with the η in force →
 loss → backward; then clip, optimizer and
 scheduler step, and the η EMA (Eq. 7) on the (Σw, count) of the whole global batch. Between epochs a no-grad
-pass re-estimates every pair's posterior and persists it (method.md §7.5).
+pass re-estimates every pair's posterior and persists it (method.md §7.5). The rules live in pipeline/robust.py.
+With --eta-init estimate or --e-step seeded|prior, the noise estimate of the cache (stages/estimate.py) runs
+first and is written as epoch 0; η starts there, and its per-pair logits join the E-step's evidence.
 
 Several processes (DDP): `accelerate launch --multi_gpu --num_processes N $(which repo) train ...`; multi-node adds
 `--num_machines M --machine_rank R --main_process_ip HOST`. On CPU (gloo) pass `--device cpu` to `repo train`

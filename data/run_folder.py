@@ -54,7 +54,7 @@ def write_epoch_tables(run: Path, epoch: int, pairs: pl.DataFrame, annotators: l
     induced logits and posteriors; eta: (K,) η after the epoch's update; first_visit_z: (N,) epoch 1 only.
     """
     flagged = w < flag_threshold
-    posteriors = pairs.with_columns(z=z, p=1 / (1 + np.exp(-z)), w=w, flagged=flagged, epoch=pl.lit(epoch, pl.Int32))
+    posteriors = pairs.with_columns(z=z, p=0.5 * (1 + np.tanh(z / 2)), w=w, flagged=flagged, epoch=pl.lit(epoch, pl.Int32))
     if first_visit_z is not None:
         posteriors = posteriors.with_columns(first_visit_z=first_visit_z)
     write_parquet(posteriors, epoch_file(run, POSTERIORS, epoch))

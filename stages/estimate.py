@@ -70,7 +70,7 @@ def run(cfg: EstimateConfig, frame: pl.DataFrame, key: dict, source: str) -> Noi
               f"label on their pairs, any η fits as well; η stays at eta0 = {cfg.eta0} for them", file=sys.stderr)
     z = result.z.numpy()
     posteriors = frame.select("row_id", "pair_id", "annotator").with_columns(
-        z=z, p=1 / (1 + np.exp(-z)), w=result.w.numpy(), epoch=pl.lit(0, pl.Int32))
+        z=z, p=0.5 * (1 + np.tanh(z / 2)), w=result.w.numpy(), epoch=pl.lit(0, pl.Int32))
     annotators = pl.DataFrame({"annotator": inputs.annotators, "eta": result.eta.numpy(),
                                "eta_se": pl.Series(result.eta_se.numpy()).replace(np.inf, None),
                                "identified": result.identified.numpy(),

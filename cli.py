@@ -431,7 +431,7 @@ def inspect_noise_cmd(
         int | None, typer.Option(help="Epoch to inspect [default: the last one written].")
     ] = None,
     threshold: Annotated[
-        float | None, typer.Option(help="Flag pairs with w below it." + _default(InspectConfig, "threshold"))
+        float | None, typer.Option(help="Flag pairs with w below it [default: 0.5 unless --top-k is given].")
     ] = None,
     top_k: Annotated[int | None, typer.Option(help="Instead: flag the k pairs of lowest w.")] = None,
     show: Annotated[

@@ -39,6 +39,7 @@ from stages import estimate, noise_plots
 from stages.estimate import EstimateConfig
 
 DEFAULT_TRUTH_COL = "is_flipped"
+DEFAULT_THRESHOLD = 0.5
 TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")  # left out of dumps: tokens, not data
 EXCERPT_CHARS = 100
 MAX_ANNOTATOR_ROWS = 40  # the report's table; summary.json lists every annotator
@@ -55,7 +56,7 @@ class InspectConfig:
     run: Path  # run folder of `repo train --robust`, or a score cache of `repo score` (the estimate before training)
     out_dir: Path  # report.txt and summary.json go here
     epoch: int | None = None  # the epoch whose posteriors to read; None: the last one written
-    threshold: float = 0.5  # flag pairs with w below it
+    threshold: float | None = None  # flag pairs with w below it; None: DEFAULT_THRESHOLD unless top_k is given
     top_k: int | None = None  # instead: flag the k pairs of lowest w
     show: int = 10  # how many of the most suspicious pairs the report prints
     scores: Path | None = None  # score cache; None: the one named in the run's config.json
@@ -69,7 +70,12 @@ class InspectConfig:
     estimate: EstimateConfig = EstimateConfig()  # how a score cache is estimated
 
     def __post_init__(self):
-        if not 0.0 < self.threshold <= 1.0:
+        if self.threshold is not None and self.top_k is not None:
+            raise ValueError(f"give a threshold ({self.threshold}) or top_k ({self.top_k}), not both: each is a "
+                             "flag rule of its own (check repo.toml's [inspect] too)")
+        if self.threshold is None and self.top_k is None:
+            object.__setattr__(self, "threshold", DEFAULT_THRESHOLD)
+        if self.threshold is not None and not 0.0 < self.threshold <= 1.0:
             raise ValueError(f"threshold must lie in (0, 1], got {self.threshold}")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {self.top_k}")
@@ -118,7 +124,7 @@ def run(cfg: InspectConfig) -> Path:
     if cfg.out is not None:
         outputs["out"] = str(write_dump(flagged.drop(TOKEN_COLUMNS, strict=False), cfg.out))
     if cfg.export_clean is not None:
-        outputs["export_clean"] = str(export_clean(cfg, set(flagged["row_id"]), cache_key, truth_col))
+        outputs["export_clean"] = str(export_clean(cfg, set(flagged["row_id"]), cache_key, truth_col, scores_dir))
     if cfg.plots is not None:
         outputs["plots"] = [str(p) for p in make_plots(cfg, pairs, noisy, epoch, from_run=source is None)]
 
@@ -326,7 +332,18 @@ def write_dump(flagged: pl.DataFrame, path: Path) -> Path:
     return path
 
 
-def export_clean(cfg: InspectConfig, flagged_rows: set[int], cache_key: dict, truth_col: str | None) -> Path:
+def refuse_to_overwrite(target: Path, inputs: list[Path], folders: list[Path]) -> None:
+    """An export never replaces an input shard, nor writes into the score cache or the run folder."""
+    where = target.resolve()
+    if any(where == path.resolve() for path in inputs):
+        raise ValueError(f"--export-clean {target} is one of the input files; write the cleaned dataset elsewhere")
+    for folder in folders:
+        if where.is_relative_to(folder.resolve()):
+            raise ValueError(f"--export-clean {target} is inside {folder}, which re-po manages; write it elsewhere")
+
+
+def export_clean(cfg: InspectConfig, flagged_rows: set[int], cache_key: dict, truth_col: str | None,
+                 scores_dir: Path) -> Path:
     """The input rows in order, the flagged ones dropped or with their labels swapped, written as
     cfg.export_clean's extension says. `flip` swaps what `repo make-noisy` swaps (chosen/rejected and
     every chosen_<x>/rejected_<x>) and negates the truth column, which then still says "label wrong".
@@ -337,6 +354,7 @@ def export_clean(cfg: InspectConfig, flagged_rows: set[int], cache_key: dict, tr
                          f"{read.dataset_sha}, the cache's {cache_key.get('dataset_sha')}); name it with --data")
     if any(s.file.startswith("hf://") for s in read.shards):
         raise ValueError(f"--export-clean needs a local copy of {cfg.data}; download it and pass it with --data")
+    refuse_to_overwrite(cfg.export_clean, [Path(s.file) for s in read.shards], [Path(cfg.run), scores_dir])
     raw = pl.concat([read_table(s.file) for s in read.shards], how="diagonal_relaxed")
     if raw.height != sum(s.num_rows for s in read.shards):
         raise ValueError(f"{cfg.data}: read {raw.height} rows, but `repo score` saw "

@@ -358,6 +358,13 @@ def test_bad_truth_values_and_epoch_and_cache(setup, tmp_path):
         run(InspectConfig(run=run_dir, out_dir=tmp_path / "i", export_clean=tmp_path / "c.jsonl", data=str(half)))
 
 
+def test_threshold_and_top_k_are_one_rule_or_the_other():
+    assert InspectConfig(run=Path("r"), out_dir=Path("o")).threshold == 0.5
+    assert InspectConfig(run=Path("r"), out_dir=Path("o"), top_k=3).threshold is None
+    with pytest.raises(ValueError, match="not both"):
+        InspectConfig(run=Path("r"), out_dir=Path("o"), top_k=3, threshold=0.4)
+
+
 def test_config_checks():
     with pytest.raises(ValueError, match="threshold"):
         InspectConfig(run=Path("r"), out_dir=Path("o"), threshold=0.0)
@@ -510,3 +517,13 @@ def test_nothing_flagged_still_writes_every_output(setup, tmp_path):
     assert pl.read_csv(tmp_path / "f.csv").height == 0
     assert read_pairs(tmp_path / "c.jsonl").table.drop("row_id").equals(read_pairs(source).table.drop("row_id"))
     assert len(summary["outputs"]["plots"]) == 3
+
+
+def test_export_clean_never_overwrites_the_input_or_writes_into_the_cache(setup, tmp_path):
+    source, scores, run_dir = setup
+    for target, message in ((source, "one of the input files"), (scores / "clean.jsonl", "which re-po manages"),
+                            (run_dir / "clean.jsonl", "which re-po manages")):
+        before = source.read_bytes()
+        with pytest.raises(ValueError, match=message):
+            run(InspectConfig(run=run_dir, out_dir=tmp_path / "i", export_clean=target, data=str(source)))
+        assert source.read_bytes() == before and not (scores / "clean.jsonl").exists()

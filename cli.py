@@ -47,9 +47,13 @@ app = typer.Typer(help=HELP, no_args_is_help=True, rich_markup_mode=None, pretty
 
 def _project() -> Project:
     try:
-        return load_project()
+        project = load_project()
     except ProjectError as exc:
         _fail(str(exc))
+    if project.source is None:
+        typer.echo("no repo.toml here or in a folder above: using the embedded default (the bundled sample "
+                   "data, SmolLM2-135M-Instruct, ./workspace); `repo init` writes a project file", err=True)
+    return project
 
 
 def _fail(message: str) -> NoReturn:

@@ -99,12 +99,22 @@ def embedded_default(cwd: Path) -> Project:
     )
 
 
+def find_project_file(start: Path) -> Path | None:
+    """`repo.toml` in `start` or the nearest folder above it (as git, ruff and cargo look), or None."""
+    for folder in (start, *start.parents):
+        if (folder / PROJECT_FILE).is_file():
+            return folder / PROJECT_FILE
+    return None
+
+
 def load_project(cwd: Path | None = None) -> Project:
-    """Read `repo.toml` in `cwd`; the embedded default when there is none."""
-    cwd = Path.cwd() if cwd is None else cwd
-    path = cwd / PROJECT_FILE
-    if not path.exists():
+    """Read `repo.toml` in `cwd` or the nearest folder above (its paths are relative to that folder); the
+    embedded default when there is none."""
+    cwd = (Path.cwd() if cwd is None else cwd).resolve()
+    path = find_project_file(cwd)
+    if path is None:
         return embedded_default(cwd)
+    cwd = path.parent  # the project's root: relative paths in the file are relative to it
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:

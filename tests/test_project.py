@@ -121,3 +121,24 @@ def test_malformed_project_file_is_a_clear_cli_error(tmp_path, monkeypatch):
     assert result.exit_code == 2
     assert "models.ref" in result.output
     assert "Traceback" not in result.output
+
+
+def test_the_project_file_is_found_from_a_subfolder(tmp_path):
+    (tmp_path / "repo.toml").write_text('workspace = "ws"\n[data]\npath = "pairs.jsonl"\n[models]\nref = "./model"\n')
+    deep = tmp_path / "notebooks" / "week1"
+    deep.mkdir(parents=True)
+    project = load_project(deep)
+    assert project.source == tmp_path.resolve() / "repo.toml"
+    assert project.data["path"] == str(tmp_path.resolve() / "pairs.jsonl")  # relative to the project, not to cwd
+    assert project.models["ref"] == str(tmp_path.resolve() / "model")
+    assert project.workspace == tmp_path.resolve() / "ws"
+
+
+def test_without_a_project_file_the_cli_says_it_uses_the_embedded_default(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import cli
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli.app, ["inspect-noise"])
+    assert "using the embedded default" in result.output

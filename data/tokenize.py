@@ -29,8 +29,9 @@ class TokenizedPair:
 
 def tokenize_pair(tokenizer, prompt: PairValue, chosen: PairValue, rejected: PairValue,
                   max_length: int | None = None, max_prompt_length: int | None = None) -> TokenizedPair:
-    """Token ids of one pair; raises BadRowError (field "chosen"/"rejected") for an empty response,
-    also one emptied by truncation. Fields come without file and row: PairsRead.locate adds them."""
+    """Token ids of one pair; raises BadRowError (field "chosen"/"rejected") for an empty response, also one
+    emptied by truncation, and (field "rejected") for a response with the same tokens as chosen, also after
+    truncation: such a pair states no preference. Fields come without file and row: PairsRead.locate adds them."""
     _check_limits(max_length, max_prompt_length)
     if all(isinstance(value, str) for value in (prompt, chosen, rejected)):
         prompt_ids = _plain_prompt_ids(tokenizer, prompt)
@@ -42,6 +43,7 @@ def tokenize_pair(tokenizer, prompt: PairValue, chosen: PairValue, rejected: Pai
                      for messages, name in ((chosen, "chosen"), (rejected, "rejected"))]
     else:
         raise BadRowError("prompt, chosen and rejected must be all strings or all message lists")
+    identical_in_full = responses[0] == responses[1]
     truncated = False
     if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
         prompt_ids, truncated = prompt_ids[len(prompt_ids) - max_prompt_length:], True
@@ -55,6 +57,10 @@ def tokenize_pair(tokenizer, prompt: PairValue, chosen: PairValue, rejected: Pai
         if not ids:
             raise BadRowError(f"empty response after truncation (prompt {len(prompt_ids)} tokens, "
                               f"max_length {max_length})", name)
+    if responses[0] == responses[1]:
+        raise BadRowError("the same tokens as chosen: the pair states no preference" if identical_in_full else
+                          f"the same tokens as chosen after truncation to max_length {max_length} (the responses "
+                          "differ only past it): the pair states no preference", "rejected")
     return TokenizedPair(prompt_ids, responses[0], responses[1], truncated)
 
 

@@ -95,6 +95,14 @@ def test_response_emptied_by_truncation_is_a_bad_row(tokenizer):
         tokenize_pair(tokenizer, "the cat sat on the mat .", "yes", "no", max_length=8)
 
 
+def test_a_pair_of_identical_responses_is_a_bad_row(tokenizer):
+    with pytest.raises(BadRowError, match="field 'rejected': the same tokens as chosen: the pair states no"):
+        tokenize_pair(tokenizer, "hello", "the dog ran", "the dog ran")
+    with pytest.raises(BadRowError, match="same tokens as chosen after truncation to max_length 4"):
+        tokenize_pair(tokenizer, "hello", "the dog ran", "the dog sat", max_length=4)  # both cut to "the dog"
+    assert tokenize_pair(tokenizer, "hello", "the dog ran", "the dog sat").chosen_ids != ids("the dog sat")
+
+
 @pytest.mark.parametrize("prompt, chosen, rejected, field", [
     ("hello", "", "no", "chosen"),
     ([msg("user", "hello")], [msg("assistant", "yes")], [], "rejected"),

@@ -100,13 +100,18 @@ def make_key(**fields: object) -> dict:
 def open_cache(folder: Path, key: dict, layout: dict, overwrite: bool) -> Manifest:
     """Start a cache in `folder`, or resume the one there if it was made with the same key and layout.
 
-    overwrite: delete an existing cache first. A cache with another key or layout is refused otherwise.
+    overwrite: delete an existing cache first (only the files it lists). A cache with another key or layout is
+    refused otherwise, and so is a non-empty folder that holds no cache (the user's own shards, say).
     """
     folder.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        for path in [folder / MANIFEST, folder / REJECTS, *folder.glob("part-*.parquet*")]:
-            path.unlink(missing_ok=True)
     existing = _read_manifest(folder)
+    if existing is None and any(folder.iterdir()):
+        raise CacheError(f"{folder} is not empty and holds no re-po score cache ({MANIFEST} missing); re-po never "
+                         "writes into a folder it did not make: choose another --out (or empty this one)")
+    if overwrite and existing is not None:
+        for path in _owned_files(folder, existing):  # only what this cache wrote: the user's files stay
+            path.unlink(missing_ok=True)
+        existing = None
     if existing is None:
         manifest = Manifest(key=key, layout=layout)
         write_manifest(folder, manifest)
@@ -119,6 +124,13 @@ def open_cache(folder: Path, key: dict, layout: dict, overwrite: bool) -> Manife
                if existing.layout != layout else "")
         )
     return existing
+
+
+def _owned_files(folder: Path, manifest: Manifest) -> list[Path]:
+    """The files a cache's writer made: manifest, rejects, every part of its layout, and their temporary files."""
+    names = {MANIFEST, REJECTS, *manifest.parts,
+             *(part_name(i) for i in range(int(manifest.layout.get("num_parts", 0))))}
+    return [folder / name for name in sorted(names)] + [folder / f".{name}.tmp" for name in sorted(names)]
 
 
 def write_part(folder: Path, manifest: Manifest, index: int, df: pl.DataFrame, rejects: list[dict]) -> None:

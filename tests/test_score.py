@@ -355,3 +355,22 @@ def test_no_embeddings_and_another_layer_choice_is_another_cache(peaky_model_dir
         run(score_config(data, peaky_model_dir, tmp_path / "scores"))
     with pytest.raises(ValueError, match="layers 1..2"):
         run(score_config(data, peaky_model_dir, tmp_path / "other", embed_layers="5"))
+
+
+
+def test_a_folder_re_po_did_not_make_is_never_written_into(peaky_model_dir, tmp_path):
+    """The user's own part-*.parquet shards (Spark's and the Hub's layout) in --out: refused, with or without
+    --overwrite, and left as they were; --overwrite of a real cache deletes only the cache's own files."""
+    data = write_pairs(tmp_path / "pairs.jsonl", 10)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "part-00000.parquet").write_bytes(b"the user's data")
+    for overwrite in (False, True):
+        with pytest.raises(schema.CacheError, match="holds no re-po score cache"):
+            run(score_config(data, peaky_model_dir, theirs, overwrite=overwrite))
+        assert (theirs / "part-00000.parquet").read_bytes() == b"the user's data"
+        assert sorted(p.name for p in theirs.iterdir()) == ["part-00000.parquet"]
+    ours = run(score_config(data, peaky_model_dir, tmp_path / "ours"))
+    (ours / "notes.txt").write_text("mine")
+    run(score_config(data, peaky_model_dir, ours, overwrite=True))
+    assert (ours / "notes.txt").read_text() == "mine" and schema.read_scores(ours)[0].height == 10

@@ -47,8 +47,7 @@ def read_inputs(frame: pl.DataFrame, key: dict, source: str, prior_col: str | No
     """
     if frame.height == 0:
         raise NoiseInputError(f"{source}: the score cache holds no pairs")
-    annotators = sorted(frame["annotator"].unique().to_list())
-    annotator = frame["annotator"].cast(pl.Enum(annotators)).to_physical().to_numpy().astype(np.int64)
+    annotators, annotator = annotator_index(frame)
     pair, orientation, first_row = pair_structure(frame, source)
     num_pairs = len(first_row)
     pooled, prior = {}, None
@@ -65,6 +64,12 @@ def read_inputs(frame: pl.DataFrame, key: dict, source: str, prior_col: str | No
                                         for name in schema.embedding_columns(layer))
             pooled[layer] = (chosen, rejected, prompt)
     return NoiseInputs(annotators, annotator, pair, orientation, num_pairs, pooled, prior)
+
+
+def annotator_index(frame: pl.DataFrame) -> tuple[list[str], np.ndarray]:
+    """The sorted annotator ids, and each row's index (N,) int64 into them: η_k belongs to ids[k]."""
+    annotators = sorted(frame["annotator"].unique().to_list())
+    return annotators, frame["annotator"].cast(pl.Enum(annotators)).to_physical().to_numpy().astype(np.int64)
 
 
 def pair_structure(frame: pl.DataFrame, source: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -12,7 +12,7 @@ import polars as pl
 import torch
 
 from data import schema
-from data.noise_inputs import pair_structure
+from data.noise_inputs import annotator_index, pair_structure
 
 TOKEN_COLUMNS = ("prompt", "chosen", "rejected")
 REFERENCE_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
@@ -61,11 +61,11 @@ class PairTable:
             refs = [torch.tensor(df[c].to_numpy(), dtype=torch.float64) for c in REFERENCE_COLUMNS]
         tokens = {name: _flat(df[f"{name}_ids"]) for name in TOKEN_COLUMNS}
         length = {name: np.diff(offsets) for name, (_, offsets) in tokens.items()}
-        annotators = sorted(df["annotator"].unique().to_list())
+        annotators, annotator = annotator_index(df)
         pair, orientation, first_row = pair_structure(df, str(folder))
         return cls(
             frame=df.select("row_id", "pair_id", "annotator"), key=key, annotators=annotators,
-            annotator=torch.tensor(df["annotator"].cast(pl.Enum(annotators)).to_physical().to_numpy(), dtype=torch.long),
+            annotator=torch.from_numpy(annotator),
             tokens=tokens, ref_chosen_logps=refs[0] if refs else None, ref_rejected_logps=refs[1] if refs else None,
             chosen_len=torch.tensor(df["chosen_len"].to_numpy(), dtype=torch.long),
             rejected_len=torch.tensor(df["rejected_len"].to_numpy(), dtype=torch.long),

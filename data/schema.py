@@ -67,6 +67,11 @@ def embed_layers(key: dict) -> tuple[int, ...]:
     return tuple(int(layer) for layer in text.split(",") if layer)
 
 
+def stored_embedding_columns(key: dict) -> list[str]:
+    """Every embedding column of a cache with key `key`."""
+    return [name for layer in embed_layers(key) for name in embedding_columns(layer)]
+
+
 MANIFEST = "manifest.json"
 REJECTS = "rejects.jsonl"
 KEY_METADATA = "re_po.cache_key"  # Parquet footer entry holding the JSON cache key

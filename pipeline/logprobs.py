@@ -178,11 +178,6 @@ def score_sequences(model: torch.nn.Module, packed: Packed, pool_layers: tuple[i
     return _forward(model, packed, pool_layers, with_logps)
 
 
-def _logps(model: torch.nn.Module, packed: Packed) -> tuple[Tensor, Tensor]:
-    scores = _forward(model, packed, (), True)
-    return scores.logps, scores.n_tokens
-
-
 def _decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     layers = getattr(model.get_decoder(), "layers", None)
     if layers is None:
@@ -259,7 +254,8 @@ def _packing_confines_attention(model: torch.nn.Module, packed: Packed) -> bool:
             prompts, responses = prompts * 2, responses * 2
         one_row = pack(prompts, responses, pad_id=0, row_tokens=sum(map(len, prompts + responses)))
         with torch.no_grad(), _eval_mode(model):
-            packed_logps, padded_logps = _logps(model, one_row)[0], _logps(model, pad(prompts, responses, 0))[0]
+            packed_logps = _forward(model, one_row, (), True).logps
+            padded_logps = _forward(model, pad(prompts, responses, 0), (), True).logps
         tolerance = _tolerance(model)
         difference = ((packed_logps - padded_logps).abs() / padded_logps.abs().clamp(min=1.0)).max().item()
         _PACKING_CHECKED[model] = difference <= tolerance

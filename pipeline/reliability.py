@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pipeline.em import ETA_MAX, ETA_MIN, annotator_sums, other_labels_logit
+from pipeline.em import ETA_MAX, ETA_MIN, annotator_sums, mstep, other_labels_logit
 from pipeline.losses import posterior_weight
 
 LAMBDAS = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)  # ridge strengths tried, per unit of total label weight
@@ -192,15 +192,13 @@ def crossfit_probe(x: Tensor, target: Tensor, weight: Tensor, folds: Tensor, inn
 
 
 def _choose_ridge(x: Tensor, target: Tensor, weight: Tensor, folds: Tensor, lambdas: tuple[float, ...]) -> float:
+    """The ridge of `lambdas` whose cross-fitted scores on `folds` have the least summed per-fold log-loss."""
+    num_folds = int(folds.max()) + 1
     losses = []
     for lam in lambdas:
-        total = 0.0
-        for f in range(int(folds.max()) + 1):
-            train = folds != f
-            beta = fit_logistic(x[train], target[train], weight[train], lam * float(weight[train].sum()))
-            margin = x[~train].double() @ beta
-            total += float(_log_loss(margin, target[~train], weight[~train]))
-        losses.append(total)
+        scores, _ = crossfit_probe(x, target, weight, folds, ridge=torch.full((num_folds,), lam))
+        losses.append(sum(float(_log_loss(scores[folds == f], target[folds == f], weight[folds == f]))
+                          for f in range(num_folds)))
     return lambdas[min(range(len(lambdas)), key=losses.__getitem__)]
 
 
@@ -248,8 +246,7 @@ def fit_reliability(labels: Labels, scores: Tensor | None, eta0: float = 0.9, fi
     for iterations in range(1, max_iter + 1):
         logit = scale[groups] * s
         w = row_posteriors(labels, eta, logit)
-        sums, counts = annotator_sums(w, labels.annotator, labels.num_annotators)
-        new_eta = torch.where(counts > 0, (sums / counts.clamp(min=1)).clamp(ETA_MIN, ETA_MAX), eta)
+        new_eta = mstep(eta, *annotator_sums(w, labels.annotator, labels.num_annotators))  # Eq. 6
         new_scale = scale
         if scores is not None and fit_scale:
             truth = torch.sigmoid(pair_log_odds(labels, eta, logit))  # posterior of each reference order

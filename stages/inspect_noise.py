@@ -104,7 +104,7 @@ def run(cfg: InspectConfig) -> Path:
         outputs["annotators"] = str(cfg.out_dir / "annotators.parquet")
         run_folder.write_parquet(posteriors, cfg.out_dir / "posteriors.parquet")
         run_folder.write_parquet(eta, cfg.out_dir / "annotators.parquet")
-        pairs = join_rows(posteriors, cached, scores_dir)
+        pairs = join_rows(posteriors, cached, cache_key, scores_dir)
         source = {"model": found.model, "seconds": round(found.seconds, 3), "probe_log_loss": found.log_loss}
     else:
         record = read_run_record(cfg.run)
@@ -184,12 +184,12 @@ def join_scores(posteriors: pl.DataFrame, scores_dir: Path, run_key: dict | None
     run_key: the key of the cache the run was trained on; another cache is refused, showing both keys.
     """
     cached, key = schema.read_scores(scores_dir, expect=run_key)
-    return join_rows(posteriors, cached, scores_dir), key
+    return join_rows(posteriors, cached, key, scores_dir), key
 
 
-def join_rows(posteriors: pl.DataFrame, cached: pl.DataFrame, scores_dir: Path) -> pl.DataFrame:
-    """Posteriors and cache rows joined on row_id; refused unless they hold the same rows."""
-    cached = cached.drop("pair_id", "annotator", *_embedding_names(cached))  # the posteriors carry both
+def join_rows(posteriors: pl.DataFrame, cached: pl.DataFrame, key: dict, scores_dir: Path) -> pl.DataFrame:
+    """Posteriors and cache rows (less the embeddings) joined on row_id; refused unless they hold the same rows."""
+    cached = cached.drop("pair_id", "annotator", *schema.stored_embedding_columns(key))  # the posteriors carry both
     joined = posteriors.join(cached, on="row_id", how="inner")
     if joined.height != posteriors.height or joined.height != cached.height:
         raise ValueError(
@@ -197,10 +197,6 @@ def join_rows(posteriors: pl.DataFrame, cached: pl.DataFrame, scores_dir: Path) 
             f"({cached.height} pairs) share {joined.height} row_ids: the run was not trained on this cache; "
             "name the right one with --scores")
     return joined
-
-
-def _embedding_names(frame: pl.DataFrame) -> list[str]:
-    return [name for name, dtype in frame.schema.items() if isinstance(dtype, pl.Array)]
 
 
 def flags(w: pl.Series, threshold: float, top_k: int | None) -> pl.Series:

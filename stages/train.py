@@ -183,6 +183,7 @@ def run(cfg: TrainConfig) -> Path:
             while state.step_in_epoch < len(plan) and state.global_step < total_steps:
                 started, step_rows = time.perf_counter(), plan[state.step_in_epoch]
                 micro_batches = batching.split_step(step_rows, cfg.batch_size, world)
+                others = _other_labels(pairs, state.eta) if cfg.robust else None  # η moves only between steps
                 records = []
                 for i, shards in enumerate(micro_batches):
                     rows = shards[accelerator.process_index]
@@ -195,7 +196,7 @@ def run(cfg: TrainConfig) -> Path:
                         if cfg.robust:  # Alg. 1: z → E-step with the η in force → robust loss
                             z = losses.induced_logit(cfg.loss, logps, params)
                             w = robust.posterior(cfg.e_step, z, None if prior is None else prior[run_rows],
-                                                 _other_labels(pairs, state.eta)[run_rows],
+                                                 others[run_rows],
                                                  state.eta[pairs.annotator[run_rows]])
                             per_pair = robust.per_pair_loss(cfg.robust_form, cfg.loss, logps, params, z, w)
                         else:  # the base method's own loss, not w ≡ 1

@@ -89,7 +89,7 @@ def test_leaked_attention_between_packed_sequences_would_fail_the_brute_force_ch
     model = peaky_llama()
     prompts, responses = random_sequences(12)
     with torch.no_grad():
-        leaked = logprobs._logps(model, pack(prompts, responses, pad_id=0))[0]
+        leaked = logprobs._forward(model, pack(prompts, responses, pad_id=0), (), True).logps
     expected = torch.tensor([brute_force_logps(model, p, r) for p, r in zip(prompts, responses)])
     assert (leaked.double() - expected).abs().max() > 1.0
 

@@ -151,12 +151,16 @@ def test_standard_errors_match_the_observed_information():
     torch.testing.assert_close(result.eta_se, observed, rtol=0.15, atol=0)
 
 
+def logistic_problem(rows: int, features: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random (x, soft targets, weights in [0.5, 1.5)) for fit_logistic."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, features, generator=g, dtype=torch.float64)
+    return x, torch.rand(rows, generator=g, dtype=torch.float64), torch.rand(rows, generator=g, dtype=torch.float64) + 0.5
+
+
 def test_fit_logistic_is_the_minimum():
     """Zero gradient of the ridge objective (autograd), and the same β as L-BFGS run to high precision."""
-    g = torch.Generator().manual_seed(13)
-    x = torch.randn(300, 5, generator=g, dtype=torch.float64)
-    target = torch.rand(300, generator=g, dtype=torch.float64)
-    weight = torch.rand(300, generator=g, dtype=torch.float64) + 0.5
+    x, target, weight = logistic_problem(300, 5, seed=13)
     beta = reliability.fit_logistic(x, target, weight, ridge=3.0)
 
     def objective(b):
@@ -277,10 +281,7 @@ def test_the_probe_uses_the_candidate_that_predicts_the_labels_best():
 
 def test_fit_logistic_with_more_features_than_rows_is_the_same_minimum():
     """The Woodbury form of the Newton step (D > G) reaches the same β as the direct one on the same problem."""
-    g = torch.Generator().manual_seed(23)
-    x = torch.randn(30, 80, generator=g, dtype=torch.float64)
-    target = torch.rand(30, generator=g, dtype=torch.float64)
-    weight = torch.rand(30, generator=g, dtype=torch.float64) + 0.5
+    x, target, weight = logistic_problem(30, 80, seed=23)
     wide = reliability.fit_logistic(x, target, weight, ridge=2.0)
     padded = torch.cat([x, torch.zeros(60, 80, dtype=torch.float64)])  # 90 rows ≥ 80 features: the direct solve
     direct = reliability.fit_logistic(padded, torch.cat([target, torch.zeros(60, dtype=torch.float64)]),

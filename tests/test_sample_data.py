@@ -33,8 +33,25 @@ def test_splits_are_disjoint_by_sentence(splits):
     for a, b in [("train", "heldout"), ("train", "pool"), ("heldout", "pool")]:
         assert not ids[a] & ids[b] and not texts[a] & texts[b]
     every = pl.concat(splits.values())
-    assert every["pair_id"].n_unique() == every.height
-    assert every.height * 2 == len(set(every["chosen_id"]) | set(every["rejected_id"]))   # one pair per sentence
+    sentences = every.select(pl.col("pair_id").str.split("+")).to_series().explode()
+    assert set(sentences) == set(every["chosen_id"]) | set(every["rejected_id"])
+    assert every["pair_id"].n_unique() * 2 == sentences.n_unique()          # one pair per sentence
+    assert splits["heldout"]["pair_id"].n_unique() == splits["heldout"].height   # held out: one label per pair
+
+
+def test_labels_of_one_pair_are_distinct_groups_on_the_same_prompt_and_sentences(splits):
+    labels = pl.concat(splits.values()).group_by("pair_id").agg(
+        pl.col("annotator").n_unique().alias("groups"), pl.len().alias("labels"),
+        pl.col("prompt").n_unique().alias("prompts"), pl.col("is_flipped").n_unique().alias("truth_sides"))
+    assert (labels["groups"] == labels["labels"]).all() and (labels["prompts"] == 1).all()
+    assert labels["labels"].max() == 3 and (labels["labels"] > 1).mean() > 0.8   # mostly several labels
+    # the truth is one order per pair: two labels disagree with each other exactly when one of them is flipped
+    rows = splits["train"]
+    first = rows.group_by("pair_id").agg(pl.col("chosen_id").first().alias("first_chosen"),
+                                         pl.col("is_flipped").first().alias("first_flipped"))
+    rows = rows.join(first, on="pair_id")
+    same_order = rows["chosen_id"] == rows["first_chosen"]
+    assert (same_order == (rows["is_flipped"] == rows["first_flipped"])).all()
 
 
 def test_labels_and_truth_follow_the_scores(splits):
@@ -46,22 +63,22 @@ def test_labels_and_truth_follow_the_scores(splits):
     assert every["is_flipped"].to_list() == (truth < 0).to_list()
     gap = truth.abs()
     assert gap.min() >= 0.5 - 1e-4 and gap.max() < 1.5 + 1e-4   # the documented consensus band (rounded to 1e-4)
-    assert every["prompt"].str.starts_with("Write a ").all()
-    assert every.select(pl.col("prompt").str.contains(pl.col("polarity"))).to_series().all()
+    assert every["prompt"].str.starts_with("Write a positive ").all()   # --polarity positive, the default
+    assert (every["polarity"] == "positive").all()
 
 
 def test_readme_reliabilities_match_the_files_and_differ(splits):
     table = re.findall(r"^\| (train|heldout|pool) \| (\S+) \| (\d+) \| ([\d.]+) \|$",
                        (SAMPLE / "README.md").read_text(), re.M)
-    assert len(table) == 6
-    for split, annotator, pairs, accuracy in table:
+    assert len(table) == 9
+    for split, annotator, labels, accuracy in table:
         group = splits[split].filter(pl.col("annotator") == annotator)
-        assert group.height == int(pairs)
+        assert group.height == int(labels)
         assert abs((1 - group["is_flipped"].mean()) - float(accuracy)) < 5e-4
-    train = splits["train"].group_by("annotator").agg(accuracy=1 - pl.col("is_flipped").mean())
-    accuracy = dict(train.iter_rows())
-    assert accuracy["panel-of-5"] - accuracy["one-rater"] > 0.03      # a panel is measurably more reliable
-    assert splits["train"].height == 800 and splits["heldout"].height == 304
+    every = pl.concat([splits["train"], splits["pool"]])
+    accuracy = dict(every.group_by("annotator").agg(accuracy=1 - pl.col("is_flipped").mean()).iter_rows())
+    assert accuracy["panel-of-3"] - max(accuracy["rater-a"], accuracy["rater-b"]) > 0.03   # a panel is more reliable
+    assert splits["train"]["pair_id"].n_unique() == 280 and splits["heldout"].height == 300
 
 
 def test_sizes_stay_small():
@@ -74,7 +91,7 @@ def test_pairing_respects_the_gap_band_and_uses_each_sentence_once():
     means = [rng.uniform(-3, 3) for _ in range(300)]     # each sentence: its mean plus rater noise
     sentences = [build.Sentence(f"movie-{i}", "movie", f"s{i}", tuple(round(m + rng.gauss(0, 1)) for _ in range(25)))
                  for i, m in enumerate(means)]
-    cons = {s.id: build.consensus(s, panel_size=5) for s in sentences}
+    cons = {s.id: build.consensus(s) for s in sentences}
     pairs = build.pair_sentences(sentences, cons, random.Random(1), min_gap=0.5, max_gap=1.5, min_z=2.0)
     assert len(pairs) > 50
     used = [s.id for pair in pairs for s in pair]
@@ -84,18 +101,20 @@ def test_pairing_respects_the_gap_band_and_uses_each_sentence_once():
         assert 0.5 <= gap < 1.5 and gap >= 2.0 * (cons[a.id].sem ** 2 + cons[b.id].sem ** 2) ** 0.5
 
 
-def test_consensus_excludes_the_label_raters_and_ties_are_dropped():
+def test_each_group_reads_its_own_raters_the_consensus_none_of_them_and_ties_are_dropped():
     build = load_builder()
+    #                                         rater-a  rater-b  panel-of-3  | consensus
     a = build.Sentence("tweet-1", "tweet", "yay", (4, 0, 0, 0, 0, 1, 1, 1, 1))
     b = build.Sentence("tweet-2", "tweet", "meh", (0, 4, 4, 4, 4, 3, 3, 3, 3))
-    assert build.consensus(a, 5).mean == 1.0 and build.consensus(b, 5).mean == 3.0
-    cons = {s.id: build.consensus(s, 5) for s in (a, b)}
-    row = build.label_pair(a, b, build.ONE_RATER, True, cons, 5)   # one rater: 4 vs 0, consensus 1 vs 3
+    assert build.consensus(a).mean == 1.0 and build.consensus(b).mean == 3.0
+    assert (a.label_score("rater-a"), a.label_score("rater-b"), b.label_score("panel-of-3")) == (4.0, 0.0, 4.0)
+    cons = {s.id: build.consensus(s) for s in (a, b)}
+    row = build.label_pair(a, b, "rater-a", True, cons)      # 4 vs 0, consensus 1 vs 3: wrong
     assert (row["chosen"], row["is_flipped"]) == ("yay", True)
-    row = build.label_pair(a, b, build.PANEL, True, cons, 5)       # panel: 0.8 vs 3.2 agrees with consensus
+    row = build.label_pair(a, b, "rater-b", True, cons)      # 0 vs 4 agrees with the consensus
     assert (row["chosen"], row["is_flipped"]) == ("meh", False)
-    row = build.label_pair(a, b, build.PANEL, False, cons, 5)      # negative prompt: the lower one is chosen
+    row = build.label_pair(a, b, "panel-of-3", False, cons)  # negative prompt: the lower one is chosen
     assert (row["chosen"], row["is_flipped"]) == ("yay", False)
     tie = build.Sentence("tweet-3", "tweet", "hm", (4, 2, 2, 2, 2, 0, 0, 0, 0))
-    cons[tie.id] = build.consensus(tie, 5)
-    assert build.label_pair(a, tie, build.ONE_RATER, True, cons, 5) is None
+    cons[tie.id] = build.consensus(tie)
+    assert build.label_pair(a, tie, "rater-a", True, cons) is None

@@ -1,19 +1,27 @@
 """Training checkpoints of `repo train`: what one holds, and how it is written atomically and found again.
 
-A checkpoint is a folder run/checkpoints/step-NNNNNNNN/ written by `accelerate`'s save_state (so DDP, FSDP
-and DeepSpeed shard or gather their own states): the policy, the optimizer, every object registered with
-`accelerator.register_for_checkpointing` (the LR scheduler and the TrainState below), and each process's RNG
-states. It is written under .tmp-step-NNNNNNNN and renamed into place by the main process once every process
-has finished, then older checkpoints are deleted: a run killed at any moment keeps its last whole checkpoint.
+A checkpoint is a folder run/checkpoints/step-NNNNNNNN/ holding
+- what `accelerate`'s save_state writes for the prepared objects (so DDP, FSDP and DeepSpeed shard or gather their
+  own states): the policy (safetensors), the optimizer and each process's RNG states, which accelerate reads back
+  with torch.load(weights_only=True): tensors, numbers and numpy arrays, never arbitrary objects;
+- re-po's own state, never pickled: the TrainState below and the LR scheduler's state as STATE_JSON, its tensors
+  as STATE_TENSORS (safetensors). Nothing is registered with `accelerator.register_for_checkpointing`, whose
+  files accelerate unpickles with weights_only=False: a crafted pickle there could run code on --resume.
+It is written under .tmp-step-NNNNNNNN and renamed into place by the main process once every process has
+finished, then older checkpoints are deleted: a run killed at any moment keeps its last whole checkpoint.
 """
+import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 PREFIX = "step-"
+STATE_JSON, STATE_TENSORS = "repo_state.json", "repo_state.safetensors"
 
 
 @dataclass
@@ -30,20 +38,17 @@ class TrainState:
     global_step: int = 0
     eta_history: list[dict] = field(default_factory=list)  # {"step", "epoch", "event", "eta": (K,)}
 
-    def state_dict(self) -> dict:
-        return dict(vars(self))
 
-    def load_state_dict(self, state: dict) -> None:
-        vars(self).update(state)
-
-
-def save(accelerator: Accelerator, folder: Path, step: int) -> Path:
-    """Write the prepared/registered state as folder/step-NNNNNNNN, atomically; every process must call it."""
+def save(accelerator: Accelerator, folder: Path, step: int, state: TrainState, scheduler) -> Path:
+    """Write the prepared objects, `state` and the scheduler as folder/step-NNNNNNNN, atomically; every process
+    must call it (η and the rest of `state` are the same on every process)."""
     final, tmp = folder / f"{PREFIX}{step:08d}", folder / f".tmp-{PREFIX}{step:08d}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)  # the remains of a run killed while writing
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        _save_own_state(tmp, state, scheduler)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         shutil.rmtree(final, ignore_errors=True)  # a resumed run re-saving the same step
@@ -61,6 +66,27 @@ def latest(folder: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def load(accelerator: Accelerator, path: Path) -> None:
-    """Restore everything `save` wrote into the prepared/registered objects (and the RNG states)."""
+def load(accelerator: Accelerator, path: Path, state: TrainState, scheduler) -> None:
+    """Restore everything `save` wrote: the prepared objects and RNG states, then `state` and the scheduler."""
+    missing = [name for name in (STATE_JSON, STATE_TENSORS) if not (path / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"checkpoint {path} has no {' or '.join(missing)}: it was not written by this "
+                                "version of re-po (older ones pickled their state); start the run again")
     accelerator.load_state(str(path))
+    record = json.loads((path / STATE_JSON).read_text())
+    tensors = load_file(path / STATE_TENSORS)
+    state.eta, state.first_visit_z = tensors["eta"], tensors["first_visit_z"]
+    state.epoch, state.step_in_epoch, state.global_step = record["epoch"], record["step_in_epoch"], record["global_step"]
+    state.eta_history = [{**event, "eta": eta} for event, eta in zip(record["eta_history"], tensors["eta_history"])]
+    scheduler.load_state_dict(record["scheduler"])
+
+
+def _save_own_state(folder: Path, state: TrainState, scheduler) -> None:
+    history = [{k: v for k, v in event.items() if k != "eta"} for event in state.eta_history]
+    etas = (torch.stack([event["eta"] for event in state.eta_history]) if state.eta_history
+            else torch.zeros((0, state.eta.numel()), dtype=torch.float64))
+    tensors = {"eta": state.eta, "first_visit_z": state.first_visit_z, "eta_history": etas}
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(folder / STATE_TENSORS))
+    record = {"epoch": state.epoch, "step_in_epoch": state.step_in_epoch, "global_step": state.global_step,
+              "eta_history": history, "scheduler": scheduler.state_dict()}
+    (folder / STATE_JSON).write_text(json.dumps(record))  # the folder is renamed into place whole

@@ -45,6 +45,15 @@ def write_table(df: pl.DataFrame, path: str | Path) -> None:
     atomic_write(path, writer)
 
 
+def swap_where(df: pl.DataFrame, swap: pl.Series, source: Path) -> pl.DataFrame:
+    """df with chosen/rejected (and every chosen_<x>/rejected_<x> pair) exchanged on the rows where `swap`."""
+    pairs = swapped_column_pairs(df, source)
+    return df.with_columns(
+        *[pl.when(swap).then(pl.col(b)).otherwise(pl.col(a)).alias(a) for a, b in pairs],
+        *[pl.when(swap).then(pl.col(a)).otherwise(pl.col(b)).alias(b) for a, b in pairs],
+    )
+
+
 def swapped_column_pairs(df: pl.DataFrame, source: Path) -> list[tuple[str, str]]:
     """(chosen, rejected) and every (chosen_<x>, rejected_<x>) present; their dtypes must agree."""
     for name in ("chosen", "rejected"):

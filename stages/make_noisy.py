@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from data.tables import boolean_column, read_table, swapped_column_pairs, write_table
+from data.tables import boolean_column, read_table, swap_where, swapped_column_pairs, write_table
 
 TRUTH, INJECTED, ANNOTATOR = "is_flipped", "injected_flip", "annotator"
 
@@ -63,13 +63,11 @@ def run(cfg: MakeNoisyConfig) -> Path:
     df = read_table(cfg.source)
     if df.height == 0:
         raise ValueError(f"{cfg.source}: no rows")
-    pairs = swapped_column_pairs(df, cfg.source)
+    swapped_column_pairs(df, cfg.source)  # refuse a file that cannot be swapped before anything else
     df, rates = with_annotators(df, cfg)
     groups = df[ANNOTATOR].cast(pl.String).to_list() if ANNOTATOR in df.columns else [""] * df.height
     flip = pl.Series(INJECTED, choose_flips(groups, rates, cfg.seed))
-    df = df.with_columns(
-        *[pl.when(flip).then(pl.col(b)).otherwise(pl.col(a)).alias(a) for a, b in pairs],
-        *[pl.when(flip).then(pl.col(a)).otherwise(pl.col(b)).alias(b) for a, b in pairs],
+    df = swap_where(df, flip, cfg.source).with_columns(
         (flip ^ boolean_column(df, INJECTED, cfg.source)).alias(INJECTED),
         (flip ^ boolean_column(df, TRUTH, cfg.source)).alias(TRUTH),
     )

@@ -28,7 +28,7 @@ from stages.estimate import EstimateConfig
 from stages.evaluate import EvaluateConfig
 from stages.inspect_noise import InspectConfig
 from stages.score import ScoreConfig
-from stages.train import TrainConfig
+from stages.train import ALGORITHM_1, ROBUST_DEFAULTS, TrainConfig
 
 HELP = """\
 re-po: preference alignment (DPO, IPO, SimPO, CPO) robust to noisy labels (RE-PO's EM).
@@ -78,6 +78,10 @@ def _default(config_cls: type, name: str) -> str:
     """The Config's own default, for help texts (flags default to None so repo.toml can fill them)."""
     value = config_cls.__dataclass_fields__[name].default
     return f" [default: {value}]"
+
+
+def _robust_default(name: str) -> str:
+    return f" [default with --robust: {ROBUST_DEFAULTS[name]}; Algorithm 1: {ALGORITHM_1[name]}]"
 
 
 def _config(config_cls: type, section: str, project: Project, flags: dict[str, Any]) -> Any:
@@ -276,7 +280,7 @@ def train_cmd(
         str | None,
         typer.Option(
             help="How η moves: ema (per step, the paper), epoch (one M-step between epochs), both."
-            + _default(TrainConfig, "eta_update")
+            + _robust_default("eta_update")
         ),
     ] = None,
     robust_form: Annotated[
@@ -289,12 +293,12 @@ def train_cmd(
     eta_init: Annotated[
         str | None,
         typer.Option(help="fixed (η0 for everyone, the paper) or estimate (the cache's noise estimate, epoch 0)."
-                     + _default(TrainConfig, "eta_init")),
+                     + _robust_default("eta_init")),
     ] = None,
     e_step: Annotated[
         str | None,
         typer.Option(help="The E-step's evidence: policy (Algorithm 1), seeded (policy + the estimate) or prior "
-                          "(the estimate alone)." + _default(TrainConfig, "e_step")),
+                          "(the estimate alone)." + _robust_default("e_step")),
     ] = None,
     estimate_with: Annotated[
         Path | None,

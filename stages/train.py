@@ -57,6 +57,15 @@ class EtaInit(StrEnum):
     estimate = "estimate"
 
 
+# What --robust does where η's start, the E-step and η's update are not given (method.md §9, bench/README.md):
+# start from the estimate, keep its out-of-sample evidence, and move η by one exact M-step per epoch (with the
+# estimate's evidence the posteriors do not change between steps, so the per-step EMA would only add the noise
+# of 8-pair batches, ±0.035 at α = 0.1). The paper's Algorithm 1 exactly: --eta-init fixed --e-step policy
+# --eta-update ema.
+ROBUST_DEFAULTS = {"eta_init": EtaInit.estimate, "e_step": EStep.prior, "eta_update": EtaUpdate.epoch}
+ALGORITHM_1 = {"eta_init": EtaInit.fixed, "e_step": EStep.policy, "eta_update": EtaUpdate.ema}
+
+
 class Schedule(StrEnum):
     cosine = "cosine"
     linear = "linear"
@@ -77,10 +86,10 @@ class TrainConfig:
     flip_rate: float = 0.0  # rDPO ε
     eta0: float = 0.9  # initial reliability of every annotator, in (½, 1]
     eta_alpha: float = 0.1  # EMA rate α_η of Eq. 7; 0 freezes η
-    eta_update: EtaUpdate = EtaUpdate.ema
+    eta_update: EtaUpdate | None = None  # how η moves; None: ROBUST_DEFAULTS with --robust, else ema
     robust_form: RobustForm = RobustForm.induced
-    eta_init: EtaInit = EtaInit.fixed  # estimate: start η at the cache's noise estimate (written as epoch 0)
-    e_step: EStep = EStep.policy  # the E-step's evidence: policy (Alg. 1), seeded (+ the estimate), prior (estimate)
+    eta_init: EtaInit | None = None  # where η starts; None: ROBUST_DEFAULTS with --robust, else fixed
+    e_step: EStep | None = None  # the E-step's evidence; None: ROBUST_DEFAULTS with --robust, else policy
     estimate_with: Path | None = None  # another score cache (same model) whose pairs the estimate also learns from
     estimate: EstimateConfig = EstimateConfig()  # repo.toml [estimate]
     flag_threshold: float = 0.5  # a pair is flagged as a likely wrong label when w < this
@@ -109,6 +118,9 @@ class TrainConfig:
             if not ok:
                 raise ValueError(message)
 
+        for name in ROBUST_DEFAULTS:  # unset: --robust's defaults, or what a plain run means (no estimate)
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, (ROBUST_DEFAULTS if self.robust else ALGORITHM_1)[name])
         for name, kind in (("scores", Path), ("out_dir", Path), ("loss", LossKind), ("eta_update", EtaUpdate),
                            ("robust_form", RobustForm), ("scheduler", Schedule), ("eta_init", EtaInit),
                            ("e_step", EStep)):
@@ -141,6 +153,8 @@ class TrainConfig:
 
 # Fields that may differ between a run and its --resume: they do not change what is trained.
 RESUMABLE_CHANGES = ("resume", "save_every", "device")
+# Paths that only locate things: a run folder or cache may move; what the cache holds is checked by its key.
+LOCATIONS = ("out_dir", "scores")
 RECORD = ("row", "loss", "z", "w", "logps_chosen", "logps_rejected", "rewards_chosen", "rewards_rejected")
 
 
@@ -165,11 +179,10 @@ def run(cfg: TrainConfig) -> Path:
     model, optimizer = accelerator.prepare(model, optimizer)
     eta = em.init_eta(pairs.num_annotators, min(cfg.eta0, em.ETA_MAX))
     state = TrainState(eta=eta, first_visit_z=torch.full((pairs.num_pairs,), math.nan, dtype=torch.float64))
-    accelerator.register_for_checkpointing(scheduler, state)
     log = Logger(out, accelerator, pairs.annotators, 0 if not cfg.resume else None)
     prior = _epoch_zero(cfg, pairs, state, log) if uses_estimate(cfg) else None  # the estimate before training
     if cfg.resume:
-        checkpoint.load(accelerator, checkpoint.latest(out / run_folder.CHECKPOINTS))
+        checkpoint.load(accelerator, checkpoint.latest(out / run_folder.CHECKPOINTS), state, scheduler)
     elif cfg.robust:
         state.eta_history.append({"step": 0, "epoch": 1, "event": "init", "eta": state.eta})
     log.start(state.global_step)
@@ -233,12 +246,12 @@ def run(cfg: TrainConfig) -> Path:
                 bar.update()
                 bar.set_postfix(loss=f"{float(batch['loss'].mean()):.4f}", pairs_s=f"{pairs_per_s:.1f}")
                 if cfg.save_every and state.global_step % cfg.save_every == 0 and state.step_in_epoch < len(plan):
-                    _save_checkpoint(accelerator, out, state, log)
+                    _save_checkpoint(accelerator, out, state, scheduler, log)
 
             if cfg.robust:  # between epochs: re-estimate every posterior with the current policy (method.md §7.5)
                 _epoch_posteriors(cfg, params, accelerator, model, pairs, state, pad_id, log, prior)
             state.epoch, state.step_in_epoch = state.epoch + 1, 0
-            _save_checkpoint(accelerator, out, state, log)
+            _save_checkpoint(accelerator, out, state, scheduler, log)
     finally:
         bar.close()
     log.close()
@@ -426,9 +439,9 @@ class Logger:
             self.tensorboard.close()
 
 
-def _save_checkpoint(accelerator: Accelerator, out: Path, state: TrainState, log: Logger) -> None:
+def _save_checkpoint(accelerator: Accelerator, out: Path, state: TrainState, scheduler, log: Logger) -> None:
     log.eta_steps(state)  # the trajectory so far, beside the checkpoint that holds it
-    checkpoint.save(accelerator, out / run_folder.CHECKPOINTS, state.global_step)
+    checkpoint.save(accelerator, out / run_folder.CHECKPOINTS, state.global_step, state, scheduler)
 
 
 def _accelerator(cfg: TrainConfig) -> Accelerator:
@@ -509,13 +522,16 @@ def _start_run_folder(cfg, out, world, key, policy, accelerator) -> None:
             raise FileNotFoundError(f"--resume: {out / run_folder.CHECKPOINTS} holds no checkpoint; "
                                     "start the run again without --resume")
         saved = json.loads(path.read_text())
-        if saved != record:
-            changed = sorted(k for k in {**saved["config"], **record["config"]}
-                             if saved["config"].get(k) != record["config"].get(k))
+        changed = sorted(k for k in {**saved["config"], **record["config"]}
+                         if k not in LOCATIONS and saved["config"].get(k) != record["config"].get(k))
+        if changed or any(saved[k] != record[k] for k in ("num_processes", "cache_key")):
             changed += [k for k in ("num_processes", "cache_key") if saved[k] != record[k]]
             raise ValueError(f"--resume: {out} was trained with other settings ({', '.join(changed)}); "
                              f"saved {json.dumps({k: saved['config'].get(k, saved.get(k)) for k in changed})}, "
                              f"now {json.dumps({k: record['config'].get(k, record.get(k)) for k in changed})}")
+        accelerator.wait_for_everyone()  # every process has compared before the main one writes
+        if accelerator.is_main_process and saved != record:  # moved: config.json names where things are now
+            run_folder.write_json(record, path)
         return
     if checkpoint.latest(out / run_folder.CHECKPOINTS) is not None:  # a run started without one lost nothing
         raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")

@@ -24,10 +24,10 @@ from safetensors.torch import load_file
 from data import run_folder, schema
 from data.pair_table import PairTable
 from pipeline import batching, losses
-from stages import estimate
+from stages import checkpoint, estimate, train
 from stages.score import ScoreConfig
 from stages.score import run as score
-from stages.train import SequenceLogps, TrainConfig, pair_logps, run
+from stages.train import ALGORITHM_1, ROBUST_DEFAULTS, SequenceLogps, TrainConfig, pair_logps, run
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_PAIRS, BATCH = 24, 4  # 6 steps per epoch
@@ -129,14 +129,15 @@ def test_robust_with_eta_one_and_frozen_trains_like_the_plain_loss(scores, tiny_
     """
     plain = run(config(scores, tmp_path / "plain", loss=loss, max_steps=4, lr=1e-3))
     robust = run(config(scores, tmp_path / "robust", loss=loss, max_steps=4, lr=1e-3, robust=True, eta0=1.0,
-                        eta_alpha=0.0, robust_form=form))
+                        eta_alpha=0.0, robust_form=form, **ALGORITHM_1))
     assert_trains_alike(plain, robust, load_file(tiny_llama / "model.safetensors"), update_tolerance=2e-2)
 
 
 def test_robust_with_low_eta_trains_differently(scores, tiny_llama, tmp_path):
     """The guard of the test above: with η0 = 0.6 the gradients shrink (w ≈ 0.6 at z ≈ 0) and it fails."""
     plain = run(config(scores, tmp_path / "plain", max_steps=4, lr=1e-3))
-    robust = run(config(scores, tmp_path / "robust", max_steps=4, lr=1e-3, robust=True, eta0=0.6, eta_alpha=0.0))
+    robust = run(config(scores, tmp_path / "robust", max_steps=4, lr=1e-3, robust=True, eta0=0.6, eta_alpha=0.0,
+                        **ALGORITHM_1))
     with pytest.raises(AssertionError):
         assert_trains_alike(plain, robust, load_file(tiny_llama / "model.safetensors"), update_tolerance=2e-2)
 
@@ -169,9 +170,10 @@ def test_same_seed_same_weights_other_seed_other_order(scores, tmp_path):
     assert not all(torch.equal(first[n], other[n]) for n in first)
 
 
-def _posterior_checks(out: Path, pairs: PairTable, eta_update: str) -> None:
+def _posterior_checks(out: Path, pairs: PairTable, eta_update: str, seeded: bool = False) -> None:
+    """seeded: the E-step's evidence is z plus the estimate's logit of epoch 0 (--e-step seeded)."""
     for epoch in (1, 2):
-        post = run_folder.read_epoch(out, run_folder.POSTERIORS, epoch)
+        post = run_folder.read_epoch(out, run_folder.POSTERIORS, epoch).sort("row_id")
         notes = run_folder.read_epoch(out, run_folder.ANNOTATORS, epoch).sort("annotator")
         assert sorted(post["row_id"].to_list()) == sorted(pairs.frame["row_id"].to_list())  # each pair once
         z = torch.tensor(post["z"].to_numpy())
@@ -181,7 +183,9 @@ def _posterior_checks(out: Path, pairs: PairTable, eta_update: str) -> None:
         steps = pl.read_parquet(out / run_folder.ETA_STEPS)
         before = steps.filter((pl.col("step") == 6 * epoch) & (pl.col("event") == "step"))
         eta_before = dict(zip(before["annotator"], before["eta"]))
-        expected_w = torch.sigmoid(z + torch.logit(torch.tensor([eta_before[a] for a in post["annotator"]])))
+        prior = (torch.tensor(run_folder.read_epoch(out, run_folder.POSTERIORS, 0).sort("row_id")["z"].to_numpy())
+                 if seeded else 0.0)
+        expected_w = torch.sigmoid(z + prior + torch.logit(torch.tensor([eta_before[a] for a in post["annotator"]])))
         torch.testing.assert_close(torch.tensor(post["w"].to_numpy()), expected_w)
         means = post.group_by("annotator").agg(pl.col("w").mean(), pl.len()).sort("annotator")
         assert notes["labels"].to_list() == means["len"].to_list()
@@ -197,7 +201,8 @@ def _posterior_checks(out: Path, pairs: PairTable, eta_update: str) -> None:
 
 @pytest.mark.parametrize("eta_update", ["ema", "epoch"])
 def test_epoch_pass_persists_posteriors_and_eta(scores, tmp_path, eta_update):
-    out = run(config(scores, tmp_path / "run", robust=True, epochs=2, lr=1e-3, eta_update=eta_update))
+    out = run(config(scores, tmp_path / "run", robust=True, epochs=2, lr=1e-3,
+                     **{**ALGORITHM_1, "eta_update": eta_update}))
     pairs = PairTable.read(scores, with_reference=True)
     _posterior_checks(out, pairs, eta_update)
     first_step = batching.plan_epoch(pairs.lengths, BATCH, seed=0, epoch=1)[0]
@@ -234,9 +239,8 @@ run(TrainConfig(**json.loads(sys.argv[1])))
 def test_resume_after_sigkill_ends_like_an_uninterrupted_run(scores, tmp_path, monkeypatch, seeded):
     """Killed after step 3 (last checkpoint at step 2, epoch 1), resumed: same weights, η, posteriors, metrics.
     Seeded by the estimate, the resumed run reads epoch 0 back instead of estimating again."""
-    settings = {"robust": True, "epochs": 2, "eta_update": "both", "save_every": 2, "lr": 1e-3}
-    if seeded:
-        settings.update(eta_init="estimate", e_step="seeded")
+    settings = {"robust": True, "epochs": 2, "save_every": 2, "lr": 1e-3,
+                **({"eta_init": "estimate", "e_step": "seeded"} if seeded else ALGORITHM_1), "eta_update": "both"}
     whole = run(config(scores, tmp_path / "whole", **settings))
     killed = tmp_path / "killed"
     args = {"scores": str(scores), "out_dir": str(killed), "batch_size": BATCH, "warmup_ratio": 0.0, "device": "cpu",
@@ -279,6 +283,10 @@ rank = PartialState().process_index
 """
 
 
+# The estimate first (every process runs it), the policy's z in every E-step, η moved at every step.
+SEEDED_WITH_EMA = {"eta_init": "estimate", "e_step": "seeded", "eta_update": "ema"}
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -290,7 +298,7 @@ def test_two_processes_hold_the_same_eta_and_write_each_posterior_once(scores, t
     posterior exactly once, and the same training as one process with the same global batch."""
     out = tmp_path / "ddp"
     args = {"scores": str(scores), "out_dir": str(out), "batch_size": 2, "warmup_ratio": 0.0, "device": "cpu",
-            "robust": True, "epochs": 2, "lr": 1e-3}
+            "robust": True, "epochs": 2, "lr": 1e-3, **SEEDED_WITH_EMA}
     (tmp_path / "script.py").write_text(DISTRIBUTED_RUN)
     accelerate = Path(sys.executable).parent / "accelerate"
     # CUDA hidden: on a machine with fewer GPUs than processes, --multi_gpu would still pick cuda:LOCAL_RANK.
@@ -306,9 +314,9 @@ def test_two_processes_hold_the_same_eta_and_write_each_posterior_once(scores, t
     rank0, rank1 = (json.loads((out / f"eta-rank{r}.json").read_text()) for r in (0, 1))
     assert len(rank0) == 12 and rank0 == rank1  # bit-identical on both ranks, every step
     pairs = PairTable.read(scores, with_reference=True)
-    _posterior_checks(out, pairs, "ema")
+    _posterior_checks(out, pairs, "ema", seeded=True)
 
-    single = run(config(scores, tmp_path / "single", batch_size=4, robust=True, epochs=2, lr=1e-3))
+    single = run(config(scores, tmp_path / "single", batch_size=4, robust=True, epochs=2, lr=1e-3, **SEEDED_WITH_EMA))
     eta_single = pl.read_parquet(single / run_folder.ETA_STEPS).filter(pl.col("event") == "step")["eta"]
     torch.testing.assert_close(torch.tensor(rank0, dtype=torch.float64).reshape(-1), torch.tensor(eta_single.to_numpy()),
                                rtol=0, atol=1e-6)
@@ -389,7 +397,7 @@ def test_many_annotators_log_eta_quantiles(scores, tmp_path):
     """Past 16 annotators, metrics.jsonl carries η quantiles instead of one entry per annotator."""
     many = rewrite_cache(scores, tmp_path / "many",
                          edit_rows=lambda df: df.with_columns(annotator=pl.format("a{}", pl.col("row_id") % 20)))
-    out = run(config(many, tmp_path / "run", robust=True, max_steps=2))
+    out = run(config(many, tmp_path / "run", robust=True, max_steps=2, **ALGORITHM_1))
     step = metrics(out)[-1]
     assert not any(name.startswith("repo/eta/") for name in step)
     assert step["repo/eta_quantile/min"] <= step["repo/eta_quantile/p50"] <= step["repo/eta_quantile/max"]
@@ -411,7 +419,7 @@ def test_the_e_step_uses_every_label_of_a_pair(scores, tmp_path):
         return pl.concat([df, second]).drop([c for c in df.columns if "_emb_" in c])
 
     cache = rewrite_cache(scores, tmp_path / "doubled", edit_rows=doubled)
-    out = run(config(cache, tmp_path / "run", robust=True, lr=1e-3, max_steps=3))
+    out = run(config(cache, tmp_path / "run", robust=True, lr=1e-3, max_steps=3, **ALGORITHM_1))
     posteriors = run_folder.read_epoch(out, run_folder.POSTERIORS).sort("row_id")
     eta = dict(run_folder.read_epoch(out, run_folder.ANNOTATORS).select("annotator", "eta").iter_rows())
     rows = posteriors.to_dicts()
@@ -433,7 +441,8 @@ def test_seeded_training_starts_from_the_estimate_and_adds_its_evidence(scores, 
     """--eta-init estimate --e-step seeded|prior: epoch 0 holds the estimate (the columns of every epoch), η
     starts at its η, and the epoch pass's w is σ(z + prior + logit η) (seeded) or σ(prior + logit η) (prior)
     with prior the epoch-0 z: checked against a direct computation from the written tables."""
-    out = run(config(scores, tmp_path / "run", robust=True, epochs=1, lr=1e-3, eta_init="estimate", e_step=rule))
+    out = run(config(scores, tmp_path / "run", robust=True, epochs=1, lr=1e-3, eta_init="estimate", e_step=rule,
+                     eta_update="ema"))  # η in the epoch-1 table is the one the pass used
     zero = run_folder.read_epoch(out, run_folder.POSTERIORS, 0).sort("row_id")
     one = run_folder.read_epoch(out, run_folder.POSTERIORS, 1).sort("row_id")
     assert zero.columns == [c for c in one.columns if c != "first_visit_z"] and zero.height == NUM_PAIRS
@@ -451,3 +460,59 @@ def test_seeded_training_starts_from_the_estimate_and_adds_its_evidence(scores, 
 def test_the_estimate_options_need_robust(scores, tmp_path):
     with pytest.raises(ValueError, match="add --robust"):
         config(scores, tmp_path / "run", eta_init="estimate")
+
+
+def test_robust_defaults_to_the_estimate_and_a_plain_run_to_nothing_of_it(scores, tmp_path):
+    """Unset, η's start and the E-step are ROBUST_DEFAULTS under --robust (the estimate first, as epoch 0) and
+    Algorithm 1's values without it, which never estimate; Algorithm 1 under --robust is asked for by name."""
+    robust = config(scores, tmp_path / "a", robust=True)
+    assert {name: getattr(robust, name) for name in ROBUST_DEFAULTS} == ROBUST_DEFAULTS
+    assert train.uses_estimate(robust)
+    plain = config(scores, tmp_path / "b")
+    assert {name: getattr(plain, name) for name in ALGORITHM_1} == ALGORITHM_1
+    assert not train.uses_estimate(plain) and not train.uses_estimate(config(scores, tmp_path / "c", robust=True,
+                                                                             **ALGORITHM_1))
+
+
+class _WritesAMarker:
+    """Unpickling this creates `path`: the stand-in for code a crafted checkpoint file would run."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+@pytest.mark.parametrize("planted", ["custom_checkpoint_0.pkl", "optimizer.bin", "random_states_0.pkl",
+                                     "scheduler.bin"])
+def test_resume_never_unpickles_a_crafted_checkpoint_file(scores, tmp_path, planted):
+    """A pickle planted in the checkpoint (where accelerate keeps registered objects, the optimizer, the RNG) is
+    refused before it is read (re-po registers nothing and keeps its own state as JSON + safetensors), refused by a
+    weights-only load, or never read; it never runs."""
+    import pickle
+
+    out = run(config(scores, tmp_path / "run", robust=True, max_steps=2, **ALGORITHM_1))
+    step = checkpoint.latest(out / run_folder.CHECKPOINTS)
+    assert {checkpoint.STATE_JSON, checkpoint.STATE_TENSORS} <= {p.name for p in step.iterdir()}
+    assert not list(step.glob("custom_checkpoint_*"))
+    marker = tmp_path / "ran"
+    (step / planted).write_bytes(pickle.dumps(_WritesAMarker(marker)))
+    resume = config(scores, out, robust=True, max_steps=2, resume=True, **ALGORITHM_1)
+    refused = {"optimizer.bin": (pickle.UnpicklingError, "Weights only load failed"),  # read weights-only
+               "custom_checkpoint_0.pkl": (RuntimeError, "custom checkpoints")}       # nothing is registered
+    if planted in refused:
+        with pytest.raises(refused[planted][0], match=refused[planted][1]):
+            run(resume)
+    else:  # never read (no scheduler is prepared), or, the RNG file, refused by a weights-only load that
+        run(resume)  # accelerate logs and skips (re-po's data order does not use RNG)
+    assert not marker.exists()
+
+
+def test_a_moved_run_folder_resumes_and_its_config_names_the_new_place(scores, tmp_path):
+    first = run(config(scores, tmp_path / "run", max_steps=2, save_every=1))
+    moved = first.rename(tmp_path / "elsewhere")
+    run(config(scores, moved, max_steps=2, save_every=1, resume=True))
+    assert json.loads((moved / run_folder.CONFIG).read_text())["config"]["out_dir"] == str(moved)
+    with pytest.raises(ValueError, match=r"other settings \(lr\)"):   # a real setting still counts
+        run(config(scores, moved, max_steps=2, save_every=1, resume=True, lr=0.5))

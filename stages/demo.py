@@ -1,16 +1,19 @@
 """`repo demo`: the whole pipeline on the embedded default, with a closing summary.
 
-Reads   the bundled sentiment pairs (data/sample: real human labels with real noise, truth from the
-        consensus of raters the label never saw) and SmolLM2-135M-Instruct prepared locally.
-Writes  under `workspace`: scores/ (stage one), train/ (stage two, RE-DPO), heldout/ (stages/evaluate.py:
-        the held-out pairs scored by the reference and by the trained policy), inspect/ (report, plots,
-        summary.json) and demo-summary.json.
+Reads   the bundled sentiment pairs (data/sample: real human labels with real noise, up to three rater
+        groups per pair, truth from the consensus of raters no label saw) and SmolLM2-135M-Instruct
+        prepared locally.
+Writes  under `workspace`: scores/ (stage one), train/ (stage two, RE-DPO with --robust's defaults: the
+        noise estimate of the cache first, as epoch 0), heldout/ (stages/evaluate.py: the held-out pairs
+        scored by the reference and by the trained policy), inspect/ (report, plots, summary.json after
+        training), inspect-before/ (the same for epoch 0, the estimate before training) and
+        demo-summary.json.
 Run     repo demo [--train-pairs N] [--heldout-pairs N] [--epochs E]
 
-The summary compares each annotator group's η̂ with its measured reliability, scores the flags against
-the truth, and measures held-out accuracy: the share of held-out pairs whose consensus order the
-policy's implicit reward β·(ρ(a) − ρ(b)) reproduces (ties count ½), before and after training
-(stages/evaluate.py).
+The summary compares each annotator group's η̂ before training (the estimate) and after it with its
+measured reliability, scores the flags of both against the truth, and measures held-out accuracy: the
+share of held-out pairs whose consensus order the policy's implicit reward β·(ρ(a) − ρ(b)) reproduces
+(ties count ½), before and after training (stages/evaluate.py).
 """
 
 import json
@@ -31,7 +34,7 @@ class DemoConfig:
     model: str | None = None  # None: SmolLM2-135M-Instruct, converted on first use
     train_data: Path = SAMPLE_TRAIN
     heldout_data: Path = SAMPLE_HELDOUT
-    train_pairs: int = 0  # use N training pairs drawn with a fixed seed (0: all)
+    train_pairs: int = 0  # use N training labels drawn with a fixed seed (0: all)
     heldout_pairs: int = 0  # use N held-out pairs drawn with a fixed seed (0: all)
     loss: LossKind = LossKind.dpo
     epochs: int = 1  # one pass: every pair's margin is out-of-sample when the E-step sees it (method.md §7.6)
@@ -75,25 +78,17 @@ def run(cfg: DemoConfig) -> Path:
         ).read_text()
     )
 
-    _step("inspect-noise")
-    inspect_dir = inspect_noise.run(
-        inspect_noise.InspectConfig(
-            run=run_dir,
-            out_dir=ws / "inspect",
-            plots=ws / "inspect" / "plots",
-            truth_col=cfg.truth_col,
-        )
-    )
-    noise = json.loads((inspect_dir / "summary.json").read_text())
+    _step("inspect-noise: before training (epoch 0, the estimate) and after it")
+    before = _inspect(run_dir, ws / "inspect-before", cfg.truth_col, epoch=0)
+    after = _inspect(run_dir, ws / "inspect", cfg.truth_col, plots=ws / "inspect" / "plots")
     summary = {
-        "train_pairs": noise["pairs"],
+        "train_pairs": after["pairs"],
         "heldout": evaluation,
-        "annotators": [
-            {k: a.get(k) for k in ("annotator", "labels", "eta", "accuracy", "eta_abs_error", "flagged")}
-            for a in noise["annotators"]
-        ],
-        "flags": noise["truth"],
-        "outputs": {"run": str(run_dir), "inspect": str(inspect_dir), "plots": str(ws / "inspect" / "plots")},
+        "annotators": _annotators(after),
+        "flags": after["truth"],
+        "before_training": {"annotators": _annotators(before), "flags": before["truth"]},
+        "outputs": {"run": str(run_dir), "inspect": str(ws / "inspect"), "plots": str(ws / "inspect" / "plots"),
+                    "inspect_before": str(ws / "inspect-before")},
     }
     path = ws / "demo-summary.json"
     run_folder.write_json(summary, path)
@@ -101,29 +96,44 @@ def run(cfg: DemoConfig) -> Path:
     return path
 
 
+def _inspect(run_dir: Path, out_dir: Path, truth_col: str, epoch: int | None = None,
+             plots: Path | None = None) -> dict:
+    folder = inspect_noise.run(inspect_noise.InspectConfig(run=run_dir, out_dir=out_dir, epoch=epoch, plots=plots,
+                                                           truth_col=truth_col))
+    return json.loads((folder / "summary.json").read_text())
+
+
+def _annotators(noise: dict) -> list[dict]:
+    keys = ("annotator", "labels", "eta", "accuracy", "eta_abs_error", "flagged")
+    return [{k: a.get(k) for k in keys} for a in noise["annotators"]]
+
+
 def format_summary(summary: dict) -> str:
-    h = summary["heldout"]
+    h, before = summary["heldout"], summary["before_training"]
+    eta_before = {a["annotator"]: a for a in before["annotators"]}
     lines = [
         "",
-        "=" * 72,
+        "=" * 78,
         "re-po demo: RE-DPO on real human labels with real noise",
-        "=" * 72,
-        f"annotator reliability (η̂ learned by the EM vs measured against the consensus; "
-        f"{summary['train_pairs']} training pairs)",
-        f"  {'annotator':<14}{'labels':>7}{'η̂':>9}{'measured':>10}{'|error|':>9}{'flagged':>9}",
+        "=" * 78,
+        "annotator reliability: η̂ before training (the estimate) and after it (the EM), against the reliability",
+        f"measured on the consensus; {summary['train_pairs']} training labels",
+        f"  {'annotator':<14}{'labels':>7}{'measured':>10}{'η̂ before':>10}{'|error|':>9}"
+        f"{'η̂ after':>10}{'|error|':>9}{'flagged':>9}",
     ]
     for a in summary["annotators"]:
+        b = eta_before[a["annotator"]]
         lines.append(
-            f"  {a['annotator']:<14}{a['labels']:>7}{a['eta']:>9.3f}{_num(a['accuracy']):>10}"
-            f"{_num(a['eta_abs_error']):>9}{a['flagged']:>9}"
+            f"  {a['annotator']:<14}{a['labels']:>7}{_num(a['accuracy']):>10}{b['eta']:>10.3f}"
+            f"{_num(b['eta_abs_error']):>9}{a['eta']:>10.3f}{_num(a['eta_abs_error']):>9}{a['flagged']:>9}"
         )
-    flags = summary["flags"]
-    if flags:
-        lines.append(
-            f"flags (w < 0.5) against the truth: {flags['noisy']} wrong labels of {summary['train_pairs']}; "
-            f"precision {_num(flags['precision'])}, recall {_num(flags['recall'])}, "
-            f"ROC-AUC of 1 − w {_num(flags['roc_auc'])}"
-        )
+    for when, flags in (("before", before["flags"]), ("after", summary["flags"])):
+        if flags:
+            lines.append(
+                f"flags {when:<6} (w < 0.5): {flags['noisy']} wrong labels of {summary['train_pairs']}; "
+                f"precision {_num(flags['precision'])}, recall {_num(flags['recall'])}, "
+                f"ROC-AUC of 1 − w {_num(flags['roc_auc'])}"
+            )
     lines += [
         f"held-out accuracy against the consensus ({h['pairs']} pairs, no training sentence among them):",
         f"  implicit reward β·(ρ(a) − ρ(b)):   before {h['reward_accuracy_before']:.3f}"
@@ -132,7 +142,7 @@ def format_summary(summary: dict) -> str:
         f"  after {h['loglik_accuracy_after']:.3f}",
         f"  (the single labels themselves agree with the consensus on {h['label_accuracy']:.3f})",
         f"plots: {summary['outputs']['plots']}",
-        "=" * 72,
+        "=" * 78,
     ]
     return "\n".join(lines)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from data import schema
+from data import run_folder, schema
 from stages import demo
 
 
@@ -25,17 +25,29 @@ def test_demo_summary_compares_eta_with_the_measured_reliability(demo_run):
     train = pl.read_ndjson(workspace / "data" / "train.jsonl")
     measured = {k: 1 - float(g["is_flipped"].mean()) for (k,), g in train.group_by("annotator")}
     rows = {a["annotator"]: a for a in summary["annotators"]}
-    assert set(rows) == set(measured) == {"one-rater", "panel-of-5"}
+    before = {a["annotator"]: a for a in summary["before_training"]["annotators"]}
+    assert set(rows) == set(before) == set(measured) == {"rater-a", "rater-b", "panel-of-3"}
     for name, row in rows.items():
-        assert row["labels"] == train.filter(pl.col("annotator") == name).height
-        assert row["accuracy"] == pytest.approx(measured[name])
-        assert row["eta_abs_error"] == pytest.approx(abs(row["eta"] - measured[name]))
-        assert 0 < row["eta"] < 1
-    assert summary["flags"]["noisy"] == int(train["is_flipped"].sum())
+        for table in (row, before[name]):
+            assert table["labels"] == train.filter(pl.col("annotator") == name).height
+            assert table["accuracy"] == pytest.approx(measured[name])
+            assert table["eta_abs_error"] == pytest.approx(abs(table["eta"] - measured[name]))
+            assert 0 < table["eta"] < 1
+    assert summary["flags"]["noisy"] == summary["before_training"]["flags"]["noisy"] == int(train["is_flipped"].sum())
     assert summary["train_pairs"] == 32
     assert all((workspace / "inspect" / "plots" / name).stat().st_size > 0
                for name in ("w_hist.png", "eta_steps.png", "w_flagged.png"))
-    assert "η̂" in demo.format_summary(summary)
+    assert "η̂ before" in demo.format_summary(summary)
+
+
+def test_demo_before_training_is_the_estimate_written_as_epoch_0(demo_run):
+    """The pre-training figures are epoch 0 of the run: the estimate, whose η is where training started."""
+    workspace, summary = demo_run
+    start = pl.read_parquet(workspace / "train" / run_folder.ETA_STEPS).filter(pl.col("event") == "init")
+    before = {a["annotator"]: a["eta"] for a in summary["before_training"]["annotators"]}
+    assert dict(start.select("annotator", "eta").iter_rows()) == pytest.approx(before)
+    epoch_zero = json.loads((workspace / "inspect-before" / "summary.json").read_text())
+    assert epoch_zero["epoch"] == 0
 
 
 def test_demo_heldout_accuracy_before_training_is_one_half(demo_run):

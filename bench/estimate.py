@@ -1,13 +1,16 @@
 """Noise-estimate benchmark: how well `repo inspect-noise SCORES` finds the wrong labels before any training.
 
-Data: every bundled sentiment pair (data/sample: train + heldout + pool, 6,566 pairs of real human labels,
-`one-rater` and `panel-of-5`, truth from the consensus of the raters no label saw), scored once by the
-reference model (SmolLM2-135M-Instruct, embeddings at the middle and last layer). Scenarios:
-  real           the labels as bundled
-  +20%, +40%     extra flips of `repo make-noisy --flip-rate` (per annotator, seed 0) on top of the real noise
-  3 annotators   every pair labelled three times, one row per label sharing the pair_id, each label the
-                 consensus order flipped with probability 5% / 20% / 35% (seed 0); with the probe, and by the
-                 labels' agreement alone (--no-probe)
+Data: every bundled sentiment pair (data/sample: train + heldout + pool, real human labels by up to three
+rater groups per pair, `rater-a`, `rater-b`, `panel-of-3`; truth from the consensus of the raters no label
+saw), scored once by the reference model (SmolLM2-135M-Instruct, embeddings at the middle and last layer).
+Scenarios:
+  real                    the labels as bundled (several per pair: one true order per pair)
+  real, agreement alone   the same without the probe (--no-probe)
+  +20%, +40%              extra flips of `repo make-noisy --flip-rate` (per annotator, seed 0) on top of the real noise
+  one label per pair      only the first label of each pair: the single-annotator case, where the probe alone
+                          carries the estimate
+  3 synthetic annotators  that one label per pair's consensus order, labelled three times, each label flipped
+                          with probability 5% / 20% / 35% (seed 0)
 The flipped and multi-labelled variants are built from the scored rows by swapping every chosen/rejected column
 (what rescoring the `repo make-noisy` output gives, bit for bit: the scorer scores each pair once in a fixed
 order and orients it per row; checked here on a subset against a real rescore).
@@ -18,7 +21,7 @@ consensus, and the estimator's seconds. Then the cost: stage one with and withou
 the same pairs, the cache's bytes per pair, and the estimate's share of one training epoch (DPO, measured
 on a few steps). Nothing here is tuned on a truth column; the estimator's settings are its defaults.
 
-    .venv/bin/python bench/estimate.py                   # scores into workspace/bench-estimate first (~15 min)
+    .venv/bin/python bench/estimate.py                   # scores into workspace/bench-estimate first (~8 min)
     .venv/bin/python bench/estimate.py --scores DIR      # reuse a cache of all bundled pairs
 """
 
@@ -64,14 +67,15 @@ def main() -> None:
         (args.out / "results.json").write_text(json.dumps(previous, indent=1))
         print(markdown(previous))
         return
-    rows = [scenario("real", frame, key, estimate.EstimateConfig())]
+    rows = [scenario("real", frame, key, estimate.EstimateConfig()),
+            scenario("real, agreement alone", frame, key, estimate.EstimateConfig(probe=False))]
     for rate in (0.2, 0.4):
         flipped = flip_rows(frame, make_noisy.choose_flips(frame["annotator"].to_list(),
                                                            dict.fromkeys(frame["annotator"].unique().to_list(), rate), 0))
         rows.append(scenario(f"+{rate:.0%}", flipped, key, estimate.EstimateConfig()))
-    three = three_annotators(frame)
-    rows.append(scenario("3 annotators", three, key, estimate.EstimateConfig()))
-    rows.append(scenario("3 annotators, agreement alone", three, key, estimate.EstimateConfig(probe=False)))
+    single = frame.unique("pair_id", keep="first", maintain_order=True)
+    rows.append(scenario("one label per pair", single, key, estimate.EstimateConfig()))
+    rows.append(scenario("3 synthetic annotators", three_annotators(single), key, estimate.EstimateConfig()))
     results = {"scenarios": rows, "cache": str(cache)}
     (args.out / "results.json").write_text(json.dumps(results, indent=1))  # kept should the timings fail
     if not args.no_cost:
@@ -121,7 +125,7 @@ def check_flips_match_a_rescore(model: str, out: Path, pairs: int = 64) -> str:
 
 
 def three_annotators(frame: pl.DataFrame) -> pl.DataFrame:
-    """Each pair three times, in the consensus order, then flipped with each annotator's THREE rate."""
+    """Each row (one per pair) three times, in the consensus order, then flipped with each annotator's THREE rate."""
     consensus = flip_rows(frame, frame["is_flipped"].to_numpy())
     copies = []
     for index, (name, rate) in enumerate(THREE.items()):

@@ -1,21 +1,27 @@
-"""Robustness benchmark: RE-PO against the plain losses on real human label noise, with extra flips.
+"""Robustness benchmark: RE-PO against the plain losses and the noise-aware baselines, on real human label noise.
 
-Data: the bundled sentiment pairs (data/sample): labels from one rater (`one-rater`) or a panel of five
-(`panel-of-5`), truth from the consensus of the raters the label never saw. Variants of the training
-pairs:
-  noise       real (as bundled) | +20% | +40%: `repo make-noisy --flip-rate` on top of the real noise
-  annotators  groups (the two rater groups as annotators) | single (one annotator for every label)
-Methods: dpo, ipo, simpo, cpo, each plain and robust (re-*), and the cDPO / rDPO baselines with ε set
-to the variant's true flip rate (an oracle the robust methods do not get).
+Data: the bundled sentiment pairs (data/sample): up to three labels per pair by disjoint rater groups
+(`rater-a`, `rater-b`, `panel-of-3`), truth from the consensus of the raters no label saw. Variants of the
+training labels:
+  noise       clean (every label turned to the consensus order: the ceiling) | real (as bundled) |
+              +20% | +40% (`repo make-noisy --flip-rate` on top of the real noise, per label)
+  annotators  groups (the rater groups as annotators) | single (one annotator for every label)
+Methods:
+  estimate        the noise estimate of the training cache alone (`repo inspect-noise SCORES`), no training
+  dpo ipo simpo cpo            the plain losses
+  re-<loss>       --robust with its defaults (stages/train.ROBUST_DEFAULTS: the estimate first, epoch 0)
+  re-<loss>-alg1  the paper's Algorithm 1 (--eta-init fixed --e-step policy)
+  re-<loss>-seeded, re-<loss>-prior   --eta-init estimate with the E-step seeded | prior, by name
+  cdpo rdpo       the baselines with ε set to the variant's true flip rate (an oracle the robust methods lack)
 
-Per run: held-out accuracy of the implicit reward against the consensus (stages/evaluate.py, the
-held-out file shares no sentence with training), η̂ per annotator against its measured reliability
-(1 − flip rate of its training labels, after injection), ROC-AUC of 1 − w for the wrong labels
-(robust runs), wall time. Several seeds give the spread; a difference smaller than it is not one.
-Nothing is tuned on the held-out pairs: the learning rate and epochs are fixed below.
+Per run: held-out accuracy of the implicit reward against the consensus (stages/evaluate.py, the held-out file
+shares no sentence with training), η̂ per annotator against its measured reliability (1 − flip rate of its
+training labels, after injection), ROC-AUC of 1 − w for the wrong labels (robust runs and the estimate), wall
+time. Several seeds give the spread; a difference smaller than it is not one. Nothing is tuned on the held-out
+pairs: the learning rate and epochs are fixed below.
 
-    .venv/bin/python bench/robustness.py --quick      # DPO and RE-DPO at +20% and +40%, 2 seeds (≤ 30 min here)
-    .venv/bin/python bench/robustness.py --full       # everything above, 3 seeds (hours on a CPU; a GPU run)
+    .venv/bin/python bench/robustness.py --quick      # QUICK below: ≤ 30 min here
+    .venv/bin/python bench/robustness.py --full       # every variant and method, 3 seeds (hours on a CPU)
 Writes  --out (default workspace/bench-robustness): one folder per run, results.json, results.md.
 """
 
@@ -31,19 +37,20 @@ import polars as pl
 
 from data.atomic import atomic_write_text
 from data.project import SAMPLE_HELDOUT, SAMPLE_TRAIN
-from data.tables import read_table, sample_rows, write_table
+from data.tables import read_table, sample_rows, swap_where, write_table
 from stages import evaluate, inspect_noise, make_noisy, prepare_model, score, train
 
-NOISE = {"real": None, "+20%": 0.2, "+40%": 0.4}
+NOISE = {"clean": None, "real": None, "+20%": 0.2, "+40%": 0.4}
 ANNOTATORS = ("groups", "single")
 ROBUST = ("dpo", "ipo", "simpo", "cpo")
-# RE-PO seeded by the noise estimate of the training cache (+ --estimate-with): epoch 0, η from it, and the
-# E-step's evidence the policy's logit plus the estimate's (seeded) or the estimate's alone (prior)
-SEEDED = {f"re-{loss}-{rule}": {"loss": loss, "eta_init": "estimate", "e_step": rule}
-          for loss in ROBUST for rule in ("seeded", "prior")}
-METHODS = (*[m for loss in ROBUST for m in (loss, f"re-{loss}")], *SEEDED, "cdpo", "rdpo")
-QUICK = {"noise": ["+20%", "+40%"], "annotators": ["groups"], "methods": ["dpo", "re-dpo"], "seeds": [0, 1]}
-FULL = {"noise": list(NOISE), "annotators": list(ANNOTATORS), "methods": list(METHODS), "seeds": [0, 1, 2]}
+RULES = {"": {}, "-alg1": {k: str(v) for k, v in train.ALGORITHM_1.items()},
+         "-seeded": {"eta_init": "estimate", "e_step": "seeded"}, "-prior": {"eta_init": "estimate", "e_step": "prior"}}
+RUNS = {f"re-{loss}{name}": (loss, rule) for loss in ROBUST for name, rule in RULES.items()}
+METHODS = ("estimate", *ROBUST, *RUNS, "cdpo", "rdpo")
+QUICK = {"noise": ["real", "+20%"], "annotators": ["groups"], "methods": ["estimate", "dpo", "re-dpo", "re-dpo-alg1"],
+         "seeds": [0], "train_pairs": 160}
+FULL = {"noise": list(NOISE), "annotators": list(ANNOTATORS), "methods": list(METHODS), "seeds": [0, 1, 2],
+        "train_pairs": 0}
 
 
 @dataclass(frozen=True)
@@ -59,7 +66,7 @@ class Variant:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="DPO and RE-DPO at +20%% and +40%% (default)")
+    mode.add_argument("--quick", action="store_true", help="QUICK (the default)")
     mode.add_argument("--full", action="store_true")
     parser.add_argument("--noise", nargs="*", choices=list(NOISE), help="override the mode's noise levels")
     parser.add_argument("--annotators", nargs="*", choices=ANNOTATORS)
@@ -67,8 +74,9 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="*", type=int)
     parser.add_argument("--train-file", type=Path, default=SAMPLE_TRAIN, help="pairs to train on (drawn from)")
     parser.add_argument("--heldout-file", type=Path, default=SAMPLE_HELDOUT, help="pairs to evaluate on")
-    parser.add_argument("--train-pairs", type=int, default=600, help="training pairs drawn from --train-file")
-    parser.add_argument("--heldout-pairs", type=int, default=304, help="held-out pairs (all 304 by default)")
+    parser.add_argument("--train-pairs", type=int, help="training pairs drawn from --train-file, with all their "
+                        "labels (0: all; default: the mode's)")
+    parser.add_argument("--heldout-pairs", type=int, default=0, help="held-out pairs (0: all)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -79,7 +87,7 @@ def main() -> None:
     args = parser.parse_args()
     plan = dict(FULL if args.full else QUICK)
     for key in plan:
-        if getattr(args, key) is not None:
+        if getattr(args, key, None) is not None:
             plan[key] = getattr(args, key)
 
     model = args.model or str(prepare_model.ensure_default_model())
@@ -92,7 +100,7 @@ def main() -> None:
     for noise in plan["noise"]:
         for annotators in plan["annotators"]:
             variant = Variant(noise, annotators)
-            data = training_data(variant, args.train_file, args.train_pairs, out / "data")
+            data = training_data(variant, args.train_file, plan["train_pairs"], out / "data")
             cache = score.run(score.ScoreConfig(data=str(data), model=model, out=out / "scores" / variant.name))
             truth = read_table(data)
             for method in plan["methods"]:
@@ -109,10 +117,16 @@ def main() -> None:
 
 
 def training_data(variant: Variant, source: Path, pairs: int, folder: Path) -> Path:
-    """The training file of a variant: drawn pairs, annotators merged or not, flips injected or not."""
-    base = sample_rows(read_table(source), pairs)
+    """The training file of a variant: drawn pairs (every label of each), annotators merged or not, labels turned
+    to the consensus (clean), flips injected (+20%, +40%) or as bundled."""
+    base = read_table(source)
+    if pairs:
+        drawn = sample_rows(base.select("pair_id").unique(maintain_order=True), pairs)["pair_id"]
+        base = base.filter(pl.col("pair_id").is_in(drawn.implode()))
     if variant.annotators == "single":
         base = base.with_columns(pl.col("annotator").alias("source_annotator"), pl.lit("all").alias("annotator"))
+    if variant.noise == "clean":
+        base = swap_where(base, base["is_flipped"], source).with_columns(is_flipped=pl.lit(False))
     path = folder / f"{variant.name}.jsonl"
     folder.mkdir(parents=True, exist_ok=True)
     rate = NOISE[variant.noise]
@@ -126,37 +140,41 @@ def training_data(variant: Variant, source: Path, pairs: int, folder: Path) -> P
 
 def one_run(variant: Variant, method: str, seed: int, cache: Path, truth: pl.DataFrame, heldout: Path,
             folder: Path, args) -> dict:
-    seeded = SEEDED.get(method, {})
-    loss, robust = seeded.get("loss", method.removeprefix("re-")), method.startswith("re-")
-    if seeded:
-        extra_seeded = {"eta_init": seeded["eta_init"], "e_step": seeded["e_step"], "estimate_with": args.estimate_with}
-    else:
-        extra_seeded = {}
-    flip_rate = float(truth["is_flipped"].mean())
-    epsilon = min(flip_rate, 0.45)  # the baselines' ε: the true flip rate (an oracle)
-    extra = {"cdpo": {"label_smoothing": epsilon}, "rdpo": {"flip_rate": epsilon}}.get(loss, {})
+    record = {"variant": variant.name, "noise": variant.noise, "annotators": variant.annotators, "method": method,
+              "seed": seed, "train_flip_rate": float(truth["is_flipped"].mean())}
     started = time.perf_counter()
+    if method == "estimate":  # before any training: the cache alone
+        record.update(noise_record(cache, folder / "inspect"), heldout_accuracy=None, train_seconds=0.0,
+                      wall_seconds=time.perf_counter() - started)
+        return record
+    loss, rule = RUNS.get(method, (method, None))
+    epsilon = min(record["train_flip_rate"], 0.45)  # the baselines' ε: the true flip rate (an oracle)
+    extra = {"cdpo": {"label_smoothing": epsilon}, "rdpo": {"flip_rate": epsilon}}.get(loss, {})
+    if rule is not None:
+        extra = {**rule, "estimate_with": args.estimate_with}
     run_dir = train.run(train.TrainConfig(
-        scores=cache, out_dir=folder / "train", loss=loss, robust=robust, epochs=args.epochs, lr=args.lr,
+        scores=cache, out_dir=folder / "train", loss=loss, robust=rule is not None, epochs=args.epochs, lr=args.lr,
         batch_size=args.batch_size, seed=seed, resume=(folder / "train" / "checkpoints").exists(), **extra,
-        **extra_seeded,
     ))
-    train_seconds = time.perf_counter() - started
+    record["train_seconds"] = time.perf_counter() - started
     evaluation = json.loads(evaluate.run(evaluate.EvaluateConfig(
         data=str(heldout), run=run_dir, out=folder / "heldout", ref_out=args.out / "heldout-ref")).read_text())
-    record = {"variant": variant.name, "noise": variant.noise, "annotators": variant.annotators, "method": method,
-              "seed": seed, "train_flip_rate": flip_rate, "train_seconds": train_seconds,
-              "heldout_accuracy": evaluation["reward_accuracy_after"],
-              "heldout_loglik_accuracy": evaluation["loglik_accuracy_after"],
-              "wall_seconds": time.perf_counter() - started}
-    if robust:
-        summary = json.loads((inspect_noise.run(inspect_noise.InspectConfig(
-            run=run_dir, out_dir=folder / "inspect", truth_col="is_flipped")) / "summary.json").read_text())
-        record["flag_auc"] = summary["truth"]["roc_auc"]
-        record["eta"] = {a["annotator"]: {"eta": a["eta"], "measured": a["accuracy"], "abs_error": a["eta_abs_error"]}
-                         for a in summary["annotators"]}
-        record["eta_abs_error_max"] = max(a["eta_abs_error"] for a in summary["annotators"])
+    record.update(heldout_accuracy=evaluation["reward_accuracy_after"],
+                  heldout_loglik_accuracy=evaluation["loglik_accuracy_after"])
+    if rule is not None:
+        record.update(noise_record(run_dir, folder / "inspect"))
+    record["wall_seconds"] = time.perf_counter() - started
     return record
+
+
+def noise_record(source: Path, out_dir: Path) -> dict:
+    """η̂ against the measured reliability and the flags' ROC-AUC, from a run folder or a score cache."""
+    summary = json.loads((inspect_noise.run(inspect_noise.InspectConfig(
+        run=source, out_dir=out_dir, truth_col="is_flipped")) / "summary.json").read_text())
+    return {"flag_auc": (summary["truth"] or {}).get("roc_auc"),
+            "eta": {a["annotator"]: {"eta": a["eta"], "measured": a["accuracy"], "abs_error": a["eta_abs_error"]}
+                    for a in summary["annotators"]},
+            "eta_abs_error_max": max(a["eta_abs_error"] for a in summary["annotators"])}
 
 
 def markdown(results: dict, plan: dict) -> str:
@@ -176,9 +194,9 @@ def markdown(results: dict, plan: dict) -> str:
                                     for k, v in runs[0]["eta"].items())
                 rows.append(
                     f"| {noise} | {annotators} | {method} | {len(runs)} "
-                    f"| {_mean_sd([r['heldout_accuracy'] for r in runs])} | {eta} "
+                    f"| {_mean_sd([r['heldout_accuracy'] for r in runs]) if runs[0]['heldout_accuracy'] is not None else '-'} | {eta} "
                     f"| {_mean_sd([r['eta_abs_error_max'] for r in runs]) if 'eta' in runs[0] else '-'} "
-                    f"| {_mean_sd([r['flag_auc'] for r in runs]) if 'flag_auc' in runs[0] else '-'} "
+                    f"| {_mean_sd([r['flag_auc'] for r in runs]) if runs[0].get('flag_auc') is not None else '-'} "
                     f"| {statistics.mean(r['train_seconds'] for r in runs):.0f} |")
     return "\n".join(rows) + "\n"
 

@@ -11,8 +11,9 @@ logit z → E-step w = σ(z.detach() + logit η + the other labels of the pair, 
 loss → backward; then clip, optimizer and
 scheduler step, and the η EMA (Eq. 7) on the (Σw, count) of the whole global batch. Between epochs a no-grad
 pass re-estimates every pair's posterior and persists it (method.md §7.5). The rules live in pipeline/robust.py.
-With --eta-init estimate or --e-step seeded|prior, the noise estimate of the cache (stages/estimate.py) runs
-first and is written as epoch 0; η starts there, and its per-pair logits join the E-step's evidence.
+With --robust's defaults (ROBUST_DEFAULTS), or --eta-init estimate / --e-step seeded|prior, the noise estimate of
+the cache (stages/estimate.py) runs first and is written as epoch 0; η starts there, and its per-pair logits are
+the E-step's evidence (prior) or join the policy's (seeded). ALGORITHM_1 is the paper's loop exactly.
 
 Several processes (DDP): `accelerate launch --multi_gpu --num_processes N $(which repo) train ...`; multi-node adds
 `--num_machines M --machine_rank R --main_process_ip HOST`. On CPU (gloo) pass `--device cpu` to `repo train`

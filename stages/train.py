@@ -42,6 +42,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from data import run_folder, schema, tokenize
+from data.noise_inputs import NoiseInputError
 from data.pair_table import MissingReference, PairTable
 from pipeline import batching, em, logprobs, losses, robust, train_metrics
 from pipeline.losses import LossKind, LossParams, PairLogps
@@ -365,7 +366,12 @@ def _epoch_zero(cfg: TrainConfig, pairs: PairTable, state: TrainState, log: "Log
         shared = [c for c in frame.columns if c in extra.columns]
         frame = pl.concat([frame.select(shared), extra.select(shared).with_columns(pl.col("row_id") + offset)])
         sources.append(str(cfg.estimate_with))
-    found = estimate.run(cfg.estimate, frame, key, " + ".join(sources))
+    try:
+        found = estimate.run(cfg.estimate, frame, key, " + ".join(sources))
+    except NoiseInputError as err:  # say how training can go on, in train's own terms
+        raise NoiseInputError(f"{err}.\n`repo train --robust` estimates the noise first: in repo.toml set [estimate] "
+                              "probe = false (the labels' agreement alone) or prior_col = COLUMN, or train the "
+                              "paper's Algorithm 1: --eta-init fixed --e-step policy --eta-update ema") from err
     rows = found.posteriors.head(pairs.num_pairs)  # the cache's own rows, in row_id order like `pairs`
     eta_of = dict(zip(found.annotators["annotator"], found.annotators["eta"]))
     z, w = (torch.tensor(rows[name].to_numpy(), dtype=torch.float64) for name in ("z", "w"))

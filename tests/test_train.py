@@ -22,6 +22,7 @@ from conftest import WORDS
 from safetensors.torch import load_file
 
 from data import run_folder, schema
+from data.noise_inputs import NoiseInputError
 from data.pair_table import PairTable
 from pipeline import batching, losses
 from stages import checkpoint, estimate, train
@@ -516,3 +517,10 @@ def test_a_moved_run_folder_resumes_and_its_config_names_the_new_place(scores, t
     assert json.loads((moved / run_folder.CONFIG).read_text())["config"]["out_dir"] == str(moved)
     with pytest.raises(ValueError, match=r"other settings \(lr\)"):   # a real setting still counts
         run(config(scores, moved, max_steps=2, save_every=1, resume=True, lr=0.5))
+
+
+def test_robust_on_a_cache_without_embeddings_says_how_to_go_on(scores, tmp_path):
+    bare = rewrite_cache(scores, tmp_path / "bare", edit_rows=lambda df: df.drop([c for c in df.columns if "_emb_" in c]),
+                         edit_key=lambda key: {**key, "embed_layers": ""})
+    with pytest.raises(NoiseInputError, match=r"without embeddings(.|\n)*probe = false(.|\n)*--eta-init fixed"):
+        run(config(bare, tmp_path / "run", robust=True, max_steps=1))

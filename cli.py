@@ -585,10 +585,10 @@ def prepare_model_cmd(
 def demo_cmd(
     workspace: Annotated[Path, typer.Option(help="Where the demo writes.")] = DemoConfig.workspace,
     train_pairs: Annotated[
-        int, typer.Option(help="Use N of the training pairs (0: all 800).")
+        int, typer.Option(help="Use N of the training labels (0: all 695, of 280 pairs).")
     ] = DemoConfig.train_pairs,
     heldout_pairs: Annotated[
-        int, typer.Option(help="Use N of the held-out pairs (0: all 304).")
+        int, typer.Option(help="Use N of the held-out pairs (0: all 300).")
     ] = DemoConfig.heldout_pairs,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = DemoConfig.epochs,
     model: Annotated[

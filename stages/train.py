@@ -68,6 +68,11 @@ ROBUST_DEFAULTS = {"eta_init": EtaInit.estimate, "e_step": EStep.prior, "eta_upd
 ALGORITHM_1 = {"eta_init": EtaInit.fixed, "e_step": EStep.policy, "eta_update": EtaUpdate.ema}
 
 
+def algorithm_1_flags() -> str:
+    """The command-line flags that ask for ALGORITHM_1 under --robust."""
+    return " ".join(f"--{name.replace('_', '-')} {value}" for name, value in ALGORITHM_1.items())
+
+
 class Schedule(StrEnum):
     cosine = "cosine"
     linear = "linear"
@@ -371,7 +376,7 @@ def _epoch_zero(cfg: TrainConfig, pairs: PairTable, state: TrainState, log: "Log
     except NoiseInputError as err:  # say how training can go on, in train's own terms
         raise NoiseInputError(f"{err}.\n`repo train --robust` estimates the noise first: in repo.toml set [estimate] "
                               "probe = false (the labels' agreement alone) or prior_col = COLUMN, or train the "
-                              "paper's Algorithm 1: --eta-init fixed --e-step policy --eta-update ema") from err
+                              f"paper's Algorithm 1: {algorithm_1_flags()}") from err
     rows = found.posteriors.head(pairs.num_pairs)  # the cache's own rows, in row_id order like `pairs`
     eta_of = dict(zip(found.annotators["annotator"], found.annotators["eta"]))
     z, w = (torch.tensor(rows[name].to_numpy(), dtype=torch.float64) for name in ("z", "w"))
@@ -531,8 +536,8 @@ def _start_run_folder(cfg, out, world, key, policy, accelerator) -> None:
         saved = json.loads(path.read_text())
         changed = sorted(k for k in {**saved["config"], **record["config"]}
                          if k not in LOCATIONS and saved["config"].get(k) != record["config"].get(k))
-        if changed or any(saved[k] != record[k] for k in ("num_processes", "cache_key")):
-            changed += [k for k in ("num_processes", "cache_key") if saved[k] != record[k]]
+        changed += [k for k in ("num_processes", "cache_key") if saved[k] != record[k]]
+        if changed:
             raise ValueError(f"--resume: {out} was trained with other settings ({', '.join(changed)}); "
                              f"saved {json.dumps({k: saved['config'].get(k, saved.get(k)) for k in changed})}, "
                              f"now {json.dumps({k: record['config'].get(k, record.get(k)) for k in changed})}")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data import settings
 from data.atomic import atomic_write_text
 from data.pairs import Columns
 
@@ -42,7 +43,7 @@ class ProjectError(ValueError):
 
 
 # The sections a project file may have, and which stage reads each.
-STAGE_SECTIONS = ("score", "train", "inspect", "estimate")
+STAGE_SECTIONS = ("score", "train", "inspect", "estimate", "evaluate")
 DATA_KEYS = {"path": str, "prompt": str, "chosen": str, "rejected": str, "annotator": str, "pair_id": str}
 
 
@@ -160,23 +161,38 @@ def _table(path: Path, raw: dict, key: str) -> dict[str, Any]:
     return dict(value)
 
 
-def merge_config(config_cls: type, section: str, project: Project, flags: dict[str, Any]) -> Any:
-    """Build a stage Config: the class defaults, then `[section]` of the project file, then flags.
+def merge_config(config_cls: type, section: str | None, project: Project, flags: dict[str, Any],
+                 defaults: dict[str, Any] | None = None) -> Any:
+    """Build a stage Config from, in rising order: its field defaults, `defaults` (what the command derives from
+    the project, e.g. <workspace>/scores), the `[section]` table of repo.toml, and the flags given.
 
-    `flags` holds the command-line values; None means "not given". Keys of the project section
-    that the Config does not have are refused with the key named, so a typo never passes silently.
+    `flags` holds the command-line values; None means "not given". A key of the table that is not one of the
+    Config's repo.toml keys is refused with the key named, so a typo never passes silently. A field declared
+    with a section of its own (data/settings.py) is a nested Config built the same way from that table and the
+    flags it declares; a model_alias field resolves through [models].
     """
-    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    declared = {f.name: f for f in dataclasses.fields(config_cls)}
+    keys = {name for name, f in declared.items() if settings.of(f).toml and not settings.of(f).section}
     hints = typing.get_type_hints(config_cls)
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = dict(defaults or {})
     where = project.source or PROJECT_FILE
-    for key, value in project.section(section).items():
-        if key not in fields:
-            raise ProjectError(
-                f"{where}: unknown key '{section}.{key}'; known: {', '.join(sorted(fields))}"
-            )
+    for key, value in (project.section(section) if section else {}).items():
+        if key not in keys:
+            raise ProjectError(f"{where}: unknown key '{section}.{key}'; known: {', '.join(sorted(keys))}")
         values[key] = _coerce(hints[key], value, f"{where}: key '{section}.{key}'")
-    values.update({k: v for k, v in flags.items() if v is not None})
+        if isinstance(values[key], Path) and project.source is not None:  # relative to the project, as [data]
+            values[key] = (project.source.parent / values[key].expanduser()).resolve()
+    values.update({k: v for k, v in flags.items() if v is not None and k in declared})
+    for name, nested_cls in settings.nested(config_cls).items():
+        nested_flags = flags if settings.of(declared[name]).cli else {}
+        values[name] = merge_config(nested_cls, settings.of(declared[name]).section, project, nested_flags)
+    missing = [name for name, f in declared.items()
+               if name not in values and settings.field_default(f) is dataclasses.MISSING]
+    if missing:
+        raise ProjectError(f"give {', '.join(missing)}: on the command line, or under [{section}] in {where}")
+    for name, f in declared.items():
+        if settings.of(f).model_alias and isinstance(values.get(name), str):
+            values[name] = project.model(values[name])
     return config_cls(**values)
 
 
@@ -256,35 +272,20 @@ path = "{data}"
 ref = "{ref}"
 # The policy starts from the reference unless you name another:
 # policy = "ref"
-
-[score]
-# Defaults for `repo score` (any of its options, in snake_case), e.g.
-# backend = "hf"        # or "vllm"
-# max_length = 1024
-# max_prompt_length = 512
-
-[train]
-# Defaults for `repo train`, e.g.
-# loss = "dpo"          # dpo | ipo | simpo | cpo | cdpo | rdpo
-# robust = true
-# epochs = 1
-
-[inspect]
-# Defaults for `repo inspect-noise`, e.g.
-# threshold = 0.5
-
-[estimate]
-# The noise estimate of `repo inspect-noise SCORES` (before training), e.g.
-# prior_col = "judge_logodds"   # your reward model's or judge's log-odds instead of the probe
-# eta0 = 0.9
 """
 
 
-def write_project_file(cwd: Path, data: str, ref: str, workspace: str = "workspace") -> Path:
-    """Write a commented `repo.toml` (atomically); refuse to replace an existing one."""
+def write_project_file(cwd: Path, data: str, ref: str, workspace: str = "workspace",
+                       sections: dict[str, tuple[str, type]] | None = None) -> Path:
+    """Write a commented `repo.toml` (atomically); refuse to replace an existing one.
+
+    sections: table name -> (who reads it, its Config); each becomes a commented table of every key.
+    """
     path = cwd / PROJECT_FILE
     if path.exists():
         raise ProjectError(f"{path} exists already; edit it, or remove it to start over")
-    text = PROJECT_TEMPLATE.format(workspace=workspace, data=data, ref=ref)
+    tables = [f"\n# Defaults for {reader}; a flag overrides them.\n" + settings.toml_section(config_cls, name)
+              for name, (reader, config_cls) in (sections or {}).items()]
+    text = PROJECT_TEMPLATE.format(workspace=workspace, data=data, ref=ref) + "".join(tables)
     atomic_write_text(path, text)
     return path

@@ -24,6 +24,7 @@ import torch
 
 from data import run_folder, schema
 from data.pairs import Columns
+from data.settings import setting
 from pipeline import losses
 from pipeline.noise_metrics import order_accuracy
 from stages import score
@@ -31,14 +32,18 @@ from stages import score
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    data: str  # held-out pairs with a truth column
-    run: Path  # run folder of `repo train`
-    out: Path  # the two score caches and evaluation.json go here
-    truth_col: str = "is_flipped"
-    columns: Columns = Columns()
-    max_length: int | None = None  # None: as the run's training cache was scored
-    max_prompt_length: int | None = None
-    ref_out: Path | None = None  # the reference's cache (default out/ref); runs sharing one score it once
+    data: str = setting(help="Held-out pairs with a truth column.", positional=True,
+                        default_text="repo.toml's [evaluate] data")
+    run: Path = setting(help="Run folder of `repo train`.", default_text="<workspace>/train")
+    out: Path = setting(help="Output folder: the two score caches and evaluation.json.",
+                        default_text="<workspace>/evaluate")
+    truth_col: str = setting("is_flipped", "True where the observed order is the wrong one.")
+    columns: Columns = setting(Columns(), cli=False, toml=False)  # repo.toml [data]
+    max_length: int | None = setting(None, "Prompt + response tokens.", default_text="as the run's cache was scored")
+    max_prompt_length: int | None = setting(None, "Prompt tokens, cut from the left.",
+                                            default_text="as the run's cache was scored")
+    ref_out: Path | None = setting(None, "The reference's score cache; runs sharing one score it once.",
+                                   default_text="<out>/ref")
 
 
 def run(cfg: EvaluateConfig) -> Path:

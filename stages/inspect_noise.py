@@ -33,6 +33,7 @@ import polars as pl
 from data import run_folder, schema
 from data.atomic import atomic_write_text
 from data.pairs import Columns, pair_values, read_pairs
+from data.settings import setting
 from data.tables import boolean_column, read_table, swapped_column_pairs, table_format, write_table
 from pipeline import noise_metrics
 from stages import estimate, noise_plots
@@ -53,21 +54,25 @@ class CleanAction(StrEnum):
 
 @dataclass(frozen=True)
 class InspectConfig:
-    run: Path  # run folder of `repo train --robust`, or a score cache of `repo score` (the estimate before training)
-    out_dir: Path  # report.txt and summary.json go here
-    epoch: int | None = None  # the epoch whose posteriors to read; None: the last one written
-    threshold: float | None = None  # flag pairs with w below it; None: DEFAULT_THRESHOLD unless top_k is given
-    top_k: int | None = None  # instead: flag the k pairs of lowest w
-    show: int = 10  # how many of the most suspicious pairs the report prints
-    scores: Path | None = None  # score cache; None: the one named in the run's config.json
-    truth_col: str | None = None  # True where the label is wrong; None: `is_flipped` if there is one
-    out: Path | None = None  # dump of the flagged pairs: .jsonl, .csv or .parquet
-    export_clean: Path | None = None  # the input dataset, cleaned by `action`
-    action: CleanAction = CleanAction.drop
-    data: str | None = None  # the input dataset (for export_clean); the run's cache must be scored from it
-    columns: Columns = Columns()  # its column names, as `repo score` read it (repo.toml [data])
-    plots: Path | None = None  # folder for the PNG plots
-    estimate: EstimateConfig = EstimateConfig()  # how a score cache is estimated
+    run: Path = setting(help="Run folder of `repo train --robust`, or a score cache of `repo score` for the "
+                             "estimate before training.", positional=True, default_text="<workspace>/train")
+    out_dir: Path = setting(help="report.txt and summary.json go here.", default_text="<workspace>/inspect")
+    epoch: int | None = setting(None, "Epoch to inspect.", default_text="the last one written")
+    threshold: float | None = setting(None, "Flag pairs with w below it.",
+                                      default_text=f"{DEFAULT_THRESHOLD} unless --top-k is given")
+    top_k: int | None = setting(None, "Instead: flag the k pairs of lowest w.")
+    show: int = setting(10, "Suspicious pairs to print.")
+    scores: Path | None = setting(None, "Score cache.", default_text="the one the run was trained on")
+    truth_col: str | None = setting(None, "Column that is true where the label is wrong.",
+                                    default_text=f"{DEFAULT_TRUTH_COL} if present")
+    out: Path | None = setting(None, "Write the flagged pairs with every column: .jsonl, .csv or .parquet.")
+    export_clean: Path | None = setting(None, "Write the input dataset without the flagged labels (see --action).")
+    action: CleanAction = setting(CleanAction.drop, "drop the flagged pairs, or flip their labels.")
+    data: str | None = setting(None, "The input dataset, for --export-clean (the run's cache must be scored from "
+                                     "it).", default_text="repo.toml's data.path")
+    columns: Columns = setting(Columns(), cli=False, toml=False)  # its column names, as `repo score` read them
+    plots: Path | None = setting(None, "Folder for PNG plots of w and η.")
+    estimate: EstimateConfig = setting(EstimateConfig(), section="estimate")  # how a score cache is estimated
 
     def __post_init__(self):
         if self.threshold is not None and self.top_k is not None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from data.settings import setting
 from data.tables import boolean_column, read_table, swap_where, swapped_column_pairs, write_table
 
 TRUTH, INJECTED, ANNOTATOR = "is_flipped", "injected_flip", "annotator"
@@ -25,14 +26,17 @@ TRUTH, INJECTED, ANNOTATOR = "is_flipped", "injected_flip", "annotator"
 
 @dataclass(frozen=True)
 class MakeNoisyConfig:
-    source: Path
-    out: Path
-    flip_rate: float | None = None            # one rate for every row
-    annotators: dict[str, float] | None = None  # annotator name -> flip rate
-    seed: int = 0
-    reassign_annotators: bool = False         # with `annotators`: replace the input's annotator column
+    source: Path = setting(help="Input pairs (.jsonl, .json, .parquet, .csv).", positional=True)
+    out: Path = setting(help="Output file; its extension picks the format.", positional=True)
+    flip_rate: float | None = setting(None, "Swap chosen/rejected on this share of rows.")
+    # annotator name -> flip rate; the command line gives it as a:0.0,b:0.4,c:0.2 (parse_rates)
+    annotators: dict[str, float] | str | None = setting(None, "Per-annotator flip rates, e.g. a:0.0,b:0.4,c:0.2.")
+    seed: int = setting(0, "Seed of the choice of rows.")
+    reassign_annotators: bool = setting(False, "With --annotators: replace the input's annotator column.")
 
     def __post_init__(self):
+        if isinstance(self.annotators, str):
+            object.__setattr__(self, "annotators", parse_rates(self.annotators))
         if (self.flip_rate is None) == (self.annotators is None):
             raise ValueError("give exactly one of flip_rate and annotators")
         rates = {"flip_rate": self.flip_rate} if self.annotators is None else self.annotators

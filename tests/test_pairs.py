@@ -312,3 +312,19 @@ def test_every_row_bad(tmp_path):
     assert read.table.height == 0 and [r.row_id for r in read.rejects] == [0, 1]
     with pytest.raises(BadRowError, match=r"broken\.jsonl line 1 \(row_id 0\): malformed JSON"):
         read_pairs(path)
+
+
+def test_an_annotator_labelling_one_pair_id_twice_must_see_the_same_pair(tmp_path):
+    pair = {"pair_id": "p1", "prompt": "what is 2 + 2 ?", "chosen": "4", "rejected": "5", "annotator": "ann"}
+    again = {**pair, "chosen": "5", "rejected": "4"}  # the same pair, judged the other way: a label, kept
+    other = {**pair, "rejected": "22"}  # another pair under the same id and annotator
+    second_shard = tmp_path / "shards"
+    second_shard.mkdir()
+    write_jsonl(second_shard / "a.jsonl", [pair, again, {**other, "annotator": "bob"}])
+    write_jsonl(second_shard / "b.jsonl", [other])
+    with pytest.raises(BadRowError, match=r"b\.jsonl line 1 \(row_id 3\), field 'pair_id': annotator 'ann' "
+                                          r"labels pair_id 'p1' here and at row_id 0 with other texts"):
+        read_pairs(second_shard)
+    read = read_pairs(second_shard, on_bad_row="skip")
+    assert read.table["row_id"].to_list() == [0, 1, 2]  # bob's label is the estimator's business (one truth)
+    assert [(r.row_id, r.field) for r in read.rejects] == [(3, "pair_id")]

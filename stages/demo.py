@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from data import run_folder
+from data import folders, run_folder
 from data.project import SAMPLE_HELDOUT, SAMPLE_TRAIN
 from data.settings import setting
 from data.tables import read_table, sample_rows, write_table
@@ -50,7 +50,8 @@ class DemoConfig:
 
 def run(cfg: DemoConfig) -> Path:
     """Score, train with --robust, inspect, evaluate on held-out pairs; returns demo-summary.json."""
-    ws = Path(cfg.workspace)
+    ws = folders.claim(Path(cfg.workspace), "demo", lambda f: (f / "demo-summary.json").is_file()
+                       or (f / "scores" / "manifest.json").is_file())
     model = cfg.model or str(prepare_model.ensure_default_model())
     train_file = _sample_rows(cfg.train_data, cfg.train_pairs, ws / "data" / "train.jsonl")
     heldout_file = _sample_rows(cfg.heldout_data, cfg.heldout_pairs, ws / "data" / "heldout.jsonl")

@@ -64,6 +64,8 @@ def parse_rates(spec: str) -> dict[str, float]:
 
 
 def run(cfg: MakeNoisyConfig) -> Path:
+    if Path(cfg.out).resolve() == Path(cfg.source).resolve():
+        raise ValueError(f"{cfg.out} is the input file; write the noisy copy elsewhere")
     df = read_table(cfg.source)
     if df.height == 0:
         raise ValueError(f"{cfg.source}: no rows")

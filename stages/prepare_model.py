@@ -12,6 +12,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from data import folders
 from data.project import default_model_dir
 from data.settings import setting
 
@@ -31,6 +32,7 @@ def run(cfg: PrepareModelConfig) -> Path:
     dest = Path(cfg.dest) if cfg.dest is not None else default_model_dir()
     if (dest / "config.json").exists() and not cfg.overwrite:
         return dest
+    folders.check(dest, "model")  # replace only a folder this command made: never the user's own model
     package_dir = _gguf_package_dir()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -44,6 +46,7 @@ def run(cfg: PrepareModelConfig) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the model folder is an ordinary one
     try:
+        folders.claim(tmp, "model")
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if dest.exists():

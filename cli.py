@@ -81,7 +81,7 @@ def _call(run: Callable[[Any], Path], cfg: Any) -> Path:
     """
     try:
         return run(cfg)
-    except (ValueError, FileNotFoundError, ModuleNotFoundError, FloatingPointError) as exc:
+    except (ValueError, OSError, ModuleNotFoundError, FloatingPointError) as exc:  # OSError: files, folders
         if os.environ.get("REPO_DEBUG"):
             raise
         _fail(str(exc))

@@ -27,6 +27,24 @@ CHECKPOINTS = "checkpoints"
 FINAL = "final"
 
 
+def is_run(folder: Path) -> bool:
+    """A run folder of `repo train` (its config.json), also one written before folder marks (data/folders.py)."""
+    return (Path(folder) / CONFIG).is_file()
+
+
+def read_record(run: Path, made_by: str = "repo train") -> dict:
+    """config.json of a run: {"config": the TrainConfig's fields, "num_processes", "cache_key"}; `made_by` says
+    what to run when there is none."""
+    path = Path(run) / CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"{run}: not a run folder of `repo train` ({CONFIG} missing); run `{made_by}` "
+                                "first, or name the run folder")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path} is not a re-po run record: {err}") from err
+
+
 def epoch_file(run: Path, kind: str, epoch: int) -> Path:
     """run/<kind>/epoch-000K.parquet, kind = POSTERIORS or ANNOTATORS."""
     return Path(run) / kind / f"epoch-{epoch:04d}.parquet"

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data.atomic import atomic_write
@@ -106,13 +107,14 @@ def open_cache(folder: Path, key: dict, layout: dict, overwrite: bool) -> Manife
     """Start a cache in `folder`, or resume the one there if it was made with the same key and layout.
 
     overwrite: delete an existing cache first (only the files it lists). A cache with another key or layout is
-    refused otherwise, and so is a non-empty folder that holds no cache (the user's own shards, say).
+    refused otherwise, and so is a non-empty folder that holds no cache (the user's own shards, say). A cache
+    that holds no part yet (its run failed first) is started afresh.
     """
+    check_folder(folder)
     folder.mkdir(parents=True, exist_ok=True)
     existing = _read_manifest(folder)
-    if existing is None and any(folder.iterdir()):
-        raise CacheError(f"{folder} is not empty and holds no re-po score cache ({MANIFEST} missing); re-po never "
-                         "writes into a folder it did not make: choose another --out (or empty this one)")
+    if existing is not None and not existing.parts and not existing.complete:
+        existing = None  # a run that failed before its first part: nothing to keep, nothing to block the next
     if overwrite and existing is not None:
         for path in _owned_files(folder, existing):  # only what this cache wrote: the user's files stay
             path.unlink(missing_ok=True)
@@ -122,13 +124,20 @@ def open_cache(folder: Path, key: dict, layout: dict, overwrite: bool) -> Manife
         write_manifest(folder, manifest)
         return manifest
     if _differing(existing.key, key) or existing.layout != layout:
-        raise CacheError(
-            f"{folder} holds a score cache made with other options; pass --overwrite to replace it, "
-            f"or another --out.\n{_show_keys(existing.key, key, 'expected')}"
-            + (f"\n  cache layout:    {existing.layout}\n  expected layout: {layout}"
-               if existing.layout != layout else "")
-        )
+        shown = [_show_keys(existing.key, key, "expected"),
+                 f"  cache layout:    {existing.layout}\n  expected layout: {layout}" if existing.layout != layout else ""]
+        raise CacheError(f"{folder} holds a score cache made with other options; pass --overwrite to replace it, "
+                         "or another --out.\n" + "\n".join(filter(None, shown)))
     return existing
+
+
+def check_folder(folder: Path) -> None:
+    """Refuse a folder that is neither absent, empty, nor a score cache: the user's own shards, say. Reads only."""
+    folder = Path(folder)
+    if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not (folder / MANIFEST).exists())):
+        raise CacheError(f"{folder} is not empty and holds no re-po score cache ({MANIFEST} missing); re-po did "
+                         "not make it and never writes into a folder it did not make: choose another --out "
+                         "(or empty this one)")
 
 
 def _owned_files(folder: Path, manifest: Manifest) -> list[Path]:
@@ -188,11 +197,17 @@ def read_scores(folder: str | Path, expect: dict | None = None) -> tuple[pl.Data
             raise CacheError(f"score cache {folder} does not match.\n{_show_keys(manifest.key, expect, 'expected')}")
     frames = []
     for name in sorted(manifest.parts):
-        footer = pq.read_schema(folder / name).metadata or {}
-        part_key = json.loads(footer.get(KEY_METADATA.encode(), b"null"))
+        try:
+            footer = pq.read_schema(folder / name).metadata or {}
+            part_key = json.loads(footer.get(KEY_METADATA.encode(), b"null"))
+            if part_key == manifest.key:
+                frames.append(pl.read_parquet(folder / name))
+        except (OSError, ValueError, pa.ArrowException, pl.exceptions.PolarsError) as err:
+            raise CacheError(f"{folder / name} is not a readable Parquet part ({err}); rerun `repo score` with "
+                             "--overwrite to score the cache again") from err
         if part_key != manifest.key:
-            raise CacheError(f"{folder / name} belongs to another cache.\n{_show_keys(part_key or {}, manifest.key, 'manifest')}")
-        frames.append(pl.read_parquet(folder / name))
+            raise CacheError(f"{folder / name} belongs to another cache.\n"
+                             f"{_show_keys(part_key or {}, manifest.key, 'manifest')}")
     df = pl.concat(frames, how="vertical") if frames else _empty_scores()
     return df.sort("row_id"), manifest.key
 
@@ -221,7 +236,10 @@ def _differing(found: dict, expected: dict) -> list[str]:
 
 
 def _show_keys(found: dict, expected: dict, label: str) -> str:
+    """The fields that differ and both keys; nothing where the keys agree (a layout-only difference)."""
     diff = _differing(found, expected)
+    if not diff:
+        return ""
     return (
         f"  differing fields: {', '.join(diff)}\n"
         f"  cache key:    {json.dumps(found, sort_keys=True)}\n"

@@ -22,16 +22,16 @@ def table_format(path: str | Path) -> str:
 
 
 def read_table(path: str | Path) -> pl.DataFrame:
+    """The whole file as a frame; a file that does not parse is refused naming it (no partial read)."""
     path = Path(path)
-    match table_format(path):
-        case ".jsonl":
-            return pl.read_ndjson(path)
-        case ".json":
-            return pl.read_json(path)
-        case ".parquet":
-            return pl.read_parquet(path)
-        case _:
-            return pl.read_csv(path)
+    reader = {".jsonl": pl.read_ndjson, ".json": pl.read_json, ".parquet": pl.read_parquet}.get(
+        table_format(path), pl.read_csv)
+    try:
+        return reader(path)
+    except (pl.exceptions.PolarsError, OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path}: cannot be read as a whole {table_format(path)} table ({first}); "
+                         "fix the file (`repo score --on-bad-row skip` lists its bad rows)") from err
 
 
 def write_table(df: pl.DataFrame, path: str | Path) -> None:

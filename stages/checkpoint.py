@@ -24,6 +24,10 @@ PREFIX = "step-"
 STATE_JSON, STATE_TENSORS = "repo_state.json", "repo_state.safetensors"
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be restored; the message names it."""
+
+
 @dataclass
 class TrainState:
     """Everything of the loop that a resumed run needs besides the policy, optimizer, scheduler and RNG.
@@ -72,9 +76,14 @@ def load(accelerator: Accelerator, path: Path, state: TrainState, scheduler) -> 
     if missing:
         raise FileNotFoundError(f"checkpoint {path} has no {' or '.join(missing)}: it was not written by this "
                                 "version of re-po (older ones pickled their state); start the run again")
-    accelerator.load_state(str(path))
-    record = json.loads((path / STATE_JSON).read_text())
-    tensors = load_file(path / STATE_TENSORS)
+    try:  # whatever is wrong with the files, say which checkpoint and what to do
+        accelerator.load_state(str(path))
+        record = json.loads((path / STATE_JSON).read_text())
+        tensors = load_file(path / STATE_TENSORS)
+    except Exception as err:  # noqa: BLE001 (torch, safetensors and accelerate raise many kinds)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(f"checkpoint {path} cannot be restored ({type(err).__name__}: {first}); delete it "
+                              "to resume from an earlier one, or start the run again") from err
     state.eta, state.first_visit_z = tensors["eta"], tensors["first_visit_z"]
     state.epoch, state.step_in_epoch, state.global_step = record["epoch"], record["step_in_epoch"], record["global_step"]
     state.eta_history = [{**event, "eta": eta} for event, eta in zip(record["eta_history"], tensors["eta_history"])]

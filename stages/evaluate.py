@@ -14,7 +14,6 @@ same measure with the policy equal to the reference. A second ranking, the per-t
 margin ℓ(a)/|a| − ℓ(b)/|b|, shows what the policy itself now prefers.
 """
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from data import run_folder, schema
+from data import folders, run_folder, schema
 from data.pairs import Columns
 from data.settings import setting
 from pipeline import losses
@@ -49,7 +48,8 @@ class EvaluateConfig:
 def run(cfg: EvaluateConfig) -> Path:
     """Score the held-out pairs with the reference and the trained policy; returns evaluation.json."""
     run_dir, out = Path(cfg.run), Path(cfg.out)
-    train_config = json.loads((run_dir / run_folder.CONFIG).read_text())
+    folders.check(out, "evaluate", _evaluated)
+    train_config = run_folder.read_record(run_dir)
     trained, key = train_config["config"], train_config["cache_key"]
     final = run_dir / run_folder.FINAL
     if not (final / "config.json").exists():
@@ -58,11 +58,9 @@ def run(cfg: EvaluateConfig) -> Path:
         max_length=cfg.max_length or int(key["max_length"]),
         max_prompt_length=cfg.max_prompt_length or int(key["max_prompt_length"]),
     )
-    ref_cache = score.run(
-        score.ScoreConfig(
-            data=cfg.data, model=key["ref_model"], out=out / "ref", columns=cfg.columns, **lengths
-        )
-    )
+    folders.claim(out, "evaluate", _evaluated)  # after the run folder was read: a bad one leaves nothing
+    ref_cache = score.run(score.ScoreConfig(data=cfg.data, model=key["ref_model"], out=cfg.ref_out or out / "ref",
+                                            columns=cfg.columns, **lengths))
     policy_cache = score.run(
         score.ScoreConfig(data=cfg.data, model=str(final), out=out / "policy", columns=cfg.columns, **lengths)
     )
@@ -88,6 +86,11 @@ def run(cfg: EvaluateConfig) -> Path:
         f"log-likelihood margin {result['loglik_accuracy_before']:.3f} -> {result['loglik_accuracy_after']:.3f}"
     )
     return path
+
+
+def _evaluated(folder: Path) -> bool:
+    """An out folder of evaluate written before folder marks (data/folders.py)."""
+    return (folder / "evaluation.json").is_file() or (folder / "ref" / schema.MANIFEST).is_file()
 
 
 def heldout_accuracy(

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from data import run_folder, schema
+from data import folders, run_folder, schema
 from data.atomic import atomic_write_text
 from data.pairs import Columns, pair_values, read_pairs
 from data.settings import setting
@@ -97,7 +97,9 @@ class InspectConfig:
 
 
 def run(cfg: InspectConfig) -> Path:
-    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    folders.check(cfg.out_dir, "inspect", was_inspected)  # before any work; made only once there is output
+    if cfg.plots is not None:
+        folders.check(cfg.plots, "plots", only_plots)
     outputs: dict[str, object] = {"report": str(cfg.out_dir / "report.txt"),
                                   "summary": str(cfg.out_dir / "summary.json")}
     if is_score_cache(cfg.run):
@@ -107,12 +109,10 @@ def run(cfg: InspectConfig) -> Path:
         posteriors, eta = found.posteriors, found.annotators
         outputs["posteriors"] = str(cfg.out_dir / "posteriors.parquet")
         outputs["annotators"] = str(cfg.out_dir / "annotators.parquet")
-        run_folder.write_parquet(posteriors, cfg.out_dir / "posteriors.parquet")
-        run_folder.write_parquet(eta, cfg.out_dir / "annotators.parquet")
         pairs = join_rows(posteriors, cached, cache_key, scores_dir)
         source = {"model": found.model, "seconds": round(found.seconds, 3), "probe_log_loss": found.log_loss}
     else:
-        record = read_run_record(cfg.run)
+        record = run_folder.read_record(cfg.run, made_by="repo train --robust")
         epoch = pick_epoch(cfg.run, cfg.epoch, record["config"])
         epochs = run_folder.epochs_written(cfg.run, run_folder.POSTERIORS)
         scores_dir = cfg.scores or Path(record["config"]["scores"])
@@ -124,6 +124,10 @@ def run(cfg: InspectConfig) -> Path:
     truth_col = resolve_truth_col(cfg.truth_col, pairs)
     noisy = truth_values(pairs, truth_col) if truth_col else None
     annotators = annotator_table(pairs, eta, noisy)
+    folders.claim(cfg.out_dir, "inspect", was_inspected)  # the inputs are read and checked: from here on there is output
+    if source is not None:  # the estimate of a score cache: its tables, as a run folder's epoch 0
+        run_folder.write_parquet(posteriors, cfg.out_dir / "posteriors.parquet")
+        run_folder.write_parquet(eta, cfg.out_dir / "annotators.parquet")
 
     flagged = pairs.filter("flagged")
     if cfg.out is not None:
@@ -151,16 +155,6 @@ def run(cfg: InspectConfig) -> Path:
 
 # ---- reading the run --------------------------------------------------------------------------------------
 
-def read_run_record(run: Path) -> dict:
-    """config.json of a run: {"config": the TrainConfig's fields, "num_processes", "cache_key"}."""
-    path = Path(run) / run_folder.CONFIG
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{run}: not a run folder of `repo train` ({run_folder.CONFIG} missing); "
-            "run `repo train --robust` first, or name the run folder")
-    return json.loads(path.read_text())
-
-
 def pick_epoch(run: Path, epoch: int | None, run_config: dict) -> int:
     """The epoch to inspect; refuses a run without posteriors, saying what to run."""
     written = run_folder.epochs_written(run, run_folder.POSTERIORS)
@@ -179,8 +173,18 @@ def pick_epoch(run: Path, epoch: int | None, run_config: dict) -> int:
     return epoch
 
 
+def was_inspected(folder: Path) -> bool:
+    """An out-dir of inspect-noise written before folder marks (data/folders.py)."""
+    return (Path(folder) / "summary.json").is_file() and (Path(folder) / "report.txt").is_file()
+
+
+def only_plots(folder: Path) -> bool:
+    """A plots folder written before folder marks: PNG files only."""
+    return all(p.suffix == ".png" for p in Path(folder).iterdir())
+
+
 def is_score_cache(folder: Path) -> bool:
-    return (Path(folder) / schema.MANIFEST).exists() and not (Path(folder) / run_folder.CONFIG).exists()
+    return (Path(folder) / schema.MANIFEST).exists() and not run_folder.is_run(folder)
 
 
 def join_scores(posteriors: pl.DataFrame, scores_dir: Path, run_key: dict | None) -> tuple[pl.DataFrame, dict]:
@@ -385,8 +389,7 @@ def label_columns(raw: pl.DataFrame, columns: Columns, source: Path) -> list[tup
 def make_plots(cfg: InspectConfig, pairs: pl.DataFrame, noisy: np.ndarray | None, epoch: int,
                from_run: bool) -> list[Path]:
     """The w histogram; for a run also η over its steps and w over its epochs for the flagged pairs."""
-    folder = cfg.plots
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = folders.claim(cfg.plots, "plots", only_plots)
     w = pairs["w"].to_numpy()
     cutoff = cfg.threshold if cfg.top_k is None else float(pairs.filter("flagged")["w"].max() or 0.0)
     histogram = noise_plots.w_histogram(w, noisy, cutoff, folder / "w_hist.png")

@@ -124,6 +124,7 @@ def resolve_layers(spec: str, layers: int) -> tuple[int, ...]:
 
 def run(cfg: ScoreConfig) -> Path:
     """Score every pair of cfg.data into the cache cfg.out (resuming it if possible); returns cfg.out."""
+    schema.check_folder(Path(cfg.out))  # before any work: never the user's folder
     model_dir = resolve_model(cfg.model)
     from transformers import AutoTokenizer
 
@@ -401,7 +402,8 @@ def _print_summary(cfg: ScoreConfig, manifest: schema.Manifest, rows_read: int, 
     lines = [f"score: {rows_read} rows read, {scored} scored, {len(rejects)} skipped, {truncated} truncated "
              f"to max_length {cfg.max_length} / max_prompt_length {cfg.max_prompt_length}"
              + (f" ({resumed} of {len(manifest.parts)} parts were already done)" if resumed else "")]
-    for reason, count in Counter(f"{r['field']}: {r['reason']}" for r in rejects).most_common():
+    for reason, count in Counter(f"{r['field']}: {r['reason']}" if r["field"] else r["reason"]
+                                 for r in rejects).most_common():
         lines.append(f"  skipped {count}: {reason}")
     if rejects:
         lines.append(f"  skipped rows are listed in {Path(cfg.out) / schema.REJECTS}")

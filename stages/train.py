@@ -41,7 +41,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from data import run_folder, schema, tokenize
+from data import folders, run_folder, schema, tokenize
 from data.noise_inputs import NoiseInputError
 from data.pair_table import MissingReference, PairTable
 from data.settings import setting
@@ -150,7 +150,8 @@ class TrainConfig:
             object.__setattr__(self, name, kind(getattr(self, name)))  # a CLI or test may pass plain strings
         loss = self.loss
         need(not self.robust or loss in losses.ROBUST_KINDS,
-             f"--robust wraps {sorted(losses.ROBUST_KINDS)}; {loss} is a baseline with its own noise model")
+             f"--robust wraps {', '.join(sorted(losses.ROBUST_KINDS))}; {loss} is a baseline with its own "
+             "noise model")
         need(self.label_smoothing == 0 or loss is LossKind.cdpo, "--label-smoothing is cDPO's ε: use --loss cdpo")
         need(self.flip_rate == 0 or loss is LossKind.rdpo, "--flip-rate is rDPO's ε: use --loss rdpo")
         need(0.5 < self.eta0 <= 1, f"eta0 must be in (0.5, 1] (η = ½ gives zero gradient), got {self.eta0}")
@@ -183,6 +184,7 @@ RECORD = ("row", "loss", "z", "w", "logps_chosen", "logps_rejected", "rewards_ch
 
 def run(cfg: TrainConfig) -> Path:
     """Train; returns the run folder (cfg.out_dir), whose final/ holds the policy and tokenizer."""
+    folders.check(cfg.out_dir, "run", run_folder.is_run)  # every process, before any work: never the user's folder
     accelerator = _accelerator(cfg)
     set_seed(cfg.seed)
     out, params, world = cfg.out_dir, cfg.loss_params(), accelerator.num_processes
@@ -565,7 +567,7 @@ def _start_run_folder(cfg, out, world, key, policy, accelerator) -> None:
         raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     accelerator.wait_for_everyone()  # every process has looked before the main one writes
     if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
+        folders.claim(out, "run", run_folder.is_run)
         run_folder.write_json(record, path)
     accelerator.wait_for_everyone()
 

@@ -66,3 +66,9 @@ def tiny_llama(tmp_path_factory) -> Path:
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def is_one_line_error(output: str) -> bool:
+    """A refusal as the CLI should print it: one `error: ` line (beside the embedded-default notice), no traceback."""
+    lines = [line for line in output.splitlines() if "embedded default" not in line]
+    return len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in output

@@ -12,6 +12,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import typer
+from conftest import is_one_line_error
 from typer.testing import CliRunner
 
 import cli
@@ -185,3 +186,45 @@ def test_every_repo_toml_key_takes_effect_and_a_flag_beats_it(command_name, sect
     assert result.exit_code == 0, result.output
     cfg = built[-1].estimate if section == "estimate" else built[-1]
     assert getattr(cfg, f.name) == from_flag
+
+
+# ---- one clear line for every refusal ------------------------------------------------------------------------
+
+# Each command with an argument that its stage refuses (tmp_path holds a file `a-file` and a repo.toml-less cwd).
+BAD_CALLS = {
+    "init": (["init"], "exists already"),  # a repo.toml is there already
+    "score": (["score", "missing.jsonl", "--model", "no-such-model"], "no-such-model"),
+    "train": (["train", "missing-scores"], "no score cache in missing-scores"),
+    "inspect-noise": (["inspect-noise", "missing-run"], "not a run folder"),
+    "evaluate": (["evaluate", "held.jsonl", "--run", "missing-run"], "not a run folder"),
+    "make-noisy": (["make-noisy", "missing.jsonl", "out.jsonl", "--flip-rate", "0.1"], "missing.jsonl"),
+    "prepare-model": (["prepare-model", "--dest", "a-file"], "is a file"),
+    "demo": (["demo", "--workspace", "a-file"], "is a file"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CALLS))
+def test_every_command_refuses_bad_input_in_one_line(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("x")
+    if name == "init":
+        (tmp_path / "repo.toml").write_text("")
+    args, message = BAD_CALLS[name]
+    result = runner.invoke(cli.app, args)
+    assert result.exit_code == 2 and message in result.output and is_one_line_error(result.output), result.output
+
+
+def test_every_command_has_a_bad_call():
+    assert {c.name or c.callback.__name__ for c in cli.app.registered_commands} == set(BAD_CALLS)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--loss", "foo"], "'foo' is not one of 'dpo', 'ipo', 'simpo', 'cpo', 'cdpo', 'rdpo'"),
+    (["train", "--robust", "--loss", "cdpo"], "--robust wraps cpo, dpo, ipo, simpo; cdpo is a baseline"),
+    (["inspect-noise", "--threshold", "0.3", "--top-k", "2"], "not both"),
+])
+def test_bad_settings_name_the_valid_ones(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(cli.app, args)
+    assert result.exit_code == 2 and message in result.output and "<LossKind" not in result.output, result.output
+    assert "Traceback" not in result.output  # click's usage error (usage, hint, error) or one line of re-po's

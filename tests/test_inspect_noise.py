@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from conftest import is_one_line_error
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -503,6 +504,31 @@ def test_nothing_flagged_still_writes_every_output(setup, tmp_path):
     assert pl.read_csv(tmp_path / "f.csv").height == 0
     assert read_pairs(tmp_path / "c.jsonl").table.drop("row_id").equals(read_pairs(source).table.drop("row_id"))
     assert len(summary["outputs"]["plots"]) == 3
+
+
+def test_export_clean_of_a_file_with_a_malformed_line_is_one_clear_error(setup, tmp_path, monkeypatch):
+    source, _, run_dir = setup
+    source.write_text(source.read_text() + '{"prompt": "cut sho\n')  # the scorer skipped it: same dataset
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["inspect-noise", str(run_dir), "--export-clean", "c.jsonl", "--data", str(source)])
+    assert result.exit_code == 2 and f"{source}: cannot be read as a whole .jsonl table" in result.output
+    assert is_one_line_error(result.output) and not (tmp_path / "c.jsonl").exists()
+
+
+def test_a_failed_inspect_leaves_no_folder_and_a_foreign_out_dir_is_refused(setup, tmp_path):
+    source, scores, run_dir = setup
+    with pytest.raises(ValueError, match="no posteriors for epoch 9"):
+        run(InspectConfig(run=run_dir, out_dir=tmp_path / "insp", epoch=9))
+    assert not (tmp_path / "insp").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="re-po did not make it"):
+        run(InspectConfig(run=run_dir, out_dir=tmp_path / "mine"))
+    with pytest.raises(ValueError, match="re-po did not make it"):
+        run(InspectConfig(run=run_dir, out_dir=tmp_path / "insp", plots=tmp_path / "mine"))
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+    run(InspectConfig(run=run_dir, out_dir=tmp_path / "insp", plots=tmp_path / "insp" / "plots"))
+    run(InspectConfig(run=run_dir, out_dir=tmp_path / "insp", plots=tmp_path / "insp" / "plots"))  # its own
 
 
 def test_export_clean_never_overwrites_the_input_or_writes_into_the_cache(setup, tmp_path):

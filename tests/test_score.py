@@ -262,6 +262,7 @@ def test_rows_failing_tokenization_are_an_error_or_a_skip_kept_across_reruns(pea
     data.write_text("\n".join([GOOD_ROW, GOOD_ROW.replace('"yes"', '"bad"'), GOOD_ROW]) + "\n")
     with pytest.raises(ValueError, match=r"pairs\.jsonl line 2 \(row_id 1\), field 'chosen'.*empty response"):
         run(score_config(data, peaky_model_dir, tmp_path / "strict"))
+    assert json.loads((tmp_path / "strict" / schema.MANIFEST).read_text())["parts"] == {}  # failed before a part
     config = score_config(data, peaky_model_dir, tmp_path / "lenient", on_bad_row="skip")
     for _ in range(2):  # the second run finds the cache complete and must still list the reject
         run(config)
@@ -274,12 +275,55 @@ def test_rows_failing_tokenization_are_an_error_or_a_skip_kept_across_reruns(pea
 
 def test_skipped_input_rows_go_to_the_rejects_file_and_the_summary(peaky_model_dir, tmp_path, capsys):
     data = tmp_path / "pairs.jsonl"
-    data.write_text("\n".join([GOOD_ROW, '{"prompt": "hello", "chosen": 3, "rejected": "no"}', GOOD_ROW]) + "\n")
+    data.write_text("\n".join([GOOD_ROW, '{"prompt": "hello", "chosen": 3, "rejected": "no"}', GOOD_ROW,
+                               '{"prompt": "hel']) + "\n")
     run(score_config(data, peaky_model_dir, tmp_path / "scores", on_bad_row="skip"))
     assert schema.read_scores(tmp_path / "scores")[0]["row_id"].to_list() == [0, 2]
-    assert [r["row_id"] for r in schema.read_rejects(tmp_path / "scores")] == [1]
+    assert [r["row_id"] for r in schema.read_rejects(tmp_path / "scores")] == [1, 3]
     summary = capsys.readouterr().err
-    assert "3 rows read, 2 scored, 1 skipped" in summary and "skipped 1: chosen:" in summary
+    assert "4 rows read, 2 scored, 2 skipped" in summary and "skipped 1: chosen:" in summary
+    assert "skipped 1: malformed JSON" in summary and "None" not in summary  # a line has no field
+
+
+def test_a_failed_score_run_blocks_nothing_once_the_data_is_fixed(peaky_model_dir, tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join([GOOD_ROW, GOOD_ROW.replace('"yes"', '""')]) + "\n")
+    with pytest.raises(ValueError, match="empty response"):
+        run(score_config(data, peaky_model_dir, tmp_path / "scores"))
+    data.write_text("\n".join([GOOD_ROW, GOOD_ROW.replace('"yes"', '"sure"')]) + "\n")  # fixed: another sha
+    run(score_config(data, peaky_model_dir, tmp_path / "scores"))  # no --overwrite needed
+    assert schema.read_scores(tmp_path / "scores")[0].height == 2
+
+
+def test_a_damaged_part_is_named(peaky_model_dir, tmp_path):
+    data = write_pairs(tmp_path / "pairs.jsonl", 6)
+    run(score_config(data, peaky_model_dir, tmp_path / "scores"))
+    part = tmp_path / "scores" / schema.part_name(0)
+    part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])  # a disk that filled up, a copy cut short
+    with pytest.raises(schema.CacheError, match=rf"{part} is not a readable Parquet part .*--overwrite") as err:
+        schema.read_scores(tmp_path / "scores")
+    assert "\n" not in str(err.value)
+
+
+def test_a_layout_difference_alone_shows_the_layouts_and_no_empty_key_line(tmp_path):
+    key = schema.make_key(ref_model="m", weights_sha="w", tokenizer_sha="t", chat_template_sha="c", max_length=8,
+                          max_prompt_length=4, dtype="float32", backend="hf", backend_version="0",
+                          dataset_sha="d", embed_layers="")
+    schema.open_cache(tmp_path / "c", key, {"num_parts": 1, "part_size": 10}, overwrite=False)
+    schema.write_part(tmp_path / "c", schema.open_cache(tmp_path / "c", key, {"num_parts": 1, "part_size": 10},
+                                                        overwrite=False), 0, _one_scored_row(), [])
+    with pytest.raises(schema.CacheError) as err:
+        schema.open_cache(tmp_path / "c", key, {"num_parts": 2, "part_size": 5}, overwrite=False)
+    message = str(err.value)
+    assert "cache layout:    {'num_parts': 1, 'part_size': 10}" in message and "differing fields" not in message
+
+
+def _one_scored_row():
+    import polars as pl
+    values = {"row_id": [0], "pair_id": ["p"], "annotator": ["a"], "prompt_ids": [[1]], "chosen_ids": [[2]],
+              "rejected_ids": [[3]], "ref_chosen_logps": [-1.0], "ref_rejected_logps": [-2.0], "chosen_len": [1],
+              "rejected_len": [1], "truncated": [False]}
+    return pl.DataFrame(values, schema=schema.SCORE_COLUMNS)
 
 
 def test_empty_prompt_without_bos_is_a_named_bad_row(peaky_model_dir, tmp_path):

@@ -18,7 +18,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
-from conftest import WORDS
+from conftest import WORDS, is_one_line_error
 from safetensors.torch import load_file
 
 from data import run_folder, schema
@@ -365,6 +365,12 @@ def test_run_folder_guards(scores, tmp_path):
         run(config(scores, out, max_steps=1, lr=0.5, resume=True))
     with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
         run(config(scores, tmp_path / "fresh", resume=True))
+    from typer.testing import CliRunner
+
+    import cli
+    policy = schema.read_scores(scores)[1]["ref_model"]
+    result = CliRunner().invoke(cli.app, ["train", str(scores), "--out", str(out), "--policy", policy])
+    assert result.exit_code == 2 and "already holds a run" in result.output and is_one_line_error(result.output)
     from transformers import AutoModelForCausalLM, AutoTokenizer
     AutoModelForCausalLM.from_pretrained(out / run_folder.FINAL)
     AutoTokenizer.from_pretrained(out / run_folder.FINAL)
@@ -502,9 +508,11 @@ def test_resume_never_unpickles_a_crafted_checkpoint_file(scores, tmp_path, plan
     resume = config(scores, out, robust=True, max_steps=2, resume=True, **ALGORITHM_1)
     refused = {"optimizer.bin": (pickle.UnpicklingError, "Weights only load failed"),  # read weights-only
                "custom_checkpoint_0.pkl": (RuntimeError, "custom checkpoints")}       # nothing is registered
+    # each refusal is one line naming the checkpoint, with the loader's own error as its cause
     if planted in refused:
-        with pytest.raises(refused[planted][0], match=refused[planted][1]):
+        with pytest.raises(checkpoint.CheckpointError, match=f"checkpoint {step}.*{refused[planted][1]}") as err:
             run(resume)
+        assert isinstance(err.value.__cause__, refused[planted][0]) and "\n" not in str(err.value)
     else:  # never read (no scheduler is prepared), or, the RNG file, refused by a weights-only load that
         run(resume)  # accelerate logs and skips (re-po's data order does not use RNG)
     assert not marker.exists()

@@ -46,9 +46,12 @@ DEFAULT_BETA: dict[LossKind, float] = {
 
 
 @dataclass(frozen=True)
-class LossParams:
-    """Hyper-parameters of the losses; each kind reads only its own (defaults of method.md §2)."""
+class LossSpec:
+    """A preference loss and its hyper-parameters, as one value (defaults of method.md §2); each kind reads only
+    its own fields. Built once from the run's settings (stages/train.TrainConfig.loss_spec) and written in the
+    run's config.json, so evaluation reads back exactly what was trained."""
 
+    kind: LossKind
     beta: float
     gamma: float = 0.5  # SimPO target margin γ
     cpo_alpha: float = 1.0  # CPO weight α of the chosen response's per-token NLL
@@ -57,6 +60,7 @@ class LossParams:
     flip_rate: float = 0.0  # rDPO ε: assumed flip rate, must be < ½ (the loss divides by 1 − 2ε)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", LossKind(self.kind))  # a name read back from JSON
         if not self.beta > 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if not 0.0 <= self.label_smoothing <= 0.5:
@@ -65,9 +69,9 @@ class LossParams:
             raise ValueError(f"flip_rate must be in [0, 0.5), got {self.flip_rate}")
 
     @classmethod
-    def for_kind(cls, kind: LossKind, beta: float | None = None, **overrides: object) -> LossParams:
-        """Params for `kind`, β from DEFAULT_BETA unless given; other fields from `overrides`."""
-        return cls(beta=DEFAULT_BETA[LossKind(kind)] if beta is None else beta, **overrides)
+    def of(cls, kind: LossKind | str, beta: float | None = None, **overrides: object) -> LossSpec:
+        """The spec of `kind`, β from DEFAULT_BETA unless given; other fields from `overrides`."""
+        return cls(kind=LossKind(kind), beta=DEFAULT_BETA[LossKind(kind)] if beta is None else beta, **overrides)
 
 
 @dataclass(frozen=True)
@@ -129,19 +133,19 @@ def _dpo_margin(logps: PairLogps, kind: LossKind) -> Tensor:
     return chosen - rejected
 
 
-def _ipo_margin(logps: PairLogps, params: LossParams) -> Tensor:
+def _ipo_margin(logps: PairLogps, loss: LossSpec) -> Tensor:
     """u = ρ̄(a) − ρ̄(b) with per-token mean log-ratios, or summed ones under `ipo_summed`; (B,)."""
     chosen, rejected = _log_ratios(logps, LossKind.ipo)
-    if params.ipo_summed:
+    if loss.ipo_summed:
         return chosen - rejected
     chosen_len, rejected_len = _lengths(logps, LossKind.ipo)
     return chosen / chosen_len - rejected / rejected_len
 
 
-def _simpo_margin(logps: PairLogps, params: LossParams) -> Tensor:
+def _simpo_margin(logps: PairLogps, loss: LossSpec) -> Tensor:
     """s = β(ℓ(a)/|a| − ℓ(b)/|b|), (B,)."""
     chosen_len, rejected_len = _lengths(logps, LossKind.simpo)
-    return params.beta * (logps.policy_chosen_logps / chosen_len - logps.policy_rejected_logps / rejected_len)
+    return loss.beta * (logps.policy_chosen_logps / chosen_len - logps.policy_rejected_logps / rejected_len)
 
 
 def _cpo_nll(logps: PairLogps) -> tuple[Tensor, Tensor]:
@@ -150,7 +154,7 @@ def _cpo_nll(logps: PairLogps) -> tuple[Tensor, Tensor]:
     return -logps.policy_chosen_logps / chosen_len, -logps.policy_rejected_logps / rejected_len
 
 
-def base_loss(kind: LossKind, logps: PairLogps, params: LossParams) -> Tensor:
+def base_loss(loss: LossSpec, logps: PairLogps) -> Tensor:
     """L(a≻b) per pair, (B,): the method's own loss (method.md §2 table; cDPO and rDPO baselines).
 
     dpo:   −log σ(βh),                     h = ρ(a) − ρ(b)
@@ -160,51 +164,51 @@ def base_loss(kind: LossKind, logps: PairLogps, params: LossParams) -> Tensor:
     cdpo:  (1−ε)·ℓ_β(h) + ε·ℓ_β(−h)                   with ℓ_β(h) = −log σ(βh), ε = label_smoothing
     rdpo:  [(1−ε)·ℓ_β(h) − ε·ℓ_β(−h)] / (1 − 2ε)       ε = flip_rate (Chowdhury et al. 2024)
     """
-    kind = LossKind(kind)
+    kind = loss.kind
     match kind:
         case LossKind.dpo:
-            return -F.logsigmoid(params.beta * _dpo_margin(logps, kind))
+            return -F.logsigmoid(loss.beta * _dpo_margin(logps, kind))
         case LossKind.ipo:
-            return (_ipo_margin(logps, params) - 1 / (2 * params.beta)) ** 2
+            return (_ipo_margin(logps, loss) - 1 / (2 * loss.beta)) ** 2
         case LossKind.simpo:
-            return -F.logsigmoid(_simpo_margin(logps, params) - params.gamma)
+            return -F.logsigmoid(_simpo_margin(logps, loss) - loss.gamma)
         case LossKind.cpo:
             chosen_nll, _ = _cpo_nll(logps)
-            preference = -F.logsigmoid(params.beta * (logps.policy_chosen_logps - logps.policy_rejected_logps))
-            return preference + params.cpo_alpha * chosen_nll
+            preference = -F.logsigmoid(loss.beta * (logps.policy_chosen_logps - logps.policy_rejected_logps))
+            return preference + loss.cpo_alpha * chosen_nll
         case LossKind.cdpo:
-            h, eps = _dpo_margin(logps, kind), params.label_smoothing
-            return -(1 - eps) * F.logsigmoid(params.beta * h) - eps * F.logsigmoid(-params.beta * h)
+            h, eps = _dpo_margin(logps, kind), loss.label_smoothing
+            return -(1 - eps) * F.logsigmoid(loss.beta * h) - eps * F.logsigmoid(-loss.beta * h)
         case LossKind.rdpo:
-            h, eps = _dpo_margin(logps, kind), params.flip_rate
-            unbiased = -(1 - eps) * F.logsigmoid(params.beta * h) + eps * F.logsigmoid(-params.beta * h)
+            h, eps = _dpo_margin(logps, kind), loss.flip_rate
+            unbiased = -(1 - eps) * F.logsigmoid(loss.beta * h) + eps * F.logsigmoid(-loss.beta * h)
             return unbiased / (1 - 2 * eps)
         case _:
             assert_never(kind)
 
 
-def induced_logit(kind: LossKind, logps: PairLogps, params: LossParams) -> Tensor:
+def induced_logit(loss: LossSpec, logps: PairLogps) -> Tensor:
     """z = L(b≻a) − L(a≻b) per pair, (B,), so p_θ(a≻b) = σ(z) (paper Eq. 2; closed forms of method.md §2).
 
     dpo: βh;  ipo: 2u/β;  simpo: softplus(s + γ) − softplus(γ − s);  cpo: β(ℓ(a) − ℓ(b)) + α(NLL(b) − NLL(a)).
     cdpo and rdpo are baselines with their own noise model and have no RE-PO form: they raise ValueError.
     """
-    kind = LossKind(kind)
+    kind = loss.kind
     match kind:
         case LossKind.dpo:
-            return params.beta * _dpo_margin(logps, kind)
+            return loss.beta * _dpo_margin(logps, kind)
         case LossKind.ipo:
             # (−u − c)² − (u − c)² = 4uc with c = 1/(2β)
-            return 2 * _ipo_margin(logps, params) / params.beta
+            return 2 * _ipo_margin(logps, loss) / loss.beta
         case LossKind.simpo:
-            s = _simpo_margin(logps, params)
-            return F.softplus(s + params.gamma) - F.softplus(params.gamma - s)
+            s = _simpo_margin(logps, loss)
+            return F.softplus(s + loss.gamma) - F.softplus(loss.gamma - s)
         case LossKind.cpo:
             chosen_nll, rejected_nll = _cpo_nll(logps)
-            preference = params.beta * (logps.policy_chosen_logps - logps.policy_rejected_logps)
-            return preference + params.cpo_alpha * (rejected_nll - chosen_nll)
+            preference = loss.beta * (logps.policy_chosen_logps - logps.policy_rejected_logps)
+            return preference + loss.cpo_alpha * (rejected_nll - chosen_nll)
         case _:
-            raise ValueError(f"loss {kind} has no induced logit: RE-PO wraps only {sorted(ROBUST_KINDS)}")
+            raise ValueError(f"loss {kind} has no induced logit: RE-PO wraps only {', '.join(sorted(ROBUST_KINDS))}")
 
 
 def posterior_weight(z: Tensor, eta: Tensor) -> Tensor:
@@ -226,28 +230,28 @@ def robust_loss(z: Tensor, w: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(z, w.to(z.dtype), reduction="none")
 
 
-def weighted_loss(kind: LossKind, logps: PairLogps, params: LossParams, w: Tensor) -> Tensor:
+def weighted_loss(loss: LossSpec, logps: PairLogps, w: Tensor) -> Tensor:
     """The weighted raw loss w·L(a≻b) + (1−w)·L(b≻a) per pair, (B,) (method.md §7.1; equals robust_loss for DPO)."""
-    kind = LossKind(kind)
+    kind = loss.kind
     if kind not in ROBUST_KINDS:
-        raise ValueError(f"loss {kind} cannot be made robust: RE-PO wraps only {sorted(ROBUST_KINDS)}")
+        raise ValueError(f"loss {kind} cannot be made robust: RE-PO wraps only {', '.join(sorted(ROBUST_KINDS))}")
     w = w.detach().to(logps.policy_chosen_logps.dtype)
-    return w * base_loss(kind, logps, params) + (1 - w) * base_loss(kind, logps.swapped(), params)
+    return w * base_loss(loss, logps) + (1 - w) * base_loss(loss, logps.swapped())
 
 
-def implicit_rewards(kind: LossKind, logps: PairLogps, params: LossParams) -> tuple[Tensor, Tensor]:
+def implicit_rewards(loss: LossSpec, logps: PairLogps) -> tuple[Tensor, Tensor]:
     """(chosen_rewards, rejected_rewards), each (B,), detached: TRL's metrics `rewards/*`.
 
     β·ρ(y) for the DPO family; β·ρ̄(y) (per-token mean) for IPO unless `ipo_summed`; β·ℓ(y)/|y| for SimPO;
     β·ℓ(y) for CPO — the log-probs each of TRL's trainers feeds its loss, times β.
     """
-    kind = LossKind(kind)
+    kind = loss.kind
     match kind:
         case LossKind.dpo | LossKind.cdpo | LossKind.rdpo:
             chosen, rejected = _log_ratios(logps, kind)
         case LossKind.ipo:
             chosen, rejected = _log_ratios(logps, kind)
-            if not params.ipo_summed:
+            if not loss.ipo_summed:
                 chosen_len, rejected_len = _lengths(logps, kind)
                 chosen, rejected = chosen / chosen_len, rejected / rejected_len
         case LossKind.simpo:
@@ -257,4 +261,4 @@ def implicit_rewards(kind: LossKind, logps: PairLogps, params: LossParams) -> tu
             chosen, rejected = logps.policy_chosen_logps, logps.policy_rejected_logps
         case _:
             assert_never(kind)
-    return (params.beta * chosen).detach(), (params.beta * rejected).detach()
+    return (loss.beta * chosen).detach(), (loss.beta * rejected).detach()

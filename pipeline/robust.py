@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from pipeline import em, losses
-from pipeline.losses import LossKind, LossParams, PairLogps
+from pipeline.losses import LossSpec, PairLogps
 
 
 class EStep(StrEnum):
@@ -61,12 +61,11 @@ def posterior(rule: EStep, z: Tensor, prior: Tensor | None, others: Tensor, eta:
     return losses.posterior_weight(evidence + others.to(evidence), eta).to(z.dtype)
 
 
-def per_pair_loss(form: RobustForm, kind: LossKind, logps: PairLogps, params: LossParams, z: Tensor,
-                  w: Tensor) -> Tensor:
+def per_pair_loss(form: RobustForm, loss: LossSpec, logps: PairLogps, z: Tensor, w: Tensor) -> Tensor:
     """(B,) RE-PO loss of each pair: BCE(z, w) (Eq. 5) or the weighted raw loss (method.md §7.1)."""
     if form is RobustForm.induced:
         return losses.robust_loss(z, w)
-    return losses.weighted_loss(kind, logps, params, w)
+    return losses.weighted_loss(loss, logps, w)
 
 
 def after_step(eta: Tensor, w: Tensor, annotator: Tensor, update: EtaUpdate, alpha: float) -> Tensor:

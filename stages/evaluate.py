@@ -50,7 +50,11 @@ def run(cfg: EvaluateConfig) -> Path:
     run_dir, out = Path(cfg.run), Path(cfg.out)
     folders.check(out, "evaluate", _evaluated)
     train_config = run_folder.read_record(run_dir)
-    trained, key = train_config["config"], train_config["cache_key"]
+    key = train_config["cache_key"]
+    if "loss_spec" not in train_config:
+        raise ValueError(f"{run_dir / run_folder.CONFIG} names no loss_spec: the run was trained by an older re-po; "
+                         "train it again to evaluate it")
+    spec = losses.LossSpec(**train_config["loss_spec"])  # exactly what was trained
     final = run_dir / run_folder.FINAL
     if not (final / "config.json").exists():
         raise FileNotFoundError(f"{run_dir} has no trained policy in {final}; let `repo train` finish first")
@@ -64,19 +68,11 @@ def run(cfg: EvaluateConfig) -> Path:
     policy_cache = score.run(
         score.ScoreConfig(data=cfg.data, model=str(final), out=out / "policy", columns=cfg.columns, **lengths)
     )
-    kind = losses.LossKind(trained["loss"])
-    params = losses.LossParams.for_kind(
-        kind,
-        trained["beta"],
-        gamma=trained["gamma"],
-        cpo_alpha=trained["cpo_alpha"],
-        ipo_summed=trained["ipo_summed"],
-    )
     result = {
         "run": str(run_dir),
         "data": cfg.data,
-        "loss": str(kind),
-        **heldout_accuracy(ref_cache, policy_cache, kind, params, cfg.truth_col),
+        "loss": str(spec.kind),
+        **heldout_accuracy(ref_cache, policy_cache, spec, cfg.truth_col),
     }
     path = out / "evaluation.json"
     run_folder.write_json(result, path)
@@ -94,7 +90,7 @@ def _evaluated(folder: Path) -> bool:
 
 
 def heldout_accuracy(
-    ref_cache: Path, policy_cache: Path, kind: losses.LossKind, params: losses.LossParams, truth_col: str
+    ref_cache: Path, policy_cache: Path, spec: losses.LossSpec, truth_col: str
 ) -> dict:
     """Accuracies before (policy = reference) and after, from two score caches of the same pairs."""
     ref, _ = schema.read_scores(ref_cache)
@@ -121,7 +117,7 @@ def heldout_accuracy(
 
     def reward_margin(chosen: torch.Tensor, rejected: torch.Tensor) -> np.ndarray:
         logps = losses.PairLogps(chosen, rejected, ref_chosen, ref_rejected, chosen_len, rejected_len)
-        rewards_chosen, rewards_rejected = losses.implicit_rewards(kind, logps, params)
+        rewards_chosen, rewards_rejected = losses.implicit_rewards(spec, logps)
         return (rewards_chosen - rewards_rejected).numpy()
 
     def loglik_margin(chosen: torch.Tensor, rejected: torch.Tensor) -> np.ndarray:

@@ -30,7 +30,7 @@ import shutil
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
 from pathlib import Path
 
@@ -46,7 +46,7 @@ from data.noise_inputs import NoiseInputError
 from data.pair_table import MissingReference, PairTable
 from data.settings import setting
 from pipeline import batching, em, logprobs, losses, robust, train_metrics
-from pipeline.losses import LossKind, LossParams, PairLogps
+from pipeline.losses import LossKind, LossSpec, PairLogps
 from pipeline.robust import EStep, EtaUpdate, RobustForm
 from stages import checkpoint, estimate
 from stages.checkpoint import TrainState
@@ -167,12 +167,12 @@ class TrainConfig:
         if self.estimate_with is not None:
             object.__setattr__(self, "estimate_with", Path(self.estimate_with))
         need(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device}")
-        self.loss_params()  # β > 0 and the ε ranges are checked there
+        self.loss_spec()  # β > 0 and the ε ranges are checked there
 
-    def loss_params(self) -> LossParams:
-        return LossParams.for_kind(self.loss, self.beta, gamma=self.gamma, cpo_alpha=self.cpo_alpha,
-                                   ipo_summed=self.ipo_summed, label_smoothing=self.label_smoothing,
-                                   flip_rate=self.flip_rate)
+    def loss_spec(self) -> LossSpec:
+        """The loss these settings ask for, as one value (written in config.json for evaluate)."""
+        return LossSpec.of(self.loss, self.beta, gamma=self.gamma, cpo_alpha=self.cpo_alpha,
+                           ipo_summed=self.ipo_summed, label_smoothing=self.label_smoothing, flip_rate=self.flip_rate)
 
 
 # Fields that may differ between a run and its --resume: they do not change what is trained.
@@ -187,7 +187,7 @@ def run(cfg: TrainConfig) -> Path:
     folders.check(cfg.out_dir, "run", run_folder.is_run)  # every process, before any work: never the user's folder
     accelerator = _accelerator(cfg)
     set_seed(cfg.seed)
-    out, params, world = cfg.out_dir, cfg.loss_params(), accelerator.num_processes
+    out, spec, world = cfg.out_dir, cfg.loss_spec(), accelerator.num_processes
     pairs = _read_pairs(cfg)
     policy_name = cfg.policy or pairs.key["ref_model"]  # by default the policy starts as the reference
     tokenizer = _load_tokenizer(policy_name, pairs.key, cfg.scores)
@@ -232,17 +232,17 @@ def run(cfg: TrainConfig) -> Path:
                     with nullcontext() if last else accelerator.no_sync(model):
                         logps = pair_logps(model, pairs, run_rows, pad_id, cfg.packing)
                         if cfg.robust:  # Alg. 1: z → E-step with the η in force → robust loss
-                            z = losses.induced_logit(cfg.loss, logps, params)
+                            z = losses.induced_logit(spec, logps)
                             w = robust.posterior(cfg.e_step, z, None if prior is None else prior[run_rows],
                                                  others[run_rows],
                                                  state.eta[pairs.annotator[run_rows]])
-                            per_pair = robust.per_pair_loss(cfg.robust_form, cfg.loss, logps, params, z, w)
+                            per_pair = robust.per_pair_loss(cfg.robust_form, spec, logps, z, w)
                         else:  # the base method's own loss, not w ≡ 1
                             z = w = torch.full_like(logps.policy_chosen_logps, math.nan)
-                            per_pair = losses.base_loss(cfg.loss, logps, params)
+                            per_pair = losses.base_loss(spec, logps)
                         # The loss is the mean over the global batch (method.md §7.3); DDP averages over processes.
                         accelerator.backward(per_pair.sum() * (keep * world / len(step_rows)))
-                    records.append(_records(cfg, params, logps, per_pair, z, w, rows, cfg.batch_size))
+                    records.append(_records(spec, logps, per_pair, z, w, rows, cfg.batch_size))
                 batch = dict(zip(RECORD, accelerator.gather(torch.cat(records)).T))  # same on every process
                 valid = batch["row"] >= 0
                 batch = {name: values[valid] for name, values in batch.items()}
@@ -274,7 +274,7 @@ def run(cfg: TrainConfig) -> Path:
                     _save_checkpoint(accelerator, out, state, scheduler, log)
 
             if cfg.robust:  # between epochs: re-estimate every posterior with the current policy (method.md §7.5)
-                _epoch_posteriors(cfg, params, accelerator, model, pairs, state, pad_id, log, prior)
+                _epoch_posteriors(cfg, spec, accelerator, model, pairs, state, pad_id, log, prior)
             state.epoch, state.step_in_epoch = state.epoch + 1, 0
             _save_checkpoint(accelerator, out, state, scheduler, log)
     finally:
@@ -317,9 +317,9 @@ def pair_logps(model: torch.nn.Module, pairs: PairTable, rows: list[int], pad_id
                      pairs.rejected_len[index].to(device))
 
 
-def _records(cfg, params, logps, per_pair, z, w, rows, width) -> torch.Tensor:
+def _records(spec, logps, per_pair, z, w, rows, width) -> torch.Tensor:
     """Per-pair results as (width, len(RECORD)) float64 rows; padding rows have row = −1 (dropped after gather)."""
-    rewards_chosen, rewards_rejected = losses.implicit_rewards(cfg.loss, logps, params)
+    rewards_chosen, rewards_rejected = losses.implicit_rewards(spec, logps)
     values = [torch.tensor(rows, dtype=torch.float64), per_pair, z, w, logps.policy_chosen_logps,
               logps.policy_rejected_logps, rewards_chosen, rewards_rejected]
     out = torch.full((width, len(RECORD)), -1.0, dtype=torch.float64, device=per_pair.device)
@@ -337,7 +337,7 @@ def _stop_if_not_finite(loss: torch.Tensor, rows: torch.Tensor, pairs: PairTable
 
 
 @torch.no_grad()
-def _epoch_posteriors(cfg, params, accelerator, model, pairs, state, pad_id, log, prior) -> None:
+def _epoch_posteriors(cfg, spec, accelerator, model, pairs, state, pad_id, log, prior) -> None:
     """No-grad pass over all pairs: fresh z and the E-step's w with the η in force, written as Parquet; then
     robust.after_epoch (`--eta-update epoch|both`: one exact M-step)."""
     model.eval()
@@ -348,7 +348,7 @@ def _epoch_posteriors(cfg, params, accelerator, model, pairs, state, pad_id, log
     seen = torch.zeros_like(z_sum)
     for i in range(rank, math.ceil(len(batches) / world) * world, world):  # same number of forwards everywhere
         rows = batches[i] if i < len(batches) else batches[0]
-        z = losses.induced_logit(cfg.loss, pair_logps(model, pairs, rows, pad_id, cfg.packing), params)
+        z = losses.induced_logit(spec, pair_logps(model, pairs, rows, pad_id, cfg.packing))
         if i < len(batches):
             z_sum[rows] += z.double()
             seen[rows] += 1
@@ -540,8 +540,9 @@ def _scheduler(cfg: TrainConfig, optimizer, total_steps: int):
 
 def _config_record(cfg: TrainConfig, world: int, key: dict, policy: str) -> dict:
     config = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in RESUMABLE_CHANGES}
-    return json.loads(json.dumps({"config": {**config, "policy": policy}, "num_processes": world, "cache_key": key},
-                                 default=str))
+    record = {"config": {**config, "policy": policy}, "loss_spec": asdict(cfg.loss_spec()), "num_processes": world,
+              "cache_key": key}
+    return json.loads(json.dumps(record, default=str))
 
 
 def _start_run_folder(cfg, out, world, key, policy, accelerator) -> None:

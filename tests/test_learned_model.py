@@ -8,7 +8,7 @@ its defaults η0 = 0.9, α = 0.1 (method.md §4). Runs in well under a second.
 import torch
 
 from pipeline import em, losses
-from pipeline.losses import LossKind, LossParams, PairLogps
+from pipeline.losses import LossSpec, PairLogps
 
 NUM_PAIRS, NUM_FEATURES, TRUE_NORM = 4000, 8, 3.0
 FLIP_RATES = (0.0, 0.4)  # annotator 0 is clean; annotator 1 flips 40% of its labels
@@ -42,13 +42,13 @@ def scored(theta: torch.Tensor, pairs: dict[str, torch.Tensor], idx: torch.Tenso
 def train_re_dpo(pairs: dict[str, torch.Tensor], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Alg. 1 per step: forward → z → w = σ(z.detach() + logit η) → BCE(z, w) → SGD step → η EMA. Returns (θ, η)."""
     torch.manual_seed(seed)
-    params = LossParams(beta=1.0)
+    dpo = LossSpec("dpo", beta=1.0)
     theta = torch.zeros(NUM_FEATURES, requires_grad=True)
     optimizer = torch.optim.SGD([theta], lr=LR)
     eta = em.init_eta(len(FLIP_RATES), eta0=0.9)
     for _ in range(EPOCHS):
         for idx in torch.randperm(NUM_PAIRS).split(BATCH_SIZE):
-            z = losses.induced_logit(LossKind.dpo, scored(theta, pairs, idx), params)
+            z = losses.induced_logit(dpo, scored(theta, pairs, idx))
             w = losses.posterior_weight(z, eta[pairs["annotator"][idx]])
             loss = losses.robust_loss(z, w).mean()
             optimizer.zero_grad()
@@ -79,7 +79,7 @@ def test_item7_learned_scorer_recovers_reliabilities_and_flags_flipped_pairs():
 
     all_pairs = torch.arange(NUM_PAIRS)
     with torch.no_grad():
-        z = losses.induced_logit(LossKind.dpo, scored(theta, pairs, all_pairs), LossParams(beta=1.0))
+        z = losses.induced_logit(LossSpec("dpo", beta=1.0), scored(theta, pairs, all_pairs))
         w = losses.posterior_weight(z, eta[pairs["annotator"]])
     flipped, noisy_annotator = pairs["flipped"], pairs["annotator"] == 1
     suspicion = 1 - w

@@ -6,13 +6,14 @@ with the torch implementation.
 """
 
 import dataclasses
+import json
 import math
 
 import pytest
 import torch
 
 from pipeline import losses
-from pipeline.losses import DEFAULT_BETA, ROBUST_KINDS, LossKind, LossParams, PairLogps
+from pipeline.losses import DEFAULT_BETA, ROBUST_KINDS, LossKind, LossSpec, PairLogps
 
 B = 64
 
@@ -63,9 +64,9 @@ def rows(logps: PairLogps) -> list[dict[str, float]]:
     ]
 
 
-def hand_loss(kind: LossKind, p: LossParams, r: dict[str, float]) -> float:
+def hand_loss(p: LossSpec, r: dict[str, float]) -> float:
     """L(a≻b) for one pair, written from method.md §2 and the rDPO paper."""
-    beta = p.beta
+    kind, beta = p.kind, p.beta
     h = (r["pc"] - r["rc"]) - (r["pr"] - r["rr"])
     if kind == "dpo":
         return neg_log_sigmoid(beta * h)
@@ -86,24 +87,24 @@ def hand_loss(kind: LossKind, p: LossParams, r: dict[str, float]) -> float:
 
 
 PARAMS = [
-    (LossKind.dpo, LossParams.for_kind("dpo")),
-    (LossKind.dpo, LossParams(beta=0.5)),
-    (LossKind.ipo, LossParams.for_kind("ipo")),
-    (LossKind.ipo, LossParams(beta=0.3, ipo_summed=True)),
-    (LossKind.simpo, LossParams.for_kind("simpo")),
-    (LossKind.simpo, LossParams(beta=2.5, gamma=0.0)),
-    (LossKind.cpo, LossParams.for_kind("cpo")),
-    (LossKind.cpo, LossParams(beta=0.2, cpo_alpha=0.3)),
+    LossSpec.of("dpo"),
+    LossSpec("dpo", beta=0.5),
+    LossSpec.of("ipo"),
+    LossSpec("ipo", beta=0.3, ipo_summed=True),
+    LossSpec.of("simpo"),
+    LossSpec("simpo", beta=2.5, gamma=0.0),
+    LossSpec.of("cpo"),
+    LossSpec("cpo", beta=0.2, cpo_alpha=0.3),
 ]
 BASELINES = [
-    (LossKind.cdpo, LossParams(beta=0.1, label_smoothing=0.2)),
-    (LossKind.rdpo, LossParams(beta=0.1, flip_rate=0.2)),
-    (LossKind.rdpo, LossParams(beta=0.4, flip_rate=0.0)),
+    LossSpec("cdpo", beta=0.1, label_smoothing=0.2),
+    LossSpec("rdpo", beta=0.1, flip_rate=0.2),
+    LossSpec("rdpo", beta=0.4, flip_rate=0.0),
 ]
 
 
 def ids(cases):
-    return [f"{kind}-{p.beta}-{p.gamma}-{p.cpo_alpha}-{p.ipo_summed}" for kind, p in cases]
+    return [f"{p.kind}-{p.beta}-{p.gamma}-{p.cpo_alpha}-{p.ipo_summed}" for p in cases]
 
 
 def assert_close(actual: torch.Tensor, expected, **tol) -> None:
@@ -111,46 +112,46 @@ def assert_close(actual: torch.Tensor, expected, **tol) -> None:
     torch.testing.assert_close(actual, expected, **(tol or {"rtol": 1e-10, "atol": 1e-10}))
 
 
-@pytest.mark.parametrize(("kind", "params"), PARAMS + BASELINES, ids=ids(PARAMS + BASELINES))
-def test_base_losses_match_hand_formulas(kind, params, logps):
-    expected = [hand_loss(kind, params, r) for r in rows(logps)]
-    assert_close(losses.base_loss(kind, logps, params), expected)
+@pytest.mark.parametrize("spec", PARAMS + BASELINES, ids=ids(PARAMS + BASELINES))
+def test_base_losses_match_hand_formulas(spec, logps):
+    expected = [hand_loss(spec, r) for r in rows(logps)]
+    assert_close(losses.base_loss(spec, logps), expected)
 
 
-@pytest.mark.parametrize(("kind", "params"), PARAMS, ids=ids(PARAMS))
-def test_item1_induced_logits_match_float64_brute_force(kind, params, logps):
+@pytest.mark.parametrize("spec", PARAMS, ids=ids(PARAMS))
+def test_item1_induced_logits_match_float64_brute_force(spec, logps):
     """z = L(b≻a) − L(a≻b) (Eq. 2): the closed form against the loss itself on swapped inputs and by hand."""
-    z = losses.induced_logit(kind, logps, params)
-    brute = losses.base_loss(kind, logps.swapped(), params) - losses.base_loss(kind, logps, params)
+    z = losses.induced_logit(spec, logps)
+    brute = losses.base_loss(spec, logps.swapped()) - losses.base_loss(spec, logps)
     assert_close(z, brute)
     swapped_rows = rows(logps.swapped())
-    by_hand = [hand_loss(kind, params, s) - hand_loss(kind, params, r) for r, s in zip(rows(logps), swapped_rows)]
+    by_hand = [hand_loss(spec, s) - hand_loss(spec, r) for r, s in zip(rows(logps), swapped_rows)]
     assert_close(z, by_hand)
     assert_close(torch.sigmoid(z), [sigmoid(x) for x in by_hand])
 
 
-@pytest.mark.parametrize(("kind", "params"), PARAMS, ids=ids(PARAMS))
-def test_item1_induced_probabilities_of_both_orders_sum_to_one(kind, params, logps):
-    p_ab = torch.sigmoid(losses.induced_logit(kind, logps, params))
-    p_ba = torch.sigmoid(losses.induced_logit(kind, logps.swapped(), params))
+@pytest.mark.parametrize("spec", PARAMS, ids=ids(PARAMS))
+def test_item1_induced_probabilities_of_both_orders_sum_to_one(spec, logps):
+    p_ab = torch.sigmoid(losses.induced_logit(spec, logps))
+    p_ba = torch.sigmoid(losses.induced_logit(spec, logps.swapped()))
     assert_close(p_ab + p_ba, torch.ones(B, dtype=torch.float64))
     assert not torch.allclose(p_ab, torch.full_like(p_ab, 0.5))  # the fixture is not degenerate
 
 
 @pytest.mark.parametrize(
-    ("kind", "params", "exact"),
+    ("spec", "exact"),
     [
-        (LossKind.dpo, LossParams(beta=0.1), True),
-        (LossKind.simpo, LossParams(beta=2.0, gamma=0.0), True),
-        (LossKind.simpo, LossParams(beta=2.0, gamma=0.5), False),
-        (LossKind.ipo, LossParams(beta=0.1), False),
+        (LossSpec("dpo", beta=0.1), True),
+        (LossSpec("simpo", beta=2.0, gamma=0.0), True),
+        (LossSpec("simpo", beta=2.0, gamma=0.5), False),
+        (LossSpec("ipo", beta=0.1), False),
     ],
 )
-def test_item1_induced_model_is_the_loss_exactly_when_exp_minus_losses_sum_to_one(kind, params, exact, logps):
+def test_item1_induced_model_is_the_loss_exactly_when_exp_minus_losses_sum_to_one(spec, exact, logps):
     """σ(z) = e^{−L(a≻b)} iff e^{−L(a≻b)} + e^{−L(b≻a)} = 1 (method.md §2): DPO and SimPO with γ = 0."""
-    loss_ab, loss_ba = losses.base_loss(kind, logps, params), losses.base_loss(kind, logps.swapped(), params)
+    loss_ab, loss_ba = losses.base_loss(spec, logps), losses.base_loss(spec, logps.swapped())
     total = torch.exp(-loss_ab) + torch.exp(-loss_ba)
-    matches = torch.allclose(torch.sigmoid(losses.induced_logit(kind, logps, params)), torch.exp(-loss_ab))
+    matches = torch.allclose(torch.sigmoid(losses.induced_logit(spec, logps)), torch.exp(-loss_ab))
     assert torch.allclose(total, torch.ones_like(total)) == exact
     assert matches == exact
 
@@ -164,42 +165,40 @@ def test_item1_hand_worked_dpo_and_ipo_numbers():
     """
     t = lambda x: torch.tensor([x], dtype=torch.float64)  # noqa: E731
     pair = PairLogps(t(-1.0), t(-4.0), t(-3.0), t(-2.0), torch.tensor([2]), torch.tensor([4]))
-    dpo, ipo = LossParams(beta=0.1), LossParams(beta=0.1)
-    assert_close(losses.induced_logit("dpo", pair, dpo), [0.4])
-    assert_close(losses.base_loss("dpo", pair, dpo), [0.5130152524], rtol=0, atol=1e-9)
-    assert_close(losses.base_loss("ipo", pair, ipo), [12.25])
-    assert_close(losses.induced_logit("ipo", pair, ipo), [30.0])
-    summed = LossParams(beta=0.1, ipo_summed=True)
-    assert_close(losses.base_loss("ipo", pair, summed), [1.0])
-    assert_close(losses.induced_logit("ipo", pair, summed), [80.0])
+    dpo, ipo = LossSpec("dpo", beta=0.1), LossSpec("ipo", beta=0.1)
+    assert_close(losses.induced_logit(dpo, pair), [0.4])
+    assert_close(losses.base_loss(dpo, pair), [0.5130152524], rtol=0, atol=1e-9)
+    assert_close(losses.base_loss(ipo, pair), [12.25])
+    assert_close(losses.induced_logit(ipo, pair), [30.0])
+    summed = LossSpec("ipo", beta=0.1, ipo_summed=True)
+    assert_close(losses.base_loss(summed, pair), [1.0])
+    assert_close(losses.induced_logit(summed, pair), [80.0])
 
 
 def test_cpo_with_summed_nll_would_scale_the_logit_by_beta_plus_alpha(logps):
     """Sanity of the CPO closed form: with |y| = 1 (NLL summed) z = (β + α)(ℓ(a) − ℓ(b)) (method.md §2)."""
     ones = torch.ones(B, dtype=torch.long)
     summed = PairLogps(logps.policy_chosen_logps, logps.policy_rejected_logps, chosen_len=ones, rejected_len=ones)
-    params = LossParams(beta=0.1, cpo_alpha=1.0)
+    cpo = LossSpec("cpo", beta=0.1, cpo_alpha=1.0)
     expected = 1.1 * (logps.policy_chosen_logps - logps.policy_rejected_logps)
-    assert_close(losses.induced_logit("cpo", summed, params), expected)
+    assert_close(losses.induced_logit(cpo, summed), expected)
 
 
 def test_rdpo_is_unbiased_over_the_flip_noise(logps):
     """Chowdhury et al.'s defining property: (1−ε)·L_rdpo(h) + ε·L_rdpo(−h) = −log σ(βh), the clean DPO loss."""
-    params = LossParams(beta=0.1, flip_rate=0.3)
-    expected_over_flips = 0.7 * losses.base_loss("rdpo", logps, params) + 0.3 * losses.base_loss(
-        "rdpo", logps.swapped(), params
-    )
-    assert_close(expected_over_flips, losses.base_loss("dpo", logps, LossParams(beta=0.1)))
+    rdpo = LossSpec("rdpo", beta=0.1, flip_rate=0.3)
+    expected_over_flips = 0.7 * losses.base_loss(rdpo, logps) + 0.3 * losses.base_loss(rdpo, logps.swapped())
+    assert_close(expected_over_flips, losses.base_loss(LossSpec("dpo", beta=0.1), logps))
 
 
 def test_zero_noise_baselines_are_dpo(logps):
-    dpo = losses.base_loss("dpo", logps, LossParams(beta=0.1))
-    assert_close(losses.base_loss("cdpo", logps, LossParams(beta=0.1, label_smoothing=0.0)), dpo)
-    assert_close(losses.base_loss("rdpo", logps, LossParams(beta=0.1, flip_rate=0.0)), dpo)
+    dpo = losses.base_loss(LossSpec("dpo", beta=0.1), logps)
+    assert_close(losses.base_loss(LossSpec("cdpo", beta=0.1, label_smoothing=0.0), logps), dpo)
+    assert_close(losses.base_loss(LossSpec("rdpo", beta=0.1, flip_rate=0.0), logps), dpo)
 
 
 def dpo_z(logps: PairLogps) -> torch.Tensor:
-    return losses.induced_logit("dpo", logps, LossParams(beta=0.1))
+    return losses.induced_logit(LossSpec("dpo", beta=0.1), logps)
 
 
 def requiring_grad(logps: PairLogps) -> PairLogps:
@@ -218,17 +217,17 @@ def grad_wrt_policy(loss_fn, logps: PairLogps) -> tuple[torch.Tensor, torch.Tens
     return live.policy_chosen_logps.grad, live.policy_rejected_logps.grad
 
 
-@pytest.mark.parametrize(("kind", "params"), [(LossKind.dpo, LossParams(beta=0.1)),
-                                              (LossKind.simpo, LossParams(beta=2.0, gamma=0.0))])
-def test_item2_eta_one_gives_exactly_the_base_loss_and_gradient(kind, params, logps):
+@pytest.mark.parametrize("spec", [LossSpec("dpo", beta=0.1),
+                                              LossSpec("simpo", beta=2.0, gamma=0.0)])
+def test_item2_eta_one_gives_exactly_the_base_loss_and_gradient(spec, logps):
     ones = torch.ones(B, dtype=torch.float64)
 
     def robust(pairs):
-        z = losses.induced_logit(kind, pairs, params)
+        z = losses.induced_logit(spec, pairs)
         return losses.robust_loss(z, losses.posterior_weight(z, ones))
 
     def base(pairs):
-        return losses.base_loss(kind, pairs, params)
+        return losses.base_loss(spec, pairs)
 
     assert_close(robust(logps), base(logps))
     for got, want in zip(grad_wrt_policy(robust, logps), grad_wrt_policy(base, logps)):
@@ -238,28 +237,28 @@ def test_item2_eta_one_gives_exactly_the_base_loss_and_gradient(kind, params, lo
 def test_item2_constant_w_one_minus_eps_is_label_smoothing(logps):
     """w ≡ 1 − ε: BCE(βh, 1 − ε) = (1−ε)·(−log σ(βh)) + ε·(−log σ(−βh)), cDPO, in value and gradient."""
     eps = 0.15
-    cdpo = LossParams(beta=0.1, label_smoothing=eps)
+    cdpo = LossSpec("cdpo", beta=0.1, label_smoothing=eps)
     w = torch.full((B,), 1 - eps, dtype=torch.float64)
 
     def robust(pairs):
         return losses.robust_loss(dpo_z(pairs), w)
 
     def smoothed(pairs):
-        return losses.base_loss("cdpo", pairs, cdpo)
+        return losses.base_loss(cdpo, pairs)
 
-    hand = [hand_loss(LossKind.cdpo, cdpo, r) for r in rows(logps)]
+    hand = [hand_loss(cdpo, r) for r in rows(logps)]
     assert_close(robust(logps), hand)
-    assert_close(losses.weighted_loss("dpo", logps, LossParams(beta=0.1), w), hand)
+    assert_close(losses.weighted_loss(LossSpec("dpo", beta=0.1), logps, w), hand)
     for got, want in zip(grad_wrt_policy(robust, logps), grad_wrt_policy(smoothed, logps)):
         assert_close(got, want)
 
 
 def test_weighted_loss_equals_robust_loss_for_dpo_in_value_and_gradient(logps):
     w = torch.rand(B, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    params = LossParams(beta=0.1)
+    dpo = LossSpec("dpo", beta=0.1)
 
     def weighted(pairs):
-        return losses.weighted_loss("dpo", pairs, params, w)
+        return losses.weighted_loss(dpo, pairs, w)
 
     def robust(pairs):
         return losses.robust_loss(dpo_z(pairs), w)
@@ -269,14 +268,14 @@ def test_weighted_loss_equals_robust_loss_for_dpo_in_value_and_gradient(logps):
         assert_close(got, want)
 
 
-@pytest.mark.parametrize(("kind", "params"), PARAMS, ids=ids(PARAMS))
-def test_weighted_loss_mixes_the_two_orders(kind, params, logps):
+@pytest.mark.parametrize("spec", PARAMS, ids=ids(PARAMS))
+def test_weighted_loss_mixes_the_two_orders(spec, logps):
     w = torch.rand(B, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     hand = [
-        wi * hand_loss(kind, params, r) + (1 - wi) * hand_loss(kind, params, s)
+        wi * hand_loss(spec, r) + (1 - wi) * hand_loss(spec, s)
         for wi, r, s in zip(w.tolist(), rows(logps), rows(logps.swapped()))
     ]
-    assert_close(losses.weighted_loss(kind, logps, params, w), hand)
+    assert_close(losses.weighted_loss(spec, logps, w), hand)
 
 
 def test_item3_posterior_weight_is_the_bayes_formula_without_gradient():
@@ -314,17 +313,17 @@ def test_item4_robust_loss_gradient_is_sigmoid_z_minus_w():
 
 def re_dpo_and_dpo_grads(margin: float, eta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of RE-DPO and DPO with respect to the policy's chosen log-prob at DPO logit z = margin."""
-    params = LossParams(beta=0.1)
+    dpo = LossSpec("dpo", beta=0.1)
     ref = torch.zeros(B, dtype=torch.float64)
-    pairs = PairLogps(torch.full((B,), margin / params.beta, dtype=torch.float64), ref.clone(), ref, ref)
+    pairs = PairLogps(torch.full((B,), margin / dpo.beta, dtype=torch.float64), ref.clone(), ref, ref)
     eta_b = torch.full((B,), eta, dtype=torch.float64)
 
     def re_dpo(p):
-        z = losses.induced_logit("dpo", p, params)
+        z = losses.induced_logit(dpo, p)
         return losses.robust_loss(z, losses.posterior_weight(z, eta_b))
 
     re_grad, _ = grad_wrt_policy(re_dpo, pairs)
-    dpo_grad, _ = grad_wrt_policy(lambda p: losses.base_loss("dpo", p, params), pairs)
+    dpo_grad, _ = grad_wrt_policy(lambda p: losses.base_loss(dpo, p), pairs)
     return re_grad, dpo_grad
 
 
@@ -340,21 +339,21 @@ def test_item4_re_dpo_gradient_is_2eta_minus_1_times_dpo_at_zero_and_silenced_at
     assert_close(re_grad / dpo_grad, torch.full((B,), ratio, dtype=torch.float64))
 
 
-@pytest.mark.parametrize(("kind", "params"), PARAMS + BASELINES, ids=ids(PARAMS + BASELINES))
-def test_implicit_rewards_match_trl_conventions(kind, params, logps):
-    chosen, rejected = losses.implicit_rewards(kind, requiring_grad(logps), params)
+@pytest.mark.parametrize("spec", PARAMS + BASELINES, ids=ids(PARAMS + BASELINES))
+def test_implicit_rewards_match_trl_conventions(spec, logps):
+    chosen, rejected = losses.implicit_rewards(spec, requiring_grad(logps))
     want_chosen, want_rejected = [], []
     for r in rows(logps):
-        if kind == "simpo":
+        if spec.kind == "simpo":
             pair = (r["pc"] / r["lc"], r["pr"] / r["lr"])
-        elif kind == "cpo":
+        elif spec.kind == "cpo":
             pair = (r["pc"], r["pr"])
-        elif kind == "ipo" and not params.ipo_summed:
+        elif spec.kind == "ipo" and not spec.ipo_summed:
             pair = ((r["pc"] - r["rc"]) / r["lc"], (r["pr"] - r["rr"]) / r["lr"])
         else:
             pair = (r["pc"] - r["rc"], r["pr"] - r["rr"])
-        want_chosen.append(params.beta * pair[0])
-        want_rejected.append(params.beta * pair[1])
+        want_chosen.append(spec.beta * pair[0])
+        want_rejected.append(spec.beta * pair[1])
     assert_close(chosen, want_chosen)
     assert_close(rejected, want_rejected)
     assert not chosen.requires_grad and not rejected.requires_grad
@@ -363,10 +362,11 @@ def test_implicit_rewards_match_trl_conventions(kind, params, logps):
 def test_defaults_and_reference_needs():
     assert {k: DEFAULT_BETA[k] for k in LossKind} == {
         "dpo": 0.1, "ipo": 0.1, "simpo": 2.0, "cpo": 0.1, "cdpo": 0.1, "rdpo": 0.1}
-    simpo = LossParams.for_kind("simpo")
-    assert (simpo.beta, simpo.gamma, simpo.cpo_alpha) == (2.0, 0.5, 1.0)
-    assert LossParams.for_kind(LossKind.cdpo, label_smoothing=0.1) == LossParams(beta=0.1, label_smoothing=0.1)
-    assert LossParams.for_kind("dpo", beta=0.3).beta == 0.3
+    simpo = LossSpec.of("simpo")
+    assert (simpo.kind, simpo.beta, simpo.gamma, simpo.cpo_alpha) == (LossKind.simpo, 2.0, 0.5, 1.0)
+    assert LossSpec.of(LossKind.cdpo, label_smoothing=0.1) == LossSpec("cdpo", beta=0.1, label_smoothing=0.1)
+    assert LossSpec.of("dpo", beta=0.3).beta == 0.3
+    assert LossSpec(**json.loads(json.dumps(dataclasses.asdict(simpo)))) == simpo  # as config.json carries it
     assert [k for k in LossKind if losses.needs_reference(k)] == ["dpo", "ipo", "cdpo", "rdpo"]
     assert ROBUST_KINDS == {"dpo", "ipo", "simpo", "cpo"}
 
@@ -375,23 +375,25 @@ def test_reference_free_losses_run_without_reference(logps):
     free = PairLogps(logps.policy_chosen_logps, logps.policy_rejected_logps,
                      chosen_len=logps.chosen_len, rejected_len=logps.rejected_len)
     for kind in ("simpo", "cpo"):
-        params = LossParams.for_kind(kind)
-        assert_close(losses.base_loss(kind, free, params), losses.base_loss(kind, logps, params))
+        spec = LossSpec.of(kind)
+        assert_close(losses.base_loss(spec, free), losses.base_loss(spec, logps))
 
 
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda p: losses.base_loss("dpo", PairLogps(p.policy_chosen_logps, p.policy_rejected_logps),
-                                    LossParams(beta=0.1)), "dpo needs PairLogps.ref_chosen_logps"),
-        (lambda p: losses.base_loss("simpo", PairLogps(p.policy_chosen_logps, p.policy_rejected_logps),
-                                    LossParams(beta=2.0)), "simpo needs PairLogps.chosen_len"),
-        (lambda p: losses.induced_logit("rdpo", p, LossParams(beta=0.1)), "rdpo has no induced logit"),
-        (lambda p: losses.weighted_loss("cdpo", p, LossParams(beta=0.1), torch.ones(B)), "cdpo cannot be made"),
-        (lambda p: LossParams(beta=0.0), "beta must be > 0"),
-        (lambda p: LossParams(beta=0.1, flip_rate=0.5), "flip_rate must be in"),
-        (lambda p: LossParams(beta=0.1, label_smoothing=-0.1), "label_smoothing must be in"),
-        (lambda p: losses.base_loss("orpo", p, LossParams(beta=0.1)), "orpo"),
+        (lambda p: losses.base_loss(LossSpec("dpo", beta=0.1),
+                                    PairLogps(p.policy_chosen_logps, p.policy_rejected_logps)),
+         "dpo needs PairLogps.ref_chosen_logps"),
+        (lambda p: losses.base_loss(LossSpec("simpo", beta=2.0),
+                                    PairLogps(p.policy_chosen_logps, p.policy_rejected_logps)),
+         "simpo needs PairLogps.chosen_len"),
+        (lambda p: losses.induced_logit(LossSpec("rdpo", beta=0.1), p), "rdpo has no induced logit"),
+        (lambda p: losses.weighted_loss(LossSpec("cdpo", beta=0.1), p, torch.ones(B)), "cdpo cannot be made"),
+        (lambda p: LossSpec("dpo", beta=0.0), "beta must be > 0"),
+        (lambda p: LossSpec("rdpo", beta=0.1, flip_rate=0.5), "flip_rate must be in"),
+        (lambda p: LossSpec("cdpo", beta=0.1, label_smoothing=-0.1), "label_smoothing must be in"),
+        (lambda p: LossSpec("orpo", beta=0.1), "orpo"),
     ],
 )
 def test_bad_input_raises_a_clear_error(call, message, logps):

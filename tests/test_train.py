@@ -25,7 +25,8 @@ from data import run_folder, schema
 from data.noise_inputs import NoiseInputError
 from data.pair_table import PairTable
 from pipeline import batching, losses
-from stages import checkpoint, estimate, train
+from pipeline.losses import LossSpec
+from stages import checkpoint, estimate, evaluate, train
 from stages.score import ScoreConfig
 from stages.score import run as score
 from stages.train import ALGORITHM_1, ROBUST_DEFAULTS, SequenceLogps, TrainConfig, pair_logps, run
@@ -358,7 +359,15 @@ def test_stops_on_a_non_finite_loss_naming_step_and_pairs(scores, tmp_path, monk
 
 
 def test_run_folder_guards(scores, tmp_path):
-    out = run(config(scores, tmp_path / "run", max_steps=1))
+    out = run(config(scores, tmp_path / "run", max_steps=1, loss="ipo", ipo_summed=True))
+    record = run_folder.read_record(out)  # the loss as one value, read back by evaluate
+    assert LossSpec(**record["loss_spec"]) == LossSpec("ipo", beta=0.1, ipo_summed=True)
+    old = tmp_path / "old-run"
+    old.mkdir()
+    run_folder.write_json({k: v for k, v in record.items() if k != "loss_spec"}, old / run_folder.CONFIG)
+    with pytest.raises(ValueError, match="names no loss_spec"):
+        evaluate.run(evaluate.EvaluateConfig(data="held.jsonl", run=old, out=tmp_path / "eval"))
+    out = run(config(scores, tmp_path / "run2", max_steps=1))
     with pytest.raises(FileExistsError, match="--resume"):
         run(config(scores, out, max_steps=1))
     with pytest.raises(ValueError, match=r"other settings \(lr\)"):

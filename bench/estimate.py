@@ -38,7 +38,7 @@ import polars as pl
 
 from data import schema
 from data.project import SAMPLE_HELDOUT, SAMPLE_TRAIN
-from data.tables import write_table
+from data.tables import TRUTH, swap_where, swapped_column_pairs, write_table
 from pipeline import noise_metrics
 from stages import estimate, make_noisy, prepare_model, score, train
 
@@ -97,13 +97,10 @@ def flip_rows(frame: pl.DataFrame, flip: np.ndarray) -> pl.DataFrame:
     """The rows with chosen and rejected swapped where `flip`: every chosen_*/rejected_* column, the reference
     log-probs and the truth, as rescoring `repo make-noisy`'s output would give them."""
     mask = pl.Series(flip)
-    pairs = [(c, c.replace("chosen", "rejected", 1)) for c in frame.columns
-             if (c == "chosen" or c.startswith(("chosen_", "ref_chosen_")))
-             and c.replace("chosen", "rejected", 1) in frame.columns]
-    return frame.with_columns(
-        *[pl.when(mask).then(pl.col(b)).otherwise(pl.col(a)).alias(a) for a, b in pairs],
-        *[pl.when(mask).then(pl.col(a)).otherwise(pl.col(b)).alias(b) for a, b in pairs],
-        (pl.col("is_flipped") ^ mask).alias("is_flipped"))
+    pairs = swapped_column_pairs(frame, "the cache") + [
+        (c, c.replace("chosen", "rejected", 1)) for c in frame.columns
+        if c.startswith("ref_chosen_") and c.replace("chosen", "rejected", 1) in frame.columns]
+    return swap_where(frame, mask, "the cache", pairs).with_columns((pl.col(TRUTH) ^ mask).alias(TRUTH))
 
 
 def check_flips_match_a_rescore(model: str, out: Path, pairs: int = 64) -> str:
@@ -126,7 +123,7 @@ def check_flips_match_a_rescore(model: str, out: Path, pairs: int = 64) -> str:
 
 def three_annotators(frame: pl.DataFrame) -> pl.DataFrame:
     """Each row (one per pair) three times, in the consensus order, then flipped with each annotator's THREE rate."""
-    consensus = flip_rows(frame, frame["is_flipped"].to_numpy())
+    consensus = flip_rows(frame, frame[TRUTH].to_numpy())
     copies = []
     for index, (name, rate) in enumerate(THREE.items()):
         flips = np.random.default_rng([0, index]).random(frame.height) < rate
@@ -137,8 +134,8 @@ def three_annotators(frame: pl.DataFrame) -> pl.DataFrame:
 
 def scenario(name: str, frame: pl.DataFrame, key: dict, cfg: estimate.EstimateConfig) -> dict:
     found = estimate.run(cfg, frame, key, name)
-    joined = found.posteriors.join(frame.select("row_id", "is_flipped"), on="row_id")
-    noisy = joined["is_flipped"].to_numpy()
+    joined = found.posteriors.join(frame.select("row_id", TRUTH), on="row_id")
+    noisy = joined[TRUTH].to_numpy()
     measured = noise_metrics.annotator_accuracy(joined["annotator"].to_numpy(), noisy)
     eta = dict(zip(found.annotators["annotator"], found.annotators["eta"]))
     se = dict(zip(found.annotators["annotator"], found.annotators["eta_se"]))

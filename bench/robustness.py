@@ -37,7 +37,7 @@ import polars as pl
 
 from data.atomic import atomic_write_text
 from data.project import SAMPLE_HELDOUT, SAMPLE_TRAIN
-from data.tables import read_table, sample_rows, swap_where, write_table
+from data.tables import TRUTH, read_table, sample_rows, swap_where, write_table
 from stages import evaluate, inspect_noise, make_noisy, prepare_model, score, train
 
 NOISE = {"clean": None, "real": None, "+20%": 0.2, "+40%": 0.4}
@@ -126,7 +126,7 @@ def training_data(variant: Variant, source: Path, pairs: int, folder: Path) -> P
     if variant.annotators == "single":
         base = base.with_columns(pl.col("annotator").alias("source_annotator"), pl.lit("all").alias("annotator"))
     if variant.noise == "clean":
-        base = swap_where(base, base["is_flipped"], source).with_columns(is_flipped=pl.lit(False))
+        base = swap_where(base, base[TRUTH], source).with_columns(pl.lit(False).alias(TRUTH))
     path = folder / f"{variant.name}.jsonl"
     folder.mkdir(parents=True, exist_ok=True)
     rate = NOISE[variant.noise]
@@ -141,7 +141,7 @@ def training_data(variant: Variant, source: Path, pairs: int, folder: Path) -> P
 def one_run(variant: Variant, method: str, seed: int, cache: Path, truth: pl.DataFrame, heldout: Path,
             folder: Path, args) -> dict:
     record = {"variant": variant.name, "noise": variant.noise, "annotators": variant.annotators, "method": method,
-              "seed": seed, "train_flip_rate": float(truth["is_flipped"].mean())}
+              "seed": seed, "train_flip_rate": float(truth[TRUTH].mean())}
     started = time.perf_counter()
     if method == "estimate":  # before any training: the cache alone
         record.update(noise_record(cache, folder / "inspect"), heldout_accuracy=None, train_seconds=0.0,
@@ -170,7 +170,7 @@ def one_run(variant: Variant, method: str, seed: int, cache: Path, truth: pl.Dat
 def noise_record(source: Path, out_dir: Path) -> dict:
     """η̂ against the measured reliability and the flags' ROC-AUC, from a run folder or a score cache."""
     summary = json.loads((inspect_noise.run(inspect_noise.InspectConfig(
-        run=source, out_dir=out_dir, truth_col="is_flipped")) / "summary.json").read_text())
+        run=source, out_dir=out_dir, truth_col=TRUTH)) / "summary.json").read_text())
     return {"flag_auc": (summary["truth"] or {}).get("roc_auc"),
             "eta": {a["annotator"]: {"eta": a["eta"], "measured": a["accuracy"], "abs_error": a["eta_abs_error"]}
                     for a in summary["annotators"]},

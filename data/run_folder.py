@@ -63,24 +63,21 @@ def read_epoch(run: Path, kind: str, epoch: int | None = None) -> pl.DataFrame:
     return pl.read_parquet(epoch_file(run, kind, written[-1] if epoch is None else epoch))
 
 
-def write_epoch_tables(run: Path, epoch: int, pairs: pl.DataFrame, annotators: list[str], annotator: np.ndarray,
-                       z: np.ndarray, w: np.ndarray, eta: np.ndarray, flag_threshold: float,
-                       first_visit_z: np.ndarray | None) -> None:
+def write_epoch_tables(run: Path, epoch: int, pairs: pl.DataFrame, z: np.ndarray, w: np.ndarray,
+                       flagged: np.ndarray, first_visit_z: np.ndarray | None, annotators: list[str], eta: np.ndarray,
+                       labels: np.ndarray, w_mean: np.ndarray, flagged_labels: np.ndarray) -> None:
     """posteriors/ and annotators/ files of one epoch.
 
-    pairs: row_id, pair_id, annotator of the N pairs; annotator: (N,) index into `annotators`; z, w: (N,) fresh
-    induced logits and posteriors; eta: (K,) η after the epoch's update; first_visit_z: (N,) epoch 1 only.
+    pairs: row_id, pair_id, annotator of the N pairs; z, w, flagged: (N,) fresh induced logits, posteriors and
+    flags; first_visit_z: (N,) epoch 1 only. Per annotator (K,): its name, η after the epoch's update, and its
+    labels, mean w and flagged labels (pipeline/noise_metrics.annotator_stats).
     """
-    flagged = w < flag_threshold
     posteriors = pairs.with_columns(z=z, p=0.5 * (1 + np.tanh(z / 2)), w=w, flagged=flagged, epoch=pl.lit(epoch, pl.Int32))
     if first_visit_z is not None:
         posteriors = posteriors.with_columns(first_visit_z=first_visit_z)
     write_parquet(posteriors, epoch_file(run, POSTERIORS, epoch))
-    labels = np.bincount(annotator, minlength=len(annotators))
     per_annotator = pl.DataFrame({
-        "annotator": annotators, "eta": eta, "labels": labels,
-        "w_mean": np.bincount(annotator, weights=w, minlength=len(annotators)) / labels,
-        "flagged": np.bincount(annotator[flagged], minlength=len(annotators)),
+        "annotator": annotators, "eta": eta, "labels": labels, "w_mean": w_mean, "flagged": flagged_labels,
         "epoch": pl.Series([epoch] * len(annotators), dtype=pl.Int32)})
     write_parquet(per_annotator, epoch_file(run, ANNOTATORS, epoch))
 

@@ -45,9 +45,16 @@ def write_table(df: pl.DataFrame, path: str | Path) -> None:
     atomic_write(path, writer)
 
 
-def swap_where(df: pl.DataFrame, swap: pl.Series, source: Path) -> pl.DataFrame:
-    """df with chosen/rejected (and every chosen_<x>/rejected_<x> pair) exchanged on the rows where `swap`."""
-    pairs = swapped_column_pairs(df, source)
+TRUTH = "is_flipped"  # the truth column make-noisy writes and the other stages read by default
+TRUTH_TEXT = {"true": True, "false": False, "1": True, "0": False}
+TRUTH_EXPECTED = "expected true/false or 0/1 (True where the label is wrong)"
+
+
+def swap_where(df: pl.DataFrame, swap: pl.Series, source: Path,
+               pairs: list[tuple[str, str]] | None = None) -> pl.DataFrame:
+    """df with chosen/rejected (and every chosen_<x>/rejected_<x> pair) exchanged on the rows where `swap`;
+    `pairs` names other column pairs to exchange instead."""
+    pairs = swapped_column_pairs(df, source) if pairs is None else pairs
     return df.with_columns(
         *[pl.when(swap).then(pl.col(b)).otherwise(pl.col(a)).alias(a) for a, b in pairs],
         *[pl.when(swap).then(pl.col(a)).otherwise(pl.col(b)).alias(b) for a, b in pairs],
@@ -71,21 +78,29 @@ def swapped_column_pairs(df: pl.DataFrame, source: Path) -> list[tuple[str, str]
     return pairs
 
 
-def boolean_column(df: pl.DataFrame, name: str, source: Path) -> pl.Series:
-    """The input's truth column as Boolean (0/1 accepted), or all False when there is none."""
+def truth_column(df: pl.DataFrame, name: str, source: str | Path, absent_is_false: bool = False) -> pl.Series:
+    """Column `name` as Boolean: true/false, 0/1, or their text (a CSV's); no gaps. Absent: all False if
+    `absent_is_false` (an input make-noisy has not touched), else refused. A bad row is named by its row_id where
+    df has one, else by its position."""
     if name not in df.columns:
-        return pl.Series(name, [False] * df.height)
+        if absent_is_false:
+            return pl.Series(name, [False] * df.height)
+        raise ValueError(f"{source}: no column {name!r}; the columns are {', '.join(df.columns)}")
     column = df[name]
-    if column.dtype.is_integer():
-        bad = ~column.is_in([0, 1]) | column.is_null()
+    if column.dtype == pl.String:
+        parsed = column.str.to_lowercase().replace_strict(TRUTH_TEXT, default=None, return_dtype=pl.Boolean)
+    elif column.dtype.is_integer():
+        parsed = column.replace_strict({0: False, 1: True}, default=None, return_dtype=pl.Boolean)
     elif column.dtype == pl.Boolean:
-        bad = column.is_null()
+        parsed = column
     else:
-        raise ValueError(f"{source}: field {name!r} must be true/false, found type {column.dtype}")
-    if bad.any():
-        row = int(bad.arg_true()[0])
-        raise ValueError(f"{source}: row {row}: field {name!r} must be true/false, got {column[row]!r}")
-    return column.cast(pl.Boolean)
+        raise ValueError(f"{source}: field {name!r} has type {column.dtype}; {TRUTH_EXPECTED}")
+    if parsed.null_count():
+        bad = parsed.is_null().arg_true()
+        i = int(bad[df["row_id"].gather(bad).arg_min()] if "row_id" in df.columns else bad[0])  # the first one
+        where = f"row_id {df['row_id'][i]}" if "row_id" in df.columns else f"row {i}"
+        raise ValueError(f"{source}: {where}: field {name!r} holds {column[i]!r}; {TRUTH_EXPECTED}")
+    return parsed.alias(name)
 
 
 def sample_rows(df: pl.DataFrame, n: int, seed: int = 0) -> pl.DataFrame:

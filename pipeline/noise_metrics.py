@@ -69,6 +69,25 @@ def average_ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
+@dataclass(frozen=True)
+class AnnotatorStats:
+    """Per annotator 0..K−1: how many labels it gave, their mean posterior w, and how many are flagged."""
+
+    labels: np.ndarray  # (K,) int
+    w_mean: np.ndarray  # (K,) float; NaN for an annotator without labels
+    flagged: np.ndarray  # (K,) int
+
+
+def annotator_stats(annotator: np.ndarray, w: np.ndarray, flagged: np.ndarray, num_annotators: int) -> AnnotatorStats:
+    """The AnnotatorStats of N labels: `annotator` (N,) index in 0..K−1, w (N,), flagged (N,) bool."""
+    annotator, w = np.asarray(annotator, dtype=np.int64), np.asarray(w, dtype=np.float64)
+    (flagged,) = _bools(flagged)
+    labels = np.bincount(annotator, minlength=num_annotators)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        w_mean = np.bincount(annotator, weights=w, minlength=num_annotators) / labels
+    return AnnotatorStats(labels, w_mean, np.bincount(annotator[flagged], minlength=num_annotators))
+
+
 def annotator_accuracy(annotator: np.ndarray, noisy: np.ndarray) -> dict[str, float]:
     """Each annotator's measured reliability: the share of its labels that are right (1 − mean noisy)."""
     annotator = np.asarray(annotator)

@@ -24,7 +24,7 @@ from pathlib import Path
 from data import folders, run_folder
 from data.project import SAMPLE_HELDOUT, SAMPLE_TRAIN
 from data.settings import setting
-from data.tables import read_table, sample_rows, write_table
+from data.tables import TRUTH, read_table, sample_rows, write_table
 from pipeline.losses import LossKind
 from stages import evaluate, inspect_noise, prepare_model, score, train
 
@@ -45,7 +45,7 @@ class DemoConfig:
     lr: float = setting(5e-5, "AdamW learning rate.")
     batch_size: int = setting(8, "Pairs per micro-batch.")
     seed: int = setting(0, "Seed of the training run.")
-    truth_col: str = setting("is_flipped", "True where the label is wrong.")
+    truth_col: str = setting(TRUTH, "True where the label is wrong.")
 
 
 def run(cfg: DemoConfig) -> Path:

@@ -24,6 +24,7 @@ import torch
 from data import folders, run_folder, schema
 from data.pairs import Columns
 from data.settings import setting
+from data.tables import TRUTH, truth_column
 from pipeline import losses
 from pipeline.noise_metrics import order_accuracy
 from stages import score
@@ -36,7 +37,7 @@ class EvaluateConfig:
     run: Path = setting(help="Run folder of `repo train`.", default_text="<workspace>/train")
     out: Path = setting(help="Output folder: the two score caches and evaluation.json.",
                         default_text="<workspace>/evaluate")
-    truth_col: str = setting("is_flipped", "True where the observed order is the wrong one.")
+    truth_col: str = setting(TRUTH, "True where the observed order is the wrong one.")
     columns: Columns = setting(Columns(), cli=False, toml=False)  # repo.toml [data]
     max_length: int | None = setting(None, "Prompt + response tokens.", default_text="as the run's cache was scored")
     max_prompt_length: int | None = setting(None, "Prompt tokens, cut from the left.",
@@ -107,7 +108,7 @@ def heldout_accuracy(
         ),
         on="row_id",
     )
-    wrong = joined[truth_col].cast(pl.Boolean).to_numpy()
+    wrong = truth_column(joined, truth_col, ref_cache).to_numpy()
 
     def column(name: str) -> torch.Tensor:
         return torch.tensor(joined[name].to_numpy(), dtype=torch.float64)

@@ -34,17 +34,23 @@ from data import folders, run_folder, schema
 from data.atomic import atomic_write_text
 from data.pairs import Columns, pair_values, read_pairs
 from data.settings import setting
-from data.tables import boolean_column, read_table, swapped_column_pairs, table_format, write_table
+from data.tables import (
+    TRUTH,
+    read_table,
+    swap_where,
+    swapped_column_pairs,
+    table_format,
+    truth_column,
+    write_table,
+)
 from pipeline import noise_metrics
 from stages import estimate, noise_plots
 from stages.estimate import EstimateConfig
 
-DEFAULT_TRUTH_COL = "is_flipped"
 DEFAULT_THRESHOLD = 0.5
 TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")  # left out of dumps: tokens, not data
 EXCERPT_CHARS = 100
 MAX_ANNOTATOR_ROWS = 40  # the report's table; summary.json lists every annotator
-TRUTH_TEXT = {"true": True, "false": False, "1": True, "0": False}
 
 
 class CleanAction(StrEnum):
@@ -64,7 +70,7 @@ class InspectConfig:
     show: int = setting(10, "Suspicious pairs to print.")
     scores: Path | None = setting(None, "Score cache.", default_text="the one the run was trained on")
     truth_col: str | None = setting(None, "Column that is true where the label is wrong.",
-                                    default_text=f"{DEFAULT_TRUTH_COL} if present")
+                                    default_text=f"{TRUTH} if present")
     out: Path | None = setting(None, "Write the flagged pairs with every column: .jsonl, .csv or .parquet.")
     export_clean: Path | None = setting(None, "Write the input dataset without the flagged labels (see --action).")
     action: CleanAction = setting(CleanAction.drop, "drop the flagged pairs, or flip their labels.")
@@ -122,7 +128,7 @@ def run(cfg: InspectConfig) -> Path:
         source = None
     pairs = pairs.with_columns(flagged=flags(pairs["w"], cfg.threshold, cfg.top_k)).sort("w", "row_id")
     truth_col = resolve_truth_col(cfg.truth_col, pairs)
-    noisy = truth_values(pairs, truth_col) if truth_col else None
+    noisy = truth_column(pairs, truth_col, scores_dir).to_numpy() if truth_col else None
     annotators = annotator_table(pairs, eta, noisy)
     folders.claim(cfg.out_dir, "inspect", was_inspected)  # the inputs are read and checked: from here on there is output
     if source is not None:  # the estimate of a score cache: its tables, as a run folder's epoch 0
@@ -223,28 +229,11 @@ def flag_rule(cfg: InspectConfig) -> dict:
 
 def resolve_truth_col(name: str | None, pairs: pl.DataFrame) -> str | None:
     if name is None:
-        return DEFAULT_TRUTH_COL if DEFAULT_TRUTH_COL in pairs.columns else None
+        return TRUTH if TRUTH in pairs.columns else None
     if name not in pairs.columns:
         there = [c for c in pairs.columns if c not in TOKEN_COLUMNS]
         raise ValueError(f"truth column {name!r} is not in the data; the columns are: {', '.join(there)}")
     return name
-
-
-def truth_values(pairs: pl.DataFrame, name: str) -> np.ndarray:
-    """The truth column as bool (N,). Accepts true/false, 0/1, and their text (CSV input), no gaps."""
-    column = pairs[name]
-    if column.dtype == pl.String:
-        column = column.str.to_lowercase().replace_strict(TRUTH_TEXT, default=None, return_dtype=pl.Boolean)
-    elif column.dtype.is_integer():
-        column = column.replace_strict({0: False, 1: True}, default=None, return_dtype=pl.Boolean)
-    elif column.dtype != pl.Boolean:
-        raise ValueError(f"truth column {name!r} has type {pairs[name].dtype}; "
-                         "expected true/false or 0/1 (True where the label is wrong)")
-    if column.null_count():
-        row = pairs.filter(column.is_null()).sort("row_id").row(0, named=True)
-        raise ValueError(f"truth column {name!r}: row_id {row['row_id']} holds {row[name]!r}; "
-                         "expected true/false or 0/1 (True where the label is wrong)")
-    return column.to_numpy()
 
 
 # ---- the tables -------------------------------------------------------------------------------------------
@@ -254,8 +243,10 @@ def annotator_table(pairs: pl.DataFrame, eta: pl.DataFrame, noisy: np.ndarray | 
 
     eta_se, identified: the estimate's standard error of η (null where the data do not identify η), where `eta`
     has them."""
-    stats = pairs.group_by("annotator").agg(
-        labels=pl.len(), w_mean=pl.col("w").mean(), flagged=pl.col("flagged").sum())
+    names, index = np.unique(pairs["annotator"].to_numpy(), return_inverse=True)
+    found = noise_metrics.annotator_stats(index, pairs["w"].to_numpy(), pairs["flagged"].to_numpy(), names.size)
+    stats = pl.DataFrame({"annotator": names.astype(str), "labels": found.labels, "w_mean": found.w_mean,
+                          "flagged": found.flagged})
     se = ["eta_se", "identified"] if "eta_se" in eta.columns else []
     table = eta.select("annotator", "eta", *se).join(stats, on="annotator", how="inner")
     if noisy is not None:
@@ -368,12 +359,9 @@ def export_clean(cfg: InspectConfig, flagged_rows: set[int], cache_key: dict, tr
     if cfg.action == CleanAction.drop:
         clean = raw.filter(~hit)
     else:
-        swaps = label_columns(raw, cfg.columns, Path(cfg.data))
-        clean = raw.with_columns(
-            *[pl.when(hit).then(pl.col(b)).otherwise(pl.col(a)).alias(a) for a, b in swaps],
-            *[pl.when(hit).then(pl.col(a)).otherwise(pl.col(b)).alias(b) for a, b in swaps])
+        clean = swap_where(raw, hit, Path(cfg.data), label_columns(raw, cfg.columns, Path(cfg.data)))
         if truth_col in raw.columns:
-            clean = clean.with_columns(boolean_column(raw, truth_col, Path(cfg.data)) ^ hit)
+            clean = clean.with_columns(truth_column(raw, truth_col, cfg.data) ^ hit)
     cfg.export_clean.parent.mkdir(parents=True, exist_ok=True)
     write_table(clean, cfg.export_clean)
     return cfg.export_clean

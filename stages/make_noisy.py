@@ -19,9 +19,9 @@ import numpy as np
 import polars as pl
 
 from data.settings import setting
-from data.tables import boolean_column, read_table, swap_where, swapped_column_pairs, write_table
+from data.tables import TRUTH, read_table, swap_where, swapped_column_pairs, truth_column, write_table
 
-TRUTH, INJECTED, ANNOTATOR = "is_flipped", "injected_flip", "annotator"
+INJECTED, ANNOTATOR = "injected_flip", "annotator"
 
 
 @dataclass(frozen=True)
@@ -74,8 +74,8 @@ def run(cfg: MakeNoisyConfig) -> Path:
     groups = df[ANNOTATOR].cast(pl.String).to_list() if ANNOTATOR in df.columns else [""] * df.height
     flip = pl.Series(INJECTED, choose_flips(groups, rates, cfg.seed))
     df = swap_where(df, flip, cfg.source).with_columns(
-        (flip ^ boolean_column(df, INJECTED, cfg.source)).alias(INJECTED),
-        (flip ^ boolean_column(df, TRUTH, cfg.source)).alias(TRUTH),
+        (flip ^ truth_column(df, INJECTED, cfg.source, absent_is_false=True)).alias(INJECTED),
+        (flip ^ truth_column(df, TRUTH, cfg.source, absent_is_false=True)).alias(TRUTH),
     )
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
     write_table(df, cfg.out)

@@ -45,7 +45,7 @@ from data import folders, run_folder, schema, tokenize
 from data.noise_inputs import NoiseInputError
 from data.pair_table import MissingReference, PairTable
 from data.settings import setting
-from pipeline import batching, em, logprobs, losses, robust, train_metrics
+from pipeline import batching, em, logprobs, losses, noise_metrics, robust, train_metrics
 from pipeline.losses import LossKind, LossSpec, PairLogps
 from pipeline.robust import EStep, EtaUpdate, RobustForm
 from stages import checkpoint, estimate
@@ -454,9 +454,11 @@ class Logger:
     def epoch_tables(self, epoch: int, pairs: PairTable, z: torch.Tensor, w: torch.Tensor, eta: torch.Tensor,
                      threshold: float, first_visit_z: torch.Tensor | None) -> None:
         if self.main:
-            run_folder.write_epoch_tables(self.out, epoch, pairs.frame, self.annotators, pairs.annotator.numpy(),
-                                          z.numpy(), w.numpy(), eta.numpy(), threshold,
-                                          None if first_visit_z is None else first_visit_z.numpy())
+            flagged = w.numpy() < threshold
+            stats = noise_metrics.annotator_stats(pairs.annotator.numpy(), w.numpy(), flagged, len(self.annotators))
+            run_folder.write_epoch_tables(self.out, epoch, pairs.frame, z.numpy(), w.numpy(), flagged,
+                                          None if first_visit_z is None else first_visit_z.numpy(), self.annotators,
+                                          eta.numpy(), stats.labels, stats.w_mean, stats.flagged)
 
     def eta_steps(self, state: TrainState) -> None:
         if self.main and state.eta_history:

@@ -341,7 +341,7 @@ def test_unknown_truth_column_lists_the_columns(setup, tmp_path):
 
 def test_bad_truth_values_and_epoch_and_cache(setup, tmp_path):
     source, scores, run_dir = setup
-    with pytest.raises(ValueError, match="truth column 'domain': row_id 0 holds 'toy'; expected true/false"):
+    with pytest.raises(ValueError, match="row_id 0: field 'domain' holds 'toy'; expected true/false"):
         run(InspectConfig(run=run_dir, out_dir=tmp_path / "i", truth_col="domain"))
     with pytest.raises(ValueError, match="'chosen_score' has type Float64"):
         run(InspectConfig(run=run_dir, out_dir=tmp_path / "i", truth_col="chosen_score"))

@@ -121,7 +121,7 @@ def test_round_trip_conversational(tmp_path, ext):
 def test_errors_name_file_row_and_field(tmp_path):
     with pytest.raises(ValueError, match="CSV cannot hold the nested columns"):
         noisy(tmp_path, conversational_pairs(4), "out.csv", flip_rate=0.5)
-    with pytest.raises(ValueError, match=r"in.jsonl: row 2: field 'is_flipped' must be true/false, got 7"):
+    with pytest.raises(ValueError, match=r"in.jsonl: row 2: field 'is_flipped' holds 7; expected true/false or 0/1"):
         noisy(tmp_path, plain_pairs(4).with_columns(is_flipped=pl.Series([0, 1, 7, 0])), flip_rate=0.5)
     with pytest.raises(ValueError, match=r"row 1: field 'annotator' is empty"):
         noisy(tmp_path, plain_pairs(3).with_columns(annotator=pl.Series(["a", None, "a"])), flip_rate=0.5)

@@ -89,3 +89,16 @@ def test_order_accuracy_counts_agreeing_signs_and_ties_as_half():
     assert nm.order_accuracy(np.ones(4), np.zeros(4, bool)) == 1.0
     with pytest.raises(ValueError):
         nm.order_accuracy(np.ones(3), np.zeros(2, bool))
+
+
+def test_annotator_stats_per_annotator_loop():
+    rng = np.random.default_rng(7)
+    annotator = rng.integers(0, 3, size=200)  # annotator 3 gives no label
+    w = rng.random(200)
+    flagged = w < 0.3
+    stats = nm.annotator_stats(annotator, w, flagged, 4)
+    for k in range(3):
+        mine = annotator == k
+        assert stats.labels[k] == mine.sum() and stats.flagged[k] == (mine & flagged).sum()
+        assert stats.w_mean[k] == pytest.approx(sum(w[i] for i in range(200) if annotator[i] == k) / mine.sum())
+    assert stats.labels[3] == 0 and stats.flagged[3] == 0 and np.isnan(stats.w_mean[3])

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from data import schema
+from pipeline import batching
 from stages import score
 from stages.prepare_model import ensure_default_model
 
@@ -88,15 +89,15 @@ def timed_backend(name: str, record: dict):
 
 @contextmanager
 def unsorted_batches(pairs_per_batch: int):
-    """Batches of `pairs_per_batch` pairs in input order instead of score.length_batches' sorted ones."""
-    original = score.length_batches
-    score.length_batches = lambda lengths, budget: [
+    """Batches of `pairs_per_batch` pairs in input order instead of batching.length_batches' sorted ones."""
+    original = batching.length_batches
+    batching.length_batches = lambda lengths, budget: [
         list(range(i, min(i + pairs_per_batch, len(lengths)))) for i in range(0, len(lengths), pairs_per_batch)
     ]
     try:
         yield
     finally:
-        score.length_batches = original
+        batching.length_batches = original
 
 
 def run_score(args, model_dir: Path, data: Path, out: Path, backend: str, packing: bool = True) -> dict:
@@ -178,7 +179,7 @@ def main() -> None:
         if "hf-padded" not in args.skip:
             results["hf-padded"] = run_score(args, model_dir, data, workdir / "padded", "hf", packing=False)
         if "hf-unsorted" not in args.skip:
-            batches = len(score.length_batches(
+            batches = len(batching.length_batches(
                 [len(p) + max(len(c), len(r)) for p, c, r in
                  zip(hf_scores["prompt_ids"], hf_scores["chosen_ids"], hf_scores["rejected_ids"])],
                 args.batch_tokens))

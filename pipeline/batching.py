@@ -1,4 +1,5 @@
-"""The training data order: batches of similar length in a shuffled order, split over micro-batches and ranks.
+"""The data order: the training's batches of similar length in a shuffled order, split over micro-batches and
+ranks; the scorer's batches of sorted lengths under a token budget (length_batches).
 
 Pure functions of row lengths, sizes and a seed: no model, no IO. The order of an epoch depends only on
 (seed, epoch), so a resumed run rebuilds it exactly and needs to store only its position in it.
@@ -48,3 +49,15 @@ def split_step(rows: Sequence[int], micro_batch_size: int, world_size: int) -> l
     num_micro = max(1, math.ceil(len(rows) / per_micro))
     micro = [list(rows[i * per_micro : (i + 1) * per_micro]) for i in range(num_micro)]
     return [[chunk[rank::world_size] for rank in range(world_size)] for chunk in micro]
+
+
+def length_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
+    """Indices grouped so that each batch's 2 × size × longest ≤ batch_tokens (each pair is two rows),
+    longest first so a batch too large for memory fails at once. Sorting keeps the padding small."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if batches and 2 * (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= batch_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches

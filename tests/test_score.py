@@ -16,8 +16,9 @@ from conftest import WORDS, build_word_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from data import schema
+from pipeline.batching import length_batches
 from pipeline.logprobs import pack, response_logps
-from stages.score import ScoreConfig, length_batches, run
+from stages.score import ScoreConfig, run
 
 
 def peaky_llama(seed: int = 0) -> LlamaForCausalLM:

@@ -541,3 +541,17 @@ def test_robust_on_a_cache_without_embeddings_says_how_to_go_on(scores, tmp_path
                          edit_key=lambda key: {**key, "embed_layers": ""})
     with pytest.raises(NoiseInputError, match=r"without embeddings(.|\n)*probe = false(.|\n)*--eta-init fixed"):
         run(config(bare, tmp_path / "run", robust=True, max_steps=1))
+
+
+def test_a_second_run_in_one_process_may_ask_for_other_accelerate_settings():
+    """train.forget_accelerator_settings relies on accelerate's private AcceleratorState._reset_state: if accelerate
+    renames or changes it, this fails here rather than in the middle of a demo."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    Accelerator(cpu=True, mixed_precision="no")
+    group = PartialState()._shared_state.copy()
+    train.forget_accelerator_settings()
+    assert AcceleratorState._shared_state == {} and PartialState()._shared_state == group  # the group stays
+    assert Accelerator(cpu=True, mixed_precision="bf16").mixed_precision == "bf16"
+    train.forget_accelerator_settings()

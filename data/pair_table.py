@@ -14,7 +14,6 @@ import torch
 from data import schema
 from data.noise_inputs import annotator_index, pair_structure
 
-TOKEN_COLUMNS = ("prompt", "chosen", "rejected")
 REFERENCE_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 
 
@@ -59,7 +58,7 @@ class PairTable:
                 raise MissingReference(f"score cache {folder} lacks finite reference log-probs for {bad.height} rows "
                                  f"(first row_id {bad['row_id'][0]})")
             refs = [torch.tensor(df[c].to_numpy(), dtype=torch.float64) for c in REFERENCE_COLUMNS]
-        tokens = {name: _flat(df[f"{name}_ids"]) for name in TOKEN_COLUMNS}
+        tokens = {name.removesuffix("_ids"): _flat(df[name]) for name in schema.TOKEN_ID_COLUMNS}
         length = {name: np.diff(offsets) for name, (_, offsets) in tokens.items()}
         annotators, annotator = annotator_index(df)
         pair, orientation, first_row = pair_structure(df, str(folder))

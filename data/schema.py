@@ -52,6 +52,7 @@ SCORE_COLUMNS = pl.Schema(
         "truncated": pl.Boolean,  # the prompt or a response was cut to fit the max lengths
     }
 )
+TOKEN_ID_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")  # the token ids of each part, as scored
 # Per layer l of embed_layers: the hidden state mean-pooled over the prompt's / each response's tokens, (H,) float16
 # (data for the noise estimator, pipeline/reliability.py: a float32 mean rounded once; ample for a linear probe).
 EMBEDDING_DTYPE = pl.Float16

@@ -10,7 +10,7 @@ Reads either
 The posteriors are joined on row_id with the score cache (data/schema.read_scores), which carries the pair texts
 and every input column.
 
-Writes into out_dir: report.txt (also printed) and summary.json. On request: --out FILE (the flagged
+Writes into out_dir: report.txt (also printed) and summary.json. On request: --dump FILE (the flagged
 pairs, every column but the token ids), --export-clean FILE (the input dataset with the flagged pairs
 dropped or their labels swapped, readable by `repo score`), --plots DIR (stages/noise_plots.py).
 
@@ -48,7 +48,6 @@ from stages import estimate, noise_plots
 from stages.estimate import EstimateConfig
 
 DEFAULT_THRESHOLD = 0.5
-TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")  # left out of dumps: tokens, not data
 EXCERPT_CHARS = 100
 MAX_ANNOTATOR_ROWS = 40  # the report's table; summary.json lists every annotator
 
@@ -71,7 +70,8 @@ class InspectConfig:
     scores: Path | None = setting(None, "Score cache.", default_text="the one the run was trained on")
     truth_col: str | None = setting(None, "Column that is true where the label is wrong.",
                                     default_text=f"{TRUTH} if present")
-    out: Path | None = setting(None, "Write the flagged pairs with every column: .jsonl, .csv or .parquet.")
+    dump: Path | None = setting(None, "Write the flagged pairs with every column to this file: .jsonl, .csv or "
+                                      ".parquet.")
     export_clean: Path | None = setting(None, "Write the input dataset without the flagged labels (see --action).")
     action: CleanAction = setting(CleanAction.drop, "drop the flagged pairs, or flip their labels.")
     data: str | None = setting(None, "The input dataset, for --export-clean (the run's cache must be scored from "
@@ -94,8 +94,8 @@ class InspectConfig:
             raise ValueError(f"action must be one of {', '.join(CleanAction)}, got {self.action!r}")
         if self.show < 0:
             raise ValueError(f"show must be >= 0, got {self.show}")
-        if self.out is not None:
-            table_format(self.out)
+        if self.dump is not None:
+            table_format(self.dump)
         if self.export_clean is not None:
             table_format(self.export_clean)
             if self.data is None:
@@ -136,8 +136,8 @@ def run(cfg: InspectConfig) -> Path:
         run_folder.write_parquet(eta, cfg.out_dir / "annotators.parquet")
 
     flagged = pairs.filter("flagged")
-    if cfg.out is not None:
-        outputs["out"] = str(write_dump(flagged.drop(TOKEN_COLUMNS, strict=False), cfg.out))
+    if cfg.dump is not None:
+        outputs["dump"] = str(write_dump(flagged.drop(schema.TOKEN_ID_COLUMNS, strict=False), cfg.dump))  # no ids
     if cfg.export_clean is not None:
         outputs["export_clean"] = str(export_clean(cfg, set(flagged["row_id"]), cache_key, truth_col, scores_dir))
     if cfg.plots is not None:
@@ -231,7 +231,7 @@ def resolve_truth_col(name: str | None, pairs: pl.DataFrame) -> str | None:
     if name is None:
         return TRUTH if TRUTH in pairs.columns else None
     if name not in pairs.columns:
-        there = [c for c in pairs.columns if c not in TOKEN_COLUMNS]
+        there = [c for c in pairs.columns if c not in schema.TOKEN_ID_COLUMNS]
         raise ValueError(f"truth column {name!r} is not in the data; the columns are: {', '.join(there)}")
     return name
 

@@ -1,6 +1,6 @@
-"""`repo make-noisy IN OUT`: flip known labels of a preference dataset, for benchmarks and the demo.
+"""`repo make-noisy IN TARGET`: flip known labels of a preference dataset, for benchmarks and the demo.
 
-Reads IN (.jsonl, .json, .parquet or .csv) and writes OUT in the format of OUT's extension, atomically,
+Reads IN (.jsonl, .json, .parquet or .csv) and writes TARGET in the format of its extension, atomically,
 with every input column. On exactly round(rate · n_k) rows of each annotator k, drawn at random with
 `seed`, it swaps `chosen` and `rejected` (plain strings or message lists alike) and every other pair of
 columns `chosen_<x>` / `rejected_<x>`, so per-response data follows its response. Truth columns:
@@ -27,7 +27,7 @@ INJECTED, ANNOTATOR = "injected_flip", "annotator"
 @dataclass(frozen=True)
 class MakeNoisyConfig:
     source: Path = setting(help="Input pairs (.jsonl, .json, .parquet, .csv).", positional=True)
-    out: Path = setting(help="Output file; its extension picks the format.", positional=True)
+    target: Path = setting(help="Output file; its extension picks the format.", positional=True)
     flip_rate: float | None = setting(None, "Swap chosen/rejected on this share of rows.")
     # annotator name -> flip rate; the command line gives it as a:0.0,b:0.4,c:0.2 (parse_rates)
     annotators: dict[str, float] | str | None = setting(None, "Per-annotator flip rates, e.g. a:0.0,b:0.4,c:0.2.")
@@ -64,8 +64,8 @@ def parse_rates(spec: str) -> dict[str, float]:
 
 
 def run(cfg: MakeNoisyConfig) -> Path:
-    if Path(cfg.out).resolve() == Path(cfg.source).resolve():
-        raise ValueError(f"{cfg.out} is the input file; write the noisy copy elsewhere")
+    if Path(cfg.target).resolve() == Path(cfg.source).resolve():
+        raise ValueError(f"{cfg.target} is the input file; write the noisy copy elsewhere")
     df = read_table(cfg.source)
     if df.height == 0:
         raise ValueError(f"{cfg.source}: no rows")
@@ -77,9 +77,9 @@ def run(cfg: MakeNoisyConfig) -> Path:
         (flip ^ truth_column(df, INJECTED, cfg.source, absent_is_false=True)).alias(INJECTED),
         (flip ^ truth_column(df, TRUTH, cfg.source, absent_is_false=True)).alias(TRUTH),
     )
-    cfg.out.parent.mkdir(parents=True, exist_ok=True)
-    write_table(df, cfg.out)
-    return cfg.out
+    cfg.target.parent.mkdir(parents=True, exist_ok=True)
+    write_table(df, cfg.target)
+    return cfg.target
 
 
 

@@ -35,7 +35,8 @@ import polars as pl
 import torch
 from tqdm import tqdm
 
-from data import models, pairs, schema, tokenize
+from data import models, schema, tokenize
+from data.pairs import BadRowError, Columns, DataError, PairsRead, pair_values, read_pairs
 from data.settings import setting
 from pipeline import batching
 from pipeline.logprobs import pack, pad, score_sequences
@@ -72,7 +73,7 @@ class ScoreConfig:
                                      "the cache).")
     embed_layers: str = setting("middle,last", "Layers to pool: numbers 1..L, middle, last.")  # middle = L // 2
     on_bad_row: str = setting("error", "error, or skip (to rejects.jsonl).")
-    columns: pairs.Columns = setting(factory=pairs.Columns, cli=False, toml=False)  # repo.toml [data]
+    columns: Columns = setting(factory=Columns, cli=False, toml=False)  # repo.toml [data]
     tensor_parallel_size: int = setting(1, "vllm: GPUs per model.")
     gpu_memory_utilization: float = setting(0.9, "vllm: share of GPU memory.")
     max_model_len: int | None = setting(None, "vllm: context length.",  # P7: a prompt must be < max_model_len
@@ -127,11 +128,11 @@ def run(cfg: ScoreConfig) -> Path:
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     layers = _embed_layers(cfg, model_dir)
-    read = pairs.read_pairs(cfg.data, cfg.columns, cfg.on_bad_row)
+    read = read_pairs(cfg.data, cfg.columns, cfg.on_bad_row)
     produced = set(schema.SCORE_COLUMNS) | {name for layer in layers for name in schema.embedding_columns(layer)}
     clashes = set(read.table.columns) & (produced - {"row_id", "pair_id", "annotator"})
     if clashes:
-        raise pairs.DataError(f"{cfg.data}: input columns {sorted(clashes)} clash with score cache columns; rename them")
+        raise DataError(f"{cfg.data}: input columns {sorted(clashes)} clash with score cache columns; rename them")
     key = schema.make_key(
         ref_model=str(cfg.model), weights_sha=models.weights_sha(model_dir), **tokenize.tokenizer_fingerprint(tokenizer),
         max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, dtype=str(cfg.dtype),
@@ -156,17 +157,17 @@ def run(cfg: ScoreConfig) -> Path:
     return Path(cfg.out)
 
 
-def _score_part(part: pl.DataFrame, read: pairs.PairsRead, tokenizer, score_pairs: ScorePairs,
+def _score_part(part: pl.DataFrame, read: PairsRead, tokenizer, score_pairs: ScorePairs,
                 progress: "_Progress", cfg: ScoreConfig) -> tuple[pl.DataFrame, list[dict]]:
     """Tokenize and score one part's rows; returns the scored rows (cache columns) and the rows rejected."""
     row_ids = part["row_id"].to_list()
     kept, tokenized, rejects = [], [], []
-    for row_id, (prompt, chosen, rejected) in zip(row_ids, pairs.pair_values(part)):
+    for row_id, (prompt, chosen, rejected) in zip(row_ids, pair_values(part)):
         try:
             tokenized.append(tokenize.tokenize_pair(tokenizer, prompt, chosen, rejected, cfg.max_length,
                                                     cfg.max_prompt_length))
             kept.append(row_id)
-        except pairs.BadRowError as err:
+        except BadRowError as err:
             located = read.locate(err, row_id)
             if cfg.on_bad_row == "error":
                 raise located from err

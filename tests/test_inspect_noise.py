@@ -253,7 +253,7 @@ def test_without_truth_column_there_are_no_truth_metrics(tmp_path):
 def test_dump_holds_flagged_pairs_with_every_column(setup, tmp_path, fmt):
     _, _, run_dir = setup
     out = tmp_path / f"flagged{fmt}"
-    run(InspectConfig(run=run_dir, out_dir=tmp_path / "i", out=out))
+    run(InspectConfig(run=run_dir, out_dir=tmp_path / "i", dump=out))
     dump = {".jsonl": pl.read_ndjson, ".csv": pl.read_csv, ".parquet": pl.read_parquet}[fmt](out)
     assert set(dump["row_id"]) == flagged_rows()
     assert dump["w"].is_sorted()
@@ -272,7 +272,7 @@ def test_csv_dump_json_encodes_nested_values(tmp_path):
     source = tmp_path / "tagged.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
     run_dir = write_run(tmp_path / "run", write_cache(tmp_path / "scores", source))
-    run(InspectConfig(run=run_dir, out_dir=tmp_path / "i", out=tmp_path / "f.csv"))
+    run(InspectConfig(run=run_dir, out_dir=tmp_path / "i", dump=tmp_path / "f.csv"))
     dump = pl.read_csv(tmp_path / "f.csv")
     assert {json.dumps(["x", str(i)]) for i in flagged_rows()} == set(dump["tags"])
 
@@ -372,7 +372,7 @@ def test_config_checks():
     with pytest.raises(ValueError, match="top_k"):
         InspectConfig(run=Path("r"), out_dir=Path("o"), top_k=0)
     with pytest.raises(ValueError, match="unknown table format"):
-        InspectConfig(run=Path("r"), out_dir=Path("o"), out=Path("x.txt"))
+        InspectConfig(run=Path("r"), out_dir=Path("o"), dump=Path("x.txt"))
     with pytest.raises(ValueError, match="needs the input dataset"):
         InspectConfig(run=Path("r"), out_dir=Path("o"), export_clean=Path("x.jsonl"))
 
@@ -384,7 +384,7 @@ def test_cli_every_option(setup, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, [
         "inspect-noise", str(run_dir), "--out-dir", "insp", "--epoch", "1", "--top-k", "5", "--show", "2",
-        "--scores", str(scores), "--truth-col", "is_flipped", "--out", "f.parquet", "--export-clean", "c.jsonl",
+        "--scores", str(scores), "--truth-col", "is_flipped", "--dump", "f.parquet", "--export-clean", "c.jsonl",
         "--action", "flip", "--data", str(source), "--plots", "plots"])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "insp" / "summary.json").read_text())
@@ -416,7 +416,7 @@ def test_cli_defaults_come_from_the_project(tmp_path, monkeypatch):
     (["--truth-col", "nope"], "columns are:"),
     (["--epoch", "9"], "epochs written"),
     (["--threshold", "0"], "threshold must lie in"),
-    (["--out", "x.txt"], "unknown table format"),
+    (["--dump", "x.txt"], "unknown table format"),
     (["--action", "burn"], "burn"),
 ])
 def test_cli_errors(setup, tmp_path, monkeypatch, args, message):
@@ -473,7 +473,7 @@ def test_score_train_inspect_then_rescore_the_export(tiny_llama, tmp_path, monke
                                 lr=1e-2, warmup_ratio=0.0, device="cpu"))
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["inspect-noise", str(run_dir), "--out-dir", "insp", "--top-k", "4",
-                                 "--out", "flagged.csv", "--export-clean", "clean.jsonl", "--action", "flip",
+                                 "--dump", "flagged.csv", "--export-clean", "clean.jsonl", "--action", "flip",
                                  "--data", str(source), "--plots", "plots"])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "insp" / "summary.json").read_text())
@@ -498,7 +498,7 @@ def test_score_train_inspect_then_rescore_the_export(tiny_llama, tmp_path, monke
 def test_nothing_flagged_still_writes_every_output(setup, tmp_path):
     source, _, run_dir = setup
     summary = json.loads((run(InspectConfig(
-        run=run_dir, out_dir=tmp_path / "i", threshold=1e-6, out=tmp_path / "f.csv", plots=tmp_path / "plots",
+        run=run_dir, out_dir=tmp_path / "i", threshold=1e-6, dump=tmp_path / "f.csv", plots=tmp_path / "plots",
         export_clean=tmp_path / "c.jsonl", action=CleanAction.flip, data=str(source))) / "summary.json").read_text())
     assert summary["flagged"] == 0 and summary["truth"]["precision"] is None and summary["truth"]["recall"] == 0
     assert pl.read_csv(tmp_path / "f.csv").height == 0

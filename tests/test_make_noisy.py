@@ -30,7 +30,7 @@ def conversational_pairs(n: int) -> pl.DataFrame:
 
 def noisy(tmp_path: Path, df: pl.DataFrame, name: str = "out.jsonl", source: str = "in.jsonl", **cfg) -> pl.DataFrame:
     write_table(df, tmp_path / source)
-    return read_table(run(MakeNoisyConfig(source=tmp_path / source, out=tmp_path / name, **cfg)))
+    return read_table(run(MakeNoisyConfig(source=tmp_path / source, target=tmp_path / name, **cfg)))
 
 
 def assert_swapped_exactly_where_flagged(before: pl.DataFrame, after: pl.DataFrame) -> None:
@@ -135,9 +135,9 @@ def test_errors_name_file_row_and_field(tmp_path):
 
 def test_config_and_rate_spec_errors():
     with pytest.raises(ValueError, match="exactly one of flip_rate and annotators"):
-        MakeNoisyConfig(source=Path("i"), out=Path("o"))
+        MakeNoisyConfig(source=Path("i"), target=Path("o"))
     with pytest.raises(ValueError, match=r"flip rate of 'b' must lie in \[0, 1\], got 1.5"):
-        MakeNoisyConfig(source=Path("i"), out=Path("o"), annotators={"a": 0.1, "b": 1.5})
+        MakeNoisyConfig(source=Path("i"), target=Path("o"), annotators={"a": 0.1, "b": 1.5})
     assert parse_rates("a:0.0, b:0.4,team:x:0.2") == {"a": 0.0, "b": 0.4, "team:x": 0.2}
     for bad in ("a", "a:x", ":0.2", "a:0.1,a:0.2"):
         with pytest.raises(ValueError, match="is not a new name:rate"):

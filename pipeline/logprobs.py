@@ -5,8 +5,9 @@ A batch of (prompt ids + response ids) sequences is laid out in rows, either pac
 `response_logps` returns, per sequence and in input order, Σ log π(token | prefix) over the response
 tokens and how many there are. The transformer body runs once over the rows; the LM head runs only on
 the positions that predict a response token (the last prompt position predicts the first response
-token), and the log-softmax is a float32 logsumexp-gather. Works with or without grad (the trainer
-backprops through it). No IO.
+token), and the log-softmax is a float32 logsumexp-gather, in chunks of positions when the logits would
+exceed LOGIT_BUDGET (recomputed in backward, so memory does not grow with the vocabulary). Works with or
+without grad (the trainer backprops through it). No IO.
 
 Packing confines attention to each sequence through position ids that restart at 0 for every sequence:
 with attention_mask=None and no KV cache, transformers turns such position ids into a block-diagonal
@@ -28,6 +29,9 @@ from torch import Tensor
 # 8% more work, while a row of 256 holds several sequences of a few dozen tokens with little left unused.
 ROW_TOKENS = 256
 CHECK_SEQUENCES = 4  # sequences packed into one row to check a model's packing on its first batch
+# Logits that may exist at once (float32: 256 MiB): 1.7k positions of SmolLM2's 49k vocabulary in one chunk, 440 of
+# a 152k one; a batch's response positions beyond that go through the LM head in chunks (taken_token_logps).
+LOGIT_BUDGET = 1 << 26
 
 
 @dataclass
@@ -224,10 +228,73 @@ def _forward(model: torch.nn.Module, packed: Packed, pool_layers: tuple[int, ...
     selected = hidden[:, :-1][predicts_response]  # (N, H)
     targets = packed.input_ids[:, 1:][predicts_response]  # (N,)
     owners = packed.sequence[:, 1:][predicts_response]  # (N,) sequence of each selected position
-    logits = model.get_output_embeddings()(selected).float()  # (N, V), float32 for the log-softmax
-    token_logps = logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
+    token_logps = taken_token_logps(model.get_output_embeddings(), selected, targets)
     logps = torch.zeros(count, dtype=torch.float32, device=device).index_add(0, owners, token_logps)
     return SequenceScores(logps, n_tokens, response_mean, prompt_mean)
+
+
+def taken_token_logps(head: torch.nn.Module, hidden: Tensor, targets: Tensor,
+                      logit_budget: int | None = None) -> Tensor:
+    """log π(target | position) (N,) float32 from the final hidden states (N, H) and the LM head: a float32
+    log-softmax, gathered at each target.
+
+    At most `logit_budget` logits (None: LOGIT_BUDGET) exist at once. Below it, one plain autograd pass. Above it
+    (a large vocabulary, long responses) the positions go through the head in chunks, and backward recomputes each
+    chunk's logits and adds its share to the head's gradient in place (_ChunkedTakenLogps), so memory beyond the
+    head's own gradient stays flat in the vocabulary and in the number of positions."""
+    chunk = max(1, (LOGIT_BUDGET if logit_budget is None else logit_budget) // head.weight.shape[0])
+    if hidden.shape[0] <= chunk:
+        logits = head(hidden).float()  # (N, V), float32 for the log-softmax
+        return logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
+    if not isinstance(head, torch.nn.Linear):
+        raise NotImplementedError(f"LM head {type(head).__name__} is not a Linear; raise LOGIT_BUDGET to score it")
+    return _ChunkedTakenLogps.apply(hidden, head.weight, head.bias, targets, chunk)
+
+
+class _ChunkedTakenLogps(torch.autograd.Function):
+    """taken_token_logps above the budget: y_i = z_i[t_i] − logsumexp(z_i), z_i = W h_i + b, chunk by chunk.
+
+    Backward, per chunk: ∂y_i/∂z_i = onehot(t_i) − softmax(z_i), so with g_i = ∂L/∂y_i the logit gradient is
+    G = g ⊙ (onehot − softmax) (C, V); then ∂L/∂h = G W, ∂L/∂W += Gᵀ h, ∂L/∂b += Σ G — from recomputed logits,
+    in the dtype the forward's matmul ran in (the model's, or autocast's)."""
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, chunk: int) -> Tensor:
+        out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        compute_dtype = None
+        for start in range(0, hidden.shape[0], chunk):
+            logits = torch.nn.functional.linear(hidden[start:start + chunk], weight, bias)
+            compute_dtype = logits.dtype
+            logits = logits.float()
+            part = targets[start:start + chunk]
+            out[start:start + chunk] = logits.gather(1, part[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
+        ctx.save_for_backward(hidden, weight, bias, targets)
+        ctx.chunk, ctx.compute_dtype = chunk, compute_dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        hidden, weight, bias, targets = ctx.saved_tensors
+        dtype = ctx.compute_dtype
+        w = weight.to(dtype)
+        b = None if bias is None else bias.to(dtype)
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if bias is not None and ctx.needs_input_grad[2] else None
+        for start in range(0, hidden.shape[0], ctx.chunk):
+            h = hidden[start:start + ctx.chunk].to(dtype)
+            g = grad_out[start:start + ctx.chunk].float()
+            logit_grad = torch.nn.functional.linear(h, w, b).float()  # (C, V): logits, then in place the softmax
+            logit_grad.sub_(torch.logsumexp(logit_grad, dim=-1, keepdim=True)).exp_().mul_(-g[:, None])
+            logit_grad[torch.arange(h.shape[0], device=h.device), targets[start:start + ctx.chunk]] += g
+            if grad_hidden is not None:
+                grad_hidden[start:start + ctx.chunk] = (logit_grad.to(dtype) @ w).to(hidden.dtype)
+            if grad_weight is not None:
+                grad_weight.addmm_(logit_grad.T, h.float())
+            if grad_bias is not None:
+                grad_bias += logit_grad.sum(0)
+        return (grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype),
+                None if grad_bias is None else grad_bias.to(bias.dtype), None, None)
 
 
 def _segment_mean(states: Tensor, sequence: Tensor, mask: Tensor, count: int) -> Tensor:

@@ -3,7 +3,7 @@
 
 Reads   the score cache (data/schema.read_scores): token ids and reference log-probs of every pair, refused if
         its tokenizer or chat template differs from the policy's; the policy and its tokenizer.
-Writes  the run folder (data/run_folder.py): config.json, metrics.jsonl (+ tensorboard/ when installed),
+Writes  the run folder (data/run_folder.py): config.json, metrics.jsonl (+ tensorboard/, or the --report-to tracker),
         eta_steps.parquet, posteriors/ and annotators/ per epoch (--robust), checkpoints/, final/.
 
 One optimizer step (Algorithm 1): for each micro-batch, one forward of chosen and rejected together → induced
@@ -19,6 +19,7 @@ Several processes (`accelerate launch`, README "Multi-GPU"): each runs its own s
 (pipeline/batching.py deals rows out explicitly, so no pair is padded in twice); per-pair results are gathered, so
 every process computes the same η; checkpoints go through accelerate's save_state.
 """
+import importlib.util
 import json
 import math
 import shutil
@@ -67,6 +68,15 @@ ALGORITHM_1 = {"eta_init": EtaInit.fixed, "e_step": EStep.policy, "eta_update": 
 def algorithm_1_flags() -> str:
     """The command-line flags that ask for ALGORITHM_1 under --robust."""
     return " ".join(f"--{name.replace('_', '-')} {value}" for name, value in ALGORITHM_1.items())
+
+
+class ReportTo(StrEnum):
+    """Where the step metrics go besides metrics.jsonl: accelerate's trackers (TRL's report_to)."""
+
+    tensorboard = "tensorboard"
+    wandb = "wandb"
+    mlflow = "mlflow"
+    none = "none"
 
 
 class Schedule(StrEnum):
@@ -130,6 +140,9 @@ class TrainConfig:
     save_every: int = setting(0, "Checkpoint every N optimizer steps; always at each epoch end.")
     resume: bool = setting(False, "Continue the run in out_dir from its last checkpoint.")
     device: str = setting("auto", "auto, cpu or cuda (accelerate launch picks the device per process).")
+    report_to: ReportTo | None = setting(None, "Experiment tracker for the step metrics, through accelerate "
+                                               "(metrics.jsonl is always written).",
+                                         default_text="tensorboard when installed, else none")
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -159,8 +172,9 @@ class TrainConfig:
         need(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         need(self.robust or (self.eta_init is EtaInit.fixed and self.e_step is EStep.policy),
              "--eta-init estimate and --e-step seeded|prior are RE-PO's: add --robust")
-        if self.estimate_with is not None:
-            object.__setattr__(self, "estimate_with", Path(self.estimate_with))
+        for name, kind in (("estimate_with", Path), ("report_to", ReportTo)):  # optional ones
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, kind(getattr(self, name)))
         need(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device}")
         self.loss_spec()  # β > 0 and the ε ranges are checked there
 
@@ -171,16 +185,18 @@ class TrainConfig:
 
 
 # Fields that may differ between a run and its --resume: they do not change what is trained.
-RESUMABLE_CHANGES = ("resume", "save_every", "device")
+RESUMABLE_CHANGES = ("resume", "save_every", "device", "report_to")
 # Paths that only locate things: a run folder or cache may move; what the cache holds is checked by its key.
 LOCATIONS = ("out_dir", "scores")
+TENSORBOARD = "tensorboard"  # <run>/tensorboard: the TensorBoard tracker's folder
 RECORD = ("row", "loss", "z", "w", "logps_chosen", "logps_rejected", "rewards_chosen", "rewards_rejected")
 
 
 def run(cfg: TrainConfig) -> Path:
     """Train; returns the run folder (cfg.out_dir), whose final/ holds the policy and tokenizer."""
     folders.check(cfg.out_dir, "run", run_folder.is_run)  # every process, before any work: never the user's folder
-    accelerator = _accelerator(cfg)
+    tracker = _tracker(cfg)
+    accelerator = _accelerator(cfg, tracker)
     set_seed(cfg.seed)
     out, spec, world = cfg.out_dir, cfg.loss_spec(), accelerator.num_processes
     pairs = _read_pairs(cfg)
@@ -199,7 +215,8 @@ def run(cfg: TrainConfig) -> Path:
     model, optimizer = accelerator.prepare(model, optimizer)
     eta = em.init_eta(pairs.num_annotators, min(cfg.eta0, em.ETA_MAX))
     state = TrainState(eta=eta, first_visit_z=torch.full((pairs.num_pairs,), math.nan, dtype=torch.float64))
-    log = Logger(out, accelerator, pairs.annotators, 0 if not cfg.resume else None)
+    log = Logger(out, accelerator, pairs.annotators, 0 if not cfg.resume else None,
+                 tracker, _tracker_config(cfg, world, pairs.key, policy_name))
     prior = _epoch_zero(cfg, pairs, state, log) if uses_estimate(cfg) else None  # the estimate before training
     if cfg.resume:
         checkpoint.load(accelerator, checkpoint.latest(out / run_folder.CHECKPOINTS), state, scheduler)
@@ -409,25 +426,24 @@ def _other_labels(pairs: PairTable, eta: torch.Tensor) -> torch.Tensor:
 
 
 class Logger:
-    """metrics.jsonl (+ TensorBoard when importable) and the per-epoch Parquet files; writes on the main process."""
+    """metrics.jsonl (+ the tracker of --report-to, through accelerate) and the per-epoch Parquet files; writes on
+    the main process. tracker: the accelerate tracker's name, or None; tracker_config: the run's settings for it."""
 
-    def __init__(self, out: Path, accelerator: Accelerator, annotators: list[str], start_step: int | None):
+    def __init__(self, out: Path, accelerator: Accelerator, annotators: list[str], start_step: int | None,
+                 tracker: str | None, tracker_config: dict):
         self.out, self.annotators, self.main = out, annotators, accelerator.is_main_process
-        self.metrics, self.tensorboard = None, None
+        self.accelerator, self.tracker, self.tracker_config, self.metrics = accelerator, tracker, tracker_config, None
         if start_step is not None:
             self.start(start_step)
 
     def start(self, start_step: int) -> None:
-        """Open metrics.jsonl (dropping lines past start_step) and TensorBoard; once the start step is known."""
+        """Open metrics.jsonl (dropping lines past start_step) and the tracker; once the start step is known."""
         if self.metrics is not None:
             return
         self.metrics = run_folder.MetricsLog(self.out / run_folder.METRICS, start_step) if self.main else None
-        if self.main:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self.tensorboard = SummaryWriter(str(self.out / "tensorboard"))
-            except ImportError:
-                pass
+        if self.tracker is not None:  # TensorBoard writes into <run>/tensorboard, the others name a project
+            self.accelerator.init_trackers(TENSORBOARD if self.tracker == "tensorboard" else "re-po",
+                                           config=self.tracker_config)
 
     def step(self, state: TrainState, batch: dict, cfg: TrainConfig, **extra: float) -> None:
         if not self.main:
@@ -437,10 +453,8 @@ class Logger:
         if cfg.robust:
             record.update(train_metrics.eta_metrics(state.eta, self.annotators))
         self.metrics.write(record)
-        if self.tensorboard is not None:
-            for name, value in record.items():
-                if name != "step":
-                    self.tensorboard.add_scalar(name, value, state.global_step)
+        if self.tracker is not None:
+            self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=state.global_step)
 
     def epoch(self, state: TrainState, pairs: PairTable, z: torch.Tensor, w: torch.Tensor, threshold: float) -> None:
         first_visit_z = state.first_visit_z if state.epoch == 1 else None
@@ -462,8 +476,8 @@ class Logger:
     def close(self) -> None:
         if self.metrics is not None:
             self.metrics.close()
-        if self.tensorboard is not None:
-            self.tensorboard.close()
+        if self.tracker is not None:
+            self.accelerator.end_training()
 
 
 def _save_checkpoint(accelerator: Accelerator, out: Path, state: TrainState, scheduler, log: Logger) -> None:
@@ -471,12 +485,29 @@ def _save_checkpoint(accelerator: Accelerator, out: Path, state: TrainState, sch
     checkpoint.save(accelerator, out / run_folder.CHECKPOINTS, state.global_step, state, scheduler)
 
 
-def _accelerator(cfg: TrainConfig) -> Accelerator:
+def _accelerator(cfg: TrainConfig, tracker: str | None) -> Accelerator:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda, but torch sees no CUDA device")
     on_gpu = cfg.device != "cpu" and torch.cuda.is_available()
     forget_accelerator_settings()
-    return Accelerator(cpu=cfg.device == "cpu", mixed_precision="bf16" if cfg.bf16 and on_gpu else "no")
+    return Accelerator(cpu=cfg.device == "cpu", mixed_precision="bf16" if cfg.bf16 and on_gpu else "no",
+                       log_with=tracker, project_dir=str(cfg.out_dir))
+
+
+def _tracker(cfg: TrainConfig) -> str | None:
+    """The accelerate tracker to log to, or None: --report-to, by default TensorBoard when it is installed."""
+    choice = cfg.report_to or (ReportTo.tensorboard if importlib.util.find_spec("tensorboard") else ReportTo.none)
+    if choice is ReportTo.none:
+        return None
+    if importlib.util.find_spec(str(choice)) is None:
+        raise ModuleNotFoundError(f"--report-to {choice}: the {choice} package is not installed; pip install {choice}")
+    return str(choice)
+
+
+def _tracker_config(cfg: TrainConfig, world: int, key: dict, policy: str) -> dict:
+    """The run's settings as a tracker's hyper-parameters: scalars as they are, anything else as text."""
+    config = _config_record(cfg, world, key, policy)["config"]
+    return {name: value if isinstance(value, (bool, int, float, str)) else str(value) for name, value in config.items()}
 
 
 def forget_accelerator_settings() -> None:

@@ -111,7 +111,7 @@ def test_single_labels_without_a_model_keep_eta0_and_say_so(peaky_model_dir, tmp
 
 def test_top_k_past_the_pair_count_dumps_every_pair_with_its_w(multi_cache, tmp_path):
     cache, data = multi_cache
-    run(InspectConfig(run=cache, out_dir=tmp_path / "i", top_k=10**6, out=tmp_path / "all.parquet",
+    run(InspectConfig(run=cache, out_dir=tmp_path / "i", top_k=10**6, dump=tmp_path / "all.parquet",
                       estimate=EstimateConfig(probe=False)))
     dumped = pl.read_parquet(tmp_path / "all.parquet")
     assert dumped.height == pl.read_ndjson(data).height and "w" in dumped.columns

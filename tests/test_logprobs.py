@@ -209,3 +209,46 @@ def test_embeddings_without_the_lm_head_and_bad_layers():
     assert out.logps is None and out.response_mean[2].shape == (3, model.config.hidden_size)
     with pytest.raises(ValueError, match="not in 1..2"):
         logprobs.score_sequences(model, pack(prompts, responses, 0), pool_layers=(3,))
+
+
+# ---- the log-prob of the taken token, in chunks of the vocabulary's logits --------------------------------------
+
+def _head_and_positions(vocab=50, hidden=8, positions=37, seed=0, bias=False):
+    generator = torch.Generator().manual_seed(seed)
+    head = torch.nn.Linear(hidden, vocab, bias=bias)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(vocab, hidden, generator=generator))
+        if bias:
+            head.bias.copy_(torch.randn(vocab, generator=generator))
+    states = torch.randn(positions, hidden, generator=generator).requires_grad_(True)
+    return head, states, torch.randint(0, vocab, (positions,), generator=generator)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_taken_token_logps_in_chunks_match_float64_in_value_and_gradient(bias):
+    head, states, targets = _head_and_positions(bias=bias)
+    weights = torch.linspace(-1.0, 2.0, states.shape[0], dtype=torch.float64)
+    logits = states.double() @ head.weight.double().T + (head.bias.double() if bias else 0)
+    reference = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]
+    (reference * weights).sum().backward()
+    parameters = [states, head.weight, *([head.bias] if bias else [])]
+    expected = [p.grad.clone() for p in parameters]
+    for budget in (50 * 5, 50 * 37, 10**9):  # chunks of 5 positions (the last one of 2), one exact chunk, no limit
+        for p in parameters:
+            p.grad = None
+        got = logprobs.taken_token_logps(head, states, targets, logit_budget=budget)
+        torch.testing.assert_close(got.double(), reference.detach(), rtol=1e-6, atol=1e-5)
+        (got.double() * weights).sum().backward()
+        for p, want in zip(parameters, expected):
+            torch.testing.assert_close(p.grad, want.float(), rtol=1e-5, atol=1e-5)
+
+
+def test_over_the_budget_backward_keeps_no_logits_and_scoring_needs_no_graph():
+    head, states, targets = _head_and_positions(positions=23)
+    out = logprobs.taken_token_logps(head, states, targets, logit_budget=50 * 10)
+    kept = sum(t.numel() for t in out.grad_fn.saved_tensors if t is not None)
+    assert kept == states.numel() + head.weight.numel() + targets.numel()  # inputs only: no (N, V) logits
+    below = logprobs.taken_token_logps(head, states, targets)  # under the budget: one plain autograd pass
+    torch.testing.assert_close(out, below)
+    with torch.no_grad():
+        assert logprobs.taken_token_logps(head, states, targets, logit_budget=50 * 10).grad_fn is None

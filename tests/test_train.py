@@ -555,3 +555,19 @@ def test_a_second_run_in_one_process_may_ask_for_other_accelerate_settings():
     assert AcceleratorState._shared_state == {} and PartialState()._shared_state == group  # the group stays
     assert Accelerator(cpu=True, mixed_precision="bf16").mixed_precision == "bf16"
     train.forget_accelerator_settings()
+
+
+def test_step_metrics_reach_tensorboard_through_accelerate_and_the_tracker_is_a_choice(scores, tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = run(config(scores, tmp_path / "run", max_steps=3, robust=True, report_to="tensorboard"))
+    events = EventAccumulator(str(out / train.TENSORBOARD)).Reload()
+    logged = metrics(out)
+    for name in ("loss", "rewards/accuracies", "rewards/margins"):  # TRL's names, step by step as in metrics.jsonl
+        assert [(e.step, e.value) for e in events.Scalars(name)] == [
+            (m["step"], pytest.approx(m[name], rel=1e-6)) for m in logged]
+    assert not (run(config(scores, tmp_path / "plain", max_steps=1, report_to="none")) / train.TENSORBOARD).exists()
+    find_spec = train.importlib.util.find_spec
+    monkeypatch.setattr(train.importlib.util, "find_spec", lambda name: None if name == "wandb" else find_spec(name))
+    with pytest.raises(ModuleNotFoundError, match="pip install wandb"):
+        run(config(scores, tmp_path / "wandb", max_steps=1, report_to="wandb"))

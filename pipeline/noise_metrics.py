@@ -88,6 +88,29 @@ def annotator_stats(annotator: np.ndarray, w: np.ndarray, flagged: np.ndarray, n
     return AnnotatorStats(labels, w_mean, np.bincount(annotator[flagged], minlength=num_annotators))
 
 
+@dataclass(frozen=True)
+class ReliabilityBins:
+    """A reliability diagram's data: per non-empty bin of w, its mean w, the observed share of right labels, and
+    how many labels fall in it."""
+
+    w_mean: np.ndarray
+    right_share: np.ndarray
+    labels: np.ndarray
+
+
+def reliability_bins(w: np.ndarray, noisy: np.ndarray, bins: int = 10) -> ReliabilityBins:
+    """w (N,) in [0, 1] against the truth noisy (N,) bool, in `bins` equal bins of w (w = 1 in the last): a
+    calibrated w lies on the diagonal, right_share ≈ w_mean."""
+    w = np.asarray(w, dtype=np.float64)
+    (noisy,) = _bools(noisy)
+    index = np.minimum((w * bins).astype(np.int64), bins - 1)
+    labels = np.bincount(index, minlength=bins)
+    seen = labels > 0
+    w_sum = np.bincount(index, weights=w, minlength=bins)
+    right = np.bincount(index, weights=(~noisy).astype(np.float64), minlength=bins)
+    return ReliabilityBins(w_sum[seen] / labels[seen], right[seen] / labels[seen], labels[seen])
+
+
 def annotator_accuracy(annotator: np.ndarray, noisy: np.ndarray) -> dict[str, float]:
     """Each annotator's measured reliability: the share of its labels that are right (1 − mean noisy)."""
     annotator = np.asarray(annotator)

@@ -141,7 +141,7 @@ def run(cfg: InspectConfig) -> Path:
     if cfg.export_clean is not None:
         outputs["export_clean"] = str(export_clean(cfg, set(flagged["row_id"]), cache_key, truth_col, scores_dir))
     if cfg.plots is not None:
-        outputs["plots"] = [str(p) for p in make_plots(cfg, pairs, noisy, epoch, from_run=source is None)]
+        outputs["plots"] = [str(p) for p in make_plots(cfg, pairs, noisy, epoch, source is None, annotators)]
 
     summary = {
         "run": str(cfg.run), "scores": str(scores_dir), "epoch": epoch, "epochs": epochs, "estimate": source,
@@ -375,14 +375,18 @@ def label_columns(raw: pl.DataFrame, columns: Columns, source: Path) -> list[tup
 
 
 def make_plots(cfg: InspectConfig, pairs: pl.DataFrame, noisy: np.ndarray | None, epoch: int,
-               from_run: bool) -> list[Path]:
-    """The w histogram; for a run also η over its steps and w over its epochs for the flagged pairs."""
+               from_run: bool, annotators: pl.DataFrame) -> list[Path]:
+    """The w histogram and the annotators' η̂ (with the truth: beside their measured reliability, and the
+    reliability diagram of w); for a run also η over its steps and w over its epochs for the flagged pairs."""
     folder = folders.claim(cfg.plots, "plots", only_plots)
     w = pairs["w"].to_numpy()
     cutoff = cfg.threshold if cfg.top_k is None else float(pairs.filter("flagged")["w"].max() or 0.0)
-    histogram = noise_plots.w_histogram(w, noisy, cutoff, folder / "w_hist.png")
+    made = [noise_plots.w_histogram(w, noisy, cutoff, folder / "w_hist.png"),
+            noise_plots.annotator_etas(annotators, folder / "annotators.png")]
+    if noisy is not None:
+        made.append(noise_plots.reliability_diagram(w, noisy, folder / "reliability.png"))
     if not from_run:
-        return [histogram]
+        return made
     annotator_epochs = [run_folder.read_epoch(cfg.run, run_folder.ANNOTATORS, e)
                         for e in run_folder.epochs_written(cfg.run, run_folder.ANNOTATORS) if e <= epoch]
     steps_file = cfg.run / run_folder.ETA_STEPS
@@ -395,8 +399,8 @@ def make_plots(cfg: InspectConfig, pairs: pl.DataFrame, noisy: np.ndarray | None
         for e in run_folder.epochs_written(cfg.run, run_folder.POSTERIORS) if e <= epoch
     ]).join(pl.DataFrame({"row_id": flagged_rows, "rank": range(flagged_rows.len())}), on="row_id")
     noisy_of = None if noisy is None else dict(zip(pairs["row_id"].to_list(), noisy.tolist()))
-    return [
-        histogram,
-        noise_plots.eta_over_steps(eta_steps, pl.concat(annotator_epochs), folder / "eta_steps.png"),
+    measured = dict(zip(annotators["annotator"], annotators["accuracy"])) if noisy is not None else None
+    return made + [
+        noise_plots.eta_over_steps(eta_steps, pl.concat(annotator_epochs), folder / "eta_steps.png", measured),
         noise_plots.w_over_epochs(history.sort("rank", "epoch"), noisy_of, folder / "w_flagged.png"),
     ]

@@ -2,8 +2,12 @@
 
 Writes (atomically) into DIR:
     w_hist.png           histogram of w at the inspected epoch (split by the truth when it is known)
-    eta_steps.png        η per annotator over the training steps, epoch ends marked
-    w_flagged.png        w over the epochs for the flagged pairs (the lowest MAX_LINES of them)
+    annotators.png       each annotator's η̂ (± its standard error where the estimate gives one), beside its
+                         measured reliability when the truth is known
+    reliability.png      with the truth only: w against the observed share of right labels per bin of w
+    eta_steps.png        (a run) η per annotator over the training steps, epoch ends marked, and its measured
+                         reliability as a dashed line of the same colour when the truth is known
+    w_flagged.png        (a run) w over the epochs for the flagged pairs (the lowest MAX_LINES of them)
 Matplotlib's object API with the Agg canvas: no pyplot, no global backend, no display needed.
 """
 
@@ -17,6 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from data.atomic import atomic_write
+from pipeline.noise_metrics import reliability_bins
 
 MAX_LINES = 12  # annotators in the η plot (the least reliable) and, ×4, pairs in the w plot
 RIGHT, WRONG = "tab:blue", "tab:red"
@@ -37,11 +42,47 @@ def w_histogram(w: np.ndarray, noisy: np.ndarray | None, cutoff: float, path: Pa
     return _save(fig, path)
 
 
-def eta_over_steps(eta_steps: pl.DataFrame, eta_epochs: pl.DataFrame, path: Path) -> Path:
-    """eta_steps: (step, epoch, annotator, eta) rows; eta_epochs: (annotator, eta, epoch) of every epoch file.
+def annotator_etas(annotators: pl.DataFrame, path: Path) -> Path:
+    """annotators: inspect's table (annotator, eta[, eta_se][, accuracy]), least reliable first; the first
+    MAX_LINES · 2 of them."""
+    fig, ax = _figure()
+    shown = annotators.head(2 * MAX_LINES)
+    y = np.arange(shown.height)
+    se = shown["eta_se"].fill_null(0.0).to_numpy() if "eta_se" in shown.columns else None
+    ax.errorbar(shown["eta"].to_numpy(), y, xerr=se, fmt="o", color=RIGHT, capsize=3, label="η̂ (± SE)")
+    if "accuracy" in shown.columns:
+        ax.scatter(shown["accuracy"].to_numpy(), y, marker="x", color="black", zorder=3, label="measured")
+    ax.set_yticks(y, shown["annotator"].to_list())
+    ax.invert_yaxis()
+    title = "Reliability of each annotator"
+    if annotators.height > shown.height:
+        title += f"; the {shown.height} least reliable of {annotators.height}"
+    ax.set(xlabel="η (share of right labels)", title=title)
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def reliability_diagram(w: np.ndarray, noisy: np.ndarray, path: Path) -> Path:
+    """w (N,) against the truth noisy (N,): is a label with w = 0.8 right 80% of the time?"""
+    fig, ax = _figure()
+    found = reliability_bins(w, noisy)
+    ax.plot([0, 1], [0, 1], color="lightgray", linestyle="--", label="calibrated")
+    ax.plot(found.w_mean, found.right_share, marker="o", color=RIGHT, label="observed")
+    for x, y, n in zip(found.w_mean, found.right_share, found.labels):
+        ax.annotate(str(int(n)), (x, y), textcoords="offset points", xytext=(4, -10), fontsize="x-small")
+    ax.set(xlabel="w = P(label correct), bin mean", ylabel="share of right labels", xlim=(0, 1), ylim=(0, 1.02),
+           title="Reliability of w (labels per bin beside each point)")
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def eta_over_steps(eta_steps: pl.DataFrame, eta_epochs: pl.DataFrame, path: Path,
+                   measured: dict[str, float] | None = None) -> Path:
+    """eta_steps: (step, epoch, annotator, eta) rows; eta_epochs: (annotator, eta, epoch) of every epoch file;
+    measured: each annotator's share of right labels, when the truth is known.
 
     One line per annotator (the MAX_LINES least reliable at the last epoch when there are more), with
-    each epoch file's η as a dot at the epoch's last step.
+    each epoch file's η as a dot at the epoch's last step and the measured reliability dashed.
     """
     fig, ax = _figure()
     eta_steps, eta_epochs = (t.with_columns(pl.col("epoch").cast(pl.Int64)) for t in (eta_steps, eta_epochs))
@@ -56,7 +97,9 @@ def eta_over_steps(eta_steps: pl.DataFrame, eta_epochs: pl.DataFrame, path: Path
         (drawn,) = ax.plot(line["step"], line["eta"], label=name)
         at = dots.filter(pl.col("annotator") == name)
         ax.scatter(at["end_step"], at["eta"], color=drawn.get_color(), zorder=3)
-    title = "η per annotator (dots: end of each epoch)"
+        if measured is not None and name in measured:
+            ax.axhline(measured[name], color=drawn.get_color(), linestyle="--", linewidth=1)
+    title = "η per annotator (dots: end of each epoch" + ("; dashed: measured)" if measured else ")")
     if last.height > len(shown):
         title += f"; the {len(shown)} least reliable of {last.height}"
     ax.set(xlabel="optimizer step", ylabel="η (reliability)", title=title)

@@ -313,7 +313,8 @@ def test_plots_open_and_are_not_blank(setup, tmp_path):
     summary = json.loads((run(InspectConfig(run=run_dir, out_dir=tmp_path / "i", plots=tmp_path / "plots"))
                           / "summary.json").read_text())
     paths = [Path(p) for p in summary["outputs"]["plots"]]
-    assert sorted(p.name for p in paths) == ["eta_steps.png", "w_flagged.png", "w_hist.png"]
+    assert sorted(p.name for p in paths) == ["annotators.png", "eta_steps.png", "reliability.png", "w_flagged.png",
+                                             "w_hist.png"]
     for path in paths:
         pixels = np.asarray(Image.open(path).convert("L"), dtype=np.float64)
         assert pixels.shape[0] > 100 and pixels.var() > 0, path
@@ -391,7 +392,7 @@ def test_cli_every_option(setup, tmp_path, monkeypatch):
     assert summary["epoch"] == 1 and summary["flag_rule"] == {"top_k": 5} and len(summary["suspicious"]) == 2
     assert pl.read_parquet(tmp_path / "f.parquet").height == 5
     assert read_pairs(tmp_path / "c.jsonl").table.height == N
-    assert len(list((tmp_path / "plots").glob("*.png"))) == 3
+    assert len(list((tmp_path / "plots").glob("*.png"))) == 5
     assert "the 2 most suspicious pairs" in result.output
 
 

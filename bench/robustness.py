@@ -9,7 +9,7 @@ training labels:
 Methods:
   estimate        the noise estimate of the training cache alone (`repo inspect-noise SCORES`), no training
   dpo ipo simpo cpo            the plain losses
-  re-<loss>       --robust with its defaults (stages/train.ROBUST_DEFAULTS: the estimate first, epoch 0)
+  re-<loss>       --robust with its defaults (stages/configs.ROBUST_DEFAULTS: the estimate first, epoch 0)
   re-<loss>-alg1  the paper's Algorithm 1 (--eta-init fixed --e-step policy)
   re-<loss>-seeded, re-<loss>-prior   --eta-init estimate with the E-step seeded | prior, by name
   cdpo rdpo       the baselines with ε set to the variant's true flip rate (an oracle the robust methods lack)
@@ -36,14 +36,15 @@ from pathlib import Path
 import polars as pl
 
 from data.atomic import atomic_write_text
+from data.columns import TRUTH
 from data.project import SAMPLE_HELDOUT, SAMPLE_TRAIN
-from data.tables import TRUTH, read_table, sample_rows, swap_where, write_table
-from stages import evaluate, inspect_noise, make_noisy, prepare_model, score, train
+from data.tables import read_table, sample_rows, swap_where, write_table
+from stages import configs, evaluate, inspect_noise, make_noisy, prepare_model, score, train
 
 NOISE = {"clean": None, "real": None, "+20%": 0.2, "+40%": 0.4}
 ANNOTATORS = ("groups", "single")
 ROBUST = ("dpo", "ipo", "simpo", "cpo")
-RULES = {"": {}, "-alg1": {k: str(v) for k, v in train.ALGORITHM_1.items()},
+RULES = {"": {}, "-alg1": {k: str(v) for k, v in configs.ALGORITHM_1.items()},
          "-seeded": {"eta_init": "estimate", "e_step": "seeded"}, "-prior": {"eta_init": "estimate", "e_step": "prior"}}
 RUNS = {f"re-{loss}{name}": (loss, rule) for loss in ROBUST for name, rule in RULES.items()}
 METHODS = ("estimate", *ROBUST, *RUNS, "cdpo", "rdpo")

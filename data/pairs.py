@@ -30,6 +30,8 @@ from typing import Literal, NamedTuple
 
 import polars as pl
 
+from data.columns import Columns
+
 DEFAULT_ANNOTATOR = "default"
 TEXT_COLUMNS = ("prompt", "chosen", "rejected")
 MESSAGE_COLUMNS = ("prompt_json", "chosen_json", "rejected_json")
@@ -39,17 +41,6 @@ FORMAT_OF_SUFFIX = {
 
 Message = dict[str, str]
 PairValue = str | list[Message]
-
-
-@dataclass(frozen=True)
-class Columns:
-    """Input column names. annotator/pair_id None: use a column named "annotator"/"pair_id" if present."""
-
-    prompt: str = "prompt"
-    chosen: str = "chosen"
-    rejected: str = "rejected"
-    annotator: str | None = None
-    pair_id: str | None = None
 
 
 class DataError(ValueError):

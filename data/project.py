@@ -20,7 +20,7 @@ from typing import Any
 
 from data import settings
 from data.atomic import atomic_write_text
-from data.pairs import Columns
+from data.columns import Columns
 
 PROJECT_FILE = "repo.toml"
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"

@@ -9,16 +9,7 @@ from pathlib import Path
 import polars as pl
 
 from data.atomic import atomic_write
-
-FORMATS = (".jsonl", ".json", ".parquet", ".csv")
-
-
-def table_format(path: str | Path) -> str:
-    """The format named by the extension (".jsonl", ...); raises ValueError for any other."""
-    suffix = Path(path).suffix.lower()
-    if suffix not in FORMATS:
-        raise ValueError(f"{path}: unknown table format {suffix or '(no extension)'!r}; use one of {', '.join(FORMATS)}")
-    return suffix
+from data.columns import table_format
 
 
 def read_table(path: str | Path) -> pl.DataFrame:
@@ -45,7 +36,6 @@ def write_table(df: pl.DataFrame, path: str | Path) -> None:
     atomic_write(path, writer)
 
 
-TRUTH = "is_flipped"  # the truth column make-noisy writes and the other stages read by default
 TRUTH_TEXT = {"true": True, "false": False, "1": True, "0": False}
 TRUTH_EXPECTED = "expected true/false or 0/1 (True where the label is wrong)"
 

@@ -13,65 +13,13 @@ token count (EOS included, prompt excluded, clamped at 1), σ the logistic funct
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import assert_never
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-class LossKind(StrEnum):
-    """The preference losses re-po trains with. cdpo and rdpo are noise-aware DPO baselines, not robust-able."""
-
-    dpo = "dpo"
-    ipo = "ipo"
-    simpo = "simpo"
-    cpo = "cpo"
-    cdpo = "cdpo"
-    rdpo = "rdpo"
-
-
-# The four families RE-PO wraps (paper §2); cdpo/rdpo already model noise their own way.
-ROBUST_KINDS = frozenset({LossKind.dpo, LossKind.ipo, LossKind.simpo, LossKind.cpo})
-
-DEFAULT_BETA: dict[LossKind, float] = {
-    LossKind.dpo: 0.1,
-    LossKind.ipo: 0.1,
-    LossKind.simpo: 2.0,
-    LossKind.cpo: 0.1,
-    LossKind.cdpo: 0.1,
-    LossKind.rdpo: 0.1,
-}
-
-
-@dataclass(frozen=True)
-class LossSpec:
-    """A preference loss and its hyper-parameters, as one value (defaults of method.md §2); each kind reads only
-    its own fields. Built once from the run's settings (stages/train.TrainConfig.loss_spec) and written in the
-    run's config.json, so evaluation reads back exactly what was trained."""
-
-    kind: LossKind
-    beta: float
-    gamma: float = 0.5  # SimPO target margin γ
-    cpo_alpha: float = 1.0  # CPO weight α of the chosen response's per-token NLL
-    ipo_summed: bool = False  # IPO on summed log-ratios instead of per-token means (method.md §2)
-    label_smoothing: float = 0.0  # cDPO ε: assumed probability that a label is flipped
-    flip_rate: float = 0.0  # rDPO ε: assumed flip rate, must be < ½ (the loss divides by 1 − 2ε)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "kind", LossKind(self.kind))  # a name read back from JSON
-        if not self.beta > 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}")
-        if not 0.0 <= self.label_smoothing <= 0.5:
-            raise ValueError(f"label_smoothing must be in [0, 0.5], got {self.label_smoothing}")
-        if not 0.0 <= self.flip_rate < 0.5:
-            raise ValueError(f"flip_rate must be in [0, 0.5), got {self.flip_rate}")
-
-    @classmethod
-    def of(cls, kind: LossKind | str, beta: float | None = None, **overrides: object) -> LossSpec:
-        """The spec of `kind`, β from DEFAULT_BETA unless given; other fields from `overrides`."""
-        return cls(kind=LossKind(kind), beta=DEFAULT_BETA[LossKind(kind)] if beta is None else beta, **overrides)
+from pipeline.choices import ROBUST_KINDS, LossKind, LossSpec
 
 
 @dataclass(frozen=True)

@@ -18,34 +18,12 @@ pair, z also carries that pair's own label: `seeded` then counts the label twice
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 import torch
 from torch import Tensor
 
 from pipeline import em, losses
-from pipeline.losses import LossSpec, PairLogps
-
-
-class EStep(StrEnum):
-    policy = "policy"
-    seeded = "seeded"
-    prior = "prior"
-
-
-class EtaUpdate(StrEnum):
-    """How η moves (method.md §7.5): per-step EMA (Alg. 1), one exact M-step between epochs, or both."""
-
-    ema = "ema"
-    epoch = "epoch"
-    both = "both"
-
-
-class RobustForm(StrEnum):
-    """The RE-PO loss: BCE on the induced logit (Eq. 5), or w·L(a≻b) + (1−w)·L(b≻a) (method.md §7.1)."""
-
-    induced = "induced"
-    weighted = "weighted"
+from pipeline.choices import EStep, EtaUpdate, LossSpec, RobustForm
+from pipeline.losses import PairLogps
 
 
 def posterior(rule: EStep, z: Tensor, prior: Tensor | None, others: Tensor, eta: Tensor) -> Tensor:

@@ -18,34 +18,12 @@ share of held-out pairs whose consensus order the policy's implicit reward β·(
 
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from data import folders, run_folder
-from data.project import SAMPLE_HELDOUT, SAMPLE_TRAIN
-from data.settings import setting
-from data.tables import TRUTH, read_table, sample_rows, write_table
-from pipeline.losses import LossKind
+from data.tables import read_table, sample_rows, write_table
 from stages import evaluate, inspect_noise, prepare_model, score, train
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    workspace: Path = setting(Path("workspace/demo"), "Where the demo writes.")
-    model: str | None = setting(None, "Model folder.", default_text="SmolLM2-135M-Instruct, prepared locally")
-    train_data: Path = setting(SAMPLE_TRAIN, "Training pairs.", default_text="the bundled sample")
-    heldout_data: Path = setting(SAMPLE_HELDOUT, "Held-out pairs with a truth column.",
-                                 default_text="the bundled sample")
-    train_pairs: int = setting(0, "Use N of the training labels, drawn with a fixed seed (0: all 695, of 280 "
-                                  "pairs).")
-    heldout_pairs: int = setting(0, "Use N of the held-out pairs, drawn with a fixed seed (0: all 300).")
-    loss: LossKind = setting(LossKind.dpo, "dpo | ipo | simpo | cpo, trained with --robust.")
-    # one pass: every pair's margin is out-of-sample when the E-step sees it (method.md §7.6)
-    epochs: int = setting(1, "Training epochs.")
-    lr: float = setting(5e-5, "AdamW learning rate.")
-    batch_size: int = setting(8, "Pairs per micro-batch.")
-    seed: int = setting(0, "Seed of the training run.")
-    truth_col: str = setting(TRUTH, "True where the label is wrong.")
+from stages.configs import DemoConfig
 
 
 def run(cfg: DemoConfig) -> Path:

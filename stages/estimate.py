@@ -22,28 +22,8 @@ import polars as pl
 import torch
 
 from data import noise_inputs
-from data.settings import setting
 from pipeline import reliability
-
-
-@dataclass(frozen=True)
-class EstimateConfig:
-    eta0: float = setting(0.9, "Start of every η, kept where the data do not identify it.")
-    probe: bool = setting(True, "The cross-fitted probe on the embeddings, or the labels' agreement alone.")
-    prior_col: str | None = setting(None, "A column of log-odds that each label's order is right (your reward "
-                                          "model or judge) serves as the model instead of the probe.")
-    folds: int = setting(5, "Cross-fitting folds.")  # grouped by pair
-    components: int = setting(64, "Principal directions of the embedding differences kept.")
-    prompt_components: int = setting(8, "Prompt principal components the probe's direction may depend on.")
-    seed: int = setting(0, "Seed of the folds and the probe.")
-
-    def __post_init__(self) -> None:
-        if not 0.5 < self.eta0 < 1:
-            raise ValueError(f"eta0 must be in (0.5, 1), got {self.eta0}")
-        if self.folds < 2:
-            raise ValueError(f"folds must be at least 2, got {self.folds}")
-        if self.components < 1 or self.prompt_components < 0:
-            raise ValueError("components must be >= 1 and prompt_components >= 0")
+from stages.configs import EstimateConfig
 
 
 @dataclass(frozen=True)

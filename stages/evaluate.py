@@ -14,7 +14,6 @@ same measure with the policy equal to the reference. A second ranking, the per-t
 margin ℓ(a)/|a| − ℓ(b)/|b|, shows what the policy itself now prefers.
 """
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,28 +21,12 @@ import polars as pl
 import torch
 
 from data import folders, run_folder, schema
-from data.pairs import Columns
-from data.settings import setting
-from data.tables import TRUTH, truth_column
+from data.tables import truth_column
 from pipeline import losses
+from pipeline.choices import LossSpec
 from pipeline.noise_metrics import order_accuracy
 from stages import score
-
-
-@dataclass(frozen=True)
-class EvaluateConfig:
-    data: str = setting(help="Held-out pairs with a truth column.", positional=True,
-                        default_text="repo.toml's [evaluate] data")
-    run: Path = setting(help="Run folder of `repo train`.", default_text="<workspace>/train")
-    out: Path = setting(help="Output folder: the two score caches and evaluation.json.",
-                        default_text="<workspace>/evaluate")
-    truth_col: str = setting(TRUTH, "True where the observed order is the wrong one.")
-    columns: Columns = setting(Columns(), cli=False, toml=False)  # repo.toml [data]
-    max_length: int | None = setting(None, "Prompt + response tokens.", default_text="as the run's cache was scored")
-    max_prompt_length: int | None = setting(None, "Prompt tokens, cut from the left.",
-                                            default_text="as the run's cache was scored")
-    ref_out: Path | None = setting(None, "The reference's score cache; runs sharing one score it once.",
-                                   default_text="<out>/ref")
+from stages.configs import EvaluateConfig
 
 
 def run(cfg: EvaluateConfig) -> Path:
@@ -55,7 +38,7 @@ def run(cfg: EvaluateConfig) -> Path:
     if "loss_spec" not in train_config:
         raise ValueError(f"{run_dir / run_folder.CONFIG} names no loss_spec: the run was trained by an older re-po; "
                          "train it again to evaluate it")
-    spec = losses.LossSpec(**train_config["loss_spec"])  # exactly what was trained
+    spec = LossSpec(**train_config["loss_spec"])  # exactly what was trained
     final = run_dir / run_folder.FINAL
     if not (final / "config.json").exists():
         raise FileNotFoundError(f"{run_dir} has no trained policy in {final}; let `repo train` finish first")
@@ -91,7 +74,7 @@ def _evaluated(folder: Path) -> bool:
 
 
 def heldout_accuracy(
-    ref_cache: Path, policy_cache: Path, spec: losses.LossSpec, truth_col: str
+    ref_cache: Path, policy_cache: Path, spec: LossSpec, truth_col: str
 ) -> dict:
     """Accuracies before (policy = reference) and after, from two score caches of the same pairs."""
     ref, _ = schema.read_scores(ref_cache)

@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import json
 import textwrap
-from dataclasses import asdict, dataclass
-from enum import StrEnum
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -32,74 +31,21 @@ import polars as pl
 
 from data import folders, run_folder, schema
 from data.atomic import atomic_write_text
-from data.pairs import Columns, pair_values, read_pairs
-from data.settings import setting
+from data.columns import TRUTH, Columns, table_format
+from data.pairs import pair_values, read_pairs
 from data.tables import (
-    TRUTH,
     read_table,
     swap_where,
     swapped_column_pairs,
-    table_format,
     truth_column,
     write_table,
 )
 from pipeline import noise_metrics
 from stages import estimate, noise_plots
-from stages.estimate import EstimateConfig
+from stages.configs import CleanAction, InspectConfig
 
-DEFAULT_THRESHOLD = 0.5
 EXCERPT_CHARS = 100
 MAX_ANNOTATOR_ROWS = 40  # the report's table; summary.json lists every annotator
-
-
-class CleanAction(StrEnum):
-    drop = "drop"  # leave the flagged pairs out
-    flip = "flip"  # swap their chosen and rejected
-
-
-@dataclass(frozen=True)
-class InspectConfig:
-    run: Path = setting(help="Run folder of `repo train --robust`, or a score cache of `repo score` for the "
-                             "estimate before training.", positional=True, default_text="<workspace>/train")
-    out_dir: Path = setting(help="report.txt and summary.json go here.", default_text="<workspace>/inspect")
-    epoch: int | None = setting(None, "Epoch to inspect.", default_text="the last one written")
-    threshold: float | None = setting(None, "Flag pairs with w below it.",
-                                      default_text=f"{DEFAULT_THRESHOLD} unless --top-k is given")
-    top_k: int | None = setting(None, "Instead: flag the k pairs of lowest w.")
-    show: int = setting(10, "Suspicious pairs to print.")
-    scores: Path | None = setting(None, "Score cache.", default_text="the one the run was trained on")
-    truth_col: str | None = setting(None, "Column that is true where the label is wrong.",
-                                    default_text=f"{TRUTH} if present")
-    dump: Path | None = setting(None, "Write the flagged pairs with every column to this file: .jsonl, .csv or "
-                                      ".parquet.")
-    export_clean: Path | None = setting(None, "Write the input dataset without the flagged labels (see --action).")
-    action: CleanAction = setting(CleanAction.drop, "drop the flagged pairs, or flip their labels.")
-    data: str | None = setting(None, "The input dataset, for --export-clean (the run's cache must be scored from "
-                                     "it).", default_text="repo.toml's data.path")
-    columns: Columns = setting(Columns(), cli=False, toml=False)  # its column names, as `repo score` read them
-    plots: Path | None = setting(None, "Folder for PNG plots of w and η.")
-    estimate: EstimateConfig = setting(EstimateConfig(), section="estimate")  # how a score cache is estimated
-
-    def __post_init__(self):
-        if self.threshold is not None and self.top_k is not None:
-            raise ValueError(f"give a threshold ({self.threshold}) or top_k ({self.top_k}), not both: each is a "
-                             "flag rule of its own (check repo.toml's [inspect] too)")
-        if self.threshold is None and self.top_k is None:
-            object.__setattr__(self, "threshold", DEFAULT_THRESHOLD)
-        if self.threshold is not None and not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"threshold must lie in (0, 1], got {self.threshold}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be at least 1, got {self.top_k}")
-        if self.action not in tuple(CleanAction):
-            raise ValueError(f"action must be one of {', '.join(CleanAction)}, got {self.action!r}")
-        if self.show < 0:
-            raise ValueError(f"show must be >= 0, got {self.show}")
-        if self.dump is not None:
-            table_format(self.dump)
-        if self.export_clean is not None:
-            table_format(self.export_clean)
-            if self.data is None:
-                raise ValueError("--export-clean needs the input dataset (--data, or [data] path in repo.toml)")
 
 
 def run(cfg: InspectConfig) -> Path:

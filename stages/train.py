@@ -11,9 +11,9 @@ logit z → E-step w = σ(z.detach() + logit η + the other labels of the pair, 
 loss → backward; then clip, optimizer and
 scheduler step, and the η EMA (Eq. 7) on the (Σw, count) of the whole global batch. Between epochs a no-grad
 pass re-estimates every pair's posterior and persists it (method.md §7.5). The rules live in pipeline/robust.py.
-With --robust's defaults (ROBUST_DEFAULTS), or --eta-init estimate / --e-step seeded|prior, the noise estimate of
+With --robust's defaults (stages/configs.ROBUST_DEFAULTS), or --eta-init estimate / --e-step seeded|prior, the noise estimate of
 the cache (stages/estimate.py) runs first and is written as epoch 0; η starts there, and its per-pair logits are
-the E-step's evidence (prior) or join the policy's (seeded). ALGORITHM_1 is the paper's loop exactly.
+the E-step's evidence (prior) or join the policy's (seeded). configs.ALGORITHM_1 is the paper's loop exactly.
 
 Several processes (`accelerate launch`, README "Multi-GPU"): each runs its own share of every step
 (pipeline/batching.py deals rows out explicitly, so no pair is padded in twice); per-pair results are gathered, so
@@ -26,8 +26,7 @@ import shutil
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
-from enum import StrEnum
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import polars as pl
@@ -40,149 +39,12 @@ from tqdm.auto import tqdm
 from data import folders, run_folder, schema, tokenize
 from data.noise_inputs import NoiseInputError
 from data.pair_table import MissingReference, PairTable
-from data.settings import setting
 from pipeline import batching, em, logprobs, losses, noise_metrics, robust, train_metrics
-from pipeline.losses import LossKind, LossSpec, PairLogps
-from pipeline.robust import EStep, EtaUpdate, RobustForm
+from pipeline.losses import PairLogps
+from pipeline.robust import EStep, EtaUpdate
 from stages import checkpoint, estimate
 from stages.checkpoint import TrainState
-from stages.estimate import EstimateConfig
-
-
-class EtaInit(StrEnum):
-    """Where η starts: η0 for every annotator (the paper), or the noise estimate of the cache (epoch 0)."""
-
-    fixed = "fixed"
-    estimate = "estimate"
-
-
-# What --robust does where η's start, the E-step and η's update are not given (method.md §9, bench/README.md):
-# start from the estimate, keep its out-of-sample evidence, and move η by one exact M-step per epoch (with the
-# estimate's evidence the posteriors do not change between steps, so the per-step EMA would only add the noise
-# of 8-pair batches, ±0.035 at α = 0.1). The paper's Algorithm 1 exactly: --eta-init fixed --e-step policy
-# --eta-update ema.
-ROBUST_DEFAULTS = {"eta_init": EtaInit.estimate, "e_step": EStep.prior, "eta_update": EtaUpdate.epoch}
-ALGORITHM_1 = {"eta_init": EtaInit.fixed, "e_step": EStep.policy, "eta_update": EtaUpdate.ema}
-
-
-def algorithm_1_flags() -> str:
-    """The command-line flags that ask for ALGORITHM_1 under --robust."""
-    return " ".join(f"--{name.replace('_', '-')} {value}" for name, value in ALGORITHM_1.items())
-
-
-class ReportTo(StrEnum):
-    """Where the step metrics go besides metrics.jsonl: accelerate's trackers (TRL's report_to)."""
-
-    tensorboard = "tensorboard"
-    wandb = "wandb"
-    mlflow = "mlflow"
-    none = "none"
-
-
-class Schedule(StrEnum):
-    cosine = "cosine"
-    linear = "linear"
-
-
-def _robust_default(name: str) -> str:
-    return f"with --robust: {ROBUST_DEFAULTS[name]}; Algorithm 1: {ALGORITHM_1[name]}"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    scores: Path = setting(help="Score cache from `repo score`.", positional=True,
-                           default_text="<workspace>/scores")
-    out_dir: Path = setting(help="Run folder.", flag="--out", default_text="<workspace>/train")
-    policy: str | None = setting(None, "Starting policy: an alias from repo.toml, a hub id or a folder.",
-                                 default_text="policy, else ref", model_alias=True)  # None: the cache's model
-    loss: LossKind = setting(LossKind.dpo, "dpo | ipo | simpo | cpo, or the baselines cdpo | rdpo.")
-    robust: bool = setting(False, "RE-PO: learn per-annotator η and re-weight pairs by their posterior w.")
-    beta: float | None = setting(None, "Preference temperature β.",  # None: losses.DEFAULT_BETA[loss]
-                                 default_text="0.1; SimPO 2.0")
-    gamma: float = setting(0.5, "SimPO target margin γ.")
-    cpo_alpha: float = setting(1.0, "CPO NLL weight α.")
-    ipo_summed: bool = setting(False, "IPO on summed instead of per-token mean log-ratios.")
-    label_smoothing: float = setting(0.0, "cDPO's ε.")
-    flip_rate: float = setting(0.0, "rDPO's assumed flip rate ε.")
-    eta0: float = setting(0.9, "Initial reliability of every annotator, in (½, 1].")
-    eta_alpha: float = setting(0.1, "EMA rate α_η of Eq. 7; 0 freezes η.")
-    eta_update: EtaUpdate | None = setting(
-        None, "How η moves: ema (per step, the paper), epoch (one M-step between epochs), both.",
-        default_text=_robust_default("eta_update"))
-    robust_form: RobustForm = setting(
-        RobustForm.induced, "induced (BCE on the induced logit, Eq. 5) or weighted (w·L(a≻b) + (1−w)·L(b≻a)).")
-    eta_init: EtaInit | None = setting(
-        None, "fixed (η0 for everyone, the paper) or estimate (the cache's noise estimate, epoch 0).",
-        default_text=_robust_default("eta_init"))
-    e_step: EStep | None = setting(
-        None, "The E-step's evidence: policy (Algorithm 1), seeded (policy + the estimate) or prior (the estimate "
-              "alone).", default_text=_robust_default("e_step"))
-    estimate_with: Path | None = setting(None, "Another score cache (same model) whose pairs the estimate learns "
-                                               "from too.")
-    estimate: EstimateConfig = setting(EstimateConfig(), section="estimate", cli=False)  # flags would clash
-    flag_threshold: float = setting(0.5, "A pair is flagged as a likely wrong label when w < this.")
-    lr: float = setting(1e-6, "AdamW learning rate.")
-    weight_decay: float = setting(0.0, "AdamW weight decay.")
-    epochs: int = setting(1, "Passes over the pairs.")
-    max_steps: int = setting(0, "Stop after this many optimizer steps (0: no limit).")
-    batch_size: int = setting(8, "Pairs per micro-batch per process.")
-    grad_accum: int = setting(1, "Micro-batches per optimizer step.")
-    warmup_ratio: float = setting(0.1, "Share of the optimizer steps with a linear LR warmup.")
-    scheduler: Schedule = setting(Schedule.cosine, "LR decay after warmup: cosine or linear.")
-    max_grad_norm: float = setting(1.0, "Gradient clipping norm; 0: no clipping.")
-    bf16: bool = setting(True, "bf16 autocast on CUDA (weights stay fp32); ignored on CPU.")
-    gradient_checkpointing: bool = setting(False, "Recompute activations in backward to save memory.")
-    packing: bool = setting(True, "Several sequences per forward row instead of right padding.")  # logprobs.pack
-    lora: bool = setting(False, "Train LoRA adapters (needs the `peft` extra); final/ holds the merged model.")
-    lora_r: int = setting(16, "LoRA rank.")
-    lora_alpha: int = setting(32, "LoRA scaling α.")
-    seed: int = setting(0, "Seed of init, data order and dropout.")
-    save_every: int = setting(0, "Checkpoint every N optimizer steps; always at each epoch end.")
-    resume: bool = setting(False, "Continue the run in out_dir from its last checkpoint.")
-    device: str = setting("auto", "auto, cpu or cuda (accelerate launch picks the device per process).")
-    report_to: ReportTo | None = setting(None, "Experiment tracker for the step metrics, through accelerate "
-                                               "(metrics.jsonl is always written).",
-                                         default_text="tensorboard when installed, else none")
-
-    def __post_init__(self) -> None:
-        def need(ok: bool, message: str) -> None:
-            if not ok:
-                raise ValueError(message)
-
-        for name in ROBUST_DEFAULTS:  # unset: --robust's defaults, or what a plain run means (no estimate)
-            if getattr(self, name) is None:
-                object.__setattr__(self, name, (ROBUST_DEFAULTS if self.robust else ALGORITHM_1)[name])
-        for name, kind in (("scores", Path), ("out_dir", Path), ("loss", LossKind), ("eta_update", EtaUpdate),
-                           ("robust_form", RobustForm), ("scheduler", Schedule), ("eta_init", EtaInit),
-                           ("e_step", EStep)):
-            object.__setattr__(self, name, kind(getattr(self, name)))  # a CLI or test may pass plain strings
-        loss = self.loss
-        need(not self.robust or loss in losses.ROBUST_KINDS,
-             f"--robust wraps {', '.join(sorted(losses.ROBUST_KINDS))}; {loss} is a baseline with its own "
-             "noise model")
-        need(self.label_smoothing == 0 or loss is LossKind.cdpo, "--label-smoothing is cDPO's ε: use --loss cdpo")
-        need(self.flip_rate == 0 or loss is LossKind.rdpo, "--flip-rate is rDPO's ε: use --loss rdpo")
-        need(0.5 < self.eta0 <= 1, f"eta0 must be in (0.5, 1] (η = ½ gives zero gradient), got {self.eta0}")
-        need(0 <= self.eta_alpha <= 1, f"eta_alpha must be in [0, 1], got {self.eta_alpha}")
-        need(0 < self.flag_threshold < 1, f"flag_threshold must be in (0, 1), got {self.flag_threshold}")
-        need(self.lr > 0 and self.weight_decay >= 0 and self.max_grad_norm >= 0, "lr must be > 0; "
-             f"weight_decay, max_grad_norm >= 0 (got {self.lr}, {self.weight_decay}, {self.max_grad_norm})")
-        need(min(self.epochs, self.batch_size, self.grad_accum, self.lora_r) >= 1 and self.max_steps >= 0,
-             "epochs, batch_size, grad_accum, lora_r must be >= 1 and max_steps >= 0")
-        need(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        need(self.robust or (self.eta_init is EtaInit.fixed and self.e_step is EStep.policy),
-             "--eta-init estimate and --e-step seeded|prior are RE-PO's: add --robust")
-        for name, kind in (("estimate_with", Path), ("report_to", ReportTo)):  # optional ones
-            if getattr(self, name) is not None:
-                object.__setattr__(self, name, kind(getattr(self, name)))
-        need(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device}")
-        self.loss_spec()  # β > 0 and the ε ranges are checked there
-
-    def loss_spec(self) -> LossSpec:
-        """The loss these settings ask for, as one value (written in config.json for evaluate)."""
-        return LossSpec.of(self.loss, self.beta, gamma=self.gamma, cpo_alpha=self.cpo_alpha,
-                           ipo_summed=self.ipo_summed, label_smoothing=self.label_smoothing, flip_rate=self.flip_rate)
-
+from stages.configs import EtaInit, ReportTo, Schedule, TrainConfig, algorithm_1_flags
 
 # Fields that may differ between a run and its --resume: they do not change what is trained.
 RESUMABLE_CHANGES = ("resume", "save_every", "device", "report_to")

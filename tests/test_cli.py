@@ -4,6 +4,7 @@ every repo.toml key takes effect, with the flags above it."""
 
 import dataclasses
 import enum
+import importlib
 import json
 import tomllib
 import typing
@@ -151,7 +152,8 @@ def _cases():
 def test_every_repo_toml_key_takes_effect_and_a_flag_beats_it(command_name, section, config_cls, f, hint,
                                                              tmp_path, monkeypatch):
     built = []
-    monkeypatch.setattr(getattr(cli, STAGE_RUNS[command_name]), "run", lambda cfg: built.append(cfg) or tmp_path)
+    stage = importlib.import_module(f"stages.{STAGE_RUNS[command_name]}")
+    monkeypatch.setattr(stage, "run", lambda cfg: built.append(cfg) or tmp_path)
     from_toml, from_flag = _two_values(f, hint)
     companions = "".join(f"{k} = {settings.toml_value(v)}\n" for k, v in NEEDS.get(f.name, {}).items())
     owner = "train" if companions else section  # the companions are [train] keys

@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 from cli import app
 from data import run_folder, schema
-from data.pairs import Columns, pair_values, read_pairs
+from data.columns import Columns
+from data.pairs import pair_values, read_pairs
 from stages.inspect_noise import CleanAction, InspectConfig, run
 
 runner = CliRunner()

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from pipeline import losses
-from pipeline.losses import DEFAULT_BETA, ROBUST_KINDS, LossKind, LossSpec, PairLogps
+from pipeline.choices import DEFAULT_BETA, ROBUST_KINDS, LossKind, LossSpec
+from pipeline.losses import PairLogps
 
 B = 64
 

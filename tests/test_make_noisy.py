@@ -6,7 +6,8 @@ import polars as pl
 import pytest
 
 from data.tables import read_table, write_table
-from stages.make_noisy import MakeNoisyConfig, parse_rates, run
+from stages.configs import MakeNoisyConfig, parse_rates
+from stages.make_noisy import run
 
 SAMPLE_TRAIN = Path(__file__).resolve().parents[1] / "data" / "sample" / "train.jsonl"
 

@@ -6,7 +6,8 @@ import polars as pl
 import pytest
 
 from data import pairs
-from data.pairs import BadRowError, Columns, DataError, pair_values, read_pairs
+from data.columns import Columns
+from data.pairs import BadRowError, DataError, pair_values, read_pairs
 
 PLAIN_ROWS = [
     {"prompt": "what is 2 + 2 ?", "chosen": "4", "rejected": "5", "annotator": "ann", "is_flipped": False},

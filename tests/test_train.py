@@ -25,11 +25,12 @@ from data import run_folder, schema
 from data.noise_inputs import NoiseInputError
 from data.pair_table import PairTable
 from pipeline import batching, losses
-from pipeline.losses import LossSpec
+from pipeline.choices import LossSpec
 from stages import checkpoint, estimate, evaluate, train
+from stages.configs import ALGORITHM_1, ROBUST_DEFAULTS, TrainConfig
 from stages.score import ScoreConfig
 from stages.score import run as score
-from stages.train import ALGORITHM_1, ROBUST_DEFAULTS, SequenceLogps, TrainConfig, pair_logps, run
+from stages.train import SequenceLogps, pair_logps, run
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_PAIRS, BATCH = 24, 4  # 6 steps per epoch

@@ -338,8 +338,9 @@ class Logger:
     def close(self) -> None:
         if self.metrics is not None:
             self.metrics.close()
-        if self.tracker is not None:
-            self.accelerator.end_training()
+        if self.tracker is not None:  # not end_training(): it also ends the process group that final/ still needs
+            for tracker in self.accelerator.trackers:
+                tracker.finish()
 
 
 def _save_checkpoint(accelerator: Accelerator, out: Path, state: TrainState, scheduler, log: Logger) -> None:

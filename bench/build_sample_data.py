@@ -52,7 +52,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.atomic import atomic_write, atomic_write_text
+from re_po.data.atomic import atomic_write, atomic_write_text
 
 SDIST_NAME = "vaderSentiment-3.3.2.tar.gz"
 SDIST_SHA256 = "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9"

@@ -35,13 +35,12 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-
-from data import schema
-from data.columns import TRUTH
-from data.project import SAMPLE_HELDOUT, SAMPLE_TRAIN
-from data.tables import swap_where, swapped_column_pairs, write_table
-from pipeline import noise_metrics
-from stages import estimate, make_noisy, prepare_model, score, train
+from re_po.data import schema
+from re_po.data.columns import TRUTH
+from re_po.data.project import SAMPLE_HELDOUT, SAMPLE_TRAIN
+from re_po.data.tables import swap_where, swapped_column_pairs, write_table
+from re_po.pipeline import noise_metrics
+from re_po.stages import estimate, make_noisy, prepare_model, score, train
 
 SAMPLE = SAMPLE_TRAIN.parent
 SPLITS = ("train.jsonl", "heldout.jsonl", "pool.jsonl")

@@ -28,11 +28,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-
-from data import schema
-from pipeline import batching
-from stages import score
-from stages.prepare_model import ensure_default_model
+from re_po.data import schema
+from re_po.pipeline import batching
+from re_po.stages import score
+from re_po.stages.prepare_model import ensure_default_model
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "train.jsonl"
 

@@ -57,8 +57,8 @@ def main() -> None:
     if args.pairs % args.batch_size:
         raise SystemExit("--pairs must be a multiple of --batch-size (every step then trains a full batch)")
 
-    from stages import score
-    from stages.prepare_model import ensure_default_model
+    from re_po.stages import score
+    from re_po.stages.prepare_model import ensure_default_model
 
     model_dir = args.model or ensure_default_model()
     rows = [json.loads(line) for line in SAMPLE.read_text().splitlines()[: args.pairs]]
@@ -95,8 +95,8 @@ def in_child(spec: dict) -> dict:
 
 def child_repo(spec: dict) -> dict:
     """One epoch of `repo train`; the training loop's time is the sum of the step times in metrics.jsonl."""
-    from pipeline import logprobs
-    from stages import train
+    from re_po.pipeline import logprobs
+    from re_po.stages import train
 
     loss, robust, packing = REPO_RUNS[spec["run"]]
     passes, epoch_posteriors = [], train._epoch_posteriors

@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from data.atomic import atomic_write_text
+from re_po.data.atomic import atomic_write_text
 
 MARK = ".re-po.json"
 

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
-
-from data import schema
+from re_po.data import schema
 
 
 class NoiseInputError(ValueError):

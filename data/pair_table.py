@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-
-from data import schema
-from data.noise_inputs import annotator_index, pair_structure
+from re_po.data import schema
+from re_po.data.noise_inputs import annotator_index, pair_structure
 
 REFERENCE_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 

@@ -29,8 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Literal, NamedTuple
 
 import polars as pl
-
-from data.columns import Columns
+from re_po.data.columns import Columns
 
 DEFAULT_ANNOTATOR = "default"
 TEXT_COLUMNS = ("prompt", "chosen", "rejected")

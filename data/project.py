@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data import settings
-from data.atomic import atomic_write_text
-from data.columns import Columns
+from re_po.data import settings
+from re_po.data.atomic import atomic_write_text
+from re_po.data.columns import Columns
 
 PROJECT_FILE = "repo.toml"
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-
-from data.atomic import atomic_write
+from re_po.data.atomic import atomic_write
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"

@@ -18,8 +18,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from data.atomic import atomic_write
+from re_po.data.atomic import atomic_write
 
 SCHEMA_VERSION = 2  # 2: response and prompt embeddings (embed_layers)
 # Everything that can change a stored log-prob (or the token ids): a cache is reused only if all agree.

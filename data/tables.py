@@ -7,9 +7,8 @@ atomic: a temporary file in the same folder, then os.replace.
 from pathlib import Path
 
 import polars as pl
-
-from data.atomic import atomic_write
-from data.columns import table_format
+from re_po.data.atomic import atomic_write
+from re_po.data.columns import table_format
 
 
 def read_table(path: str | Path) -> pl.DataFrame:

@@ -16,7 +16,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from data.pairs import BadRowError, Message, PairValue
+from re_po.data.pairs import BadRowError, Message, PairValue
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,10 @@ pair, z also carries that pair's own label: `seeded` then counts the label twice
 from __future__ import annotations
 
 import torch
+from re_po.pipeline import em, losses
+from re_po.pipeline.choices import EStep, EtaUpdate, LossSpec, RobustForm
+from re_po.pipeline.losses import PairLogps
 from torch import Tensor
-
-from pipeline import em, losses
-from pipeline.choices import EStep, EtaUpdate, LossSpec, RobustForm
-from pipeline.losses import PairLogps
 
 
 def posterior(rule: EStep, z: Tensor, prior: Tensor | None, others: Tensor, eta: Tensor) -> Tensor:

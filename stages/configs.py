@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from data.columns import TRUTH, Columns, table_format
-from data.project import SAMPLE_HELDOUT, SAMPLE_TRAIN
-from data.settings import setting
-from pipeline.choices import ROBUST_KINDS, EStep, EtaUpdate, LossKind, LossSpec, RobustForm
+from re_po.data.columns import TRUTH, Columns, table_format
+from re_po.data.project import SAMPLE_HELDOUT, SAMPLE_TRAIN
+from re_po.data.settings import setting
+from re_po.pipeline.choices import ROBUST_KINDS, EStep, EtaUpdate, LossKind, LossSpec, RobustForm
 
 # ---- `repo score` --------------------------------------------------------------------------------------------------
 

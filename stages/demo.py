@@ -20,10 +20,10 @@ import json
 import sys
 from pathlib import Path
 
-from data import folders, run_folder
-from data.tables import read_table, sample_rows, write_table
-from stages import evaluate, inspect_noise, prepare_model, score, train
-from stages.configs import DemoConfig
+from re_po.data import folders, run_folder
+from re_po.data.tables import read_table, sample_rows, write_table
+from re_po.stages import evaluate, inspect_noise, prepare_model, score, train
+from re_po.stages.configs import DemoConfig
 
 
 def run(cfg: DemoConfig) -> Path:

@@ -20,10 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 import torch
-
-from data import noise_inputs
-from pipeline import reliability
-from stages.configs import EstimateConfig
+from re_po.data import noise_inputs
+from re_po.pipeline import reliability
+from re_po.stages.configs import EstimateConfig
 
 
 @dataclass(frozen=True)

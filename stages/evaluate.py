@@ -19,14 +19,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-
-from data import folders, run_folder, schema
-from data.tables import truth_column
-from pipeline import losses
-from pipeline.choices import LossSpec
-from pipeline.noise_metrics import order_accuracy
-from stages import score
-from stages.configs import EvaluateConfig
+from re_po.data import folders, run_folder, schema
+from re_po.data.tables import truth_column
+from re_po.pipeline import losses
+from re_po.pipeline.choices import LossSpec
+from re_po.pipeline.noise_metrics import order_accuracy
+from re_po.stages import score
+from re_po.stages.configs import EvaluateConfig
 
 
 def run(cfg: EvaluateConfig) -> Path:

@@ -28,21 +28,20 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-
-from data import folders, run_folder, schema
-from data.atomic import atomic_write_text
-from data.columns import TRUTH, Columns, table_format
-from data.pairs import pair_values, read_pairs
-from data.tables import (
+from re_po.data import folders, run_folder, schema
+from re_po.data.atomic import atomic_write_text
+from re_po.data.columns import TRUTH, Columns, table_format
+from re_po.data.pairs import pair_values, read_pairs
+from re_po.data.tables import (
     read_table,
     swap_where,
     swapped_column_pairs,
     truth_column,
     write_table,
 )
-from pipeline import noise_metrics
-from stages import estimate, noise_plots
-from stages.configs import CleanAction, InspectConfig
+from re_po.pipeline import noise_metrics
+from re_po.stages import estimate, noise_plots
+from re_po.stages.configs import CleanAction, InspectConfig
 
 EXCERPT_CHARS = 100
 MAX_ANNOTATOR_ROWS = 40  # the report's table; summary.json lists every annotator

@@ -19,9 +19,8 @@ import numpy as np
 import polars as pl
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-
-from data.atomic import atomic_write
-from pipeline.noise_metrics import reliability_bins
+from re_po.data.atomic import atomic_write
+from re_po.pipeline.noise_metrics import reliability_bins
 
 MAX_LINES = 12  # annotators in the η plot (the least reliable) and, ×4, pairs in the w plot
 RIGHT, WRONG = "tab:blue", "tab:red"

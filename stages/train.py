@@ -34,17 +34,16 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
+from re_po.data import folders, run_folder, schema, tokenize
+from re_po.data.noise_inputs import NoiseInputError
+from re_po.data.pair_table import MissingReference, PairTable
+from re_po.pipeline import batching, em, logprobs, losses, noise_metrics, robust, train_metrics
+from re_po.pipeline.losses import PairLogps
+from re_po.pipeline.robust import EStep, EtaUpdate
+from re_po.stages import checkpoint, estimate
+from re_po.stages.checkpoint import TrainState
+from re_po.stages.configs import EtaInit, ReportTo, Schedule, TrainConfig, algorithm_1_flags
 from tqdm.auto import tqdm
-
-from data import folders, run_folder, schema, tokenize
-from data.noise_inputs import NoiseInputError
-from data.pair_table import MissingReference, PairTable
-from pipeline import batching, em, logprobs, losses, noise_metrics, robust, train_metrics
-from pipeline.losses import PairLogps
-from pipeline.robust import EStep, EtaUpdate
-from stages import checkpoint, estimate
-from stages.checkpoint import TrainState
-from stages.configs import EtaInit, ReportTo, Schedule, TrainConfig, algorithm_1_flags
 
 # Fields that may differ between a run and its --resume: they do not change what is trained.
 RESUMABLE_CHANGES = ("resume", "save_every", "device", "report_to")

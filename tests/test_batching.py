@@ -2,8 +2,7 @@
 import random
 
 import pytest
-
-from pipeline.batching import BUCKET_STEPS, plan_epoch, split_step
+from re_po.pipeline.batching import BUCKET_STEPS, plan_epoch, split_step
 
 
 def test_plan_epoch_covers_every_row_once_and_is_reproducible():

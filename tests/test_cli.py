@@ -14,12 +14,11 @@ import polars as pl
 import pytest
 import typer
 from conftest import is_one_line_error
+from re_po import cli
+from re_po.data import settings
+from re_po.data.project import write_project_file
+from re_po.data.settings import setting
 from typer.testing import CliRunner
-
-import cli
-from data import settings
-from data.project import write_project_file
-from data.settings import setting
 
 runner = CliRunner()
 
@@ -152,7 +151,7 @@ def _cases():
 def test_every_repo_toml_key_takes_effect_and_a_flag_beats_it(command_name, section, config_cls, f, hint,
                                                              tmp_path, monkeypatch):
     built = []
-    stage = importlib.import_module(f"stages.{STAGE_RUNS[command_name]}")
+    stage = importlib.import_module(f"re_po.stages.{STAGE_RUNS[command_name]}")
     monkeypatch.setattr(stage, "run", lambda cfg: built.append(cfg) or tmp_path)
     from_toml, from_flag = _two_values(f, hint)
     companions = "".join(f"{k} = {settings.toml_value(v)}\n" for k, v in NEEDS.get(f.name, {}).items())

@@ -5,10 +5,9 @@ import json
 import polars as pl
 import pytest
 import torch
+from re_po.data import run_folder, schema
+from re_po.stages import demo
 from transformers import AutoModelForCausalLM
-
-from data import run_folder, schema
-from stages import demo
 
 
 @pytest.fixture(scope="module")

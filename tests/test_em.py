@@ -4,8 +4,7 @@ import math
 
 import pytest
 import torch
-
-from pipeline import em
+from re_po.pipeline import em
 
 
 def test_init_eta_is_float64_eta0_and_refuses_eta0_at_or_below_half():

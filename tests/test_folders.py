@@ -5,10 +5,9 @@ import json
 
 import pytest
 from conftest import is_one_line_error
+from re_po import cli
+from re_po.data import folders
 from typer.testing import CliRunner
-
-import cli
-from data import folders
 
 runner = CliRunner()
 

@@ -14,13 +14,12 @@ import polars as pl
 import pytest
 from conftest import is_one_line_error
 from PIL import Image
+from re_po.cli import app
+from re_po.data import run_folder, schema
+from re_po.data.columns import Columns
+from re_po.data.pairs import pair_values, read_pairs
+from re_po.stages.inspect_noise import CleanAction, InspectConfig, run
 from typer.testing import CliRunner
-
-from cli import app
-from data import run_folder, schema
-from data.columns import Columns
-from data.pairs import pair_values, read_pairs
-from stages.inspect_noise import CleanAction, InspectConfig, run
 
 runner = CliRunner()
 
@@ -458,10 +457,10 @@ def one_thread():
 def test_score_train_inspect_then_rescore_the_export(tiny_llama, tmp_path, monkeypatch, one_thread):
     """The real stages: `repo score` → `repo train --robust` (2 epochs) → `repo inspect-noise`, and the
     cleaned export is scored again by `repo score`: the flagged rows come back with their log-probs swapped."""
-    from stages.score import ScoreConfig
-    from stages.score import run as score
-    from stages.train import TrainConfig
-    from stages.train import run as train
+    from re_po.stages.score import ScoreConfig
+    from re_po.stages.score import run as score
+    from re_po.stages.train import TrainConfig
+    from re_po.stages.train import run as train
 
     words = "the cat sat on a mat dog ran sun sky".split()
     rows = [{"prompt": f"tell me about the {words[i % 10]}", "chosen": " ".join(words[: i % 6 + 1]),

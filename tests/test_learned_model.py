@@ -6,10 +6,9 @@ its defaults η0 = 0.9, α = 0.1 (method.md §4). Runs in well under a second.
 """
 
 import torch
-
-from pipeline import em, losses
-from pipeline.choices import LossSpec
-from pipeline.losses import PairLogps
+from re_po.pipeline import em, losses
+from re_po.pipeline.choices import LossSpec
+from re_po.pipeline.losses import PairLogps
 
 NUM_PAIRS, NUM_FEATURES, TRUE_NORM = 4000, 8, 3.0
 FLIP_RATES = (0.0, 0.4)  # annotator 0 is clean; annotator 1 flips 40% of its labels

@@ -11,10 +11,9 @@ import math
 
 import pytest
 import torch
-
-from pipeline import losses
-from pipeline.choices import DEFAULT_BETA, ROBUST_KINDS, LossKind, LossSpec
-from pipeline.losses import PairLogps
+from re_po.pipeline import losses
+from re_po.pipeline.choices import DEFAULT_BETA, ROBUST_KINDS, LossKind, LossSpec
+from re_po.pipeline.losses import PairLogps
 
 B = 64
 

@@ -4,10 +4,9 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-
-from data.tables import read_table, write_table
-from stages.configs import MakeNoisyConfig, parse_rates
-from stages.make_noisy import run
+from re_po.data.tables import read_table, write_table
+from re_po.stages.configs import MakeNoisyConfig, parse_rates
+from re_po.stages.make_noisy import run
 
 SAMPLE_TRAIN = Path(__file__).resolve().parents[1] / "data" / "sample" / "train.jsonl"
 

@@ -2,8 +2,7 @@
 
 import numpy as np
 import pytest
-
-from pipeline import noise_metrics as nm
+from re_po.pipeline import noise_metrics as nm
 
 
 def brute_auc(scores, positive):

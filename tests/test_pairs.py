@@ -4,10 +4,9 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-
-from data import pairs
-from data.columns import Columns
-from data.pairs import BadRowError, DataError, pair_values, read_pairs
+from re_po.data import pairs
+from re_po.data.columns import Columns
+from re_po.data.pairs import BadRowError, DataError, pair_values, read_pairs
 
 PLAIN_ROWS = [
     {"prompt": "what is 2 + 2 ?", "chosen": "4", "rejected": "5", "annotator": "ann", "is_flipped": False},

@@ -4,9 +4,8 @@ import math
 
 import pytest
 import torch
-
-from pipeline import em, reliability
-from pipeline.reliability import Labels
+from re_po.pipeline import em, reliability
+from re_po.pipeline.reliability import Labels
 
 
 def random_labels(num_pairs: int, per_pair: list[int], num_annotators: int, seed: int) -> Labels:

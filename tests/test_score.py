@@ -13,12 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import WORDS, build_word_tokenizer
+from re_po.data import schema
+from re_po.pipeline.batching import length_batches
+from re_po.pipeline.logprobs import pack, response_logps
+from re_po.stages.score import ScoreConfig, run
 from transformers import LlamaConfig, LlamaForCausalLM
-
-from data import schema
-from pipeline.batching import length_batches
-from pipeline.logprobs import pack, response_logps
-from stages.score import ScoreConfig, run
 
 
 def peaky_llama(seed: int = 0) -> LlamaForCausalLM:
@@ -131,8 +130,8 @@ def test_length_batches_respect_budget_and_sort():
 KILLABLE_SCORER = """
 import sys, time
 from pathlib import Path
-from data import schema
-from stages import score
+from re_po.data import schema
+from re_po.stages import score
 
 write_part = schema.write_part
 def slow_write_part(*args, **kwargs):  # slow enough to be killed between any two parts
@@ -249,7 +248,7 @@ def test_truncation_keeps_prompt_end_and_response_start(peaky_model_dir, tmp_pat
 
 def test_rows_failing_tokenization_are_an_error_or_a_skip_kept_across_reruns(peaky_model_dir, tmp_path,
                                                                              monkeypatch):
-    from data import pairs, tokenize
+    from re_po.data import pairs, tokenize
 
     tokenize_pair = tokenize.tokenize_pair
 
@@ -346,10 +345,9 @@ def test_empty_prompt_without_bos_is_a_named_bad_row(peaky_model_dir, tmp_path):
 def test_prepare_model_writes_a_plain_transformers_folder(tmp_path):
     """The packaged GGUF becomes an unquantized transformers model that knows some facts (about 25 s)."""
     pytest.importorskip("gguf")
+    from re_po.stages.prepare_model import PrepareModelConfig
+    from re_po.stages.prepare_model import run as prepare
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from stages.prepare_model import PrepareModelConfig
-    from stages.prepare_model import run as prepare
 
     dest = prepare(PrepareModelConfig(dest=tmp_path / "smollm2"))
     assert "quantization_config" not in json.loads((dest / "config.json").read_text())

@@ -19,18 +19,17 @@ import polars as pl
 import pytest
 import torch
 from conftest import WORDS, is_one_line_error
+from re_po.data import run_folder, schema
+from re_po.data.noise_inputs import NoiseInputError
+from re_po.data.pair_table import PairTable
+from re_po.pipeline import batching, losses
+from re_po.pipeline.choices import LossSpec
+from re_po.stages import checkpoint, estimate, evaluate, train
+from re_po.stages.configs import ALGORITHM_1, ROBUST_DEFAULTS, TrainConfig
+from re_po.stages.score import ScoreConfig
+from re_po.stages.score import run as score
+from re_po.stages.train import SequenceLogps, pair_logps, run
 from safetensors.torch import load_file
-
-from data import run_folder, schema
-from data.noise_inputs import NoiseInputError
-from data.pair_table import PairTable
-from pipeline import batching, losses
-from pipeline.choices import LossSpec
-from stages import checkpoint, estimate, evaluate, train
-from stages.configs import ALGORITHM_1, ROBUST_DEFAULTS, TrainConfig
-from stages.score import ScoreConfig
-from stages.score import run as score
-from stages.train import SequenceLogps, pair_logps, run
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_PAIRS, BATCH = 24, 4  # 6 steps per epoch
@@ -225,8 +224,8 @@ def test_epoch_pass_persists_posteriors_and_eta(scores, tmp_path, eta_update):
 
 KILLED_RUN = """
 import json, os, signal, sys
-from data import run_folder
-from stages.train import TrainConfig, run
+from re_po.data import run_folder
+from re_po.stages.train import TrainConfig, run
 kill_at = int(sys.argv[2])
 write = run_folder.MetricsLog.write
 def write_then_die(self, record):
@@ -273,8 +272,8 @@ DISTRIBUTED_RUN = """
 import json, sys
 import torch
 from accelerate import PartialState
-from pipeline import em
-from stages.train import TrainConfig, run
+from re_po.pipeline import em
+from re_po.stages.train import TrainConfig, run
 trajectory, ema_update = [], em.ema_update
 def recording_ema_update(*args, **kwargs):
     trajectory.append(ema_update(*args, **kwargs))
@@ -375,9 +374,8 @@ def test_run_folder_guards(scores, tmp_path):
         run(config(scores, out, max_steps=1, lr=0.5, resume=True))
     with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
         run(config(scores, tmp_path / "fresh", resume=True))
+    from re_po import cli
     from typer.testing import CliRunner
-
-    import cli
     policy = schema.read_scores(scores)[1]["ref_model"]
     result = CliRunner().invoke(cli.app, ["train", str(scores), "--out", str(out), "--policy", policy])
     assert result.exit_code == 2 and "already holds a run" in result.output and is_one_line_error(result.output)

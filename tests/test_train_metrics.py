@@ -1,8 +1,7 @@
 """pipeline/train_metrics.py: TRL-named step metrics and η metrics, on hand-worked numbers."""
 import pytest
 import torch
-
-from pipeline.train_metrics import eta_metrics, step_metrics
+from re_po.pipeline.train_metrics import eta_metrics, step_metrics
 
 
 def test_step_metrics_hand_worked():

@@ -90,6 +90,14 @@ def write_eta_steps(run: Path, history: list[dict], annotators: list[str]) -> No
         "eta": np.concatenate([np.asarray(h["eta"], dtype=np.float64) for h in history])}), Path(run) / ETA_STEPS)
 
 
+def read_eta_steps(run: Path) -> pl.DataFrame:
+    """eta_steps.parquet of a run: step, epoch, event, annotator, eta."""
+    path = Path(run) / ETA_STEPS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the run's per-step η is written with its first checkpoint")
+    return pl.read_parquet(path)
+
+
 def write_parquet(frame: pl.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, frame.write_parquet)

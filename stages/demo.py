@@ -22,7 +22,7 @@ from pathlib import Path
 
 from re_po.data import folders, run_folder
 from re_po.data.tables import read_table, sample_rows, write_table
-from re_po.stages import evaluate, inspect_noise, prepare_model, score, train
+from re_po.stages import checkpoint, evaluate, inspect_noise, prepare_model, score, train
 from re_po.stages.configs import DemoConfig
 
 
@@ -49,7 +49,7 @@ def run(cfg: DemoConfig) -> Path:
             lr=cfg.lr,
             batch_size=cfg.batch_size,
             seed=cfg.seed,
-            resume=_has_checkpoint(ws / "train"),
+            resume=checkpoint.latest(ws / "train" / run_folder.CHECKPOINTS) is not None,
         )
     )
     _step("held-out pairs: reference and trained policy")
@@ -142,14 +142,6 @@ def _sample_rows(source: Path, n: int, dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     write_table(sample_rows(read_table(Path(source)), n), dest)
     return dest
-
-
-def _has_checkpoint(run_dir: Path) -> bool:
-    return (
-        any((run_dir / run_folder.CHECKPOINTS).glob("*"))
-        if (run_dir / run_folder.CHECKPOINTS).exists()
-        else False
-    )
 
 
 def _step(text: str) -> None:

@@ -334,10 +334,7 @@ def make_plots(cfg: InspectConfig, pairs: pl.DataFrame, noisy: np.ndarray | None
         return made
     annotator_epochs = [run_folder.read_epoch(cfg.run, run_folder.ANNOTATORS, e)
                         for e in run_folder.epochs_written(cfg.run, run_folder.ANNOTATORS) if e <= epoch]
-    steps_file = cfg.run / run_folder.ETA_STEPS
-    if not steps_file.exists():
-        raise FileNotFoundError(f"{steps_file} is missing: the η plot needs the run's per-step η")
-    eta_steps = pl.read_parquet(steps_file).filter(pl.col("epoch") <= epoch)
+    eta_steps = run_folder.read_eta_steps(cfg.run).filter(pl.col("epoch") <= epoch)
     flagged_rows = pairs.filter("flagged")["row_id"]  # lowest w first
     history = pl.concat([
         run_folder.read_epoch(cfg.run, run_folder.POSTERIORS, e).select("row_id", "epoch", "w")

@@ -247,9 +247,9 @@ def _epoch_zero(cfg: TrainConfig, pairs: PairTable, state: TrainState, log: "Log
     there with --eta-init estimate. Returns each row's prior logit (N,) float64 (the estimate's calibrated z).
 
     A resumed run reads epoch 0 back instead of estimating again, so it continues from the same prior."""
-    posteriors = run_folder.epoch_file(cfg.out_dir, run_folder.POSTERIORS, 0)
-    if cfg.resume and posteriors.exists():
-        return torch.tensor(pl.read_parquet(posteriors).sort("row_id")["z"].to_numpy(), dtype=torch.float64)
+    if cfg.resume and 0 in run_folder.epochs_written(cfg.out_dir, run_folder.POSTERIORS):
+        saved = run_folder.read_epoch(cfg.out_dir, run_folder.POSTERIORS, 0)
+        return torch.tensor(saved.sort("row_id")["z"].to_numpy(), dtype=torch.float64)
     frame, key = schema.read_scores(cfg.scores)
     sources = [str(cfg.scores)]
     if cfg.estimate_with is not None:  # more pairs to learn the probe from; their rows go after the cache's

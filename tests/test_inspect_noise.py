@@ -188,7 +188,7 @@ def test_report_of_conversational_pairs_shows_the_last_messages(tmp_path, capsys
 
 
 def test_report_table_is_capped_but_summary_lists_every_annotator(tmp_path, capsys, monkeypatch):
-    import stages.inspect_noise as stage
+    import re_po.stages.inspect_noise as stage
 
     monkeypatch.setattr(stage, "MAX_ANNOTATOR_ROWS", 5)
     rows = [r | {"annotator": f"rater-{i:02d}"} for i, r in enumerate(input_rows())]
@@ -504,7 +504,7 @@ def test_nothing_flagged_still_writes_every_output(setup, tmp_path):
     assert summary["flagged"] == 0 and summary["truth"]["precision"] is None and summary["truth"]["recall"] == 0
     assert pl.read_csv(tmp_path / "f.csv").height == 0
     assert read_pairs(tmp_path / "c.jsonl").table.drop("row_id").equals(read_pairs(source).table.drop("row_id"))
-    assert len(summary["outputs"]["plots"]) == 3
+    assert len(summary["outputs"]["plots"]) == 5
 
 
 def test_export_clean_of_a_file_with_a_malformed_line_is_one_clear_error(setup, tmp_path, monkeypatch):

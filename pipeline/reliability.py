@@ -27,6 +27,7 @@ Shapes: N label rows, G pairs, K annotators, D features.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -217,6 +218,18 @@ def pair_log_odds(labels: Labels, eta: Tensor, model_logit: Tensor) -> Tensor:
     return model_logit.double() + labels.per_pair(votes)
 
 
+def log_likelihood(labels: Labels, eta: Tensor, model_logit: Tensor) -> float:
+    """Σ_g log P(labels of g): each pair's reference order true with σ(model logit), each label right with its
+    annotator's η; with c = ½ log η(1−η) and d = ½ o·logit η per row, log P(g) = Σc + logaddexp(log σ(ℓ) + Σd,
+    log σ(−ℓ) − Σd)."""
+    eta_row = eta.clamp(ETA_MIN, ETA_MAX)[labels.annotator]
+    common = labels.per_pair(0.5 * (torch.log(eta_row) + torch.log1p(-eta_row)))
+    vote = labels.per_pair(0.5 * labels.orientation.double() * torch.logit(eta_row))
+    logit = model_logit.double()
+    both = torch.logaddexp(torch.nn.functional.logsigmoid(logit) + vote, torch.nn.functional.logsigmoid(-logit) - vote)
+    return float((common + both).sum())
+
+
 def row_posteriors(labels: Labels, eta: Tensor, model_logit: Tensor) -> Tensor:
     """w (N,): posterior that each row's label is right, σ(o_i·Λ_g) = σ(z_i + logit η_{k_i} + others_i)."""
     z = labels.orientation.double() * model_logit.double()[labels.pair]
@@ -231,8 +244,10 @@ def fit_reliability(labels: Labels, scores: Tensor | None, eta0: float = 0.9, fi
 
     groups (G,) long: the calibration group of each score, one scale per group (the cross-fitting folds: each
     fold's probe has its own ridge and so its own scale); None: one scale. Starts from η0 everywhere and a = 1.
-    Stops when no η_k and no a moves by more than `tol`. Annotators whose η the data do not identify (standard
-    error > max_se) are reset to η0 and the posteriors recomputed.
+    Stops when no η_k and no a moves by more than `tol`, or when only the scales still move and the
+    log-likelihood rises by less than `tol` × (1 + |log-likelihood|): where a probe separates the few pairs it
+    scores, the scales' maximum is at infinity and they would grow until max_iter. Annotators whose η the data do not identify
+    (standard error > max_se) are reset to η0 and the posteriors recomputed.
     """
     if not 0.5 < eta0 < 1:
         raise ValueError(f"eta0 must be in (0.5, 1), got {eta0}")
@@ -241,7 +256,7 @@ def fit_reliability(labels: Labels, scores: Tensor | None, eta0: float = 0.9, fi
     num_groups = int(groups.max()) + 1
     scale = torch.full((num_groups,), 0.0 if scores is None else 1.0, dtype=torch.float64)
     eta = torch.full((labels.num_annotators,), eta0, dtype=torch.float64)
-    iterations = 0
+    iterations, previous = 0, -math.inf
     for iterations in range(1, max_iter + 1):
         logit = scale[groups] * s
         w = row_posteriors(labels, eta, logit)
@@ -251,10 +266,14 @@ def fit_reliability(labels: Labels, scores: Tensor | None, eta0: float = 0.9, fi
             truth = torch.sigmoid(pair_log_odds(labels, eta, logit))  # posterior of each reference order
             new_scale = torch.tensor([_fit_scale(s[groups == f], truth[groups == f], float(scale[f]))
                                       for f in range(num_groups)], dtype=torch.float64)
-        moved = max(float((new_eta - eta).abs().max()), float((new_scale - scale).abs().max()))
+        eta_moved, scale_moved = float((new_eta - eta).abs().max()), float((new_scale - scale).abs().max())
         eta, scale = new_eta, new_scale
-        if moved <= tol:
+        if max(eta_moved, scale_moved) <= tol:
             break
+        likelihood = log_likelihood(labels, eta, scale[groups] * s)
+        if eta_moved <= tol and likelihood - previous <= tol * (1 + abs(likelihood)):
+            break  # only the scales still grow, for a likelihood that no longer does: a probe that separates
+        previous = likelihood
     se = standard_errors(labels, eta, s, scale, groups, with_scale=scores is not None and fit_scale)
     identified = se <= max_se
     eta = torch.where(identified, eta, torch.full_like(eta, eta0))

@@ -286,3 +286,20 @@ def test_fit_logistic_with_more_features_than_rows_is_the_same_minimum():
     direct = reliability.fit_logistic(padded, torch.cat([target, torch.zeros(60, dtype=torch.float64)]),
                                       torch.cat([weight, torch.zeros(60, dtype=torch.float64)]), ridge=2.0)
     torch.testing.assert_close(wide, direct, rtol=0, atol=1e-9)
+
+
+def test_log_likelihood_is_the_marginal_likelihood():
+    labels = random_labels(60, [1, 2, 3], num_annotators=3, seed=21)
+    eta = torch.tensor([0.9, 0.7, 0.55], dtype=torch.float64)
+    logit = torch.randn(60, generator=torch.Generator().manual_seed(22), dtype=torch.float64)
+    assert reliability.log_likelihood(labels, eta, logit) == pytest.approx(
+        float(marginal_log_likelihood(labels, eta, logit)), rel=1e-12)
+
+
+def test_a_probe_that_separates_the_pairs_stops_the_em_instead_of_growing_its_scale_for_ever():
+    """Every reference order agreed with by a positive score: the likelihood rises towards a limit as the scale
+    grows, so the EM stops on the likelihood, long before max_iter, with η and w where the data put them."""
+    labels = random_labels(12, [2], num_annotators=2, seed=23)
+    scores = torch.linspace(0.5, 2.0, 12, dtype=torch.float64)
+    result = reliability.fit_reliability(labels, scores)
+    assert result.iterations < 2_000 and bool(torch.isfinite(result.scale).all())

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, NoReturn
 
 import typer
+
 from re_po.data import settings
 from re_po.data.project import (
     SAMPLE_TRAIN,

@@ -21,8 +21,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def measure(budget: int | None, response_tokens: int, vocab: int) -> dict:
     """In this process: one forward + backward of response_logps; the peak rise in RSS, the logps, a gradient."""
     import torch
-    from re_po.pipeline import logprobs
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from re_po.pipeline import logprobs
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=vocab, hidden_size=896, intermediate_size=2432, num_hidden_layers=2,

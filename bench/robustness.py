@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+
 from re_po.data.atomic import atomic_write_text
 from re_po.data.columns import TRUTH
 from re_po.data.project import SAMPLE_HELDOUT, SAMPLE_TRAIN

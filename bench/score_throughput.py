@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+
 from re_po.data import schema
 from re_po.pipeline import batching
 from re_po.stages import score

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
+
 from re_po.data import schema
 from re_po.data.noise_inputs import annotator_index, pair_structure
 

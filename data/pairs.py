@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Literal, NamedTuple
 
 import polars as pl
+
 from re_po.data.columns import Columns
 
 DEFAULT_ANNOTATOR = "default"

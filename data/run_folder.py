@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+
 from re_po.data.atomic import atomic_write
 
 CONFIG = "config.json"

@@ -18,6 +18,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from re_po.data.atomic import atomic_write
 
 SCHEMA_VERSION = 2  # 2: response and prompt embeddings (embed_layers)

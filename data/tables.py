@@ -7,6 +7,7 @@ atomic: a temporary file in the same folder, then os.replace.
 from pathlib import Path
 
 import polars as pl
+
 from re_po.data.atomic import atomic_write
 from re_po.data.columns import table_format
 

@@ -14,8 +14,9 @@ can all-reduce (sums, counts) over the global batch first and every rank holds t
 from __future__ import annotations
 
 import torch
-from re_po.pipeline.losses import posterior_weight
 from torch import Tensor
+
+from re_po.pipeline.losses import posterior_weight
 
 ETA_MIN, ETA_MAX = 1e-4, 1 - 1e-4
 

@@ -17,8 +17,9 @@ from typing import assert_never
 
 import torch
 import torch.nn.functional as F
-from re_po.pipeline.choices import ROBUST_KINDS, LossKind, LossSpec
 from torch import Tensor
+
+from re_po.pipeline.choices import ROBUST_KINDS, LossKind, LossSpec
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,10 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
+
 from re_po.pipeline.em import ETA_MAX, ETA_MIN, annotator_sums, mstep, other_labels_logit
 from re_po.pipeline.losses import posterior_weight
-from torch import Tensor
 
 LAMBDAS = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)  # ridge strengths tried, per unit of total label weight
 MAX_SE = 0.1  # an η whose standard error is larger is not identified by the data: it stays at η0

@@ -19,10 +19,11 @@ pair, z also carries that pair's own label: `seeded` then counts the label twice
 from __future__ import annotations
 
 import torch
+from torch import Tensor
+
 from re_po.pipeline import em, losses
 from re_po.pipeline.choices import EStep, EtaUpdate, LossSpec, RobustForm
 from re_po.pipeline.losses import PairLogps
-from torch import Tensor
 
 
 def posterior(rule: EStep, z: Tensor, prior: Tensor | None, others: Tensor, eta: Tensor) -> Tensor:

@@ -25,6 +25,22 @@ def step_metrics(batch: dict[str, Tensor], flag_threshold: float | None) -> dict
     return metrics
 
 
+def eval_metrics(loss: Tensor, rewards_chosen: Tensor, rewards_rejected: Tensor,
+                 label_wrong: Tensor | None) -> dict[str, float]:
+    """eval/* over held-out pairs (N,): TRL's eval/loss and eval/rewards/* against the labels (ties wrong, as in
+    training), and eval/truth_accuracy, the share whose true order the implicit reward reproduces (ties ½), where
+    the pairs carry the truth (label_wrong (N,) bool)."""
+    margins = (rewards_chosen - rewards_rejected).double()
+    metrics = {"eval/loss": float(loss.double().mean()), "eval/rewards/chosen": float(rewards_chosen.double().mean()),
+               "eval/rewards/rejected": float(rewards_rejected.double().mean()),
+               "eval/rewards/margins": float(margins.mean()),
+               "eval/rewards/accuracies": float((margins > 0).double().mean())}
+    if label_wrong is not None:
+        agrees = torch.where(label_wrong, -margins, margins)
+        metrics["eval/truth_accuracy"] = float(((agrees > 0).double() + 0.5 * (agrees == 0).double()).mean())
+    return metrics
+
+
 def eta_metrics(eta: Tensor, annotators: list[str]) -> dict[str, float]:
     """repo/eta/<annotator> for up to MAX_LISTED_ANNOTATORS annotators, else repo/eta_quantile/<q>."""
     if len(annotators) <= MAX_LISTED_ANNOTATORS:

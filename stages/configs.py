@@ -184,6 +184,10 @@ class TrainConfig:
     save_every: int = setting(0, "Checkpoint every N optimizer steps; always at each epoch end.")
     resume: bool = setting(False, "Continue the run in out_dir from its last checkpoint.")
     device: str = setting("auto", "auto, cpu or cuda (accelerate launch picks the device per process).")
+    eval_data: str | None = setting(None, "Held-out pairs (file, folder or hf:// path) scored by the reference once and "
+                                          "by the policy every --eval-every steps and at the end: eval/loss, "
+                                          "eval/rewards/*, and eval/truth_accuracy with an is_flipped column.")
+    eval_every: int = setting(0, "Evaluate every N optimizer steps (0: at the end only).")
     report_to: ReportTo | None = setting(None, "Experiment tracker for the step metrics, through accelerate "
                                                "(metrics.jsonl is always written).",
                                          default_text="tensorboard when installed, else none")
@@ -214,6 +218,8 @@ class TrainConfig:
         need(min(self.epochs, self.batch_size, self.grad_accum, self.lora_r) >= 1 and self.max_steps >= 0,
              "epochs, batch_size, grad_accum, lora_r must be >= 1 and max_steps >= 0")
         need(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        need(self.eval_every >= 0 and (self.eval_every == 0 or self.eval_data is not None),
+             "--eval-every needs --eval-data, and must be >= 0")
         need(self.robust or (self.eta_init is EtaInit.fixed and self.e_step is EStep.policy),
              "--eta-init estimate and --e-step seeded|prior are RE-PO's: add --robust")
         for name, kind in (("estimate_with", Path), ("report_to", ReportTo)):  # optional ones

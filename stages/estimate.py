@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 import torch
+
 from re_po.data import noise_inputs
 from re_po.pipeline import reliability
 from re_po.stages.configs import EstimateConfig

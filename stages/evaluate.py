@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
+
 from re_po.data import folders, run_folder, schema
 from re_po.data.tables import truth_column
 from re_po.pipeline import losses

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+
 from re_po.data import folders, run_folder, schema
 from re_po.data.atomic import atomic_write_text
 from re_po.data.columns import TRUTH, Columns, table_format

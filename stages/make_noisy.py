@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+
 from re_po.data.columns import TRUTH
 from re_po.data.tables import read_table, swap_where, swapped_column_pairs, truth_column, write_table
 from re_po.stages.configs import MakeNoisyConfig

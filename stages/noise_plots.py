@@ -19,6 +19,7 @@ import numpy as np
 import polars as pl
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
 from re_po.data.atomic import atomic_write
 from re_po.pipeline.noise_metrics import reliability_bins
 

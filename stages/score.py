@@ -32,12 +32,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
+from tqdm import tqdm
+
 from re_po.data import models, schema, tokenize
 from re_po.data.pairs import BadRowError, DataError, PairsRead, pair_values, read_pairs
 from re_po.pipeline import batching
 from re_po.pipeline.logprobs import pack, pad, score_sequences
 from re_po.stages.configs import Backend, ScoreConfig
-from tqdm import tqdm
 
 # (prompt_ids, first_ids, second_ids) of one distinct pair, its responses in a fixed order (_pair_key)
 Triple = tuple[list[int], list[int], list[int]]

@@ -34,22 +34,27 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
-from re_po.data import folders, run_folder, schema, tokenize
-from re_po.data.noise_inputs import NoiseInputError
-from re_po.data.pair_table import MissingReference, PairTable
-from re_po.pipeline import batching, em, logprobs, losses, noise_metrics, robust, train_metrics
-from re_po.pipeline.losses import PairLogps
-from re_po.pipeline.robust import EStep, EtaUpdate
-from re_po.stages import checkpoint, estimate
-from re_po.stages.checkpoint import TrainState
-from re_po.stages.configs import EtaInit, ReportTo, Schedule, TrainConfig, algorithm_1_flags
 from tqdm.auto import tqdm
 
+from re_po.data import folders, run_folder, schema, tokenize
+from re_po.data.columns import TRUTH
+from re_po.data.noise_inputs import NoiseInputError
+from re_po.data.pair_table import MissingReference, PairTable
+from re_po.data.tables import truth_column
+from re_po.pipeline import batching, em, logprobs, losses, noise_metrics, robust, train_metrics
+from re_po.pipeline.choices import LossSpec
+from re_po.pipeline.losses import PairLogps
+from re_po.pipeline.robust import EStep, EtaUpdate
+from re_po.stages import checkpoint, estimate, score
+from re_po.stages.checkpoint import TrainState
+from re_po.stages.configs import EtaInit, ReportTo, Schedule, ScoreConfig, TrainConfig, algorithm_1_flags
+
 # Fields that may differ between a run and its --resume: they do not change what is trained.
-RESUMABLE_CHANGES = ("resume", "save_every", "device", "report_to")
+RESUMABLE_CHANGES = ("resume", "save_every", "device", "report_to", "eval_data", "eval_every")
 # Paths that only locate things: a run folder or cache may move; what the cache holds is checked by its key.
 LOCATIONS = ("out_dir", "scores")
 TENSORBOARD = "tensorboard"  # <run>/tensorboard: the TensorBoard tracker's folder
+EVAL = "eval"  # <run>/eval: the score cache of --eval-data
 RECORD = ("row", "loss", "z", "w", "logps_chosen", "logps_rejected", "rewards_chosen", "rewards_rejected")
 
 
@@ -84,6 +89,7 @@ def run(cfg: TrainConfig) -> Path:
     elif cfg.robust:
         state.eta_history.append({"step": 0, "epoch": 1, "event": "init", "eta": state.eta})
     log.start(state.global_step)
+    held_out = _held_out(cfg, pairs.key, accelerator) if cfg.eval_data is not None else None  # scored by the reference once
     bar = tqdm(total=total_steps, initial=state.global_step, disable=not accelerator.is_main_process,
                desc=f"train {cfg.loss}{' robust' if cfg.robust else ''}")
 
@@ -139,8 +145,12 @@ def run(cfg: TrainConfig) -> Path:
                     state.eta_history.append({"step": state.global_step, "epoch": state.epoch, "event": "step",
                                               "eta": state.eta})
                 pairs_per_s = len(step_rows) / (time.perf_counter() - started)
+                due = cfg.eval_every and state.global_step % cfg.eval_every == 0
+                evaluated = _evaluate(model, held_out, spec, pad_id, cfg.packing) if held_out and (
+                    due or state.global_step == total_steps) else {}
                 log.step(state, batch, cfg, grad_norm=float(grad_norm), learning_rate=learning_rate,
-                         epoch=state.epoch - 1 + state.step_in_epoch / len(plan), pairs_per_s=pairs_per_s)
+                         epoch=state.epoch - 1 + state.step_in_epoch / len(plan), pairs_per_s=pairs_per_s,
+                         **evaluated)
                 bar.update()
                 bar.set_postfix(loss=f"{float(batch['loss'].mean()):.4f}", pairs_s=f"{pairs_per_s:.1f}")
                 if cfg.save_every and state.global_step % cfg.save_every == 0 and state.step_in_epoch < len(plan):
@@ -188,6 +198,39 @@ def pair_logps(model: torch.nn.Module, pairs: PairTable, rows: list[int], pad_id
                                                                pairs.ref_rejected_logps[index].to(device))
     return PairLogps(policy_chosen, policy_rejected, *ref, pairs.chosen_len[index].to(device),
                      pairs.rejected_len[index].to(device))
+
+
+def _held_out(cfg: TrainConfig, key: dict, accelerator: Accelerator) -> tuple[PairTable, torch.Tensor | None]:
+    """The held-out pairs of --eval-data, scored by the training cache's reference model with its lengths into
+    <run>/eval (by the main process; resumed like any cache), and their truth column (True where the label is
+    wrong) when they have one."""
+    cache = cfg.out_dir / EVAL
+    if accelerator.is_main_process:
+        score.run(ScoreConfig(data=cfg.eval_data, model=key["ref_model"], out=cache, embeddings=False,
+                              max_length=int(key["max_length"]), max_prompt_length=int(key["max_prompt_length"])))
+    accelerator.wait_for_everyone()
+    frame, _ = schema.read_scores(cache)
+    truth = torch.from_numpy(truth_column(frame, TRUTH, cache).to_numpy()) if TRUTH in frame.columns else None
+    return PairTable.read(cache, with_reference=True), truth
+
+
+@torch.no_grad()
+def _evaluate(model, held_out: tuple[PairTable, torch.Tensor | None], spec: LossSpec, pad_id: int,
+              packing: bool) -> dict[str, float]:
+    """eval/* of the current policy on every held-out pair; every process computes the same (the forward of a
+    DDP-wrapped model is collective)."""
+    pairs, truth = held_out
+    was_training = model.training
+    model.eval()
+    parts = []
+    for rows in batching.length_batches(pairs.lengths, 16 * 256):
+        logps = pair_logps(model, pairs, sorted(rows), pad_id, packing)
+        parts.append((sorted(rows), losses.base_loss(spec, logps), *losses.implicit_rewards(spec, logps)))
+    model.train(was_training)
+    order = torch.tensor([row for rows, *_ in parts for row in rows])
+    loss, chosen, rejected = (torch.empty(len(order), dtype=torch.float64).index_copy_(
+        0, order, torch.cat([part[i].double().cpu() for part in parts])) for i in (1, 2, 3))
+    return train_metrics.eval_metrics(loss, chosen, rejected, truth)
 
 
 def _records(spec, logps, per_pair, z, w, rows, width) -> torch.Tensor:

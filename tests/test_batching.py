@@ -2,6 +2,7 @@
 import random
 
 import pytest
+
 from re_po.pipeline.batching import BUCKET_STEPS, plan_epoch, split_step
 
 

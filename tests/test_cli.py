@@ -14,11 +14,12 @@ import polars as pl
 import pytest
 import typer
 from conftest import is_one_line_error
+from typer.testing import CliRunner
+
 from re_po import cli
 from re_po.data import settings
 from re_po.data.project import write_project_file
 from re_po.data.settings import setting
-from typer.testing import CliRunner
 
 runner = CliRunner()
 
@@ -104,7 +105,7 @@ def test_the_real_template_is_valid_toml_with_a_line_per_key(tmp_path):
 # Every repo.toml key of every command's table: two values the Config accepts, the first unlike its default.
 STAGE_RUNS = {"score": "score", "train": "train", "inspect-noise": "inspect_noise", "evaluate": "evaluate"}
 NEEDS = {"eta_init": {"robust": True}, "e_step": {"robust": True}, "label_smoothing": {"loss": "cdpo"},
-         "flip_rate": {"loss": "rdpo"}}  # keys that only make sense beside another
+         "flip_rate": {"loss": "rdpo"}, "eval_every": {"eval_data": "held.jsonl"}}  # keys that need another
 TEXT = {"device": ("cpu", "cuda"), "on_bad_row": ("skip", "error")}
 NUMBERS = {"max_model_len": (4096, 8192)}  # must exceed max_length
 

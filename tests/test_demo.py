@@ -5,9 +5,10 @@ import json
 import polars as pl
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
+
 from re_po.data import run_folder, schema
 from re_po.stages import demo
-from transformers import AutoModelForCausalLM
 
 
 @pytest.fixture(scope="module")

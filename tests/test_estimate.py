@@ -6,13 +6,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from test_score import peaky_model_dir, score_config, sentence  # noqa: F401 (peaky_model_dir: fixture)
+from typer.testing import CliRunner
+
 from re_po import cli
 from re_po.data import noise_inputs, schema
 from re_po.stages.estimate import EstimateConfig
 from re_po.stages.inspect_noise import InspectConfig, run
 from re_po.stages.score import run as score
-from test_score import peaky_model_dir, score_config, sentence  # noqa: F401 (peaky_model_dir: fixture)
-from typer.testing import CliRunner
 
 FLIP_RATES = {"careful": 0.05, "hasty": 0.20, "sloppy": 0.35}
 

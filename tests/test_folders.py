@@ -5,9 +5,10 @@ import json
 
 import pytest
 from conftest import is_one_line_error
+from typer.testing import CliRunner
+
 from re_po import cli
 from re_po.data import folders
-from typer.testing import CliRunner
 
 runner = CliRunner()
 

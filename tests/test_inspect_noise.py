@@ -14,12 +14,13 @@ import polars as pl
 import pytest
 from conftest import is_one_line_error
 from PIL import Image
+from typer.testing import CliRunner
+
 from re_po.cli import app
 from re_po.data import run_folder, schema
 from re_po.data.columns import Columns
 from re_po.data.pairs import pair_values, read_pairs
 from re_po.stages.inspect_noise import CleanAction, InspectConfig, run
-from typer.testing import CliRunner
 
 runner = CliRunner()
 

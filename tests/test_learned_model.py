@@ -6,6 +6,7 @@ its defaults η0 = 0.9, α = 0.1 (method.md §4). Runs in well under a second.
 """
 
 import torch
+
 from re_po.pipeline import em, losses
 from re_po.pipeline.choices import LossSpec
 from re_po.pipeline.losses import PairLogps

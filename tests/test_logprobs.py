@@ -4,10 +4,11 @@ import warnings
 
 import pytest
 import torch
-from re_po.pipeline import logprobs
-from re_po.pipeline.logprobs import pack, pad, response_logps
 from test_score import brute_force_logps, peaky_llama, random_sequences
 from transformers import masking_utils
+
+from re_po.pipeline import logprobs
+from re_po.pipeline.logprobs import pack, pad, response_logps
 
 
 def small_rows(prompts, responses, pad_id):

@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+
 from re_po.pipeline import losses
 from re_po.pipeline.choices import DEFAULT_BETA, ROBUST_KINDS, LossKind, LossSpec
 from re_po.pipeline.losses import PairLogps

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+
 from re_po.data.tables import read_table, write_table
 from re_po.stages.configs import MakeNoisyConfig, parse_rates
 from re_po.stages.make_noisy import run

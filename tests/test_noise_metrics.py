@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from re_po.pipeline import noise_metrics as nm
 
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+
 from re_po.data import pairs
 from re_po.data.columns import Columns
 from re_po.data.pairs import BadRowError, DataError, pair_values, read_pairs

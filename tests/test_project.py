@@ -6,9 +6,10 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
+
 from re_po.cli import app
 from re_po.data.project import ProjectError, default_model_dir, load_project, merge_config
-from typer.testing import CliRunner
 
 runner = CliRunner()
 
@@ -134,8 +135,9 @@ def test_the_project_file_is_found_from_a_subfolder(tmp_path):
 
 
 def test_without_a_project_file_the_cli_says_it_uses_the_embedded_default(tmp_path, monkeypatch):
-    from re_po import cli
     from typer.testing import CliRunner
+
+    from re_po import cli
 
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(cli.app, ["inspect-noise"])

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from re_po.pipeline import em, reliability
 from re_po.pipeline.reliability import Labels
 

@@ -13,11 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import WORDS, build_word_tokenizer
+from transformers import LlamaConfig, LlamaForCausalLM
+
 from re_po.data import schema
 from re_po.pipeline.batching import length_batches
 from re_po.pipeline.logprobs import pack, response_logps
 from re_po.stages.score import ScoreConfig, run
-from transformers import LlamaConfig, LlamaForCausalLM
 
 
 def peaky_llama(seed: int = 0) -> LlamaForCausalLM:
@@ -345,9 +346,10 @@ def test_empty_prompt_without_bos_is_a_named_bad_row(peaky_model_dir, tmp_path):
 def test_prepare_model_writes_a_plain_transformers_folder(tmp_path):
     """The packaged GGUF becomes an unquantized transformers model that knows some facts (about 25 s)."""
     pytest.importorskip("gguf")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from re_po.stages.prepare_model import PrepareModelConfig
     from re_po.stages.prepare_model import run as prepare
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dest = prepare(PrepareModelConfig(dest=tmp_path / "smollm2"))
     assert "quantization_config" not in json.loads((dest / "config.json").read_text())

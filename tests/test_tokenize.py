@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 from conftest import SPECIAL_TOKENS, WORDS, build_word_tokenizer
-from re_po.data.pairs import BadRowError, pair_values, read_pairs
-from re_po.data.tokenize import TokenizedPair, tokenize_pair, tokenizer_fingerprint
 from tokenizers import processors
 from transformers import AutoTokenizer
+
+from re_po.data.pairs import BadRowError, pair_values, read_pairs
+from re_po.data.tokenize import TokenizedPair, tokenize_pair, tokenizer_fingerprint
 
 VOCAB = {token: i for i, token in enumerate(SPECIAL_TOKENS + sorted(set(WORDS)))}
 BOS, EOS, USER, ASSISTANT, END = (VOCAB[t] for t in ("<s>", "</s>", "<|user|>", "<|assistant|>", "<|end|>"))

@@ -19,6 +19,8 @@ import polars as pl
 import pytest
 import torch
 from conftest import WORDS, is_one_line_error
+from safetensors.torch import load_file
+
 from re_po.data import run_folder, schema
 from re_po.data.noise_inputs import NoiseInputError
 from re_po.data.pair_table import PairTable
@@ -29,7 +31,6 @@ from re_po.stages.configs import ALGORITHM_1, ROBUST_DEFAULTS, TrainConfig
 from re_po.stages.score import ScoreConfig
 from re_po.stages.score import run as score
 from re_po.stages.train import SequenceLogps, pair_logps, run
-from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_PAIRS, BATCH = 24, 4  # 6 steps per epoch
@@ -374,8 +375,9 @@ def test_run_folder_guards(scores, tmp_path):
         run(config(scores, out, max_steps=1, lr=0.5, resume=True))
     with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
         run(config(scores, tmp_path / "fresh", resume=True))
-    from re_po import cli
     from typer.testing import CliRunner
+
+    from re_po import cli
     policy = schema.read_scores(scores)[1]["ref_model"]
     result = CliRunner().invoke(cli.app, ["train", str(scores), "--out", str(out), "--policy", policy])
     assert result.exit_code == 2 and "already holds a run" in result.output and is_one_line_error(result.output)
@@ -570,3 +572,22 @@ def test_step_metrics_reach_tensorboard_through_accelerate_and_the_tracker_is_a_
     monkeypatch.setattr(train.importlib.util, "find_spec", lambda name: None if name == "wandb" else find_spec(name))
     with pytest.raises(ModuleNotFoundError, match="pip install wandb"):
         run(config(scores, tmp_path / "wandb", max_steps=1, report_to="wandb"))
+
+
+def test_evaluation_during_training_logs_what_repo_evaluate_measures(scores, tmp_path):
+    """--eval-data HELDOUT --eval-every 2: eval/* at steps 2, 4 (and the last), from the reference's scores of
+    the held-out pairs and the policy of that step; at the end, eval/truth_accuracy is evaluate's accuracy after."""
+    rng = random.Random(1)
+    words = [w for w in WORDS if w.isalpha()]
+    rows = [{"prompt": " ".join(rng.choices(words, k=3)), "chosen": " ".join(rng.choices(words, k=4)),
+             "rejected": " ".join(rng.choices(words, k=5)), "is_flipped": i % 4 == 0} for i in range(10)]
+    held = tmp_path / "held.jsonl"
+    held.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = run(config(scores, tmp_path / "run", max_steps=5, eval_data=str(held), eval_every=2))
+    logged = metrics(out)
+    assert [m["step"] for m in logged if "eval/loss" in m] == [2, 4, 5]
+    assert {"eval/rewards/accuracies", "eval/rewards/margins", "eval/truth_accuracy"} <= set(logged[-1])
+    result = json.loads(evaluate.run(evaluate.EvaluateConfig(data=str(held), run=out, out=tmp_path / "ev")).read_text())
+    assert logged[-1]["eval/truth_accuracy"] == pytest.approx(result["reward_accuracy_after"])
+    with pytest.raises(ValueError, match="--eval-every needs --eval-data"):
+        config(scores, tmp_path / "x", eval_every=2)

@@ -1,6 +1,7 @@
 """pipeline/train_metrics.py: TRL-named step metrics and η metrics, on hand-worked numbers."""
 import pytest
 import torch
+
 from re_po.pipeline.train_metrics import eta_metrics, step_metrics
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import types
 import typing
 from dataclasses import MISSING
 from pathlib import Path
@@ -37,6 +38,18 @@ def setting(default: Any = MISSING, help: str = "", *, factory: Any = MISSING, *
 def of(f: dataclasses.Field) -> Setting:
     """The Setting of a field (an undeclared field is a plain option without help)."""
     return f.metadata.get("setting", Setting())
+
+
+def coerce(config: Any) -> None:
+    """Turn plain values into each field's declared type where that is a Path or an Enum (or one of them | None):
+    what the Python API, a test or a JSON record passes as text. In place, on a frozen Config: call it first in
+    __post_init__."""
+    for name, hint in typing.get_type_hints(type(config)).items():
+        value = getattr(config, name)
+        members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        kind = next((m for m in members if m is Path or (isinstance(m, type) and issubclass(m, enum.Enum))), None)
+        if value is not None and kind is not None and not isinstance(value, kind):
+            object.__setattr__(config, name, kind(value))
 
 
 def field_default(f: dataclasses.Field) -> Any:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from re_po.data.columns import TRUTH, Columns, table_format
 from re_po.data.project import SAMPLE_HELDOUT, SAMPLE_TRAIN
-from re_po.data.settings import setting
+from re_po.data.settings import coerce, setting
 from re_po.pipeline.choices import ROBUST_KINDS, EStep, EtaUpdate, LossKind, LossSpec, RobustForm
 
 # ---- `repo score` --------------------------------------------------------------------------------------------------
@@ -59,6 +59,7 @@ class ScoreConfig:
                                                 default_text="1 GiB on CPU, auto on GPU")
 
     def __post_init__(self):
+        coerce(self)
         if self.on_bad_row not in ("error", "skip"):
             raise ValueError(f"on_bad_row must be 'error' or 'skip', not {self.on_bad_row!r}")
         if not 0 < self.max_prompt_length < self.max_length:
@@ -83,6 +84,7 @@ class EstimateConfig:
     seed: int = setting(0, "Seed of the folds and the probe.")
 
     def __post_init__(self) -> None:
+        coerce(self)
         if not 0.5 < self.eta0 < 1:
             raise ValueError(f"eta0 must be in (0.5, 1), got {self.eta0}")
         if self.folds < 2:
@@ -197,13 +199,10 @@ class TrainConfig:
             if not ok:
                 raise ValueError(message)
 
+        coerce(self)  # a test, the Python API or a JSON record may pass plain strings
         for name in ROBUST_DEFAULTS:  # unset: --robust's defaults, or what a plain run means (no estimate)
             if getattr(self, name) is None:
                 object.__setattr__(self, name, (ROBUST_DEFAULTS if self.robust else ALGORITHM_1)[name])
-        for name, kind in (("scores", Path), ("out_dir", Path), ("loss", LossKind), ("eta_update", EtaUpdate),
-                           ("robust_form", RobustForm), ("scheduler", Schedule), ("eta_init", EtaInit),
-                           ("e_step", EStep)):
-            object.__setattr__(self, name, kind(getattr(self, name)))  # a CLI or test may pass plain strings
         loss = self.loss
         need(not self.robust or loss in ROBUST_KINDS,
              f"--robust wraps {', '.join(sorted(ROBUST_KINDS))}; {loss} is a baseline with its own "
@@ -222,9 +221,6 @@ class TrainConfig:
              "--eval-every needs --eval-data, and must be >= 0")
         need(self.robust or (self.eta_init is EtaInit.fixed and self.e_step is EStep.policy),
              "--eta-init estimate and --e-step seeded|prior are RE-PO's: add --robust")
-        for name, kind in (("estimate_with", Path), ("report_to", ReportTo)):  # optional ones
-            if getattr(self, name) is not None:
-                object.__setattr__(self, name, kind(getattr(self, name)))
         need(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device}")
         self.loss_spec()  # β > 0 and the ε ranges are checked there
 
@@ -268,6 +264,7 @@ class InspectConfig:
     estimate: EstimateConfig = setting(EstimateConfig(), section="estimate")  # how a score cache is estimated
 
     def __post_init__(self):
+        coerce(self)
         if self.threshold is not None and self.top_k is not None:
             raise ValueError(f"give a threshold ({self.threshold}) or top_k ({self.top_k}), not both: each is a "
                              "flag rule of its own (check repo.toml's [inspect] too)")
@@ -306,6 +303,9 @@ class EvaluateConfig:
     ref_out: Path | None = setting(None, "The reference's score cache; runs sharing one score it once.",
                                    default_text="<out>/ref")
 
+    def __post_init__(self):
+        coerce(self)
+
 
 # ---- `repo demo` ---------------------------------------------------------------------------------------------------
 
@@ -327,6 +327,9 @@ class DemoConfig:
     seed: int = setting(0, "Seed of the training run.")
     truth_col: str = setting(TRUTH, "True where the label is wrong.")
 
+    def __post_init__(self):
+        coerce(self)
+
 
 # ---- `repo make-noisy` ---------------------------------------------------------------------------------------------
 
@@ -341,6 +344,7 @@ class MakeNoisyConfig:
     reassign_annotators: bool = setting(False, "With --annotators: replace the input's annotator column.")
 
     def __post_init__(self):
+        coerce(self)
         if isinstance(self.annotators, str):
             object.__setattr__(self, "annotators", parse_rates(self.annotators))
         if (self.flip_rate is None) == (self.annotators is None):
@@ -375,3 +379,6 @@ def parse_rates(spec: str) -> dict[str, float]:
 class PrepareModelConfig:
     dest: Path | None = setting(None, "Target folder.", default_text="$REPO_HOME/models/SmolLM2-135M-Instruct")
     overwrite: bool = setting(False, "Convert again even if the folder exists.")
+
+    def __post_init__(self):
+        coerce(self)

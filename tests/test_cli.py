@@ -230,3 +230,21 @@ def test_bad_settings_name_the_valid_ones(args, message, tmp_path, monkeypatch):
     result = runner.invoke(cli.app, args)
     assert result.exit_code == 2 and message in result.output and "<LossKind" not in result.output, result.output
     assert "Traceback" not in result.output  # click's usage error (usage, hint, error) or one line of re-po's
+
+
+def test_every_config_takes_text_for_its_paths_and_choices():
+    """The Python API and JSON records pass text; each Config holds Paths and enum members (settings.coerce)."""
+    from re_po.pipeline.choices import LossKind
+    from re_po.stages import configs
+
+    made = [configs.ScoreConfig(data="d", model="m", out="c"), configs.TrainConfig(scores="s", out_dir="o", loss="ipo"),
+            configs.InspectConfig(run="r", out_dir="o", plots="p"), configs.EvaluateConfig(data="d", run="r", out="o"),
+            configs.DemoConfig(workspace="w"), configs.MakeNoisyConfig(source="a", target="b", flip_rate=0.1),
+            configs.PrepareModelConfig(dest="m"), configs.EstimateConfig()]
+    assert {type(c) for c in made} == {getattr(configs, n) for n in dir(configs) if n.endswith("Config")}
+    for cfg in made:
+        for f in dataclasses.fields(cfg):
+            hint = typing.get_type_hints(type(cfg))[f.name]
+            if hint is Path or Path in typing.get_args(hint):
+                assert getattr(cfg, f.name) is None or isinstance(getattr(cfg, f.name), Path), (cfg, f.name)
+    assert made[1].loss is LossKind.ipo and made[2].plots == Path("p") and made[0].backend == "hf"

@@ -93,8 +93,7 @@ def _call(run: Callable[[Any], Path], cfg: Any) -> Path:
 
 def _option_type(hint: Any, where: str) -> type:
     """The command-line type of a field: the first of its union's members a flag can spell."""
-    members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, type(int | None)) else (hint,)
-    for member in members:
+    for member in settings.members(hint):
         if member in OPTION_TYPES or (isinstance(member, type) and issubclass(member, enum.Enum)):
             return member
     raise TypeError(f"{where}: no command-line type for {hint!r}; declare it with cli=False")

@@ -12,7 +12,6 @@ import dataclasses
 import enum
 import os
 import tomllib
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,7 +197,7 @@ def merge_config(config_cls: type, section: str | None, project: Project, flags:
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:
     """Turn a TOML value into the Config field's type, or raise naming the key."""
-    options = typing.get_args(hint) if _is_union(hint) else (hint,)
+    options = settings.members(hint)
     if value is None and type(None) in options:
         return None
     errors = []
@@ -210,10 +209,6 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         except (TypeError, ValueError) as exc:
             errors.append(str(exc))
     raise ProjectError(f"{where} has a bad value {value!r}: {'; '.join(errors)}")
-
-
-def _is_union(hint: Any) -> bool:
-    return typing.get_origin(hint) in (typing.Union, types.UnionType)
 
 
 # Field type -> (TOML value types it accepts, conversion, what to say when the value is not one of them).

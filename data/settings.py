@@ -40,14 +40,18 @@ def of(f: dataclasses.Field) -> Setting:
     return f.metadata.get("setting", Setting())
 
 
+def members(hint: Any) -> tuple:
+    """The types a field's annotation allows: those of a union (`X | None`, Optional[X]), else the one type."""
+    return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+
+
 def coerce(config: Any) -> None:
     """Turn plain values into each field's declared type where that is a Path or an Enum (or one of them | None):
     what the Python API, a test or a JSON record passes as text. In place, on a frozen Config: call it first in
     __post_init__."""
     for name, hint in typing.get_type_hints(type(config)).items():
         value = getattr(config, name)
-        members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-        kind = next((m for m in members if m is Path or (isinstance(m, type) and issubclass(m, enum.Enum))), None)
+        kind = next((m for m in members(hint) if m is Path or (isinstance(m, type) and issubclass(m, enum.Enum))), None)
         if value is not None and kind is not None and not isinstance(value, kind):
             object.__setattr__(config, name, kind(value))
 

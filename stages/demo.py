@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from re_po.data import folders, run_folder
+from re_po.data import folders, run_folder, schema
 from re_po.data.tables import read_table, sample_rows, write_table
 from re_po.stages import checkpoint, evaluate, inspect_noise, prepare_model, score, train
 from re_po.stages.configs import DemoConfig
@@ -29,7 +29,7 @@ from re_po.stages.configs import DemoConfig
 def run(cfg: DemoConfig) -> Path:
     """Score, train with --robust, inspect, evaluate on held-out pairs; returns demo-summary.json."""
     ws = folders.claim(Path(cfg.workspace), "demo", lambda f: (f / "demo-summary.json").is_file()
-                       or (f / "scores" / "manifest.json").is_file())
+                       or (f / "scores" / schema.MANIFEST).is_file())
     model = cfg.model or str(prepare_model.ensure_default_model())
     train_file = _sample_rows(cfg.train_data, cfg.train_pairs, ws / "data" / "train.jsonl")
     heldout_file = _sample_rows(cfg.heldout_data, cfg.heldout_pairs, ws / "data" / "heldout.jsonl")

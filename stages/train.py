@@ -55,6 +55,7 @@ RESUMABLE_CHANGES = ("resume", "save_every", "device", "report_to", "eval_data",
 LOCATIONS = ("out_dir", "scores")
 TENSORBOARD = "tensorboard"  # <run>/tensorboard: the TensorBoard tracker's folder
 EVAL = "eval"  # <run>/eval: the score cache of --eval-data
+EVAL_BATCH = 32  # held-out pairs per no-grad forward (packed, so their lengths need no sorting)
 RECORD = ("row", "loss", "z", "w", "logps_chosen", "logps_rejected", "rewards_chosen", "rewards_rejected")
 
 
@@ -222,14 +223,12 @@ def _evaluate(model, held_out: tuple[PairTable, torch.Tensor | None], spec: Loss
     pairs, truth = held_out
     was_training = model.training
     model.eval()
-    parts = []
-    for rows in batching.length_batches(pairs.lengths, 16 * 256):
-        logps = pair_logps(model, pairs, sorted(rows), pad_id, packing)
-        parts.append((sorted(rows), losses.base_loss(spec, logps), *losses.implicit_rewards(spec, logps)))
+    parts = []  # (loss, rewards_chosen, rewards_rejected) of each batch, in row order
+    for start in range(0, pairs.num_pairs, EVAL_BATCH):
+        logps = pair_logps(model, pairs, list(range(start, min(start + EVAL_BATCH, pairs.num_pairs))), pad_id, packing)
+        parts.append((losses.base_loss(spec, logps), *losses.implicit_rewards(spec, logps)))
     model.train(was_training)
-    order = torch.tensor([row for rows, *_ in parts for row in rows])
-    loss, chosen, rejected = (torch.empty(len(order), dtype=torch.float64).index_copy_(
-        0, order, torch.cat([part[i].double().cpu() for part in parts])) for i in (1, 2, 3))
+    loss, chosen, rejected = (torch.cat([part[i].double().cpu() for part in parts]) for i in range(3))
     return train_metrics.eval_metrics(loss, chosen, rejected, truth)
 
 

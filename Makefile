@@ -9,7 +9,7 @@ PIP    := $(PY) -m pip
 # model loading, and no text model needs them (see docs in README, "Install").
 UNWANTED := torchvision torchaudio torchcodec triton
 
-.PHONY: demo test lint model bench clean-venv
+.PHONY: demo test lint model browser bench clean-venv
 
 $(VENV)/.stamp-base:
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,14 @@ lint: $(VENV)/.stamp-test
 model: $(VENV)/.stamp-test
 	HF_HUB_OFFLINE=1 $(VENV)/bin/repo prepare-model
 
-test: lint model
+# The report's browser test (tests/test_noise_report.py) opens the page in Debian's headless Chromium.
+browser:
+	@command -v chromium-headless-shell >/dev/null || command -v chromium >/dev/null || \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium-headless-shell >/dev/null; } || \
+	  echo "no headless Chromium and no apt-get as root: the report's browser tests will be skipped"
+
+test: lint model browser
 	$(VENV)/bin/pytest -q
 
 demo: $(VENV)/.stamp-test

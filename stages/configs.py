@@ -261,6 +261,10 @@ class InspectConfig:
                                      "it).", default_text="repo.toml's data.path")
     columns: Columns = setting(Columns(), cli=False, toml=False)  # its column names, as `repo score` read them
     plots: Path | None = setting(None, "Folder for PNG plots of w and η.")
+    html: Path | None = setting(None, "Write one self-contained HTML page: the annotators, the plots, and the flagged "
+                                      "pairs as a sortable, filterable table.")
+    review: Path | None = setting(None, "Write the flagged pairs as Label Studio tasks (.json) for relabelling, and "
+                                        "the labeling config beside it (.xml).")
     estimate: EstimateConfig = setting(EstimateConfig(), section="estimate")  # how a score cache is estimated
 
     def __post_init__(self):
@@ -280,6 +284,10 @@ class InspectConfig:
             raise ValueError(f"show must be >= 0, got {self.show}")
         if self.dump is not None:
             table_format(self.dump)
+        if self.html is not None and self.html.suffix.lower() not in (".html", ".htm"):
+            raise ValueError(f"--html names an .html file, got {self.html}")
+        if self.review is not None and self.review.suffix.lower() != ".json":
+            raise ValueError(f"--review names a .json file (Label Studio's task format), got {self.review}")
         if self.export_clean is not None:
             table_format(self.export_clean)
             if self.data is None:

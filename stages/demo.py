@@ -5,8 +5,8 @@ Reads   the bundled sentiment pairs (data/sample: real human labels with real no
         prepared locally.
 Writes  under `workspace`: scores/ (stage one), train/ (stage two, RE-DPO with --robust's defaults: the
         noise estimate of the cache first, as epoch 0), heldout/ (stages/evaluate.py: the held-out pairs
-        scored by the reference and by the trained policy), inspect/ (report, plots, summary.json after
-        training), inspect-before/ (the same for epoch 0, the estimate before training) and
+        scored by the reference and by the trained policy), inspect/ (report, plots, summary.json and report.html
+        after training), inspect-before/ (the same for epoch 0, the estimate before training) and
         demo-summary.json.
 Run     repo demo [--train-pairs N] [--heldout-pairs N] [--epochs E]
 
@@ -63,7 +63,8 @@ def run(cfg: DemoConfig) -> Path:
 
     _step("inspect-noise: before training (epoch 0, the estimate) and after it")
     before = _inspect(run_dir, ws / "inspect-before", cfg.truth_col, epoch=0)
-    after = _inspect(run_dir, ws / "inspect", cfg.truth_col, plots=ws / "inspect" / "plots")
+    after = _inspect(run_dir, ws / "inspect", cfg.truth_col, plots=ws / "inspect" / "plots",
+                     html=ws / "inspect" / "report.html")
     summary = {
         "train_pairs": after["pairs"],
         "heldout": evaluation,
@@ -71,6 +72,7 @@ def run(cfg: DemoConfig) -> Path:
         "flags": after["truth"],
         "before_training": {"annotators": _annotators(before), "flags": before["truth"]},
         "outputs": {"run": str(run_dir), "inspect": str(ws / "inspect"), "plots": str(ws / "inspect" / "plots"),
+                    "report": str(ws / "inspect" / "report.html"),
                     "inspect_before": str(ws / "inspect-before")},
     }
     path = ws / "demo-summary.json"
@@ -80,9 +82,9 @@ def run(cfg: DemoConfig) -> Path:
 
 
 def _inspect(run_dir: Path, out_dir: Path, truth_col: str, epoch: int | None = None,
-             plots: Path | None = None) -> dict:
+             plots: Path | None = None, html: Path | None = None) -> dict:
     folder = inspect_noise.run(inspect_noise.InspectConfig(run=run_dir, out_dir=out_dir, epoch=epoch, plots=plots,
-                                                           truth_col=truth_col))
+                                                           html=html, truth_col=truth_col))
     return json.loads((folder / "summary.json").read_text())
 
 
@@ -124,7 +126,7 @@ def format_summary(summary: dict) -> str:
         f"  per-token log-likelihood margin:   before {h['loglik_accuracy_before']:.3f}"
         f"  after {h['loglik_accuracy_after']:.3f}",
         f"  (the single labels themselves agree with the consensus on {h['label_accuracy']:.3f})",
-        f"plots: {summary['outputs']['plots']}",
+        f"plots: {summary['outputs']['plots']}; the report to open in a browser: {summary['outputs']['report']}",
         "=" * 78,
     ]
     return "\n".join(lines)

@@ -12,7 +12,8 @@ and every input column.
 
 Writes into out_dir: report.txt (also printed) and summary.json. On request: --dump FILE (the flagged
 pairs, every column but the token ids), --export-clean FILE (the input dataset with the flagged pairs
-dropped or their labels swapped, readable by `repo score`), --plots DIR (stages/noise_plots.py).
+dropped or their labels swapped, readable by `repo score`), --plots DIR (stages/noise_plots.py), --html FILE
+(one self-contained page: stages/noise_report.py), --review FILE (Label Studio tasks: data/review.py).
 
 A pair is flagged when w < threshold, or, with top_k, when it is among the k lowest w. When the data
 carries the truth (a boolean column, True where the label is wrong, e.g. `is_flipped`), the flags are
@@ -22,6 +23,7 @@ scored against it (pipeline/noise_metrics.py) and each annotator's η is shown b
 from __future__ import annotations
 
 import json
+import tempfile
 import textwrap
 from dataclasses import asdict
 from pathlib import Path
@@ -29,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from re_po.data import folders, run_folder, schema
+from re_po.data import folders, review, run_folder, schema
 from re_po.data.atomic import atomic_write_text
 from re_po.data.columns import TRUTH, Columns, table_format
 from re_po.data.pairs import pair_values, read_pairs
@@ -41,7 +43,7 @@ from re_po.data.tables import (
     write_table,
 )
 from re_po.pipeline import noise_metrics
-from re_po.stages import estimate, noise_plots
+from re_po.stages import estimate, noise_plots, noise_report
 from re_po.stages.configs import CleanAction, InspectConfig
 
 EXCERPT_CHARS = 100
@@ -87,7 +89,13 @@ def run(cfg: InspectConfig) -> Path:
     if cfg.export_clean is not None:
         outputs["export_clean"] = str(export_clean(cfg, set(flagged["row_id"]), cache_key, truth_col, scores_dir))
     if cfg.plots is not None:
-        outputs["plots"] = [str(p) for p in make_plots(cfg, pairs, noisy, epoch, source is None, annotators)]
+        plots_folder = folders.claim(cfg.plots, "plots", only_plots)
+        outputs["plots"] = [str(p) for p in make_plots(cfg, plots_folder, pairs, noisy, epoch, source is None,
+                                                        annotators)]
+    if cfg.review is not None:
+        outputs["review"] = [str(p) for p in write_review(flagged, cfg.review)]
+    if cfg.html is not None:
+        outputs["html"] = str(cfg.html)
 
     summary = {
         "run": str(cfg.run), "scores": str(scores_dir), "epoch": epoch, "epochs": epochs, "estimate": source,
@@ -98,6 +106,8 @@ def run(cfg: InspectConfig) -> Path:
         "suspicious": pairs.head(cfg.show).select("row_id", "pair_id", "annotator", "w", "z").to_dicts(),
         "outputs": outputs,
     }
+    if cfg.html is not None:
+        write_html(cfg, summary, pairs, noisy, epoch, source is None, annotators, truth_col)
     report = format_report(summary, pairs.head(cfg.show), truth_col)
     atomic_write_text(cfg.out_dir / "report.txt", report)
     run_folder.write_json(summary, cfg.out_dir / "summary.json")
@@ -214,14 +224,29 @@ def truth_summary(name: str, pairs: pl.DataFrame, noisy: np.ndarray, annotators:
     }
 
 
-def format_report(summary: dict, suspicious: pl.DataFrame, truth_col: str | None) -> str:
+def headline(summary: dict) -> str:
+    """What was inspected, and how many pairs are flagged by which rule."""
     rule = summary["flag_rule"]
     rule_text = f"w < {rule['threshold']}" if "threshold" in rule else f"the {rule['top_k']} lowest w"
     estimated = summary["estimate"]
     where = (f"score cache {summary['run']}, estimate before training (model: {estimated['model']})" if estimated
              else f"run {summary['run']}, epoch {summary['epoch']} (of {len(summary['epochs'])})")
-    lines = [f"{where}: {summary['pairs']} pairs, "
-             f"{summary['flagged']} flagged ({rule_text}), mean w {summary['w_mean']:.3f}", ""]
+    return (f"{where}: {summary['pairs']} pairs, "
+            f"{summary['flagged']} flagged ({rule_text}), mean w {summary['w_mean']:.3f}")
+
+
+def truth_line(truth: dict) -> str:
+    """The flags scored against the truth column."""
+    def show(x):
+        return "n/a" if x is None else f"{x:.3f}"
+    return (f"truth ({truth['column']}): {truth['noisy']} wrong labels; flags precision "
+            f"{show(truth['precision'])}, recall {show(truth['recall'])}, F1 {show(truth['f1'])}; "
+            f"ROC-AUC of 1 - w {show(truth['roc_auc'])}")
+
+
+def format_report(summary: dict, suspicious: pl.DataFrame, truth_col: str | None) -> str:
+    estimated = summary["estimate"]
+    lines = [headline(summary), ""]
     truth = summary["truth"]
     header = f"{'annotator':<24} {'labels':>7} {'eta':>7}" + (f" {'± se':>7}" if estimated else "")
     lines.append(header + f" {'mean w':>7} {'flagged':>8}" + (f" {'accuracy':>9}" if truth else ""))
@@ -236,11 +261,7 @@ def format_report(summary: dict, suspicious: pl.DataFrame, truth_col: str | None
     if len(summary["annotators"]) > MAX_ANNOTATOR_ROWS:
         lines.append(f"... and {len(summary['annotators']) - MAX_ANNOTATOR_ROWS} more (all in summary.json)")
     if truth:
-        def show(x):
-            return "n/a" if x is None else f"{x:.3f}"
-        lines += ["", f"truth ({truth['column']}): {truth['noisy']} wrong labels; flags precision "
-                  f"{show(truth['precision'])}, recall {show(truth['recall'])}, F1 {show(truth['f1'])}; "
-                  f"ROC-AUC of 1 - w {show(truth['roc_auc'])}"]
+        lines += ["", truth_line(truth)]
     lines += ["", f"the {suspicious.height} most suspicious pairs (lowest w):"]
     values = pair_values(suspicious) if suspicious.height else []
     for rank, (row, texts) in enumerate(zip(suspicious.iter_rows(named=True), values), start=1):
@@ -320,11 +341,33 @@ def label_columns(raw: pl.DataFrame, columns: Columns, source: Path) -> list[tup
     return [(columns.chosen, columns.rejected)]
 
 
-def make_plots(cfg: InspectConfig, pairs: pl.DataFrame, noisy: np.ndarray | None, epoch: int,
+def write_review(flagged: pl.DataFrame, path: Path) -> list[Path]:
+    """The flagged pairs as Label Studio tasks, and the labeling config beside them (data/review.py)."""
+    tasks = review.tasks(flagged, pair_values(flagged) if flagged.height else [])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(tasks, indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(path.with_suffix(".xml"), review.LABEL_CONFIG)
+    return [path, path.with_suffix(".xml")]
+
+
+def write_html(cfg: InspectConfig, summary: dict, pairs: pl.DataFrame, noisy: np.ndarray | None, epoch: int,
+               from_run: bool, annotators: pl.DataFrame, truth_col: str | None) -> None:
+    """The page of stages/noise_report.py, with the plots of --plots, or drawn for it alone."""
+    flagged = pairs.filter("flagged").head(noise_report.MAX_PAIRS)
+    texts = pair_values(flagged) if flagged.height else []
+    with tempfile.TemporaryDirectory() as scratch:
+        plots = ([Path(p) for p in summary["outputs"]["plots"]] if cfg.plots is not None else
+                 make_plots(cfg, Path(scratch), pairs, noisy, epoch, from_run, annotators))
+        page = noise_report.page(headline(summary), truth_line(summary["truth"]) if summary["truth"] else None,
+                                 annotators, plots, pairs.filter("flagged"), texts, truth_col)
+    cfg.html.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(cfg.html, page)
+
+
+def make_plots(cfg: InspectConfig, folder: Path, pairs: pl.DataFrame, noisy: np.ndarray | None, epoch: int,
                from_run: bool, annotators: pl.DataFrame) -> list[Path]:
     """The w histogram and the annotators' η̂ (with the truth: beside their measured reliability, and the
     reliability diagram of w); for a run also η over its steps and w over its epochs for the flagged pairs."""
-    folder = folders.claim(cfg.plots, "plots", only_plots)
     w = pairs["w"].to_numpy()
     cutoff = cfg.threshold if cfg.top_k is None else float(pairs.filter("flagged")["w"].max() or 0.0)
     made = [noise_plots.w_histogram(w, noisy, cutoff, folder / "w_hist.png"),

@@ -108,6 +108,7 @@ NEEDS = {"eta_init": {"robust": True}, "e_step": {"robust": True}, "label_smooth
          "flip_rate": {"loss": "rdpo"}, "eval_every": {"eval_data": "held.jsonl"}}  # keys that need another
 TEXT = {"device": ("cpu", "cuda"), "on_bad_row": ("skip", "error")}
 NUMBERS = {"max_model_len": (4096, 8192)}  # must exceed max_length
+SUFFIXES = {"html": ".html", "review": ".json"}  # paths checked for their kind of file
 
 
 def _toml_keys(config_cls: type) -> list[str]:
@@ -134,7 +135,8 @@ def _two_values(f: dataclasses.Field, hint) -> tuple:
         first = 0.25 if not default else (default + 1) / 2 if default < 1 else 2 * default
         return (first, first * 0.9)
     if kind is Path:
-        return (Path(f"{f.name}-from-toml.jsonl"), Path(f"{f.name}-from-flag.jsonl"))  # a file or a folder
+        suffix = SUFFIXES.get(f.name, ".jsonl")
+        return (Path(f"{f.name}-from-toml{suffix}"), Path(f"{f.name}-from-flag{suffix}"))  # a file or a folder
     return TEXT.get(f.name, (f"{f.name}-from-toml", f"{f.name}-from-flag"))
 
 

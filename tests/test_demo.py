@@ -1,6 +1,7 @@
 """The demo's path at CI size: score -> RE-DPO -> evaluate -> inspect-noise on the bundled data, tiny model."""
 
 import json
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -37,6 +38,7 @@ def test_demo_summary_compares_eta_with_the_measured_reliability(demo_run):
     assert summary["train_pairs"] == 32
     assert all((workspace / "inspect" / "plots" / name).stat().st_size > 0
                for name in ("w_hist.png", "eta_steps.png", "w_flagged.png"))
+    assert Path(summary["outputs"]["report"]).read_text().count("data:image/png;base64,") == 5  # the plots, inline
     assert "η̂ before" in demo.format_summary(summary)
 
 

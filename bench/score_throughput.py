@@ -1,8 +1,8 @@
 """Throughput of stage one (`repo score`) against TRL's DPOTrainer precomputing reference log-probs.
 
-On the same pairs (the first --pairs rows of the bundled sample), model (SmolLM2-135M-Instruct, float32)
-and max length, in one process, one after the other:
-  matmul      fp32 matmul FLOP/s of this machine right now (the ceiling for the rows below)
+On the same pairs (the first --pairs rows of the bundled sample), model (SmolLM2-135M-Instruct, or --model),
+precision (--dtype, float32 by default), device (--device, cpu by default) and max length, in one process, one after the other:
+  matmul      matmul FLOP/s of this device in this dtype right now (the ceiling for the rows below)
   hf          `repo score --backend hf`: length-sorted batches packed several sequences to a row, LM head
               only on response positions
   hf-padded   the same with --no-packing: one sequence per row, right-padded (what packing buys)
@@ -32,21 +32,54 @@ import torch
 from re_po.data import schema
 from re_po.pipeline import batching
 from re_po.stages import score
+from re_po.stages.configs import Dtype
 from re_po.stages.prepare_model import ensure_default_model
+
+try:
+    import random_models  # run as bench/score_throughput.py: bench/ is on sys.path
+except ImportError:
+    from bench import random_models
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "train.jsonl"
 
 
-def matmul_flops(size: int = 2048, seconds: float = 3.0) -> float:
-    """Best fp32 FLOP/s of a size × size matmul over about `seconds`."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_flops(device: str = "cpu", dtype: str = "float32", seconds: float = 3.0) -> float:
+    """Best FLOP/s of a square matmul in `dtype` on `device` over about `seconds` (2048 on a CPU, 8192 on a GPU)."""
+    size = 2048 if device == "cpu" else 8192
+    a, b = (torch.randn(size, size, device=device, dtype=getattr(torch, dtype)) for _ in range(2))
     torch.mm(a, b)  # warm-up
+    sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
     best, deadline = math.inf, time.perf_counter() + seconds
     while time.perf_counter() < deadline:
+        sync()
         start = time.perf_counter()
         torch.mm(a, b)
+        sync()
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best
+
+
+BF16_DENSE_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12}
+
+
+def peak_flops(device: str, dtype: str, measured: float | None = None) -> tuple[float, str]:
+    """The rate MFU is measured against: the GPU's data-sheet bf16 dense peak where known, else a measured matmul
+    (`measured`, if already taken)."""
+    if device != "cpu":
+        name = torch.cuda.get_device_name(device)
+        for model, peak in BF16_DENSE_PEAK.items():
+            if model in name:
+                return peak, f"{model} bf16 dense peak (data sheet)"
+    return measured or matmul_flops(device, dtype), f"measured {dtype} matmul"
+
+
+def prepare_model(spec: str | None, workdir: Path, device: str, dtype: str) -> Path:
+    """--model: a folder, `random:NAME` (bench/random_models.py, built here), or the prepared SmolLM2-135M."""
+    if spec is None:
+        return ensure_default_model()
+    if spec.startswith("random:"):
+        return random_models.model_folder(spec.removeprefix("random:"), workdir / "model", device, dtype)
+    return Path(spec)
 
 
 @contextmanager
@@ -105,7 +138,8 @@ def run_score(args, model_dir: Path, data: Path, out: Path, backend: str, packin
     name = "_hf_backend" if backend == "hf" else "_vllm_backend"
     config = score.ScoreConfig(data=str(data), model=str(model_dir), out=out, backend=score.Backend(backend),
                                max_length=args.max_length, max_prompt_length=args.max_prompt_length,
-                               batch_tokens=args.batch_tokens, packing=packing, overwrite=True, device="cpu")
+                               batch_tokens=args.batch_tokens, packing=packing, overwrite=True, device=args.device,
+                               dtype=Dtype(args.dtype))
     with timed_backend(name, record):
         start = time.perf_counter()
         score.run(config)
@@ -138,10 +172,10 @@ def run_trl(args, model_dir: Path, rows: list[dict], workdir: Path) -> dict:
     try:
         config = DPOConfig(
             output_dir=str(workdir / "trl"), precompute_ref_log_probs=True, max_length=args.max_length,
-            per_device_train_batch_size=args.trl_batch_size, report_to=[], use_cpu=True, bf16=False,
-            dataloader_num_workers=0, save_strategy="no",
+            per_device_train_batch_size=args.trl_batch_size, report_to=[], use_cpu=args.device == "cpu",
+            bf16=args.dtype == "bfloat16", dataloader_num_workers=0, save_strategy="no",
         )
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, args.dtype))
         dataset = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
         DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=AutoTokenizer.from_pretrained(model_dir))
     finally:
@@ -159,19 +193,25 @@ def main() -> None:
     parser.add_argument("--batch-tokens", type=int, default=score.ScoreConfig.batch_tokens)
     parser.add_argument("--trl-batch-size", type=int, default=8)
     parser.add_argument("--skip", nargs="*", default=[], choices=["hf-padded", "hf-unsorted", "trl", "vllm"])
+    parser.add_argument("--model", help="a model folder, or random:NAME for a random-init model of "
+                        f"{', '.join(random_models.SHAPES)} (default: the prepared SmolLM2-135M-Instruct)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     # vLLM's CPU engine keeps one core for its front end unless told otherwise (vllm-cpu.md).
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{os.cpu_count() - 1}")
     os.environ.setdefault("TQDM_DISABLE", "1")
 
-    model_dir = ensure_default_model()
     rows = [json.loads(line) for line in SAMPLE.read_text().splitlines()[: args.pairs]]
-    parameters = count_parameters(model_dir)
-    results: dict = {"pairs": len(rows), "max_length": args.max_length, "threads": torch.get_num_threads(),
-                     "parameters": parameters, "matmul_flops": matmul_flops()}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
+        model_dir = prepare_model(args.model, workdir, args.device, args.dtype)
+        results: dict = {"pairs": len(rows), "max_length": args.max_length, "threads": torch.get_num_threads(),
+                         "model": args.model or "SmolLM2-135M-Instruct", "device": device_name(args.device),
+                         "dtype": args.dtype, "parameters": count_parameters(model_dir),
+                         "matmul_flops": matmul_flops(args.device, args.dtype)}
+        results["peak_flops"], results["peak_source"] = peak_flops(args.device, args.dtype, results["matmul_flops"])
         data = workdir / "pairs.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in rows))
         results["hf"] = run_score(args, model_dir, data, workdir / "hf", "hf")
@@ -199,16 +239,29 @@ def main() -> None:
 
 
 def count_parameters(model_dir: Path) -> int:
-    from transformers import AutoModelForCausalLM
+    """From the safetensors headers: no model is loaded (an 8B one would take a minute)."""
+    from safetensors import safe_open
 
-    return sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(model_dir).parameters())
+    total = 0
+    for path in Path(model_dir).glob("*.safetensors"):
+        with safe_open(path, "pt") as handle:
+            total += sum(math.prod(handle.get_slice(name).get_shape()) for name in handle.keys())
+    return total
+
+
+def device_name(device: str) -> str:
+    return torch.cuda.get_device_name(device) if device != "cpu" else f"CPU, {torch.get_num_threads()} threads"
 
 
 def report(results: dict) -> None:
     flops = results["matmul_flops"]
-    print(f"{results['pairs']} pairs, max length {results['max_length']}, {results['threads']} threads, "
-          f"{results['parameters'] / 1e6:.1f}M parameters; fp32 matmul {flops / 1e9:.1f} GFLOP/s")
-    print(f"{'run':<12} {'pairs/s':>8} {'tok/s':>8} {'GFLOP/s':>8} {'of matmul':>9} {'padding':>8} {'end-to-end pairs/s':>19}")
+    print(f"{results['pairs']} pairs, max length {results['max_length']}, {results['device']}, {results['model']} "
+          f"({results['parameters'] / 1e6:.1f}M parameters), {results['dtype']}; "
+          f"{results['dtype']} matmul {flops / 1e9:.1f} GFLOP/s")
+    peak = results["peak_flops"]
+    print(f"MFU against {results['peak_source']}: {peak / 1e12:.1f} TFLOP/s")
+    print(f"{'run':<12} {'pairs/s':>8} {'tok/s':>8} {'GFLOP/s':>8} {'of matmul':>9} {'MFU':>6} {'padding':>8} "
+          f"{'end-to-end pairs/s':>19}")
     for name in ("hf", "hf-padded", "hf-unsorted", "trl", "vllm"):
         if name not in results:
             continue
@@ -217,7 +270,7 @@ def report(results: dict) -> None:
         padding = f"{1 - r['tokens'] / r['positions']:.0%}" if "positions" in r else ""
         end_to_end = f"{results['pairs'] / r['end_to_end_seconds']:.2f}" if "end_to_end_seconds" in r else ""
         print(f"{name:<12} {r['pairs'] / r['seconds']:8.2f} {r['tokens'] / r['seconds']:8.0f} "
-              f"{achieved / 1e9:8.1f} {achieved / flops:9.0%} {padding:>8} {end_to_end:>19}")
+              f"{achieved / 1e9:8.1f} {achieved / flops:9.0%} {achieved / peak:6.1%} {padding:>8} {end_to_end:>19}")
     rate = {name: results[name]["pairs"] / results[name]["seconds"]
             for name in ("hf", "hf-padded", "hf-unsorted", "trl", "vllm") if name in results}
     for name in ("hf-padded", "hf-unsorted", "trl", "vllm"):

@@ -43,7 +43,10 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--max-prompt-length", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-6)
-    parser.add_argument("--model", type=Path, help="model folder (default: the prepared SmolLM2-135M-Instruct)")
+    parser.add_argument("--model", help="a model folder, or random:NAME for a random-init model "
+                        "(bench/random_models.py; default: the prepared SmolLM2-135M-Instruct)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA, as users train (weights fp32)")
     parser.add_argument("--skip", nargs="*", default=[], choices=[*REPO_RUNS, *TRL_RUNS])
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: one run, in its own process
@@ -52,30 +55,40 @@ def main() -> None:
         spec = json.loads(args.child)
         result = child_repo(spec) if spec["run"] in REPO_RUNS else child_trl(spec)
         result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+        if spec["device"] != "cpu":
+            import torch
+
+            result["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
         print("RESULT " + json.dumps(result))
         return
     if args.pairs % args.batch_size:
         raise SystemExit("--pairs must be a multiple of --batch-size (every step then trains a full batch)")
 
-    from re_po.stages import score
-    from re_po.stages.prepare_model import ensure_default_model
+    from score_throughput import count_parameters, peak_flops, prepare_model  # bench/ is on sys.path
 
-    model_dir = args.model or ensure_default_model()
+    from re_po.stages import score
+
     rows = [json.loads(line) for line in SAMPLE.read_text().splitlines()[: args.pairs]]
-    results: dict = {"pairs": len(rows), "batch_size": args.batch_size, "max_length": args.max_length,
-                     "model": str(model_dir), "cpus": os.cpu_count(), "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
+        model_dir = prepare_model(args.model, workdir, "cpu", "float32")  # training keeps fp32 weights
+        results: dict = {"pairs": len(rows), "batch_size": args.batch_size, "max_length": args.max_length,
+                         "model": args.model or str(model_dir), "cpus": os.cpu_count(), "device": args.device,
+                         "precision": "bf16 autocast" if args.bf16 and args.device != "cpu" else "float32",
+                         "parameters": count_parameters(model_dir), "runs": {}}
+        results["peak_flops"], results["peak_source"] = peak_flops(args.device, "float32" if results["precision"]
+                                                                   == "float32" else "bfloat16")
         (workdir / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         scores = score.run(score.ScoreConfig(
-            data=str(workdir / "pairs.jsonl"), model=str(model_dir), out=workdir / "scores", device="cpu",
-            max_length=args.max_length, max_prompt_length=args.max_prompt_length))
+            data=str(workdir / "pairs.jsonl"), model=str(model_dir), out=workdir / "scores", device=args.device,
+            backend=score.Backend.hf, max_length=args.max_length, max_prompt_length=args.max_prompt_length))
         for name in [*REPO_RUNS, *TRL_RUNS]:
             if name in args.skip:
                 continue
             spec = {"run": name, "model": str(model_dir), "scores": str(scores), "out": str(workdir / name),
                     "data": str(workdir / "pairs.jsonl"), "batch_size": args.batch_size, "lr": args.lr,
-                    "max_length": args.max_length, "max_prompt_length": args.max_prompt_length}
+                    "max_length": args.max_length, "max_prompt_length": args.max_prompt_length,
+                    "device": args.device, "bf16": args.bf16 and args.device != "cpu"}
             results["runs"][name] = in_child(spec)
             print(f"{name}: {results['runs'][name]}", file=sys.stderr)
     report(results)
@@ -84,7 +97,7 @@ def main() -> None:
 
 
 def in_child(spec: dict) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1"}
+    env = {**os.environ, "TQDM_DISABLE": "1"}
     done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env, capture_output=True,
                           text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
@@ -113,14 +126,15 @@ def child_repo(spec: dict) -> dict:
     logprobs.pack, logprobs.pad = counted(logprobs.pack), counted(logprobs.pad)
 
     def timed_epoch_posteriors(*args, **kwargs):
-        start = time.perf_counter()
+        counted_before, start = dict(positions), time.perf_counter()
         epoch_posteriors(*args, **kwargs)
         passes.append(time.perf_counter() - start)
+        positions.update(counted_before)  # the pass's forwards are not training tokens
 
     train._epoch_posteriors = timed_epoch_posteriors
     config = train.TrainConfig(scores=Path(spec["scores"]), out_dir=Path(spec["out"]), policy=spec["model"],
                                loss=loss, robust=robust, batch_size=spec["batch_size"], lr=spec["lr"],
-                               epochs=1, device="cpu", packing=packing)
+                               epochs=1, device=spec["device"], bf16=spec["bf16"], packing=packing)
     start = time.perf_counter()
     out = train.run(config)
     end_to_end = time.perf_counter() - start
@@ -129,11 +143,12 @@ def child_repo(spec: dict) -> dict:
     loop_seconds = sum(spec["batch_size"] / step["pairs_per_s"] for step in steps)
     return {"pairs": pairs, "train_seconds": loop_seconds, "end_to_end_seconds": end_to_end,
             "epoch_pass_seconds": sum(passes) if passes else None,
-            "padding": 1 - positions["real"] / positions["computed"]}
+            "padding": 1 - positions["real"] / positions["computed"], "tokens": positions["real"]}
 
 
 def child_trl(spec: dict) -> dict:
-    """One epoch of TRL's DPOTrainer in float32 on CPU; train() timed, the precompute pass (in __init__) apart."""
+    """One epoch of TRL's DPOTrainer, fp32 weights (bf16 autocast with --bf16, as re-po); train() timed, the
+    precompute pass (in __init__) apart."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -143,7 +158,8 @@ def child_trl(spec: dict) -> dict:
     rows = [json.loads(line) for line in Path(spec["data"]).read_text().splitlines()]
     config = DPOConfig(output_dir=spec["out"], precompute_ref_log_probs=precompute, max_length=spec["max_length"],
                        per_device_train_batch_size=spec["batch_size"], learning_rate=spec["lr"], num_train_epochs=1,
-                       report_to=[], use_cpu=True, bf16=False, save_strategy="no", dataloader_num_workers=0,
+                       report_to=[], use_cpu=spec["device"] == "cpu", bf16=spec["bf16"], save_strategy="no",
+                       dataloader_num_workers=0,
                        disable_tqdm=True)
     start = time.perf_counter()
     trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32), args=config,
@@ -161,14 +177,23 @@ def child_trl(spec: dict) -> dict:
 def report(results: dict) -> None:
     runs = results["runs"]
     print(f"{results['pairs']} pairs, batch {results['batch_size']}, max length {results['max_length']}, "
-          f"{results['cpus']} CPUs, float32; model {results['model']}")
-    print(f"{'run':<15} {'pairs/s':>8} {'end-to-end s':>12} {'peak RSS GB':>11} {'epoch pass':>16} {'padding':>8}")
+          f"{results['cpus']} CPUs, device {results['device']}, {results['precision']}; model {results['model']}")
+    print(f"MFU: 6 × {results['parameters'] / 1e6:.1f}M parameters × real tokens / s against "
+          f"{results['peak_source']}, {results['peak_flops'] / 1e12:.2f} TFLOP/s (the tokens of both responses; "
+          "the forward of the prompt counted once per response)")
+    memory = "peak GPU GB" if results["device"] != "cpu" else "peak RSS GB"
+    print(f"{'run':<15} {'pairs/s':>8} {'tok/s':>8} {'MFU':>6} {'end-to-end s':>12} {memory:>11} {'epoch pass':>16} "
+          f"{'padding':>8}")
     rate = {name: r["pairs"] / r["train_seconds"] for name, r in runs.items()}
     for name, r in runs.items():
         passed = r.get("epoch_pass_seconds")
         epoch_pass = f"{passed:.1f}s ({passed / r['train_seconds']:.0%})" if passed is not None else ""
         padding = f"{r['padding']:.0%}" if "padding" in r else ""
-        print(f"{name:<15} {rate[name]:8.2f} {r['end_to_end_seconds']:12.1f} {r['peak_rss_bytes'] / 1e9:11.2f} "
+        tokens = f"{r['tokens'] / r['train_seconds']:8.0f}" if "tokens" in r else " " * 8
+        mfu = (f"{6 * results['parameters'] * r['tokens'] / r['train_seconds'] / results['peak_flops']:6.1%}"
+               if "tokens" in r else " " * 6)
+        peak_memory = r.get("peak_gpu_bytes", r["peak_rss_bytes"])
+        print(f"{name:<15} {rate[name]:8.2f} {tokens} {mfu} {r['end_to_end_seconds']:12.1f} {peak_memory / 1e9:11.2f} "
               f"{epoch_pass:>16} {padding:>8}")
     if "dpo" in rate and "dpo-padded" in rate:
         print(f"packing: dpo / dpo-padded {rate['dpo'] / rate['dpo-padded']:.2f}× pairs/s")

@@ -20,6 +20,7 @@ from re_po.pipeline.choices import ROBUST_KINDS, EStep, EtaUpdate, LossKind, Los
 # ---- `repo score` --------------------------------------------------------------------------------------------------
 
 class Backend(StrEnum):
+    auto = "auto"  # vllm where it is installed and a GPU is present, else hf (score.choose_backend)
     hf = "hf"
     vllm = "vllm"
 
@@ -36,7 +37,8 @@ class ScoreConfig:
     model: str = setting(help="Reference model: an alias from repo.toml, a hub id or a folder.",
                          default_text="ref", model_alias=True)  # a hub id must already be in the local HF cache
     out: Path = setting(help="Score cache folder.", default_text="<workspace>/scores")
-    backend: Backend = setting(Backend.hf, "hf (transformers) or vllm.")
+    backend: Backend = setting(Backend.auto, "hf (transformers), vllm, or auto: vllm where it is installed and a GPU "
+                                             "is present, hf otherwise.")
     dtype: Dtype = setting(Dtype.float32, "float32 or bfloat16.")
     device: str = setting("auto", "hf backend: cpu, cuda, cuda:N, auto.")  # auto = cuda if available
     max_length: int = setting(1024, "Prompt + response tokens.")  # the prompt is cut from the left first

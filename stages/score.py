@@ -3,7 +3,7 @@
 Reads   preference pairs (data/pairs.py: JSONL/JSON/Parquet/CSV files, folders of shards, hf:// paths)
         and a reference model (a local transformers folder, or a hub id already in the local cache).
 Writes  the score cache folder `out` (data/schema.py): manifest.json, part-NNNNN.parquet, rejects.jsonl.
-Run     repo score --model REF DATA --out SCORES [--backend hf|vllm] [--max-length N] [--overwrite]
+Run     repo score --model REF DATA --out SCORES [--backend auto|hf|vllm] [--max-length N] [--overwrite]
 
 Every row is tokenized once here (data/tokenize.py) and the token ids are stored, so stage two scores
 exactly these tokens. Two backends share that tokenization and the per-sequence sums:
@@ -20,6 +20,8 @@ without the LM head, in the same process (on a GPU, leave it room with --gpu-mem
 The input rows are split into parts of `part_size` rows in input order; a part is the unit of
 resumption: a rerun with the same options scores only the parts the manifest does not list.
 """
+import dataclasses
+import importlib.util
 import math
 import os
 import sys
@@ -71,6 +73,11 @@ def resolve_layers(spec: str, layers: int) -> tuple[int, ...]:
 def run(cfg: ScoreConfig) -> Path:
     """Score every pair of cfg.data into the cache cfg.out (resuming it if possible); returns cfg.out."""
     schema.check_folder(Path(cfg.out))  # before any work: never the user's folder
+    if cfg.backend == Backend.auto:
+        chosen, why = choose_backend(cfg.device, importlib.util.find_spec("vllm") is not None,
+                                     torch.cuda.is_available())
+        print(f"backend: {chosen} ({why})")
+        cfg = dataclasses.replace(cfg, backend=chosen)
     model_dir = models.resolve_model(cfg.model)
     from transformers import AutoTokenizer
 
@@ -103,6 +110,17 @@ def run(cfg: ScoreConfig) -> Path:
     schema.finish_cache(Path(cfg.out), manifest, all_rejects)
     _print_summary(cfg, manifest, num_rows + len(read.rejects), all_rejects, resumed=len(manifest.parts) - len(todo))
     return Path(cfg.out)
+
+
+def choose_backend(device: str, vllm_installed: bool, gpu_present: bool) -> tuple[Backend, str]:
+    """--backend auto: vLLM where it can run on a GPU (the fast path there), transformers otherwise; and why."""
+    if device != "auto":
+        return Backend.hf, f"auto: --device {device} is an hf setting"
+    if not gpu_present:
+        return Backend.hf, "auto: no GPU" + (", so not vLLM" if vllm_installed else "")
+    if not vllm_installed:
+        return Backend.hf, "auto: vLLM is not installed (pip install 're-po[vllm]')"
+    return Backend.vllm, "auto: vLLM is installed and a GPU is present"
 
 
 def _score_part(part: pl.DataFrame, read: PairsRead, tokenizer, score_pairs: ScorePairs,

@@ -1,4 +1,5 @@
 """Stage one with the hf backend: the log-prob reduction, the cache, resumption and bad input."""
+import importlib.util
 import json
 import os
 import random
@@ -18,7 +19,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from re_po.data import schema
 from re_po.pipeline.batching import length_batches
 from re_po.pipeline.logprobs import pack, response_logps
-from re_po.stages.score import ScoreConfig, run
+from re_po.stages.configs import Backend
+from re_po.stages.score import ScoreConfig, choose_backend, run
 
 
 def peaky_llama(seed: int = 0) -> LlamaForCausalLM:
@@ -90,6 +92,27 @@ def write_pairs(path: Path, count: int, seed: int = 0) -> Path:
 def score_config(data: Path, model: Path, out: Path, **overrides) -> ScoreConfig:
     settings = dict(max_length=24, max_prompt_length=8, part_size=16, batch_tokens=256, device="cpu")
     return ScoreConfig(data=str(data), model=str(model), out=out, **{**settings, **overrides})
+
+
+@pytest.mark.parametrize("device,vllm_installed,gpu,expected,why", [
+    ("auto", True, True, Backend.vllm, "vLLM is installed and a GPU is present"),
+    ("auto", True, False, Backend.hf, "no GPU, so not vLLM"),
+    ("auto", False, True, Backend.hf, "vLLM is not installed"),
+    ("auto", False, False, Backend.hf, "no GPU"),
+    ("cuda:1", True, True, Backend.hf, "--device cuda:1 is an hf setting"),
+])
+def test_auto_backend_takes_vllm_only_where_it_can_run_on_a_gpu(device, vllm_installed, gpu, expected, why):
+    chosen, said = choose_backend(device, vllm_installed, gpu)
+    assert chosen == expected and why in said
+
+
+def test_auto_backend_on_this_machine_says_its_choice_and_keys_the_cache_on_it(peaky_model_dir, tmp_path, capsys):
+    data = write_pairs(tmp_path / "pairs.jsonl", 4)
+    run(score_config(data, peaky_model_dir, tmp_path / "scores", device="auto", backend=Backend.auto))
+    expected = "vllm" if torch.cuda.is_available() and importlib.util.find_spec("vllm") else "hf"
+    assert capsys.readouterr().out.splitlines()[0].startswith(f"backend: {expected} (auto: ")
+    assert schema.read_scores(tmp_path / "scores")[1]["backend"] == expected
+    assert ScoreConfig(data="d", model="m", out=tmp_path).backend == Backend.auto  # the default
 
 
 @pytest.mark.parametrize("packing", [True, False])

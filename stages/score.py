@@ -73,11 +73,10 @@ def resolve_layers(spec: str, layers: int) -> tuple[int, ...]:
 def run(cfg: ScoreConfig) -> Path:
     """Score every pair of cfg.data into the cache cfg.out (resuming it if possible); returns cfg.out."""
     schema.check_folder(Path(cfg.out))  # before any work: never the user's folder
+    auto_choice = None
     if cfg.backend == Backend.auto:
-        chosen, why = choose_backend(cfg.device, importlib.util.find_spec("vllm") is not None,
-                                     torch.cuda.is_available())
-        print(f"backend: {chosen} ({why})")
-        cfg = dataclasses.replace(cfg, backend=chosen)
+        auto_choice = choose_backend(cfg.device, importlib.util.find_spec("vllm") is not None, torch.cuda.is_available())
+        cfg = dataclasses.replace(cfg, backend=auto_choice[0])
     model_dir = models.resolve_model(cfg.model)
     from transformers import AutoTokenizer
 
@@ -99,6 +98,8 @@ def run(cfg: ScoreConfig) -> Path:
     manifest = schema.open_cache(Path(cfg.out), key, layout, cfg.overwrite)
     todo = [i for i in range(layout["num_parts"]) if schema.part_name(i) not in manifest.parts]
     if todo:
+        if auto_choice:  # said once the inputs are read and checked, so that an error stays one line
+            print(f"backend: {auto_choice[0]} ({auto_choice[1]})")
         backend = _hf_backend if cfg.backend == Backend.hf else _vllm_backend
         todo_rows = sum(min(cfg.part_size, num_rows - i * cfg.part_size) for i in todo)
         with backend(cfg, model_dir, tokenizer, layers) as score_pairs, _Progress(todo_rows) as progress:

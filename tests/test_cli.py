@@ -239,7 +239,7 @@ def test_every_config_takes_text_for_its_paths_and_choices():
     from re_po.pipeline.choices import LossKind
     from re_po.stages import configs
 
-    made = [configs.ScoreConfig(data="d", model="m", out="c"), configs.TrainConfig(scores="s", out_dir="o", loss="ipo"),
+    made = [configs.ScoreConfig(data="d", model="m", out="c", backend="vllm"), configs.TrainConfig(scores="s", out_dir="o", loss="ipo"),
             configs.InspectConfig(run="r", out_dir="o", plots="p"), configs.EvaluateConfig(data="d", run="r", out="o"),
             configs.DemoConfig(workspace="w"), configs.MakeNoisyConfig(source="a", target="b", flip_rate=0.1),
             configs.PrepareModelConfig(dest="m"), configs.EstimateConfig()]
@@ -249,4 +249,5 @@ def test_every_config_takes_text_for_its_paths_and_choices():
             hint = typing.get_type_hints(type(cfg))[f.name]
             if hint is Path or Path in typing.get_args(hint):
                 assert getattr(cfg, f.name) is None or isinstance(getattr(cfg, f.name), Path), (cfg, f.name)
-    assert made[1].loss is LossKind.ipo and made[2].plots == Path("p") and made[0].backend == "hf"
+    assert made[1].loss is LossKind.ipo and made[2].plots == Path("p")
+    assert made[0].backend is configs.Backend.vllm

@@ -107,7 +107,7 @@ def run(cfg: InspectConfig) -> Path:
         "outputs": outputs,
     }
     if cfg.html is not None:
-        write_html(cfg, summary, pairs, noisy, epoch, source is None, annotators, truth_col)
+        write_html(cfg, summary, pairs, flagged, noisy, epoch, source is None, annotators, truth_col)
     report = format_report(summary, pairs.head(cfg.show), truth_col)
     atomic_write_text(cfg.out_dir / "report.txt", report)
     run_folder.write_json(summary, cfg.out_dir / "summary.json")
@@ -350,16 +350,18 @@ def write_review(flagged: pl.DataFrame, path: Path) -> list[Path]:
     return [path, path.with_suffix(".xml")]
 
 
-def write_html(cfg: InspectConfig, summary: dict, pairs: pl.DataFrame, noisy: np.ndarray | None, epoch: int,
-               from_run: bool, annotators: pl.DataFrame, truth_col: str | None) -> None:
-    """The page of stages/noise_report.py, with the plots of --plots, or drawn for it alone."""
-    flagged = pairs.filter("flagged").head(noise_report.MAX_PAIRS)
-    texts = pair_values(flagged) if flagged.height else []
+def write_html(cfg: InspectConfig, summary: dict, pairs: pl.DataFrame, flagged: pl.DataFrame,
+               noisy: np.ndarray | None, epoch: int, from_run: bool, annotators: pl.DataFrame,
+               truth_col: str | None) -> None:
+    """The page of stages/noise_report.py, with the plots of --plots, or drawn for it alone; the texts are decoded
+    only for the pairs the page shows."""
+    shown = flagged.head(noise_report.MAX_PAIRS)
+    texts = pair_values(shown) if shown.height else []
     with tempfile.TemporaryDirectory() as scratch:
         plots = ([Path(p) for p in summary["outputs"]["plots"]] if cfg.plots is not None else
                  make_plots(cfg, Path(scratch), pairs, noisy, epoch, from_run, annotators))
         page = noise_report.page(headline(summary), truth_line(summary["truth"]) if summary["truth"] else None,
-                                 annotators, plots, pairs.filter("flagged"), texts, truth_col)
+                                 annotators, plots, flagged, texts, truth_col)
     cfg.html.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(cfg.html, page)
 

@@ -23,7 +23,8 @@ MAX_PAIRS = 2000  # the page's table, lowest w first; --dump writes every flagge
 
 def page(headline: str, truth_line: str | None, annotators: pl.DataFrame, plots: list[Path],
          flagged: pl.DataFrame, texts: list[tuple[PairValue, PairValue, PairValue]], truth_col: str | None) -> str:
-    """The page. flagged: the flagged pairs, lowest w first, with `texts` their (prompt, chosen, rejected)."""
+    """The page. flagged: the flagged pairs, lowest w first; texts: (prompt, chosen, rejected) of the first
+    MAX_PAIRS of them, the ones shown."""
     shown = flagged.head(MAX_PAIRS)
     capped = (f"<p class='note'>The {MAX_PAIRS} of lowest w are shown, of {flagged.height} flagged; "
               "<code>--dump FILE</code> writes every one.</p>" if flagged.height > MAX_PAIRS else "")
@@ -36,7 +37,7 @@ def page(headline: str, truth_line: str | None, annotators: pl.DataFrame, plots:
         flagged_count=flagged.height,
         capped=capped,
         annotator_options="".join(f"<option>{html.escape(n)}</option>" for n in names),
-        pairs=pair_table(shown, texts[:MAX_PAIRS], truth_col) if shown.height else
+        pairs=pair_table(shown, texts, truth_col) if shown.height else
         "<p class='note'>No pair is flagged.</p>",
     )
 

@@ -51,7 +51,8 @@ MAX_ANNOTATOR_ROWS = 40  # the report's table; summary.json lists every annotato
 
 
 def run(cfg: InspectConfig) -> Path:
-    folders.check(cfg.out_dir, "inspect", was_inspected)  # before any work; made only once there is output
+    refuse_managed_targets(cfg, Path(cfg.run))  # before any work
+    folders.check(cfg.out_dir, "inspect", was_inspected)  # made only once there is output
     if cfg.plots is not None:
         folders.check(cfg.plots, "plots", only_plots)
     outputs: dict[str, object] = {"report": str(cfg.out_dir / "report.txt"),
@@ -70,6 +71,7 @@ def run(cfg: InspectConfig) -> Path:
         epoch = pick_epoch(cfg.run, cfg.epoch, record["config"])
         epochs = run_folder.epochs_written(cfg.run, run_folder.POSTERIORS)
         scores_dir = cfg.scores or Path(record["config"]["scores"])
+        refuse_managed_targets(cfg, scores_dir)
         posteriors = run_folder.read_epoch(cfg.run, run_folder.POSTERIORS, epoch)
         pairs, cache_key = join_scores(posteriors, scores_dir, record.get("cache_key"))
         eta = run_folder.read_epoch(cfg.run, run_folder.ANNOTATORS, epoch)
@@ -295,14 +297,20 @@ def write_dump(flagged: pl.DataFrame, path: Path) -> Path:
     return path
 
 
-def refuse_to_overwrite(target: Path, inputs: list[Path], folders: list[Path]) -> None:
-    """An export never replaces an input shard, nor writes into the score cache or the run folder."""
-    where = target.resolve()
-    if any(where == path.resolve() for path in inputs):
+def refuse_managed_targets(cfg: InspectConfig, folder: Path) -> None:
+    """Nothing inspect-noise writes lands in `folder`, a score cache or run folder that re-po manages (its
+    manifest or record accounts for every file there)."""
+    targets = {"--out-dir": cfg.out_dir, "--plots": cfg.plots, "--dump": cfg.dump, "--html": cfg.html,
+               "--review": cfg.review, "--export-clean": cfg.export_clean}
+    for flag, target in targets.items():
+        if target is not None and Path(target).resolve().is_relative_to(folder.resolve()):
+            raise ValueError(f"{flag} {target} is inside {folder}, which re-po manages; write it elsewhere")
+
+
+def refuse_to_overwrite(target: Path, inputs: list[Path]) -> None:
+    """An export never replaces an input shard."""
+    if any(target.resolve() == path.resolve() for path in inputs):
         raise ValueError(f"--export-clean {target} is one of the input files; write the cleaned dataset elsewhere")
-    for folder in folders:
-        if where.is_relative_to(folder.resolve()):
-            raise ValueError(f"--export-clean {target} is inside {folder}, which re-po manages; write it elsewhere")
 
 
 def export_clean(cfg: InspectConfig, flagged_rows: set[int], cache_key: dict, truth_col: str | None,
@@ -317,7 +325,7 @@ def export_clean(cfg: InspectConfig, flagged_rows: set[int], cache_key: dict, tr
                          f"{read.dataset_sha}, the cache's {cache_key.get('dataset_sha')}); name it with --data")
     if any(s.file.startswith("hf://") for s in read.shards):
         raise ValueError(f"--export-clean needs a local copy of {cfg.data}; download it and pass it with --data")
-    refuse_to_overwrite(cfg.export_clean, [Path(s.file) for s in read.shards], [Path(cfg.run), scores_dir])
+    refuse_to_overwrite(cfg.export_clean, [Path(s.file) for s in read.shards])
     raw = pl.concat([read_table(s.file) for s in read.shards], how="diagonal_relaxed")
     if raw.height != sum(s.num_rows for s in read.shards):
         raise ValueError(f"{cfg.data}: read {raw.height} rows, but `repo score` saw "

@@ -533,6 +533,20 @@ def test_a_failed_inspect_leaves_no_folder_and_a_foreign_out_dir_is_refused(setu
     run(InspectConfig(run=run_dir, out_dir=tmp_path / "insp", plots=tmp_path / "insp" / "plots"))  # its own
 
 
+@pytest.mark.parametrize("flag", ["out_dir", "plots", "dump", "html", "review"])
+def test_no_output_is_written_into_the_run_folder_or_the_score_cache(setup, tmp_path, flag):
+    """Refused before any work, for a run folder and for a score cache inspected directly; nothing is written."""
+    source, scores, run_dir = setup
+    for inspected, folder in ((run_dir, run_dir), (run_dir, scores), (scores, scores)):
+        before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+        target = folder / {"out_dir": "x", "plots": "x", "dump": "x.jsonl", "html": "x.html", "review": "x.json"}[flag]
+        paths = {"out_dir": tmp_path / "i", flag: target}
+        with pytest.raises(ValueError, match=f"--{flag.replace('_', '-')} .* is inside .*which re-po manages"):
+            run(InspectConfig(run=inspected, **paths))
+        assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
+        assert not (tmp_path / "i").exists()
+
+
 def test_export_clean_never_overwrites_the_input_or_writes_into_the_cache(setup, tmp_path):
     source, scores, run_dir = setup
     for target, message in ((source, "one of the input files"), (scores / "clean.jsonl", "which re-po manages"),

@@ -7,7 +7,8 @@ Pure torch (float64): reads and writes nothing. Three pieces, used in this order
    components so that the preferred direction may depend on the prompt ("write a positive / a negative ...").
 2. `crossfit_probe`: logistic regression without intercept on φ (so p(a≻b) + p(b≻a) = 1), K folds grouped by pair:
    the score s_g of a pair comes from a probe that saw none of its labels. The ridge strength is chosen by inner
-   cross-validation on the training folds' labels (log-loss), never on a truth.
+   cross-validation on the training folds' labels (log-loss; on a draw of TUNE_PAIRS of them where there are
+   more), never on a truth.
 3. `fit_reliability`: EM with the probe's (or a user's judge's) scores as the model, under the paper's flip model
    with ONE true order per pair (Dawid & Skene 1979 with the model as prior, Raykar et al. 2010):
        Λ_g = a·s_g + Σ_{j∈g} o_j·logit η_{k_j}   log-odds that pair g's reference order is the true one
@@ -37,6 +38,7 @@ from re_po.pipeline.em import ETA_MAX, ETA_MIN, annotator_sums, mstep, other_lab
 from re_po.pipeline.losses import posterior_weight
 
 LAMBDAS = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)  # ridge strengths tried, per unit of total label weight
+TUNE_PAIRS = 8_000  # the ridge is chosen on at most this many pairs of a fold's training part (see crossfit_probe)
 MAX_SE = 0.1  # an η whose standard error is larger is not identified by the data: it stays at η0
 
 
@@ -116,15 +118,17 @@ def _principal_directions(x: Tensor, count: int) -> Tensor:
 
 # ---- 2. the cross-fitted probe ----------------------------------------------------------------------------------
 
-def fit_logistic(x: Tensor, target: Tensor, weight: Tensor, ridge: float, iterations: int = 50) -> Tensor:
+def fit_logistic(x: Tensor, target: Tensor, weight: Tensor, ridge: float, iterations: int = 50,
+                 start: Tensor | None = None) -> Tensor:
     """(D,) β minimising Σ_g c_g·[t_g·softplus(−x_g·β) + (1 − t_g)·softplus(x_g·β)] + ridge/2·‖β‖², by Newton.
 
     x (G, D), target t (G,) in [0, 1], weight c (G,) ≥ 0. No intercept. The objective is strictly convex for
-    ridge > 0, so Newton with step halving converges to its unique minimum.
+    ridge > 0, so Newton with step halving converges to its unique minimum, from any `start` (default 0).
     """
     x, target, weight = x.double(), target.double(), weight.double()
-    beta = torch.zeros(x.shape[1], dtype=torch.float64)
+    beta = torch.zeros(x.shape[1], dtype=torch.float64) if start is None else start.double()
     eye = torch.eye(x.shape[1], dtype=torch.float64)
+    x_single = x.float()  # for the curvature only (see _newton_step)
 
     def objective(b: Tensor) -> Tensor:
         margin = x @ b
@@ -135,7 +139,7 @@ def fit_logistic(x: Tensor, target: Tensor, weight: Tensor, ridge: float, iterat
     for _ in range(iterations):
         p = torch.sigmoid(x @ beta)
         gradient = x.T @ (weight * (p - target)) + ridge * beta
-        step = _newton_step(x, weight * p * (1 - p), ridge, gradient, eye)
+        step = _newton_step(x, x_single, weight * p * (1 - p), ridge, gradient, eye)
         size = 1.0
         while True:
             candidate = beta - size * step
@@ -149,11 +153,16 @@ def fit_logistic(x: Tensor, target: Tensor, weight: Tensor, ridge: float, iterat
     return beta
 
 
-def _newton_step(x: Tensor, curvature: Tensor, ridge: float, gradient: Tensor, eye: Tensor) -> Tensor:
-    """(Xᵀ C X + ridge·I)⁻¹ g, with C = diag(curvature). With more features than rows (D > G), through the
-    G×G system of the Woodbury identity: (1/ridge)·(g − Xᵀ√C (ridge·I + √C X Xᵀ √C)⁻¹ √C X g)."""
+def _newton_step(x: Tensor, x_single: Tensor, curvature: Tensor, ridge: float, gradient: Tensor, eye: Tensor
+                 ) -> Tensor:
+    """(Xᵀ C X + ridge·I)⁻¹ g, with C = diag(curvature). Xᵀ C X, the G·D² bulk of the estimator's cost, is summed
+    in float32 (`x_single`: x as float32), half the time of float64: any positive definite curvature gives a
+    descent direction, the gradient and the objective stay float64, so the minimum is the same. With more
+    features than rows (D > G), through the G×G system of the Woodbury identity, in float64:
+    (1/ridge)·(g − Xᵀ√C (ridge·I + √C X Xᵀ √C)⁻¹ √C X g)."""
     if x.shape[1] <= x.shape[0]:
-        return torch.linalg.solve((x.T * curvature) @ x + ridge * eye, gradient)
+        hessian = ((x_single.T * curvature.float()) @ x_single).double()
+        return torch.linalg.solve(hessian + ridge * eye, gradient)
     root = curvature.sqrt()
     scaled = x * root[:, None]  # √C X
     inner = scaled @ scaled.T + ridge * torch.eye(x.shape[0], dtype=x.dtype)
@@ -169,37 +178,52 @@ def folds_of(num_pairs: int, num_folds: int, seed: int) -> Tensor:
 
 
 def crossfit_probe(x: Tensor, target: Tensor, weight: Tensor, folds: Tensor, inner_folds: int = 3,
-                   lambdas: tuple[float, ...] = LAMBDAS, seed: int = 0, ridge: Tensor | None = None
-                   ) -> tuple[Tensor, Tensor]:
-    """Out-of-fold scores s (G,) of the reference orders, and the ridge chosen for each outer fold (F,).
+                   lambdas: tuple[float, ...] = LAMBDAS, seed: int = 0, ridge: Tensor | None = None,
+                   tune_pairs: int | None = TUNE_PAIRS) -> tuple[Tensor, Tensor]:
+    """Out-of-fold scores s (G,) of the reference orders, and the ridge chosen for each outer fold (F,), per unit
+    of that fold's training weight.
 
     For each fold f: the ridge is chosen by `inner_folds`-fold cross-validation on the other folds' targets
-    (weighted log-loss; ridge per unit of total weight), then a probe fitted on all other folds scores fold f.
-    A pair's own target never reaches its own score. `ridge` (F,): reuse these strengths instead of choosing.
+    (weighted log-loss), then a probe fitted on all other folds scores fold f. A pair's own target never reaches
+    its own score. Where the other folds hold more than `tune_pairs` pairs (None: no limit), the ridge is chosen
+    on a seeded draw of that many of them, and the total strength it has there is kept for the fit on all of
+    them (a prior's precision, which does not grow with the data): the choice then costs the same at a million
+    pairs as at ten thousand, and only the final fits grow with the data. `ridge` (F,): reuse these strengths instead of choosing.
     """
     num_folds = int(folds.max()) + 1
     scores = torch.zeros(x.shape[0], dtype=torch.float64)
     chosen = torch.zeros(num_folds, dtype=torch.float64)
     for f in range(num_folds):
         train = folds != f
+        total = float(weight[train].sum())
         if ridge is None:
-            inner = folds_of(int(train.sum()), inner_folds, seed + 1 + f)
-            chosen[f] = _choose_ridge(x[train], target[train], weight[train], inner, lambdas)
+            tune = torch.nonzero(train).squeeze(1)
+            if tune_pairs is not None and tune.numel() > tune_pairs:
+                draw = torch.randperm(tune.numel(), generator=torch.Generator().manual_seed(seed + 1 + f))
+                tune = tune[draw[:tune_pairs]]
+            inner = folds_of(tune.numel(), inner_folds, seed + 1 + f)
+            per_unit = _choose_ridge(x[tune], target[tune], weight[tune], inner, lambdas)
+            chosen[f] = per_unit * float(weight[tune].sum()) / total
         else:
             chosen[f] = ridge[f]
-        beta = fit_logistic(x[train], target[train], weight[train], float(chosen[f] * weight[train].sum()))
+        beta = fit_logistic(x[train], target[train], weight[train], float(chosen[f]) * total)
         scores[~train] = x[~train].double() @ beta
     return scores, chosen
 
 
 def _choose_ridge(x: Tensor, target: Tensor, weight: Tensor, folds: Tensor, lambdas: tuple[float, ...]) -> float:
-    """The ridge of `lambdas` whose cross-fitted scores on `folds` have the least summed per-fold log-loss."""
+    """The ridge of `lambdas` (per unit of training weight) whose cross-fitted scores on `folds` have the least
+    summed per-fold log-loss. Each fold's fits run from the strongest ridge down, each starting from the last
+    one's β: the minimum is unique, so the start changes only how many Newton steps reach it."""
     num_folds = int(folds.max()) + 1
-    losses = []
-    for lam in lambdas:
-        scores, _ = crossfit_probe(x, target, weight, folds, ridge=torch.full((num_folds,), lam))
-        losses.append(sum(float(_log_loss(scores[folds == f], target[folds == f], weight[folds == f]))
-                          for f in range(num_folds)))
+    losses = [0.0] * len(lambdas)
+    for f in range(num_folds):
+        train, held = folds != f, folds == f
+        beta = None
+        for i in sorted(range(len(lambdas)), key=lambdas.__getitem__, reverse=True):
+            beta = fit_logistic(x[train], target[train], weight[train], lambdas[i] * float(weight[train].sum()),
+                                start=beta)
+            losses[i] += float(_log_loss(x[held].double() @ beta, target[held], weight[held]))
     return lambdas[min(range(len(lambdas)), key=losses.__getitem__)]
 
 
@@ -328,9 +352,10 @@ def standard_errors(labels: Labels, eta: Tensor, s: Tensor, scale: Tensor, group
 # ---- the whole estimator --------------------------------------------------------------------------------------------
 
 def estimate(labels: Labels, candidates: dict[str, Tensor] | None = None, prior: Tensor | None = None,
-             eta0: float = 0.9, num_folds: int = 5, seed: int = 0, max_se: float = MAX_SE) -> Estimate:
+             eta0: float = 0.9, num_folds: int = 5, seed: int = 0, max_se: float = MAX_SE,
+             tune_pairs: int | None = TUNE_PAIRS) -> Estimate:
     """Posteriors and η from a cross-fitted probe, or from a judge's logits `prior` (G,) of the reference orders,
-    or from the labels' agreement alone (neither).
+    or from the labels' agreement alone (neither). tune_pairs: see crossfit_probe.
 
     candidates: named feature matrices (G, D) (e.g. one per layer, and all layers together); the probe uses the
     one whose out-of-fold scores predict the observed labels best (weighted log-loss: labels only, no truth).
@@ -341,7 +366,8 @@ def estimate(labels: Labels, candidates: dict[str, Tensor] | None = None, prior:
         return fit_reliability(labels, prior, eta0, max_se=max_se)
     folds = folds_of(labels.num_pairs, num_folds, seed)
     target, weight = observed_targets(labels)
-    fitted = {name: crossfit_probe(x, target, weight, folds, seed=seed)[0] for name, x in candidates.items()}
+    fitted = {name: crossfit_probe(x, target, weight, folds, seed=seed, tune_pairs=tune_pairs)[0]
+              for name, x in candidates.items()}
     log_loss = {name: float(_log_loss(scores, target, weight)) for name, scores in fitted.items()}
     best = min(log_loss, key=log_loss.__getitem__)
     result = fit_reliability(labels, fitted[best], eta0, groups=folds, max_se=max_se)

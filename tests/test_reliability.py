@@ -184,18 +184,47 @@ def test_fit_logistic_is_the_minimum():
     torch.testing.assert_close(beta, other.detach(), rtol=0, atol=1e-7)
 
 
-def test_a_pairs_own_label_never_reaches_its_own_score():
+@pytest.mark.parametrize("tune_pairs", [None, 60])
+def test_a_pairs_own_label_never_reaches_its_own_score(tune_pairs):
     g = torch.Generator().manual_seed(14)
     x = torch.randn(200, 4, generator=g, dtype=torch.float64)
     target = (torch.rand(200, generator=g) < torch.sigmoid(x[:, 0] * 2)).double()
     weight = torch.ones(200, dtype=torch.float64)
     folds = reliability.folds_of(200, 5, seed=0)
-    scores, _ = reliability.crossfit_probe(x, target, weight, folds)
+    scores, _ = reliability.crossfit_probe(x, target, weight, folds, tune_pairs=tune_pairs)
     changed = target.clone()
     changed[17] = 1 - changed[17]
-    moved, _ = reliability.crossfit_probe(x, changed, weight, folds)
+    moved, _ = reliability.crossfit_probe(x, changed, weight, folds, tune_pairs=tune_pairs)
     assert moved[17] == scores[17]  # bit for bit
     assert not torch.equal(moved, scores)  # the label does reach the other folds' scores
+
+
+def test_fit_logistic_reaches_the_same_minimum_from_any_start():
+    x, target, weight = logistic_problem(400, 6, seed=24)
+    cold = reliability.fit_logistic(x, target, weight, ridge=0.5)
+    far = torch.randn(6, generator=torch.Generator().manual_seed(25), dtype=torch.float64) * 5
+    torch.testing.assert_close(reliability.fit_logistic(x, target, weight, ridge=0.5, start=far), cold,
+                               rtol=0, atol=1e-9)
+
+
+def test_the_ridge_is_chosen_on_a_draw_of_the_pairs_and_kept_as_a_total():
+    """Above tune_pairs the ridge is chosen on that many pairs of each fold's training part: its total strength
+    is then one of LAMBDAS × the draw's weight; at or below it, the choice is the one made on all of them."""
+    g = torch.Generator().manual_seed(26)
+    x = torch.randn(500, 6, generator=g, dtype=torch.float64)
+    target = (torch.rand(500, generator=g, dtype=torch.float64) < torch.sigmoid(x[:, 0])).double()
+    weight = torch.rand(500, generator=g, dtype=torch.float64) + 0.5
+    folds = reliability.folds_of(500, 5, seed=0)
+    scores, chosen = reliability.crossfit_probe(x, target, weight, folds, tune_pairs=None)
+    same, same_chosen = reliability.crossfit_probe(x, target, weight, folds, tune_pairs=400)  # 400 per fold
+    assert torch.equal(scores, same) and torch.equal(chosen, same_chosen)
+    drawn, drawn_chosen = reliability.crossfit_probe(x, target, weight, folds, tune_pairs=90)
+    for f in range(5):
+        train = torch.nonzero(folds != f).squeeze(1)
+        draw = train[torch.randperm(400, generator=torch.Generator().manual_seed(1 + f))[:90]]
+        total = float(drawn_chosen[f]) * float(weight[train].sum())
+        assert min(abs(total / (lam * float(weight[draw].sum())) - 1) for lam in reliability.LAMBDAS) < 1e-12
+    assert not torch.equal(drawn, scores)
 
 
 def test_folds_are_balanced_and_seeded():

@@ -17,13 +17,12 @@ import argparse
 import json
 import os
 import random
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import child
 import random_models
 
 WORDS = sorted({w for line in random_models.SAMPLE.read_text().splitlines()
@@ -43,9 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         spec = json.loads(args.child)
-        result = child_score(spec) if spec["stage"] == "score" else child_train(spec)
-        result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-        print("RESULT " + json.dumps(result))
+        child.send(child_score(spec) if spec["stage"] == "score" else child_train(spec))
         return
     results = {"cpus": os.cpu_count(), "load_before": os.getloadavg()[0], "sizes": {}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -57,9 +54,9 @@ def main() -> None:
             write_pairs(folder / "pairs.jsonl", n)
             spec = {"model": str(model), "data": str(folder / "pairs.jsonl"), "scores": str(folder / "scores"),
                     "out": str(folder / "run")}
-            scored = in_child({**spec, "stage": "score"})
-            trained = in_child({**spec, "stage": "train", "pairs": n, "max_steps": args.max_steps,
-                                "algorithm_1": args.algorithm_1})
+            scored = child.run(__file__, {**spec, "stage": "score"}, f"score {n}")
+            trained = child.run(__file__, {**spec, "stage": "train", "pairs": n, "max_steps": args.max_steps,
+                                           "algorithm_1": args.algorithm_1}, f"train {n}")
             results["sizes"][n] = {"score": scored, "train": trained}
             print(f"{n}: {results['sizes'][n]}", file=sys.stderr)
     results["load_after"] = os.getloadavg()[0]
@@ -76,15 +73,6 @@ def write_pairs(path: Path, n: int) -> None:
         for i in range(n):
             out.write(json.dumps({"prompt": text(4, 20), "chosen": text(5, 40), "rejected": text(5, 40),
                                   "annotator": f"rater-{i % 3}"}) + "\n")
-
-
-def in_child(spec: dict) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
-                          env={**os.environ, "TQDM_DISABLE": "1"})
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode or not lines:
-        raise RuntimeError(f"{spec['stage']} failed:\n{done.stderr[-3000:]}")
-    return json.loads(lines[-1].removeprefix("RESULT "))
 
 
 def folder_bytes(folder: Path) -> int:

@@ -22,12 +22,12 @@ Needs the `bench` extra (trl) unless `--skip trl trl-precompute`. `--model DIR` 
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import child
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample" / "train.jsonl"
@@ -54,12 +54,11 @@ def main() -> None:
     if args.child:
         spec = json.loads(args.child)
         result = child_repo(spec) if spec["run"] in REPO_RUNS else child_trl(spec)
-        result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
         if spec["device"] != "cpu":
             import torch
 
             result["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
-        print("RESULT " + json.dumps(result))
+        child.send(result)
         return
     if args.pairs % args.batch_size:
         raise SystemExit("--pairs must be a multiple of --batch-size (every step then trains a full batch)")
@@ -68,13 +67,14 @@ def main() -> None:
 
     from re_po.stages import score
 
+    bf16 = args.bf16 and args.device != "cpu"
     rows = [json.loads(line) for line in SAMPLE.read_text().splitlines()[: args.pairs]]
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         model_dir = prepare_model(args.model, workdir, "cpu", "float32")  # training keeps fp32 weights
         results: dict = {"pairs": len(rows), "batch_size": args.batch_size, "max_length": args.max_length,
                          "model": args.model or str(model_dir), "cpus": os.cpu_count(), "device": args.device,
-                         "precision": "bf16 autocast" if args.bf16 and args.device != "cpu" else "float32",
+                         "precision": "bf16 autocast" if bf16 else "float32",
                          "parameters": count_parameters(model_dir), "runs": {}}
         results["peak_flops"], results["peak_source"] = peak_flops(args.device, "float32" if results["precision"]
                                                                    == "float32" else "bfloat16")
@@ -88,22 +88,12 @@ def main() -> None:
             spec = {"run": name, "model": str(model_dir), "scores": str(scores), "out": str(workdir / name),
                     "data": str(workdir / "pairs.jsonl"), "batch_size": args.batch_size, "lr": args.lr,
                     "max_length": args.max_length, "max_prompt_length": args.max_prompt_length,
-                    "device": args.device, "bf16": args.bf16 and args.device != "cpu"}
-            results["runs"][name] = in_child(spec)
+                    "device": args.device, "bf16": bf16}
+            results["runs"][name] = child.run(__file__, spec, f"run {name}")
             print(f"{name}: {results['runs'][name]}", file=sys.stderr)
     report(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
-
-
-def in_child(spec: dict) -> dict:
-    env = {**os.environ, "TQDM_DISABLE": "1"}
-    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env, capture_output=True,
-                          text=True)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode or not lines:
-        raise RuntimeError(f"run {spec['run']} failed:\n{done.stderr[-3000:]}")
-    return json.loads(lines[-1].removeprefix("RESULT "))
 
 
 def child_repo(spec: dict) -> dict:

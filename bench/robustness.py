@@ -12,6 +12,9 @@ Methods:
   re-<loss>       --robust with its defaults (stages/configs.ROBUST_DEFAULTS: the estimate first, epoch 0)
   re-<loss>-alg1  the paper's Algorithm 1 (--eta-init fixed --e-step policy)
   re-<loss>-seeded, re-<loss>-prior   --eta-init estimate with the E-step seeded | prior, by name
+  re-<loss>-pool  the defaults, with the estimate also learning from --pool-file's pairs (the bundled pool:
+                  no held-out sentence), turned into the variant the same way (merged, clean or flipped at the
+                  same rate, its own draw); training still sees the training pairs only
   cdpo rdpo       the baselines with ε set to the variant's true flip rate (an oracle the robust methods lack)
 
 Per run: held-out accuracy of the implicit reward against the consensus (stages/evaluate.py, the held-out file
@@ -45,7 +48,9 @@ NOISE = {"clean": None, "real": None, "+20%": 0.2, "+40%": 0.4}
 ANNOTATORS = ("groups", "single")
 ROBUST = ("dpo", "ipo", "simpo", "cpo")
 RULES = {"": {}, "-alg1": {k: str(v) for k, v in configs.ALGORITHM_1.items()},
-         "-seeded": {"eta_init": "estimate", "e_step": "seeded"}, "-prior": {"eta_init": "estimate", "e_step": "prior"}}
+         "-seeded": {"eta_init": "estimate", "e_step": "seeded"}, "-prior": {"eta_init": "estimate", "e_step": "prior"},
+         "-pool": {}}
+POOLED = "-pool"  # the rule whose estimate also reads the variant's pool cache
 RUNS = {f"re-{loss}{name}": (loss, rule) for loss in ROBUST for name, rule in RULES.items()}
 METHODS = ("estimate", *ROBUST, *RUNS, "cdpo", "rdpo")
 QUICK = {"noise": ["real", "+20%"], "annotators": ["groups"], "methods": ["estimate", "dpo", "re-dpo"],
@@ -82,6 +87,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--model", help="model folder (default: SmolLM2-135M-Instruct, prepared locally)")
+    parser.add_argument("--pool-file", type=Path, default=SAMPLE_TRAIN.parent / "pool.jsonl",
+                        help="pairs the re-<loss>-pool methods' estimate also learns from (never the held-out ones)")
     parser.add_argument("--estimate-with", type=Path, help="a score cache of more pairs (never the held-out ones) "
                         "that the seeded methods' estimate learns from")
     parser.add_argument("--out", type=Path, default=Path("workspace/bench-robustness"))
@@ -103,13 +110,19 @@ def main() -> None:
             variant = Variant(noise, annotators)
             data = training_data(variant, args.train_file, plan["train_pairs"], out / "data")
             cache = score.run(score.ScoreConfig(data=str(data), model=model, out=out / "scores" / variant.name))
+            pool = None
+            if any(m.endswith(POOLED) for m in plan["methods"]):
+                pool_data = training_data(variant, args.pool_file, 0, out / "data", stem=f"{variant.name}.pool")
+                pool = score.run(score.ScoreConfig(data=str(pool_data), model=model,
+                                                   out=out / "scores" / f"{variant.name}.pool"))
             truth = read_table(data)
             for method in plan["methods"]:
                 for seed in plan["seeds"]:
                     name = f"{variant.name}/{method}/seed{seed}"
                     if name in results:
                         continue  # a rerun resumes: finished runs are kept
-                    results[name] = one_run(variant, method, seed, cache, truth, heldout, out / "runs" / name, args)
+                    results[name] = one_run(variant, method, seed, cache, truth, heldout, out / "runs" / name, args,
+                                            pool if method.endswith(POOLED) else args.estimate_with)
                     _save(results, out / "results.json")
     table = markdown(results, plan)
     (out / "results.md").write_text(table)
@@ -117,9 +130,9 @@ def main() -> None:
     print(f"\n{len(results)} runs in {out}; this invocation took {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
 
-def training_data(variant: Variant, source: Path, pairs: int, folder: Path) -> Path:
-    """The training file of a variant: drawn pairs (every label of each), annotators merged or not, labels turned
-    to the consensus (clean), flips injected (+20%, +40%) or as bundled."""
+def training_data(variant: Variant, source: Path, pairs: int, folder: Path, stem: str | None = None) -> Path:
+    """The training file (or, named `stem`, the pool file) of a variant: drawn pairs (every label of each; 0: all),
+    annotators merged or not, labels turned to the consensus (clean), flips injected (+20%, +40%) or as bundled."""
     base = read_table(source)
     if pairs:
         drawn = sample_rows(base.select("pair_id").unique(maintain_order=True), pairs)["pair_id"]
@@ -128,19 +141,20 @@ def training_data(variant: Variant, source: Path, pairs: int, folder: Path) -> P
         base = base.with_columns(pl.col("annotator").alias("source_annotator"), pl.lit("all").alias("annotator"))
     if variant.noise == "clean":
         base = swap_where(base, base[TRUTH], source).with_columns(pl.lit(False).alias(TRUTH))
-    path = folder / f"{variant.name}.jsonl"
+    stem = stem or variant.name
+    path = folder / f"{stem}.jsonl"
     folder.mkdir(parents=True, exist_ok=True)
     rate = NOISE[variant.noise]
     if rate is None:
         write_table(base, path)
         return path
-    clean = folder / f"{variant.name}.base.jsonl"
+    clean = folder / f"{stem}.base.jsonl"
     write_table(base, clean)
     return make_noisy.run(make_noisy.MakeNoisyConfig(source=clean, target=path, flip_rate=rate, seed=0))
 
 
 def one_run(variant: Variant, method: str, seed: int, cache: Path, truth: pl.DataFrame, heldout: Path,
-            folder: Path, args) -> dict:
+            folder: Path, args, estimate_with: Path | None) -> dict:
     record = {"variant": variant.name, "noise": variant.noise, "annotators": variant.annotators, "method": method,
               "seed": seed, "train_flip_rate": float(truth[TRUTH].mean())}
     started = time.perf_counter()
@@ -152,7 +166,7 @@ def one_run(variant: Variant, method: str, seed: int, cache: Path, truth: pl.Dat
     epsilon = min(record["train_flip_rate"], 0.45)  # the baselines' ε: the true flip rate (an oracle)
     extra = {"cdpo": {"label_smoothing": epsilon}, "rdpo": {"flip_rate": epsilon}}.get(loss, {})
     if rule is not None:
-        extra = {**rule, "estimate_with": args.estimate_with}
+        extra = {**rule, "estimate_with": estimate_with}
     run_dir = train.run(train.TrainConfig(
         scores=cache, out_dir=folder / "train", loss=loss, robust=rule is not None, epochs=args.epochs, lr=args.lr,
         batch_size=args.batch_size, seed=seed, resume=(folder / "train" / "checkpoints").exists(), **extra,

@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import child
 from score_throughput import SAMPLE, count_parameters, matmul_flops
 from torch.profiler import ProfilerActivity, profile
 
@@ -105,8 +106,7 @@ def main() -> None:
         train_config = train.TrainConfig(scores=work / "scores", out_dir=work / "run", policy=str(model),
                                          batch_size=8, max_steps=args.steps, device="cpu", lr=1e-6)
         prof, wall = profiled(lambda: train.run(train_config))
-        steps = [json.loads(line) for line in (work / "run" / "metrics.jsonl").read_text().splitlines()]
-        loop = sum(8 / s["pairs_per_s"] for s in steps)
+        loop, _ = child.loop_seconds(work / "run", 8)
         results["train"] = {"wall": wall, "loop": loop, "kinds": by_kind(prof, wall), "top": top_ops(prof),
                             "rate": 6 * parameters * tokens["train"] / loop / flops}
     results["load_after"] = os.getloadavg()[0]

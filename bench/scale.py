@@ -107,9 +107,8 @@ def child_train(spec: dict) -> dict:
                                       robust=True, batch_size=BATCH, epochs=1, lr=1e-5, device="cpu",
                                       max_steps=spec["max_steps"], **(ALGORITHM_1 if spec["algorithm_1"] else {})))
     end_to_end = time.perf_counter() - start
-    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    loop = sum(BATCH / step["pairs_per_s"] for step in steps if "pairs_per_s" in step)
-    return {"pairs": min(spec["pairs"], BATCH * len(steps)), "steps": len(steps), "loop_seconds": loop, "end_to_end_seconds": end_to_end,
+    loop, steps = child.loop_seconds(out, BATCH)
+    return {"pairs": min(spec["pairs"], BATCH * steps), "steps": steps, "loop_seconds": loop, "end_to_end_seconds": end_to_end,
             "run_bytes": folder_bytes(out), **timed}
 
 

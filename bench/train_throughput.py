@@ -128,10 +128,8 @@ def child_repo(spec: dict) -> dict:
     start = time.perf_counter()
     out = train.run(config)
     end_to_end = time.perf_counter() - start
-    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    pairs = len(steps) * spec["batch_size"]
-    loop_seconds = sum(spec["batch_size"] / step["pairs_per_s"] for step in steps)
-    return {"pairs": pairs, "train_seconds": loop_seconds, "end_to_end_seconds": end_to_end,
+    loop_seconds, steps = child.loop_seconds(out, spec["batch_size"])
+    return {"pairs": steps * spec["batch_size"], "train_seconds": loop_seconds, "end_to_end_seconds": end_to_end,
             "epoch_pass_seconds": sum(passes) if passes else None,
             "padding": 1 - positions["real"] / positions["computed"], "tokens": positions["real"]}
 

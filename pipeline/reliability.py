@@ -219,11 +219,12 @@ def _choose_ridge(x: Tensor, target: Tensor, weight: Tensor, folds: Tensor, lamb
     losses = [0.0] * len(lambdas)
     for f in range(num_folds):
         train, held = folds != f, folds == f
+        x_train, target_train, weight_train = x[train], target[train], weight[train]  # once for the whole grid
+        total, x_held = float(weight_train.sum()), x[held].double()
         beta = None
         for i in sorted(range(len(lambdas)), key=lambdas.__getitem__, reverse=True):
-            beta = fit_logistic(x[train], target[train], weight[train], lambdas[i] * float(weight[train].sum()),
-                                start=beta)
-            losses[i] += float(_log_loss(x[held].double() @ beta, target[held], weight[held]))
+            beta = fit_logistic(x_train, target_train, weight_train, lambdas[i] * total, start=beta)
+            losses[i] += float(_log_loss(x_held @ beta, target[held], weight[held]))
     return lambdas[min(range(len(lambdas)), key=losses.__getitem__)]
 
 

@@ -330,7 +330,8 @@ def standard_errors(labels: Labels, eta: Tensor, s: Tensor, scale: Tensor, group
     """(K,) SE of η from the empirical Fisher information Σ_g ∇ log P_g ∇ log P_gᵀ over (η, a).
 
     ∂ log P_g / ∂η_k = Σ_{i∈g, k_i=k} (w_i − η_k) / (η_k (1 − η_k)); ∂ log P_g / ∂a_f = s_g·(q_g − σ(a_f·s_g)) for
-    the pairs of group f. A direction the data do not inform (a zero eigenvalue) gives an infinite SE.
+    the pairs of group f. An η_k with a share of its direction in what the data do not inform (eigenvalues near
+    zero) gets an infinite SE; the others the pseudo-inverse's (so one uninformed annotator leaves the rest alone).
     """
     k = labels.num_annotators
     logit = scale[groups] * s
@@ -344,10 +345,10 @@ def standard_errors(labels: Labels, eta: Tensor, s: Tensor, scale: Tensor, group
         score[torch.arange(labels.num_pairs), k + groups] = s * (truth - torch.sigmoid(logit))
     information = score.T @ score
     values, vectors = torch.linalg.eigh(information)
-    floor = values.max().clamp(min=1e-300) * 1e-10
-    inverse_values = torch.where(values > floor, 1 / values.clamp(min=1e-300), torch.full_like(values, torch.inf))
-    variance = (vectors.square() * inverse_values).sum(1)
-    return variance[:k].sqrt()
+    informed = values > values.max().clamp(min=1e-300) * 1e-10
+    variance = (vectors[:, informed].square() / values[informed]).sum(1)
+    uninformed = vectors[:, ~informed].square().sum(1) > 1e-8
+    return torch.where(uninformed, torch.inf, variance)[:k].sqrt()
 
 
 # ---- the whole estimator --------------------------------------------------------------------------------------------

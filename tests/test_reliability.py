@@ -151,6 +151,21 @@ def test_standard_errors_match_the_observed_information():
     torch.testing.assert_close(result.eta_se, observed, rtol=0.15, atol=0)
 
 
+def test_an_annotator_the_data_do_not_inform_leaves_the_others_standard_errors_alone():
+    """Annotator 3 labels its own pairs alone, with no model: its η is not identified (infinite SE). Annotators
+    0-2 share the other pairs; their SEs equal those of the same labels without annotator 3's (the information
+    is block-diagonal), finite, not NaN."""
+    shared, _, _ = simulate(1500, [0.95, 0.8, 0.7], labels_per_pair=3, margins=None, seed=21)
+    alone = 400
+    labels = Labels(torch.cat([shared.annotator, torch.full((alone,), 3)]),
+                    torch.cat([shared.pair, shared.num_pairs + torch.arange(alone)]),
+                    torch.cat([shared.orientation, torch.ones(alone, dtype=torch.long)]), 4, shared.num_pairs + alone)
+    both = reliability.fit_reliability(labels, None, tol=1e-12)
+    assert both.identified.tolist() == [True, True, True, False] and math.isinf(float(both.eta_se[3]))
+    three = reliability.fit_reliability(shared, None, tol=1e-12)
+    torch.testing.assert_close(both.eta_se[:3], three.eta_se, rtol=1e-6, atol=0)
+
+
 def logistic_problem(rows: int, features: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Random (x, soft targets, weights in [0.5, 1.5)) for fit_logistic."""
     g = torch.Generator().manual_seed(seed)

@@ -85,19 +85,22 @@ def pair_structure(frame: pl.DataFrame, source: str) -> tuple[np.ndarray, np.nda
 
 
 def _orientation(frame: pl.DataFrame, pair: np.ndarray, first_row: np.ndarray, source: str) -> np.ndarray:
-    """+1 where a row's chosen tokens are its pair's first row's chosen tokens, −1 where they are its rejected."""
+    """+1 where a row's chosen tokens are its pair's first row's chosen tokens, −1 where they are its rejected; the
+    prompt must be the same too (the trainer forwards a pair's labels as one)."""
+    prompt = frame["prompt_ids"].to_list()
     chosen = frame["chosen_ids"].to_list()
     rejected = frame["rejected_ids"].to_list()
     orientation = np.ones(frame.height, dtype=np.int64)
     for i, g in enumerate(pair):
         reference = first_row[g]
-        if chosen[i] == chosen[reference] and rejected[i] == rejected[reference]:
+        same_prompt = prompt[i] == prompt[reference]
+        if same_prompt and chosen[i] == chosen[reference] and rejected[i] == rejected[reference]:
             continue
-        if chosen[i] == rejected[reference] and rejected[i] == chosen[reference]:
+        if same_prompt and chosen[i] == rejected[reference] and rejected[i] == chosen[reference]:
             orientation[i] = -1
             continue
         raise NoiseInputError(f"{source}: row_id {frame['row_id'][i]} and row_id {frame['row_id'][int(reference)]} share "
-                              f"pair_id {frame['pair_id'][i]!r} but not the same two responses; give each pair "
+                              f"pair_id {frame['pair_id'][i]!r} but not the same prompt and two responses; give each pair "
                               "its own pair_id")
     return orientation
 

@@ -72,6 +72,20 @@ class PairTable:
             pair=torch.from_numpy(pair), orientation=torch.from_numpy(orientation), num_groups=len(first_row),
         )
 
+    def distinct(self, rows: list[int]) -> tuple[list[int], list[int], list[bool]]:
+        """(one row per pair among `rows`, in first-seen order; each row's position in that list; whether the row
+        states the other order than that pair's row): a pair's labels share one forward of its two responses."""
+        slot: dict[int, int] = {}  # pair index -> its position in `kept`
+        kept, position, swapped = [], [], []
+        for row in rows:
+            pair = int(self.pair[row])
+            if pair not in slot:
+                slot[pair] = len(kept)
+                kept.append(row)
+            position.append(slot[pair])
+            swapped.append(bool(self.orientation[row] != self.orientation[kept[slot[pair]]]))
+        return kept, position, swapped
+
     def ids(self, name: str, rows: list[int]) -> list[list[int]]:
         """Token ids of column `name` (prompt|chosen|rejected) for `rows`."""
         flat, offsets = self.tokens[name]

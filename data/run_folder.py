@@ -65,12 +65,14 @@ def read_epoch(run: Path, kind: str, epoch: int | None = None) -> pl.DataFrame:
 
 def write_epoch_tables(run: Path, epoch: int, pairs: pl.DataFrame, z: np.ndarray, w: np.ndarray,
                        flagged: np.ndarray, first_visit_z: np.ndarray | None, annotators: list[str], eta: np.ndarray,
-                       labels: np.ndarray, w_mean: np.ndarray, flagged_labels: np.ndarray) -> None:
+                       labels: np.ndarray, w_mean: np.ndarray, flagged_labels: np.ndarray,
+                       estimate: dict[str, list] | None = None) -> None:
     """posteriors/ and annotators/ files of one epoch.
 
     pairs: row_id, pair_id, annotator of the N pairs; z, w, flagged: (N,) fresh induced logits, posteriors and
     flags; first_visit_z: (N,) epoch 1 only. Per annotator (K,): its name, η after the epoch's update, and its
-    labels, mean w and flagged labels (pipeline/noise_metrics.annotator_stats).
+    labels, mean w and flagged labels (pipeline/noise_metrics.annotator_stats); estimate (epoch 0): eta_se and
+    identified of the noise estimate.
     """
     posteriors = pairs.with_columns(z=z, p=0.5 * (1 + np.tanh(z / 2)), w=w, flagged=flagged, epoch=pl.lit(epoch, pl.Int32))
     if first_visit_z is not None:
@@ -79,6 +81,9 @@ def write_epoch_tables(run: Path, epoch: int, pairs: pl.DataFrame, z: np.ndarray
     per_annotator = pl.DataFrame({
         "annotator": annotators, "eta": eta, "labels": labels, "w_mean": w_mean, "flagged": flagged_labels,
         "epoch": pl.Series([epoch] * len(annotators), dtype=pl.Int32)})
+    if estimate is not None:
+        per_annotator = per_annotator.with_columns(eta_se=pl.Series(estimate["eta_se"], dtype=pl.Float64),
+                                                   identified=pl.Series(estimate["identified"], dtype=pl.Boolean))
     write_parquet(per_annotator, epoch_file(run, ANNOTATORS, epoch))
 
 

@@ -46,16 +46,24 @@ def per_pair_loss(form: RobustForm, loss: LossSpec, logps: PairLogps, z: Tensor,
     return losses.weighted_loss(loss, logps, w)
 
 
-def after_step(eta: Tensor, w: Tensor, annotator: Tensor, update: EtaUpdate, alpha: float) -> Tensor:
-    """η after an optimizer step: the EMA of Eq. 7 on the global batch's w, when `update` has it and α > 0."""
+def after_step(eta: Tensor, w: Tensor, annotator: Tensor, update: EtaUpdate, alpha: float,
+               held: Tensor | None = None) -> Tensor:
+    """η after an optimizer step: the EMA of Eq. 7 on the global batch's w, when `update` has it and α > 0.
+    held: (K,) bool, the annotators whose η does not move (those the estimate did not identify)."""
     if update not in (EtaUpdate.ema, EtaUpdate.both) or alpha <= 0:
         return eta
-    return em.ema_update(eta, *em.annotator_sums(w, annotator, eta.numel()), alpha)
+    return _keep(held, eta, em.ema_update(eta, *em.annotator_sums(w, annotator, eta.numel()), alpha))
 
 
-def after_epoch(eta: Tensor, w: Tensor, annotator: Tensor, update: EtaUpdate) -> Tensor:
+def after_epoch(eta: Tensor, w: Tensor, annotator: Tensor, update: EtaUpdate, held: Tensor | None = None) -> Tensor:
     """η after an epoch's pass: ONE exact M-step (Eq. 6) on its fresh w when `update` has it — never iterated to
-    convergence on in-sample margins, which drives every η to 1 (method.md §7.5)."""
+    convergence on in-sample margins, which drives every η to 1 (method.md §7.5). held: as in after_step."""
     if update not in (EtaUpdate.epoch, EtaUpdate.both):
         return eta
-    return em.mstep(eta, *em.annotator_sums(w, annotator, eta.numel()))
+    return _keep(held, eta, em.mstep(eta, *em.annotator_sums(w, annotator, eta.numel())))
+
+
+def _keep(held: Tensor | None, before: Tensor, after: Tensor) -> Tensor:
+    """`after`, except where `held`: there η stays as `before`. Where the data do not identify an η (the estimate's
+    standard error above MAX_SE), one more EM step from η0 would move it by as much as it likes, and silently."""
+    return after if held is None else torch.where(held.to(after.device), before, after)

@@ -29,7 +29,7 @@ from re_po.stages.configs import EstimateConfig
 @dataclass(frozen=True)
 class NoiseEstimate:
     posteriors: pl.DataFrame  # row_id, pair_id, annotator, z, p, w, epoch
-    annotators: pl.DataFrame  # annotator, eta, eta_se (null where not identified), identified, epoch
+    annotators: pl.DataFrame  # annotator, eta, eta_se (null where infinite), identified, epoch
     model: str  # what served as the model: "probe on layer L", "prior column X" or "none (agreement alone)"
     log_loss: dict[str, float] | None  # the probe candidates' out-of-fold log-loss on the observed labels
     seconds: float

@@ -199,7 +199,7 @@ def resolve_truth_col(name: str | None, pairs: pl.DataFrame) -> str | None:
 def annotator_table(pairs: pl.DataFrame, eta: pl.DataFrame, noisy: np.ndarray | None) -> pl.DataFrame:
     """annotator, labels, eta[, eta_se], w_mean, flagged[, accuracy, eta_abs_error], least reliable first.
 
-    eta_se, identified: the estimate's standard error of η (null where the data do not identify η), where `eta`
+    eta_se, identified: the estimate's standard error of η (null where infinite), where `eta`
     has them."""
     names, index = np.unique(pairs["annotator"].to_numpy(), return_inverse=True)
     found = noise_metrics.annotator_stats(index, pairs["w"].to_numpy(), pairs["flagged"].to_numpy(), names.size)

@@ -84,7 +84,8 @@ def run(cfg: TrainConfig) -> Path:
     state = TrainState(eta=eta, first_visit_z=torch.full((pairs.num_pairs,), math.nan, dtype=torch.float64))
     log = Logger(out, accelerator, pairs.annotators, 0 if not cfg.resume else None,
                  tracker, _tracker_config(cfg, world, pairs.key, policy_name))
-    prior = _epoch_zero(cfg, pairs, state, log) if uses_estimate(cfg) else None  # the estimate before training
+    # the estimate before training: each row's prior logit, and the annotators whose η it did not identify
+    prior, held = _epoch_zero(cfg, pairs, state, log) if uses_estimate(cfg) else (None, None)
     if cfg.resume:
         checkpoint.load(accelerator, checkpoint.latest(out / run_folder.CHECKPOINTS), state, scheduler)
     elif cfg.robust:
@@ -94,13 +95,15 @@ def run(cfg: TrainConfig) -> Path:
     bar = tqdm(total=total_steps, initial=state.global_step, disable=not accelerator.is_main_process,
                desc=f"train {cfg.loss}{' robust' if cfg.robust else ''}")
 
+    pair_of = pairs.pair.tolist()  # a pair's labels stay in one micro-batch, so it is forwarded once
     try:  # the bar is closed also when a step stops the run (NaN loss), so it prints nothing later
         model.train()
         while state.epoch <= cfg.epochs and state.global_step < total_steps:
-            plan = batching.plan_epoch(pairs.lengths, cfg.batch_size * cfg.grad_accum * world, cfg.seed, state.epoch)
+            plan = batching.plan_epoch(pairs.lengths, cfg.batch_size * cfg.grad_accum * world, cfg.seed, state.epoch,
+                                       pair_of)
             while state.step_in_epoch < len(plan) and state.global_step < total_steps:
                 started, step_rows = time.perf_counter(), plan[state.step_in_epoch]
-                micro_batches = batching.split_step(step_rows, cfg.batch_size, world)
+                micro_batches = batching.split_step(step_rows, cfg.batch_size, world, pair_of)
                 others = _other_labels(pairs, state.eta) if cfg.robust else None  # η moves only between steps
                 records = []
                 for i, shards in enumerate(micro_batches):
@@ -122,7 +125,7 @@ def run(cfg: TrainConfig) -> Path:
                             per_pair = losses.base_loss(spec, logps)
                         # The loss is the mean over the global batch (method.md §7.3); DDP averages over processes.
                         accelerator.backward(per_pair.sum() * (keep * world / len(step_rows)))
-                    records.append(_records(spec, logps, per_pair, z, w, rows, cfg.batch_size))
+                    records.append(_records(spec, logps, per_pair, z, w, rows, max(map(len, shards))))
                 batch = dict(zip(RECORD, accelerator.gather(torch.cat(records)).T))  # same on every process
                 valid = batch["row"] >= 0
                 batch = {name: values[valid] for name, values in batch.items()}
@@ -142,7 +145,7 @@ def run(cfg: TrainConfig) -> Path:
                         state.first_visit_z[batch_rows] = batch["z"]
                     # Eq. 7 after the optimizer step, on the global batch's w (method.md §7.4)
                     state.eta = robust.after_step(state.eta, batch["w"], pairs.annotator[batch_rows], cfg.eta_update,
-                                                  cfg.eta_alpha)
+                                                  cfg.eta_alpha, held)
                     state.eta_history.append({"step": state.global_step, "epoch": state.epoch, "event": "step",
                                               "eta": state.eta})
                 pairs_per_s = len(step_rows) / (time.perf_counter() - started)
@@ -158,7 +161,7 @@ def run(cfg: TrainConfig) -> Path:
                     _save_checkpoint(accelerator, out, state, scheduler, log)
 
             if cfg.robust:  # between epochs: re-estimate every posterior with the current policy (method.md §7.5)
-                _epoch_posteriors(cfg, spec, accelerator, model, pairs, state, pad_id, log, prior)
+                _epoch_posteriors(cfg, spec, accelerator, model, pairs, state, pad_id, log, prior, held)
             state.epoch, state.step_in_epoch = state.epoch + 1, 0
             _save_checkpoint(accelerator, out, state, scheduler, log)
     finally:
@@ -188,17 +191,22 @@ class SequenceLogps(torch.nn.Module):
 def pair_logps(model: torch.nn.Module, pairs: PairTable, rows: list[int], pad_id: int,
                packing: bool = True) -> PairLogps:
     """Policy log-probs of `rows`: chosen and rejected in one concatenated forward (packed several to a row, or
-    right-padded); the reference from the cache."""
-    prompts = pairs.ids("prompt", rows)
+    right-padded); the reference from the cache. A pair with several labels among `rows` is forwarded once, and
+    each of its rows takes the two log-probs in the order it states."""
+    kept, position, swapped = pairs.distinct(rows)
+    prompts = pairs.ids("prompt", kept)
     layout = logprobs.pack if packing else logprobs.pad
-    packed = layout(prompts + prompts, pairs.ids("chosen", rows) + pairs.ids("rejected", rows), pad_id)
-    policy_chosen, policy_rejected = model(packed.input_ids, packed.response_mask, packed.sequence,
-                                           packed.attention_mask, packed.position_ids)[0].split(len(rows))
-    device, index = policy_chosen.device, torch.tensor(rows)
+    packed = layout(prompts + prompts, pairs.ids("chosen", kept) + pairs.ids("rejected", kept), pad_id)
+    first, second = model(packed.input_ids, packed.response_mask, packed.sequence,
+                          packed.attention_mask, packed.position_ids)[0].split(len(kept))
+    device, index = first.device, torch.tensor(rows)
+    if len(kept) < len(rows):
+        at, swap = torch.tensor(position, device=device), torch.tensor(swapped, device=device)
+        first, second = first[at], second[at]
+        first, second = torch.where(swap, second, first), torch.where(swap, first, second)
     ref = (None, None) if pairs.ref_chosen_logps is None else (pairs.ref_chosen_logps[index].to(device),
                                                                pairs.ref_rejected_logps[index].to(device))
-    return PairLogps(policy_chosen, policy_rejected, *ref, pairs.chosen_len[index].to(device),
-                     pairs.rejected_len[index].to(device))
+    return PairLogps(first, second, *ref, pairs.chosen_len[index].to(device), pairs.rejected_len[index].to(device))
 
 
 def _held_out(cfg: TrainConfig, key: dict, accelerator: Accelerator) -> tuple[PairTable, torch.Tensor | None]:
@@ -252,11 +260,12 @@ def _stop_if_not_finite(loss: torch.Tensor, rows: torch.Tensor, pairs: PairTable
 
 
 @torch.no_grad()
-def _epoch_posteriors(cfg, spec, accelerator, model, pairs, state, pad_id, log, prior) -> None:
+def _epoch_posteriors(cfg, spec, accelerator, model, pairs, state, pad_id, log, prior, held) -> None:
     """No-grad pass over all pairs: fresh z and the E-step's w with the η in force, written as Parquet; then
     robust.after_epoch (`--eta-update epoch|both`: one exact M-step)."""
     model.eval()
-    order = sorted(range(pairs.num_pairs), key=lambda r: -pairs.lengths[r])
+    pair_of = pairs.pair.tolist()
+    order = sorted(range(pairs.num_pairs), key=lambda r: (-pairs.lengths[r], pair_of[r]))  # a pair's labels together
     size, world, rank = 2 * cfg.batch_size, accelerator.num_processes, accelerator.process_index
     batches = [order[i : i + size] for i in range(0, len(order), size)]
     z_sum = torch.zeros(pairs.num_pairs, dtype=torch.float64, device=accelerator.device)
@@ -274,7 +283,7 @@ def _epoch_posteriors(cfg, spec, accelerator, model, pairs, state, pad_id, log, 
     model.train()
     w = robust.posterior(cfg.e_step, z, prior, _other_labels(pairs, state.eta), state.eta[pairs.annotator])
     if cfg.eta_update in (EtaUpdate.epoch, EtaUpdate.both):
-        state.eta = robust.after_epoch(state.eta, w, pairs.annotator, cfg.eta_update)
+        state.eta = robust.after_epoch(state.eta, w, pairs.annotator, cfg.eta_update, held)
         state.eta_history.append({"step": state.global_step, "epoch": state.epoch, "event": "epoch_pass",
                                   "eta": state.eta})
     log.epoch(state, pairs, z, w, cfg.flag_threshold)
@@ -284,14 +293,19 @@ def uses_estimate(cfg: TrainConfig) -> bool:
     return cfg.eta_init is EtaInit.estimate or cfg.e_step is not EStep.policy
 
 
-def _epoch_zero(cfg: TrainConfig, pairs: PairTable, state: TrainState, log: "Logger") -> torch.Tensor:
+def _epoch_zero(cfg: TrainConfig, pairs: PairTable, state: TrainState, log: "Logger"
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The noise estimate of the cache before any training (stages/estimate.py), persisted as epoch 0; η starts
-    there with --eta-init estimate. Returns each row's prior logit (N,) float64 (the estimate's calibrated z).
+    there with --eta-init estimate. Returns each row's prior logit (N,) float64 (the estimate's calibrated z), and
+    with --eta-init estimate the annotators (K,) bool whose η the estimate did not identify: training holds
+    their η where the estimate left it (robust.after_step), so that no update moves it silently.
 
     A resumed run reads epoch 0 back instead of estimating again, so it continues from the same prior."""
     if cfg.resume and 0 in run_folder.epochs_written(cfg.out_dir, run_folder.POSTERIORS):
         saved = run_folder.read_epoch(cfg.out_dir, run_folder.POSTERIORS, 0)
-        return torch.tensor(saved.sort("row_id")["z"].to_numpy(), dtype=torch.float64)
+        found = run_folder.read_epoch(cfg.out_dir, run_folder.ANNOTATORS, 0)
+        return (torch.tensor(saved.sort("row_id")["z"].to_numpy(), dtype=torch.float64),
+                _held(cfg, pairs, dict(zip(found["annotator"], found["identified"]))))
     frame, key = schema.read_scores(cfg.scores)
     sources = [str(cfg.scores)]
     if cfg.estimate_with is not None:  # more pairs to learn the probe from; their rows go after the cache's
@@ -311,16 +325,27 @@ def _epoch_zero(cfg: TrainConfig, pairs: PairTable, state: TrainState, log: "Log
                               "probe = false (the labels' agreement alone) or prior_col = COLUMN, or train the "
                               f"paper's Algorithm 1: {algorithm_1_flags()}") from err
     rows = found.posteriors.head(pairs.num_pairs)  # the cache's own rows, in row_id order like `pairs`
-    eta_of = dict(zip(found.annotators["annotator"], found.annotators["eta"]))
+    # by name: with --estimate-with the estimate may know annotators the cache does not have
+    of = {a["annotator"]: a for a in found.annotators.iter_rows(named=True)}
     z, w = (torch.tensor(rows[name].to_numpy(), dtype=torch.float64) for name in ("z", "w"))
-    eta = torch.tensor([eta_of[a] for a in pairs.annotators], dtype=torch.float64)
-    log.epoch_tables(0, pairs, z, w, eta, cfg.flag_threshold, None)
+    eta = torch.tensor([of[a]["eta"] for a in pairs.annotators], dtype=torch.float64)
+    log.epoch_tables(0, pairs, z, w, eta, cfg.flag_threshold, None,
+                     {name: [of[a][name] for a in pairs.annotators] for name in ("eta_se", "identified")})
+    held = _held(cfg, pairs, {a: of[a]["identified"] for a in pairs.annotators})
     if cfg.eta_init is EtaInit.estimate:
         state.eta = eta
     print(f"estimate before training ({found.model}, {found.seconds:.0f} s): " + ", ".join(
-        f"{a} η {eta_of[a]:.3f}" for a in pairs.annotators[:8]) + (" ..." if pairs.num_annotators > 8 else ""),
-        file=sys.stderr)
-    return z
+        f"{a} η {of[a]['eta']:.3f}{'' if of[a]['identified'] else ' (not identified: held there)'}"
+        for a in pairs.annotators[:8]) + (" ..." if pairs.num_annotators > 8 else ""), file=sys.stderr)
+    return z, held
+
+
+def _held(cfg: TrainConfig, pairs: PairTable, identified: dict[str, bool]) -> torch.Tensor | None:
+    """(K,) True for the annotators whose η training must not move: with --eta-init estimate, those the estimate
+    did not identify; None when η started at η0 (the paper's Algorithm 1 moves every η)."""
+    if cfg.eta_init is not EtaInit.estimate:
+        return None
+    return torch.tensor([not identified[a] for a in pairs.annotators])
 
 
 def _other_labels(pairs: PairTable, eta: torch.Tensor) -> torch.Tensor:
@@ -364,13 +389,13 @@ class Logger:
         self.epoch_tables(state.epoch, pairs, z, w, state.eta, threshold, first_visit_z)
 
     def epoch_tables(self, epoch: int, pairs: PairTable, z: torch.Tensor, w: torch.Tensor, eta: torch.Tensor,
-                     threshold: float, first_visit_z: torch.Tensor | None) -> None:
+                     threshold: float, first_visit_z: torch.Tensor | None, estimate: dict | None = None) -> None:
         if self.main:
             flagged = w.numpy() < threshold
             stats = noise_metrics.annotator_stats(pairs.annotator.numpy(), w.numpy(), flagged, len(self.annotators))
             run_folder.write_epoch_tables(self.out, epoch, pairs.frame, z.numpy(), w.numpy(), flagged,
                                           None if first_visit_z is None else first_visit_z.numpy(), self.annotators,
-                                          eta.numpy(), stats.labels, stats.w_mean, stats.flagged)
+                                          eta.numpy(), stats.labels, stats.w_mean, stats.flagged, estimate)
 
     def eta_steps(self, state: TrainState) -> None:
         if self.main and state.eta_history:

@@ -24,8 +24,9 @@ from safetensors.torch import load_file
 from re_po.data import run_folder, schema
 from re_po.data.noise_inputs import NoiseInputError
 from re_po.data.pair_table import PairTable
-from re_po.pipeline import batching, losses
+from re_po.pipeline import batching, losses, reliability
 from re_po.pipeline.choices import LossSpec
+from re_po.pipeline.losses import PairLogps
 from re_po.stages import checkpoint, estimate, evaluate, train
 from re_po.stages.configs import ALGORITHM_1, ROBUST_DEFAULTS, TrainConfig
 from re_po.stages.score import ScoreConfig
@@ -421,20 +422,57 @@ def test_many_annotators_log_eta_quantiles(scores, tmp_path):
     assert run_folder.read_epoch(out, run_folder.ANNOTATORS)["annotator"].len() == 20
 
 
-def test_the_e_step_uses_every_label_of_a_pair(scores, tmp_path):
-    """A cache where each pair is labelled twice (the second label by 'dave', the reverse order every other
-    pair): the epoch pass's w equals the posterior by enumeration of the pair's true order given the policy's z
-    and both labels (method.md §9), not Eq. 4 of the row alone."""
-    def doubled(df: pl.DataFrame) -> pl.DataFrame:
-        second = df.with_columns(annotator=pl.lit("dave"), row_id=pl.col("row_id") + df.height)
-        reverse = (pl.col("row_id") % 2) == 1
-        swaps = [("chosen_ids", "rejected_ids"), ("ref_chosen_logps", "ref_rejected_logps"),
-                 ("chosen_len", "rejected_len")]
-        second = second.with_columns(
-            *[pl.when(reverse).then(pl.col(b)).otherwise(pl.col(a)).alias(a) for a, b in swaps],
-            *[pl.when(reverse).then(pl.col(a)).otherwise(pl.col(b)).alias(b) for a, b in swaps])
-        return pl.concat([df, second]).drop([c for c in df.columns if "_emb_" in c])
+def doubled(df: pl.DataFrame) -> pl.DataFrame:
+    """Each pair labelled twice: the second label by 'dave', in the reverse order every other pair."""
+    second = df.with_columns(annotator=pl.lit("dave"), row_id=pl.col("row_id") + df.height)
+    reverse = (pl.col("row_id") % 2) == 1
+    swaps = [("chosen_ids", "rejected_ids"), ("ref_chosen_logps", "ref_rejected_logps"),
+             ("chosen_len", "rejected_len")]
+    second = second.with_columns(
+        *[pl.when(reverse).then(pl.col(b)).otherwise(pl.col(a)).alias(a) for a, b in swaps],
+        *[pl.when(reverse).then(pl.col(a)).otherwise(pl.col(b)).alias(b) for a, b in swaps])
+    return pl.concat([df, second]).drop([c for c in df.columns if "_emb_" in c])
 
+
+def test_a_pair_with_several_labels_is_forwarded_once_with_each_labels_logps_and_gradient(scores, tiny_llama,
+                                                                                          tmp_path):
+    """Rows of one pair in one batch share a forward; each row still gets the log-probs of the order it states,
+    and the gradient equals that of forwarding every row on its own."""
+    from transformers import AutoModelForCausalLM
+
+    pairs = PairTable.read(rewrite_cache(scores, tmp_path / "doubled", edit_rows=doubled), with_reference=True)
+    half = pairs.num_pairs // 2
+    rows = [0, half, 1, half + 1, 2]  # pair 0 twice in one order, pair 1 twice in both orders, pair 2 once
+    model = SequenceLogps(AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32))
+    forwarded = []
+
+    def counted(*args):
+        out = model(*args)
+        forwarded.append(len(out[0]))
+        return out
+
+    weight = torch.tensor([0.3, -1.1, 0.7, 2.0, -0.4])
+
+    def gradient(logps: list[PairLogps]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        chosen = torch.cat([one.policy_chosen_logps for one in logps])
+        rejected = torch.cat([one.policy_rejected_logps for one in logps])
+        model.zero_grad()
+        (weight * (chosen - 0.5 * rejected)).sum().backward()
+        return chosen.detach(), rejected.detach(), [p.grad.clone() for p in model.parameters()]
+
+    together = gradient([pair_logps(counted, pairs, rows, pad_id=0)])
+    assert forwarded == [2 * 3]  # three pairs: their two responses each
+    alone = gradient([pair_logps(model, pairs, [row], pad_id=0) for row in rows])
+    for mine, theirs in zip(together[:2], alone[:2]):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-5)
+    assert float(together[0][3]) == pytest.approx(float(together[1][2]), abs=1e-5)  # pair 1's labels: reversed
+    for mine, theirs in zip(together[2], alone[2]):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6)
+
+
+def test_the_e_step_uses_every_label_of_a_pair(scores, tmp_path):
+    """A cache where each pair is labelled twice (doubled): the epoch pass's w equals the posterior by enumeration
+    of the pair's true order given the policy's z and both labels (method.md §9), not Eq. 4 of the row alone."""
     cache = rewrite_cache(scores, tmp_path / "doubled", edit_rows=doubled)
     out = run(config(cache, tmp_path / "run", robust=True, lr=1e-3, max_steps=3, **ALGORITHM_1))
     posteriors = run_folder.read_epoch(out, run_folder.POSTERIORS).sort("row_id")
@@ -472,6 +510,24 @@ def test_seeded_training_starts_from_the_estimate_and_adds_its_evidence(scores, 
         eta = eta_one[after["annotator"]]
         expected = float(torch.sigmoid(torch.tensor(evidence + math.log(eta / (1 - eta)), dtype=torch.float64)))
         assert after["w"] == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_training_holds_the_eta_the_estimate_did_not_identify(scores, tmp_path):
+    """Epoch 0's annotators table carries the estimate's eta_se and identified. With single labels on random text
+    the probe is at chance: no η is identified, and neither the per-step EMA nor the epoch M-step moves any of
+    them (both run here). Algorithm 1 (η from η0, no estimate) moves them on the same cache."""
+    out = run(config(scores, tmp_path / "seeded", robust=True, epochs=1, lr=1e-3, eta_init="estimate",
+                     e_step="seeded", eta_update="both"))
+    zero = run_folder.read_epoch(out, run_folder.ANNOTATORS, 0).sort("annotator")
+    assert {"eta_se", "identified"} <= set(zero.columns) and not zero["identified"].any()
+    assert (zero["eta_se"].is_null() | (zero["eta_se"] > reliability.MAX_SE)).all()  # null: infinite
+    steps = pl.read_parquet(out / run_folder.ETA_STEPS)
+    assert steps["event"].unique().sort().to_list() == ["epoch_pass", "init", "step"]
+    start = dict(zero.select("annotator", "eta").iter_rows())
+    assert all(row["eta"] == start[row["annotator"]] for row in steps.iter_rows(named=True))
+    paper = run(config(scores, tmp_path / "paper", robust=True, epochs=1, lr=1e-3,
+                       **{**ALGORITHM_1, "eta_update": "both"}))
+    assert (pl.read_parquet(paper / run_folder.ETA_STEPS)["eta"] != 0.9).any()
 
 
 def test_the_estimate_options_need_robust(scores, tmp_path):

@@ -470,6 +470,19 @@ def test_a_pair_with_several_labels_is_forwarded_once_with_each_labels_logps_and
         torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("column", ["prompt_ids", "chosen_ids"])
+def test_labels_sharing_a_pair_id_must_share_the_prompt_and_the_responses(scores, tmp_path, column):
+    """They are forwarded as one pair: a second label whose prompt or response differs is refused, by row_id."""
+    def altered(df: pl.DataFrame) -> pl.DataFrame:
+        both = doubled(df)
+        changed = pl.col("row_id") == df.height + 3  # the second label of the fourth pair
+        return both.with_columns(pl.when(changed).then(pl.col(column).list.concat(pl.lit([7], pl.List(pl.Int32)))).otherwise(pl.col(column)))
+
+    cache = rewrite_cache(scores, tmp_path / "altered", edit_rows=altered)
+    with pytest.raises(NoiseInputError, match=f"row_id {NUM_PAIRS + 3} and row_id 3 share pair_id"):
+        PairTable.read(cache, with_reference=True)
+
+
 def test_the_e_step_uses_every_label_of_a_pair(scores, tmp_path):
     """A cache where each pair is labelled twice (doubled): the epoch pass's w equals the posterior by enumeration
     of the pair's true order given the policy's z and both labels (method.md §9), not Eq. 4 of the row alone."""

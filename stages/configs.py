@@ -173,7 +173,7 @@ class TrainConfig:
     weight_decay: float = setting(0.0, "AdamW weight decay.")
     epochs: int = setting(1, "Passes over the pairs.")
     max_steps: int = setting(0, "Stop after this many optimizer steps (0: no limit).")
-    batch_size: int = setting(8, "Labelled pairs (rows) per micro-batch per process; a pair's labels stay together.")
+    batch_size: int = setting(8, "Pairs per micro-batch per process.")
     grad_accum: int = setting(1, "Micro-batches per optimizer step.")
     warmup_ratio: float = setting(0.1, "Share of the optimizer steps with a linear LR warmup.")
     scheduler: Schedule = setting(Schedule.cosine, "LR decay after warmup: cosine or linear.")
@@ -333,7 +333,7 @@ class DemoConfig:
     # one pass: every pair's margin is out-of-sample when the E-step sees it (method.md §7.6)
     epochs: int = setting(1, "Training epochs.")
     lr: float = setting(5e-5, "AdamW learning rate.")
-    batch_size: int = setting(8, "Labelled pairs (rows) per micro-batch.")
+    batch_size: int = setting(8, "Pairs per micro-batch.")
     seed: int = setting(0, "Seed of the training run.")
     truth_col: str = setting(TRUTH, "True where the label is wrong.")
 

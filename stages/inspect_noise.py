@@ -397,6 +397,6 @@ def make_plots(cfg: InspectConfig, folder: Path, pairs: pl.DataFrame, noisy: np.
     noisy_of = None if noisy is None else dict(zip(pairs["row_id"].to_list(), noisy.tolist()))
     measured = dict(zip(annotators["annotator"], annotators["accuracy"])) if noisy is not None else None
     return made + [
-        noise_plots.eta_over_steps(eta_steps, pl.concat(annotator_epochs), folder / "eta_steps.png", measured),
+        noise_plots.eta_over_steps(eta_steps, pl.concat(annotator_epochs, how="diagonal_relaxed"), folder / "eta_steps.png", measured),
         noise_plots.w_over_epochs(history.sort("rank", "epoch"), noisy_of, folder / "w_flagged.png"),
     ]

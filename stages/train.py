@@ -95,15 +95,13 @@ def run(cfg: TrainConfig) -> Path:
     bar = tqdm(total=total_steps, initial=state.global_step, disable=not accelerator.is_main_process,
                desc=f"train {cfg.loss}{' robust' if cfg.robust else ''}")
 
-    pair_of = pairs.pair.tolist()  # a pair's labels stay in one micro-batch, so it is forwarded once
     try:  # the bar is closed also when a step stops the run (NaN loss), so it prints nothing later
         model.train()
         while state.epoch <= cfg.epochs and state.global_step < total_steps:
-            plan = batching.plan_epoch(pairs.lengths, cfg.batch_size * cfg.grad_accum * world, cfg.seed, state.epoch,
-                                       pair_of)
+            plan = batching.plan_epoch(pairs.lengths, cfg.batch_size * cfg.grad_accum * world, cfg.seed, state.epoch)
             while state.step_in_epoch < len(plan) and state.global_step < total_steps:
                 started, step_rows = time.perf_counter(), plan[state.step_in_epoch]
-                micro_batches = batching.split_step(step_rows, cfg.batch_size, world, pair_of)
+                micro_batches = batching.split_step(step_rows, cfg.batch_size, world)
                 others = _other_labels(pairs, state.eta) if cfg.robust else None  # η moves only between steps
                 records = []
                 for i, shards in enumerate(micro_batches):
@@ -125,7 +123,7 @@ def run(cfg: TrainConfig) -> Path:
                             per_pair = losses.base_loss(spec, logps)
                         # The loss is the mean over the global batch (method.md §7.3); DDP averages over processes.
                         accelerator.backward(per_pair.sum() * (keep * world / len(step_rows)))
-                    records.append(_records(spec, logps, per_pair, z, w, rows, max(map(len, shards))))
+                    records.append(_records(spec, logps, per_pair, z, w, rows, cfg.batch_size))
                 batch = dict(zip(RECORD, accelerator.gather(torch.cat(records)).T))  # same on every process
                 valid = batch["row"] >= 0
                 batch = {name: values[valid] for name, values in batch.items()}
@@ -264,8 +262,8 @@ def _epoch_posteriors(cfg, spec, accelerator, model, pairs, state, pad_id, log, 
     """No-grad pass over all pairs: fresh z and the E-step's w with the η in force, written as Parquet; then
     robust.after_epoch (`--eta-update epoch|both`: one exact M-step)."""
     model.eval()
-    pair_of = pairs.pair.tolist()
-    order = sorted(range(pairs.num_pairs), key=lambda r: (-pairs.lengths[r], pair_of[r]))  # a pair's labels together
+    pair_of = pairs.pair.tolist()  # a pair's labels side by side: pair_logps forwards the pair once
+    order = sorted(range(pairs.num_pairs), key=lambda r: (-pairs.lengths[r], pair_of[r]))
     size, world, rank = 2 * cfg.batch_size, accelerator.num_processes, accelerator.process_index
     batches = [order[i : i + size] for i in range(0, len(order), size)]
     z_sum = torch.zeros(pairs.num_pairs, dtype=torch.float64, device=accelerator.device)

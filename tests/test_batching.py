@@ -8,7 +8,7 @@ from re_po.pipeline.batching import BUCKET_STEPS, plan_epoch, split_step
 
 def test_plan_epoch_covers_every_row_once_and_is_reproducible():
     lengths = [random.Random(i).randint(1, 300) for i in range(1003)]
-    plan = plan_epoch(lengths, rows_per_step=8, seed=3, epoch=1)
+    plan = plan_epoch(lengths, pairs_per_step=8, seed=3, epoch=1)
     rows = [row for step in plan for row in step]
     assert sorted(rows) == list(range(1003))
     assert sorted(len(step) for step in plan) == [3] + [8] * 125  # one short step: 1003 = 125·8 + 3
@@ -20,7 +20,7 @@ def test_plan_epoch_covers_every_row_once_and_is_reproducible():
 def test_plan_epoch_groups_similar_lengths_and_shuffles_the_steps():
     rng = random.Random(0)
     lengths = [rng.randint(1, 1000) for _ in range(8 * BUCKET_STEPS * 4)]
-    plan = plan_epoch(lengths, rows_per_step=8, seed=0, epoch=1)
+    plan = plan_epoch(lengths, pairs_per_step=8, seed=0, epoch=1)
     spread = sum(max(lengths[r] for r in s) - min(lengths[r] for r in s) for s in plan) / len(plan)
     shuffled = list(range(len(lengths)))
     rng.shuffle(shuffled)
@@ -40,22 +40,3 @@ def test_split_step_deals_each_row_to_exactly_one_rank(num_rows, micro, world):
     assert sorted(dealt) == rows  # no row twice, none dropped: no sampler padding
     assert all(len(shard) <= micro for shards in split for shard in shards)
     assert len(split) == max(1, -(-num_rows // (micro * world)))
-
-
-def test_a_pairs_rows_stay_in_one_step_micro_batch_and_rank():
-    """Rows sharing a pair (several labels of one pair) are never split, so the trainer forwards the pair once;
-    every row is still planned exactly once, and steps keep their size up to one pair's extra rows."""
-    rng = random.Random(1)
-    pair = [g for g in range(300) for _ in range(rng.randint(1, 3))]  # 1-3 labels per pair, rows in pair order
-    lengths = [7 * g % 101 + 1 for g in pair]  # a pair's rows have its length
-    plan = plan_epoch(lengths, 8, seed=0, epoch=1, pair=pair)
-    assert sorted(row for step in plan for row in step) == list(range(len(pair)))
-    step_of = {row: i for i, step in enumerate(plan) for row in step}
-    assert all(len({step_of[r] for r in range(len(pair)) if pair[r] == g}) == 1 for g in set(pair))
-    sizes = sorted(len(step) for step in plan)
-    assert all(8 <= size <= 10 for size in sizes[1:])  # 8 rows, or up to a 3-label pair's 2 more; one short step
-    for step in plan:
-        split = split_step(step, 2, 2, pair)
-        where = {row: (m, r) for m, shards in enumerate(split) for r, shard in enumerate(shards) for row in shard}
-        assert sorted(where) == sorted(step)
-        assert all(len({where[row] for row in step if pair[row] == g}) == 1 for g in {pair[row] for row in step})

@@ -16,7 +16,9 @@ The flipped and multi-labelled variants are built from the scored rows by swappi
 order and orients it per row; checked here on a subset against a real rescore).
 
 Per scenario: each annotator's η̂ beside its measured reliability (share of its labels that agree with the
-consensus), the largest |η̂ − measured|, ROC-AUC of 1 − w for the wrong labels, the probe's accuracy against the
+consensus), the largest |η̂ − measured|, ROC-AUC of 1 − w for the wrong labels, the same ROC-AUC with the
+measured η put in place of η̂ (an oracle: what the same model's scores allow when η is exactly right, so the
+gap between the two is what a better estimate of η could still gain), the probe's accuracy against the
 consensus, and the estimator's seconds. Then the cost: stage one with and without embeddings side by side on
 the same pairs, the cache's bytes per pair, and the estimate's share of one training epoch (DPO, measured
 on a few steps). Nothing here is tuned on a truth column; the estimator's settings are its defaults.
@@ -35,12 +37,14 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import torch
 
 from re_po.data import schema
 from re_po.data.columns import TRUTH
+from re_po.data.noise_inputs import annotator_index, pair_structure
 from re_po.data.project import SAMPLE_HELDOUT, SAMPLE_TRAIN
 from re_po.data.tables import swap_where, swapped_column_pairs, write_table
-from re_po.pipeline import noise_metrics
+from re_po.pipeline import em, losses, noise_metrics
 from re_po.stages import estimate, make_noisy, prepare_model, score, train
 
 SAMPLE = SAMPLE_TRAIN.parent
@@ -135,21 +139,38 @@ def three_annotators(frame: pl.DataFrame) -> pl.DataFrame:
 
 def scenario(name: str, frame: pl.DataFrame, key: dict, cfg: estimate.EstimateConfig) -> dict:
     found = estimate.run(cfg, frame, key, name)
-    joined = found.posteriors.join(frame.select("row_id", TRUTH), on="row_id")
+    joined = found.posteriors.join(frame.select("row_id", TRUTH), on="row_id", maintain_order="left")
+    if joined["row_id"].to_list() != frame["row_id"].to_list():
+        raise RuntimeError(f"{name}: the estimate's rows are not in the cache's order")
     noisy = joined[TRUTH].to_numpy()
     measured = noise_metrics.annotator_accuracy(joined["annotator"].to_numpy(), noisy)
     eta = dict(zip(found.annotators["annotator"], found.annotators["eta"]))
     se = dict(zip(found.annotators["annotator"], found.annotators["eta_se"]))
     errors = {a: abs(eta[a] - measured[a]) for a in measured}
     z = joined["z"].to_numpy()
+    if not np.allclose(posteriors_at(frame, z, eta), joined["w"].to_numpy(), rtol=0, atol=1e-9):
+        raise RuntimeError(f"{name}: posteriors_at at the estimate's η does not give the estimate's w")
     row = {"scenario": name, "pairs": int(joined["pair_id"].n_unique()), "labels": joined.height,
            "model": found.model, "annotators": {a: {"eta": eta[a], "eta_se": se[a], "measured": measured[a]}
                                                 for a in sorted(measured)},
            "max_abs_error": max(errors.values()), "roc_auc": noise_metrics.roc_auc(1 - joined["w"].to_numpy(), noisy),
+           "roc_auc_measured_eta": noise_metrics.roc_auc(1 - posteriors_at(frame, z, measured), noisy),
            "model_accuracy": noise_metrics.order_accuracy(z, noisy) if np.any(z) else None,
            "seconds": found.seconds}
     print(json.dumps(row), file=sys.stderr, flush=True)
     return row
+
+
+def posteriors_at(frame: pl.DataFrame, z: np.ndarray, eta_of: dict[str, float]) -> np.ndarray:
+    """w of the rows of `frame` (the scenario's cache rows, in the estimate's order) with the estimate's calibrated
+    logits z of each row's order and the η given by name instead of the estimate's: the same E-step, the other
+    labels of each pair included."""
+    names, annotator = annotator_index(frame)
+    pair, orientation, first_row = pair_structure(frame, "the scenario")
+    eta = torch.tensor([eta_of[name] for name in names], dtype=torch.float64)
+    index = torch.from_numpy(annotator)
+    others = em.other_labels_logit(eta, index, torch.from_numpy(pair), torch.from_numpy(orientation), len(first_row))
+    return losses.posterior_weight(torch.from_numpy(z) + others, eta[index]).numpy()
 
 
 def cost(model: str, out: Path, estimate_seconds: float, labels: int, pairs: int = 256, steps: int = 6) -> dict:
@@ -182,13 +203,13 @@ def cost(model: str, out: Path, estimate_seconds: float, labels: int, pairs: int
 
 def markdown(results: dict) -> str:
     lines = ["| scenario | labels | annotator: η̂ ± se (measured) | max abs(η̂ − measured) | flag ROC-AUC | "
-             "model accuracy | seconds |", "|---|---|---|---|---|---|---|"]
+             "ROC-AUC at the measured η | model accuracy | seconds |", "|---|---|---|---|---|---|---|---|"]
     for r in results["scenarios"]:
         shown = "; ".join(f"{a} {v['eta']:.3f} ± {v['eta_se'] or float('nan'):.3f} ({v['measured']:.3f})"
                           for a, v in r["annotators"].items())
         accuracy = "–" if r["model_accuracy"] is None else f"{r['model_accuracy']:.3f}"
         lines.append(f"| {r['scenario']} | {r['labels']} | {shown} | {r['max_abs_error']:.3f} | {r['roc_auc']:.3f} | "
-                     f"{accuracy} | {r['seconds']:.1f} |")
+                     f"{r['roc_auc_measured_eta']:.3f} | {accuracy} | {r['seconds']:.1f} |")
     if "cost" in results:
         c = results["cost"]
         lines += ["", f"stage one with embeddings {c['score_seconds']['with']:.1f} s vs without "

@@ -332,8 +332,9 @@ def _epoch_zero(cfg: TrainConfig, pairs: PairTable, state: TrainState, log: "Log
     held = _held(cfg, pairs, {a: of[a]["identified"] for a in pairs.annotators})
     if cfg.eta_init is EtaInit.estimate:
         state.eta = eta
+    unidentified = " (not identified, held there)" if held is not None else " (not identified)"
     print(f"estimate before training ({found.model}, {found.seconds:.0f} s): " + ", ".join(
-        f"{a} η {of[a]['eta']:.3f}{'' if of[a]['identified'] else ' (not identified: held there)'}"
+        f"{a} η {of[a]['eta']:.3f}{'' if of[a]['identified'] else unidentified}"
         for a in pairs.annotators[:8]) + (" ..." if pairs.num_annotators > 8 else ""), file=sys.stderr)
     return z, held
 

@@ -287,8 +287,9 @@ rank = PartialState().process_index
 """
 
 
-# The estimate first (every process runs it), the policy's z in every E-step, η moved at every step.
-SEEDED_WITH_EMA = {"eta_init": "estimate", "e_step": "seeded", "eta_update": "ema"}
+# The estimate first (every process runs it), its logits and the policy's z in every E-step, η moved at every step
+# from η0 (started at the estimate, η would be held here: on random text it identifies no annotator).
+SEEDED_WITH_EMA = {"eta_init": "fixed", "e_step": "seeded", "eta_update": "ema"}
 
 
 def _free_port() -> int:

@@ -39,12 +39,11 @@ import numpy as np
 import polars as pl
 import torch
 
-from re_po.data import schema
+from re_po.data import noise_inputs, schema
 from re_po.data.columns import TRUTH
-from re_po.data.noise_inputs import annotator_index, pair_structure
 from re_po.data.project import SAMPLE_HELDOUT, SAMPLE_TRAIN
 from re_po.data.tables import swap_where, swapped_column_pairs, write_table
-from re_po.pipeline import em, losses, noise_metrics
+from re_po.pipeline import noise_metrics, reliability
 from re_po.stages import estimate, make_noisy, prepare_model, score, train
 
 SAMPLE = SAMPLE_TRAIN.parent
@@ -148,29 +147,28 @@ def scenario(name: str, frame: pl.DataFrame, key: dict, cfg: estimate.EstimateCo
     se = dict(zip(found.annotators["annotator"], found.annotators["eta_se"]))
     errors = {a: abs(eta[a] - measured[a]) for a in measured}
     z = joined["z"].to_numpy()
-    if not np.allclose(posteriors_at(frame, z, eta), joined["w"].to_numpy(), rtol=0, atol=1e-9):
-        raise RuntimeError(f"{name}: posteriors_at at the estimate's η does not give the estimate's w")
+    inputs = noise_inputs.read_inputs(frame, key, name, embeddings=False)
+    if not np.allclose(posteriors_at(inputs, z, eta), joined["w"].to_numpy(), rtol=0, atol=1e-9):
+        raise RuntimeError(f"{name}: the E-step at the estimate's η does not give the estimate's w")
     row = {"scenario": name, "pairs": int(joined["pair_id"].n_unique()), "labels": joined.height,
            "model": found.model, "annotators": {a: {"eta": eta[a], "eta_se": se[a], "measured": measured[a]}
                                                 for a in sorted(measured)},
            "max_abs_error": max(errors.values()), "roc_auc": noise_metrics.roc_auc(1 - joined["w"].to_numpy(), noisy),
-           "roc_auc_measured_eta": noise_metrics.roc_auc(1 - posteriors_at(frame, z, measured), noisy),
+           "roc_auc_measured_eta": noise_metrics.roc_auc(1 - posteriors_at(inputs, z, measured), noisy),
            "model_accuracy": noise_metrics.order_accuracy(z, noisy) if np.any(z) else None,
            "seconds": found.seconds}
     print(json.dumps(row), file=sys.stderr, flush=True)
     return row
 
 
-def posteriors_at(frame: pl.DataFrame, z: np.ndarray, eta_of: dict[str, float]) -> np.ndarray:
-    """w of the rows of `frame` (the scenario's cache rows, in the estimate's order) with the estimate's calibrated
-    logits z of each row's order and the η given by name instead of the estimate's: the same E-step, the other
-    labels of each pair included."""
-    names, annotator = annotator_index(frame)
-    pair, orientation, first_row = pair_structure(frame, "the scenario")
-    eta = torch.tensor([eta_of[name] for name in names], dtype=torch.float64)
-    index = torch.from_numpy(annotator)
-    others = em.other_labels_logit(eta, index, torch.from_numpy(pair), torch.from_numpy(orientation), len(first_row))
-    return losses.posterior_weight(torch.from_numpy(z) + others, eta[index]).numpy()
+def posteriors_at(inputs: noise_inputs.NoiseInputs, z: np.ndarray, eta_of: dict[str, float]) -> np.ndarray:
+    """The estimator's E-step (reliability.row_posteriors) on its calibrated logits z of each row's order, with the
+    η given by name instead of its own."""
+    labels = estimate.labels_of(inputs)
+    logit = torch.zeros(labels.num_pairs, dtype=torch.float64).index_put_(  # of each pair's reference order
+        (labels.pair,), labels.orientation.double() * torch.from_numpy(z))
+    eta = torch.tensor([eta_of[a] for a in inputs.annotators], dtype=torch.float64)
+    return reliability.row_posteriors(labels, eta, logit).numpy()
 
 
 def cost(model: str, out: Path, estimate_seconds: float, labels: int, pairs: int = 256, steps: int = 6) -> dict:

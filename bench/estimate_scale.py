@@ -39,8 +39,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for size in args.sizes:
         inputs, wrong = generated(size, seed=size)
-        labels = reliability.Labels(*(torch.from_numpy(a) for a in (inputs.annotator, inputs.pair, inputs.orientation)),
-                                    len(inputs.annotators), inputs.num_pairs)
+        labels = estimate.labels_of(inputs)
         measured = [1 - wrong[inputs.annotator == k].mean() for k in range(len(inputs.annotators))]
         settings = [reliability.TUNE_PAIRS] + ([None] if size <= args.compare_up_to else [])
         for tune_pairs in settings:

@@ -39,8 +39,7 @@ def run(cfg: EstimateConfig, frame: pl.DataFrame, key: dict, source: str) -> Noi
     """Estimate on the cache rows `frame` (sorted by row_id) of cache `source` with key `key`."""
     started = time.perf_counter()
     inputs = noise_inputs.read_inputs(frame, key, source, cfg.prior_col, embeddings=cfg.probe)
-    labels = reliability.Labels(torch.from_numpy(inputs.annotator), torch.from_numpy(inputs.pair),
-                                torch.from_numpy(inputs.orientation), len(inputs.annotators), inputs.num_pairs)
+    labels = labels_of(inputs)
     prior = None if inputs.prior is None else torch.from_numpy(inputs.prior)
     result = reliability.estimate(labels, probe_candidates(inputs, cfg), prior, cfg.eta0, cfg.folds, cfg.seed)
     model = (f"probe on {result.features}" if result.features else
@@ -58,6 +57,12 @@ def run(cfg: EstimateConfig, frame: pl.DataFrame, key: dict, source: str) -> Noi
                                "identified": result.identified.numpy(),
                                "epoch": pl.Series([0] * len(inputs.annotators), dtype=pl.Int32)})
     return NoiseEstimate(posteriors, annotators, model, result.log_loss, time.perf_counter() - started)
+
+
+def labels_of(inputs: noise_inputs.NoiseInputs) -> reliability.Labels:
+    """Who labelled which pair which way, as the estimator takes it."""
+    return reliability.Labels(torch.from_numpy(inputs.annotator), torch.from_numpy(inputs.pair),
+                              torch.from_numpy(inputs.orientation), len(inputs.annotators), inputs.num_pairs)
 
 
 def probe_candidates(inputs: noise_inputs.NoiseInputs, cfg: EstimateConfig) -> dict[str, torch.Tensor]:

@@ -245,10 +245,16 @@ def taken_token_logps(head: torch.nn.Module, hidden: Tensor, targets: Tensor,
     chunk = max(1, (LOGIT_BUDGET if logit_budget is None else logit_budget) // head.weight.shape[0])
     if hidden.shape[0] <= chunk:
         logits = head(hidden).float()  # (N, V), float32 for the log-softmax
-        return logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
+        return _taken_logps(logits, targets)
     if not isinstance(head, torch.nn.Linear):
         raise NotImplementedError(f"LM head {type(head).__name__} is not a Linear; raise LOGIT_BUDGET to score it")
     return _ChunkedTakenLogps.apply(hidden, head.weight, head.bias, targets, chunk)
+
+
+def _taken_logps(logits: Tensor, targets: Tensor) -> Tensor:
+    """log softmax(logits)[target] (N,) from float32 logits (N, V), through cross-entropy's fused log-softmax: on
+    600 × 49k logits a logsumexp minus a gather took 1.25× its time forward and 1.7× forward and backward."""
+    return -torch.nn.functional.cross_entropy(logits, targets, reduction="none")
 
 
 class _ChunkedTakenLogps(torch.autograd.Function):
@@ -265,9 +271,7 @@ class _ChunkedTakenLogps(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk):
             logits = torch.nn.functional.linear(hidden[start:start + chunk], weight, bias)
             compute_dtype = logits.dtype
-            logits = logits.float()
-            part = targets[start:start + chunk]
-            out[start:start + chunk] = logits.gather(1, part[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
+            out[start:start + chunk] = _taken_logps(logits.float(), targets[start:start + chunk])
         ctx.save_for_backward(hidden, weight, bias, targets)
         ctx.chunk, ctx.compute_dtype = chunk, compute_dtype
         return out

@@ -40,6 +40,7 @@ from re_po.data import models, schema, tokenize
 from re_po.data.pairs import BadRowError, DataError, PairsRead, pair_values, read_pairs
 from re_po.pipeline import batching
 from re_po.pipeline.logprobs import pack, pad, score_sequences
+from re_po.stages import allocator
 from re_po.stages.configs import Backend, ScoreConfig
 
 # (prompt_ids, first_ids, second_ids) of one distinct pair, its responses in a fixed order (_pair_key)
@@ -203,6 +204,7 @@ def _hf_backend(cfg: ScoreConfig, model_dir: Path, tokenizer, layers: tuple[int,
     from transformers import AutoModelForCausalLM
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    allocator.keep_freed_memory()
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, cfg.dtype)).to(device).eval()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked out anyway
     layout = pack if cfg.packing else pad

@@ -45,7 +45,7 @@ from re_po.pipeline import batching, em, logprobs, losses, noise_metrics, robust
 from re_po.pipeline.choices import LossSpec
 from re_po.pipeline.losses import PairLogps
 from re_po.pipeline.robust import EStep, EtaUpdate
-from re_po.stages import checkpoint, estimate, score
+from re_po.stages import allocator, checkpoint, estimate, score
 from re_po.stages.checkpoint import TrainState
 from re_po.stages.configs import EtaInit, ReportTo, Schedule, ScoreConfig, TrainConfig, algorithm_1_flags
 
@@ -62,6 +62,7 @@ RECORD = ("row", "loss", "z", "w", "logps_chosen", "logps_rejected", "rewards_ch
 def run(cfg: TrainConfig) -> Path:
     """Train; returns the run folder (cfg.out_dir), whose final/ holds the policy and tokenizer."""
     folders.check(cfg.out_dir, "run", run_folder.is_run)  # every process, before any work: never the user's folder
+    allocator.keep_freed_memory()
     tracker = _tracker(cfg)
     accelerator = _accelerator(cfg, tracker)
     set_seed(cfg.seed)

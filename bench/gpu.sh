@@ -33,7 +33,7 @@ fi
 export TQDM_DISABLE=1 PYTHONUNBUFFERED=1
 
 has() { "$PY" -c "import $1" 2>/dev/null; }
-score_skip=(hf-padded hf-unsorted) train_skip=(simpo re-simpo dpo-padded)
+score_skip=(hf-padded hf-unsorted hf-glibc-malloc) train_skip=(simpo re-simpo dpo-padded dpo-glibc-malloc)
 has trl || { echo "trl is not installed: no TRL rows"; score_skip+=(trl); train_skip+=(trl trl-precompute); }
 has vllm || { echo "vllm is not installed: no vllm row"; score_skip+=(vllm); }
 

@@ -7,6 +7,7 @@ precision (--dtype, float32 by default), device (--device, cpu by default) and m
               only on response positions
   hf-padded   the same with --no-packing: one sequence per row, right-padded (what packing buys)
   hf-unsorted the same as hf, batches of as many pairs in input order (what sorting buys)
+  hf-glibc-malloc  the same as hf with glibc's default malloc (stages/allocator.py not applied yet: it runs first)
   trl         trl.DPOTrainer(precompute_ref_log_probs=True): the precompute pass run in its __init__
   vllm        `repo score --backend vllm` (engine start excluded from the scoring rate)
 Rates: pairs/s and real tokens/s (tokens of prompt + response, both responses; padding not counted)
@@ -31,7 +32,7 @@ import torch
 
 from re_po.data import schema
 from re_po.pipeline import batching
-from re_po.stages import score
+from re_po.stages import allocator, score
 from re_po.stages.configs import Dtype
 from re_po.stages.prepare_model import ensure_default_model
 
@@ -41,6 +42,7 @@ except ImportError:
     from bench import random_models
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "train.jsonl"
+RUNS = ("hf", "hf-padded", "hf-unsorted", "hf-glibc-malloc", "trl", "vllm")
 
 
 def matmul_flops(device: str = "cpu", dtype: str = "float32", seconds: float = 3.0) -> float:
@@ -192,7 +194,7 @@ def main() -> None:
     parser.add_argument("--max-prompt-length", type=int, default=64)
     parser.add_argument("--batch-tokens", type=int, default=score.ScoreConfig.batch_tokens)
     parser.add_argument("--trl-batch-size", type=int, default=8)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["hf-padded", "hf-unsorted", "trl", "vllm"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=[*RUNS[1:]])
     parser.add_argument("--model", help="a model folder, or random:NAME for a random-init model of "
                         f"{', '.join(random_models.SHAPES)} (default: the prepared SmolLM2-135M-Instruct)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -214,6 +216,11 @@ def main() -> None:
         results["peak_flops"], results["peak_source"] = peak_flops(args.device, args.dtype, results["matmul_flops"])
         data = workdir / "pairs.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        if "hf-glibc-malloc" not in args.skip:  # first: the allocator setting holds for the rest of the process
+            kept = allocator.keep_freed_memory
+            allocator.keep_freed_memory = lambda: False
+            results["hf-glibc-malloc"] = run_score(args, model_dir, data, workdir / "glibc", "hf")
+            allocator.keep_freed_memory = kept
         results["hf"] = run_score(args, model_dir, data, workdir / "hf", "hf")
         hf_scores, _ = schema.read_scores(workdir / "hf")
         if "hf-padded" not in args.skip:
@@ -262,7 +269,7 @@ def report(results: dict) -> None:
     print(f"MFU against {results['peak_source']}: {peak / 1e12:.1f} TFLOP/s")
     print(f"{'run':<12} {'pairs/s':>8} {'tok/s':>8} {'GFLOP/s':>8} {'of matmul':>9} {'MFU':>6} {'padding':>8} "
           f"{'end-to-end pairs/s':>19}")
-    for name in ("hf", "hf-padded", "hf-unsorted", "trl", "vllm"):
+    for name in RUNS:
         if name not in results:
             continue
         r = results[name]
@@ -272,8 +279,8 @@ def report(results: dict) -> None:
         print(f"{name:<12} {r['pairs'] / r['seconds']:8.2f} {r['tokens'] / r['seconds']:8.0f} "
               f"{achieved / 1e9:8.1f} {achieved / flops:9.0%} {achieved / peak:6.1%} {padding:>8} {end_to_end:>19}")
     rate = {name: results[name]["pairs"] / results[name]["seconds"]
-            for name in ("hf", "hf-padded", "hf-unsorted", "trl", "vllm") if name in results}
-    for name in ("hf-padded", "hf-unsorted", "trl", "vllm"):
+            for name in RUNS if name in results}
+    for name in RUNS[1:]:
         if name in rate:
             print(f"hf / {name}: {rate['hf'] / rate[name]:.2f}×")
     if "vllm_max_relative_difference" in results:

@@ -4,6 +4,8 @@ The first --pairs rows of the bundled sample are scored once (`repo score`, hf b
 run trains one epoch in its own process (so each peak RSS is its own), one after the other:
   dpo, re-dpo, simpo, re-simpo   `repo train --loss L [--robust]`, float32, AdamW
   dpo-padded                     dpo with --no-packing: one sequence per forward row, right-padded
+  dpo-glibc-malloc               dpo with glibc's default malloc (stages/allocator.py not applied): fresh pages
+                                 for every step's tensors
   trl-precompute                 trl.DPOTrainer(precompute_ref_log_probs=True): reference log-probs computed
                                  before training (that pass is reported apart, not in the training rate)
   trl                            trl.DPOTrainer with the reference model run at every step
@@ -32,7 +34,9 @@ import child
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample" / "train.jsonl"
 REPO_RUNS = {"dpo": ("dpo", False, True), "re-dpo": ("dpo", True, True), "simpo": ("simpo", False, True),
-             "re-simpo": ("simpo", True, True), "dpo-padded": ("dpo", False, False)}  # (loss, robust, packing)
+             "re-simpo": ("simpo", True, True), "dpo-padded": ("dpo", False, False),
+             "dpo-glibc-malloc": ("dpo", False, True)}  # (loss, robust, packing)
+VARIANTS = ("dpo-padded", "dpo-glibc-malloc")  # dpo with one thing changed: compared with dpo, not with TRL
 TRL_RUNS = {"trl-precompute": True, "trl": False}
 
 
@@ -99,9 +103,11 @@ def main() -> None:
 def child_repo(spec: dict) -> dict:
     """One epoch of `repo train`; the training loop's time is the sum of the step times in metrics.jsonl."""
     from re_po.pipeline import logprobs
-    from re_po.stages import train
+    from re_po.stages import allocator, train
 
     loss, robust, packing = REPO_RUNS[spec["run"]]
+    if spec["run"] == "dpo-glibc-malloc":
+        allocator.keep_freed_memory = lambda: False
     passes, epoch_posteriors = [], train._epoch_posteriors
     positions = {"computed": 0, "real": 0}
 
@@ -183,12 +189,14 @@ def report(results: dict) -> None:
         peak_memory = r.get("peak_gpu_bytes", r["peak_rss_bytes"])
         print(f"{name:<15} {rate[name]:8.2f} {tokens} {mfu} {r['end_to_end_seconds']:12.1f} {peak_memory / 1e9:11.2f} "
               f"{epoch_pass:>16} {padding:>8}")
-    if "dpo" in rate and "dpo-padded" in rate:
-        print(f"packing: dpo / dpo-padded {rate['dpo'] / rate['dpo-padded']:.2f}× pairs/s")
+    for variant, what in zip(VARIANTS, ("packing", "keeping freed memory")):
+        if "dpo" in rate and variant in rate:
+            print(f"{what}: dpo / {variant} {rate['dpo'] / rate[variant]:.2f}× pairs/s, "
+                  f"{runs['dpo']['peak_rss_bytes'] / runs[variant]['peak_rss_bytes']:.2f}× peak RSS")
     for robust, plain in (("re-dpo", "dpo"), ("re-simpo", "simpo")):
         if robust in rate and plain in rate:
             print(f"RE-PO overhead, {robust} over {plain}: {rate[plain] / rate[robust] - 1:+.1%} (target ≤ 5%)")
-    for name in [run for run in REPO_RUNS if run != "dpo-padded"]:
+    for name in [run for run in REPO_RUNS if run not in VARIANTS]:
         for trl in TRL_RUNS:
             if name in rate and trl in rate:
                 print(f"{name} / {trl}: {rate[name] / rate[trl]:.2f}× pairs/s, "

@@ -267,7 +267,7 @@ def report(results: dict) -> None:
           f"{results['dtype']} matmul {flops / 1e9:.1f} GFLOP/s")
     peak = results["peak_flops"]
     print(f"MFU against {results['peak_source']}: {peak / 1e12:.1f} TFLOP/s")
-    print(f"{'run':<12} {'pairs/s':>8} {'tok/s':>8} {'GFLOP/s':>8} {'of matmul':>9} {'MFU':>6} {'padding':>8} "
+    print(f"{'run':<16} {'pairs/s':>8} {'tok/s':>8} {'GFLOP/s':>8} {'of matmul':>9} {'MFU':>6} {'padding':>8} "
           f"{'end-to-end pairs/s':>19}")
     for name in RUNS:
         if name not in results:
@@ -276,7 +276,7 @@ def report(results: dict) -> None:
         achieved = 2 * results["parameters"] * r["tokens"] / r["seconds"]
         padding = f"{1 - r['tokens'] / r['positions']:.0%}" if "positions" in r else ""
         end_to_end = f"{results['pairs'] / r['end_to_end_seconds']:.2f}" if "end_to_end_seconds" in r else ""
-        print(f"{name:<12} {r['pairs'] / r['seconds']:8.2f} {r['tokens'] / r['seconds']:8.0f} "
+        print(f"{name:<16} {r['pairs'] / r['seconds']:8.2f} {r['tokens'] / r['seconds']:8.0f} "
               f"{achieved / 1e9:8.1f} {achieved / flops:9.0%} {achieved / peak:6.1%} {padding:>8} {end_to_end:>19}")
     rate = {name: results[name]["pairs"] / results[name]["seconds"]
             for name in RUNS if name in results}

@@ -34,6 +34,7 @@ from re_po.data.project import (
 from re_po.stages.configs import (
     DemoConfig,
     EvaluateConfig,
+    GenerateConfig,
     InspectConfig,
     MakeNoisyConfig,
     PrepareModelConfig,
@@ -250,6 +251,21 @@ def evaluate_cmd(cfg: EvaluateConfig) -> None:
     from re_po.stages import evaluate
 
     typer.echo(_call(evaluate.run, cfg))
+
+
+@command(app, "generate", GenerateConfig, "generate",
+         lambda p: dict(run=p.train_dir, out=p.workspace / "generate", columns=p.columns()))
+def generate_cmd(cfg: GenerateConfig) -> None:
+    """What the trained policy writes, against the reference: responses to held-out prompts from both, judged.
+
+    Both models sample --num-samples responses per prompt with the same settings and seeds; every response is
+    scored by both (for KL) and judged by --judge (a reward model, or a Python callable module:function). Prints
+    and writes the win rate against the reference with its 95% interval, the mean rewards, KL(π‖π_ref) and the
+    lengths (generation.json, rewards.png, report.html). A rerun resumes where an interrupted one stopped.
+    """
+    from re_po.stages import generate
+
+    typer.echo(_call(generate.run, cfg))
 
 
 @command(app, "make-noisy", MakeNoisyConfig)

@@ -119,16 +119,10 @@ def read_pairs(source: str | Path, columns: Columns = Columns(),
     """
     if on_bad_row not in ("error", "skip"):
         raise ValueError(f"on_bad_row must be 'error' or 'skip', not {on_bad_row!r}")
-    string_columns = {columns.prompt, columns.chosen, columns.rejected, columns.annotator or "annotator",
-                      columns.pair_id or "pair_id"}  # CSV: read as text even where they look like numbers
-    source_text = str(source)
-    if source_text.startswith("hf:/") and not source_text.startswith("hf://"):  # Path("hf://x") is "hf:/x"
-        source_text = "hf://" + source_text.removeprefix("hf:/")
-    raws = ([_read_hf(source_text, string_columns)] if source_text.startswith("hf://")
-            else [_read_file(path, string_columns) for path in _files(source)])
-    raws = [raw for raw in raws if raw.num_rows]  # an empty shard has no rows and may lack the columns
-    if not raws:
-        raise DataError(f"{source}: no rows")
+    return _pairs_of(_read_shards(source, columns), columns, on_bad_row)
+
+
+def _pairs_of(raws: "list[_RawShard]", columns: Columns, on_bad_row: str) -> PairsRead:
     resolved = replace(columns, annotator=columns.annotator or _present(raws[0], "annotator"),
                        pair_id=columns.pair_id or _present(raws[0], "pair_id"))
     kept: dict[str, list] = {"row_id": [], "pair_id": [], "annotator": [], "texts": []}
@@ -142,6 +136,48 @@ def read_pairs(source: str | Path, columns: Columns = Columns(),
     conversational, implicit = layout or (False, False)
     table = _assemble(kept, MESSAGE_COLUMNS if conversational else TEXT_COLUMNS, carried_parts)
     return PairsRead(table, rejects, _table_sha(table), conversational, implicit, resolved, tuple(shards))
+
+
+@dataclass(frozen=True)
+class PromptsRead:
+    """The distinct prompts of a source, in the order they first appear."""
+
+    prompts: list[PairValue]
+    row_ids: list[int]  # the input row each prompt first appears in
+    dataset_sha: str  # sha256 of the prompts, in order
+
+
+def read_prompts(source: str | Path, columns: Columns = Columns()) -> PromptsRead:
+    """The distinct prompts of `source`: of preference pairs (anything read_pairs reads, whose bad rows it
+    refuses), or of a file with a prompt column alone (a string or a message list per row)."""
+    raws = _read_shards(source, columns)
+    if all(name in raws[0].names for name in (columns.chosen, columns.rejected)):
+        table = _pairs_of(raws, columns, "error").table
+        values, row_ids = [p for p, _, _ in pair_values(table)], table["row_id"].to_list()
+    else:
+        values, row_ids, first = [], [], 0
+        for raw in raws:
+            _require_columns(raw, [columns.prompt])
+            shard = Shard(raw.file, first, raw.num_rows, raw.lines)
+            for offset, value in enumerate(raw.values(columns.prompt)):
+                try:
+                    if offset in raw.unreadable:
+                        raise BadRowError(raw.unreadable[offset])
+                    values.append(_string(value, columns.prompt) if not isinstance(value, list)
+                                  else _messages(value, columns.prompt))
+                    if not values[-1]:
+                        raise BadRowError("empty prompt", columns.prompt)
+                except BadRowError as err:
+                    raise BadRowError(err.reason, err.field, shard.file, first + offset, shard.position(first + offset)
+                                      ) from None
+                row_ids.append(first + offset)
+            first += raw.num_rows
+    distinct: dict[str, int] = {}
+    for index, value in enumerate(values):
+        distinct.setdefault(json.dumps(value, ensure_ascii=False, sort_keys=True), index)
+    kept = list(distinct.values())
+    digest = hashlib.sha256("\n".join(distinct).encode()).hexdigest()
+    return PromptsRead([values[i] for i in kept], [row_ids[i] for i in kept], digest)
 
 
 def _assemble(kept: dict[str, list], text_names: tuple[str, ...],
@@ -186,6 +222,21 @@ class _RawShard:
             return pl.from_dicts(rows, infer_schema_length=None, strict=False).get_columns()
         except (pl.exceptions.PolarsError, TypeError, ValueError) as err:
             raise DataError(f"{self.file}: cannot carry columns {names} through: {err}") from err
+
+
+def _read_shards(source: str | Path, columns: Columns) -> "list[_RawShard]":
+    """Every non-empty shard of `source` as read, in order."""
+    string_columns = {columns.prompt, columns.chosen, columns.rejected, columns.annotator or "annotator",
+                      columns.pair_id or "pair_id"}  # CSV: read as text even where they look like numbers
+    source_text = str(source)
+    if source_text.startswith("hf:/") and not source_text.startswith("hf://"):  # Path("hf://x") is "hf:/x"
+        source_text = "hf://" + source_text.removeprefix("hf:/")
+    raws = ([_read_hf(source_text, string_columns)] if source_text.startswith("hf://")
+            else [_read_file(path, string_columns) for path in _files(source)])
+    raws = [raw for raw in raws if raw.num_rows]  # an empty shard has no rows and may lack the columns
+    if not raws:
+        raise DataError(f"{source}: no rows")
+    return raws
 
 
 def _present(raw: _RawShard, name: str) -> str | None:

@@ -42,7 +42,7 @@ class ProjectError(ValueError):
 
 
 # The sections a project file may have, and which stage reads each.
-STAGE_SECTIONS = ("score", "train", "inspect", "estimate", "evaluate")
+STAGE_SECTIONS = ("score", "train", "inspect", "estimate", "evaluate", "generate")
 DATA_KEYS = {"path": str, "prompt": str, "chosen": str, "rejected": str, "annotator": str, "pair_id": str}
 
 

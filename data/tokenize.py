@@ -34,11 +34,11 @@ def tokenize_pair(tokenizer, prompt: PairValue, chosen: PairValue, rejected: Pai
     truncation: such a pair states no preference. Fields come without file and row: PairsRead.locate adds them."""
     _check_limits(max_length, max_prompt_length)
     if all(isinstance(value, str) for value in (prompt, chosen, rejected)):
-        prompt_ids = _plain_prompt_ids(tokenizer, prompt)
+        prompt_ids = tokenize_prompt(tokenizer, prompt)
         responses = [_plain_response_ids(tokenizer, text, name)
                      for text, name in ((chosen, "chosen"), (rejected, "rejected"))]
     elif all(isinstance(value, list) for value in (prompt, chosen, rejected)):
-        prompt_ids = _encode(tokenizer, _render(tokenizer, prompt, add_generation_prompt=True))
+        prompt_ids = tokenize_prompt(tokenizer, prompt)
         responses = [_chat_response_ids(tokenizer, prompt, prompt_ids, messages, name)
                      for messages, name in ((chosen, "chosen"), (rejected, "rejected"))]
     else:
@@ -62,6 +62,14 @@ def tokenize_pair(tokenizer, prompt: PairValue, chosen: PairValue, rejected: Pai
                           f"the same tokens as chosen after truncation to max_length {max_length} (the responses "
                           "differ only past it): the pair states no preference", "rejected")
     return TokenizedPair(prompt_ids, responses[0], responses[1], truncated)
+
+
+def tokenize_prompt(tokenizer, prompt: PairValue) -> list[int]:
+    """A prompt's ids, as a response follows them: plain text with the tokenizer's leading special tokens
+    (BOS), or a message list through the chat template with its generation prompt."""
+    if isinstance(prompt, str):
+        return _plain_prompt_ids(tokenizer, prompt)
+    return _encode(tokenizer, _render(tokenizer, prompt, add_generation_prompt=True))
 
 
 def tokenizer_fingerprint(tokenizer) -> dict[str, str]:

@@ -1,5 +1,5 @@
 """The choices a run makes, by name: the loss and its hyper-parameters (LossSpec), the E-step's evidence, how η
-moves, the robust loss's form (method.md §2, §7, §9).
+moves, the robust loss's form (method.md §2, §7, §9), and how responses are sampled (Sampling).
 
 Plain Python, no torch: the command line declares its options from these without loading torch. The math that
 acts on them is in pipeline/losses.py and pipeline/robust.py.
@@ -83,3 +83,20 @@ class RobustForm(StrEnum):
 
     induced = "induced"
     weighted = "weighted"
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How responses are drawn (pipeline/sampling.py, vLLM alike). temperature 0: greedy."""
+
+    num_samples: int = 1
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 1 or self.max_new_tokens < 1:
+            raise ValueError(f"num_samples ({self.num_samples}) and max_new_tokens ({self.max_new_tokens}) "
+                             "must be at least 1")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {self.temperature} and {self.top_p}")

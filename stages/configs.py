@@ -15,7 +15,7 @@ from pathlib import Path
 from re_po.data.columns import TRUTH, Columns, table_format
 from re_po.data.project import SAMPLE_HELDOUT, SAMPLE_TRAIN
 from re_po.data.settings import coerce, setting
-from re_po.pipeline.choices import ROBUST_KINDS, EStep, EtaUpdate, LossKind, LossSpec, RobustForm
+from re_po.pipeline.choices import ROBUST_KINDS, EStep, EtaUpdate, LossKind, LossSpec, RobustForm, Sampling
 
 # ---- `repo score` --------------------------------------------------------------------------------------------------
 
@@ -315,6 +315,54 @@ class EvaluateConfig:
 
     def __post_init__(self):
         coerce(self)
+
+
+# ---- `repo generate` -----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    data: str = setting(help="Prompts: held-out pairs (their prompts) or a prompt column; file, folder or hf:// path.",
+                        positional=True, default_text="repo.toml's [generate] data")
+    out: Path = setting(help="Output folder: samples/, generation.json, report.html.",
+                        default_text="<workspace>/generate")
+    run: Path | None = setting(None, "Run folder of `repo train`: its final/ policy against the model its cache "
+                                     "was scored with.", default_text="<workspace>/train")
+    policy: str | None = setting(None, "The policy instead of the run's final/: an alias, a hub id or a folder.",
+                                 model_alias=True)
+    ref: str | None = setting(None, "The reference instead of the run's: an alias, a hub id or a folder.",
+                              model_alias=True)
+    judge: str | None = setting(None, "The reward: a sequence-classification model (hub id or folder, safetensors) "
+                                      "or a Python callable module:function(prompt, response) -> float.")
+    num_samples: int = setting(2, "Responses per prompt from each model (sample s of the policy faces sample s of "
+                                  "the reference).")
+    max_new_tokens: int = setting(128, "Tokens per response at most.")
+    temperature: float = setting(1.0, "Sampling temperature (0: greedy); 1 with top-p 1 makes the KL estimate "
+                                      "unbiased.")
+    top_p: float = setting(1.0, "Nucleus sampling: the smallest set of tokens holding this probability.")
+    seed: int = setting(0, "Seed of the samples; the policy and the reference draw with the same one.")
+    max_prompts: int = setting(0, "Use the first N distinct prompts (0: all).")
+    max_prompt_length: int | None = setting(None, "Prompt tokens, cut from the left.",
+                                            default_text="as the run's cache was scored, else 512")
+    backend: Backend = setting(Backend.auto, "hf (transformers' generate), vllm, or auto: vllm where it is "
+                                             "installed and a GPU is present, hf otherwise.")
+    device: str = setting("auto", "hf backend and the judge: cpu, cuda, cuda:N, auto.")
+    batch_size: int = setting(32, "Prompts per generate call (hf), texts per judge call.")
+    part_size: int = setting(256, "Prompts per Parquet part (unit of resumption).")
+    overwrite: bool = setting(False, "Start over instead of resuming.", flag="--overwrite/--resume",
+                              default_text="resume")
+    columns: Columns = setting(Columns(), cli=False, toml=False)  # repo.toml [data]
+    gpu_memory_utilization: float = setting(0.9, "vllm: share of GPU memory (one engine at a time).")
+
+    def __post_init__(self):
+        coerce(self)
+        self.sampling()  # its ranges are checked there
+        if min(self.batch_size, self.part_size) < 1 or self.max_prompts < 0:
+            raise ValueError("batch_size and part_size must be >= 1, max_prompts >= 0")
+        if self.max_prompt_length is not None and self.max_prompt_length < 1:
+            raise ValueError(f"max_prompt_length must be >= 1, got {self.max_prompt_length}")
+
+    def sampling(self) -> Sampling:
+        return Sampling(self.num_samples, self.max_new_tokens, self.temperature, self.top_p)
 
 
 # ---- `repo demo` ---------------------------------------------------------------------------------------------------

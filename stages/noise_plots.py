@@ -29,7 +29,7 @@ RIGHT, WRONG = "tab:blue", "tab:red"
 
 def w_histogram(w: np.ndarray, noisy: np.ndarray | None, cutoff: float, path: Path) -> Path:
     """w (N,); noisy (N,) bool or None; cutoff: the w below which pairs are flagged."""
-    fig, ax = _figure()
+    fig, ax = new_figure()
     bins = np.linspace(0.0, 1.0, 41)
     if noisy is None:
         ax.hist(w, bins=bins, color="tab:gray", label=f"all pairs ({w.size})")
@@ -39,13 +39,13 @@ def w_histogram(w: np.ndarray, noisy: np.ndarray | None, cutoff: float, path: Pa
     ax.axvline(cutoff, color="black", linestyle="--", label=f"flag below {cutoff:.3g}")
     ax.set(xlabel="w = P(label correct)", ylabel="pairs", title="Posterior of each label", yscale="log")
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def annotator_etas(annotators: pl.DataFrame, path: Path) -> Path:
     """annotators: inspect's table (annotator, eta[, eta_se][, accuracy]), least reliable first; the first
     MAX_LINES · 2 of them."""
-    fig, ax = _figure()
+    fig, ax = new_figure()
     shown = annotators.head(2 * MAX_LINES)
     y = np.arange(shown.height)
     se = shown["eta_se"].fill_null(0.0).to_numpy() if "eta_se" in shown.columns else None
@@ -59,12 +59,12 @@ def annotator_etas(annotators: pl.DataFrame, path: Path) -> Path:
         title += f"; the {shown.height} least reliable of {annotators.height}"
     ax.set(xlabel="η (share of right labels)", title=title)
     ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def reliability_diagram(w: np.ndarray, noisy: np.ndarray, path: Path) -> Path:
     """w (N,) against the truth noisy (N,): is a label with w = 0.8 right 80% of the time?"""
-    fig, ax = _figure()
+    fig, ax = new_figure()
     found = reliability_bins(w, noisy)
     ax.plot([0, 1], [0, 1], color="lightgray", linestyle="--", label="calibrated")
     ax.plot(found.w_mean, found.right_share, marker="o", color=RIGHT, label="observed")
@@ -73,7 +73,7 @@ def reliability_diagram(w: np.ndarray, noisy: np.ndarray, path: Path) -> Path:
     ax.set(xlabel="w = P(label correct), bin mean", ylabel="share of right labels", xlim=(0, 1), ylim=(0, 1.02),
            title="Reliability of w (labels per bin beside each point)")
     ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def eta_over_steps(eta_steps: pl.DataFrame, eta_epochs: pl.DataFrame, path: Path,
@@ -84,7 +84,7 @@ def eta_over_steps(eta_steps: pl.DataFrame, eta_epochs: pl.DataFrame, path: Path
     One line per annotator (the MAX_LINES least reliable at the last epoch when there are more), with
     each epoch file's η as a dot at the epoch's last step and the measured reliability dashed.
     """
-    fig, ax = _figure()
+    fig, ax = new_figure()
     eta_steps, eta_epochs = (t.with_columns(pl.col("epoch").cast(pl.Int64)) for t in (eta_steps, eta_epochs))
     last = eta_epochs.filter(pl.col("epoch") == eta_epochs["epoch"].max()).sort("eta")
     shown = last["annotator"].head(MAX_LINES).to_list()
@@ -104,12 +104,12 @@ def eta_over_steps(eta_steps: pl.DataFrame, eta_epochs: pl.DataFrame, path: Path
         title += f"; the {len(shown)} least reliable of {last.height}"
     ax.set(xlabel="optimizer step", ylabel="η (reliability)", title=title)
     ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def w_over_epochs(history: pl.DataFrame, noisy_of: dict[int, bool] | None, path: Path) -> Path:
     """history: (row_id, epoch, w) of the flagged pairs over every epoch, lowest first by the caller."""
-    fig, ax = _figure()
+    fig, ax = new_figure()
     rows = history["row_id"].unique(maintain_order=True).head(4 * MAX_LINES).to_list()
     for row_id in rows:
         line = history.filter(pl.col("row_id") == row_id).sort("epoch")
@@ -120,16 +120,16 @@ def w_over_epochs(history: pl.DataFrame, noisy_of: dict[int, bool] | None, path:
     note = "" if noisy_of is None else " (red: label wrong, blue: label right)"
     ax.set(xlabel="epoch", ylabel="w", ylim=(-0.02, 1.02),
            title=f"w of {len(rows)} flagged pairs over the epochs{note}")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _figure() -> tuple[Figure, object]:
+def new_figure() -> tuple[Figure, object]:
     fig = Figure(figsize=(7, 4.5), dpi=100)
     FigureCanvasAgg(fig)
     return fig, fig.add_subplot()
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     return path

@@ -57,7 +57,7 @@ def pair_table(flagged: pl.DataFrame, texts: list, truth_col: str | None) -> str
     for rank, (row, values) in enumerate(zip(flagged.iter_rows(named=True), texts), start=1):
         cells = cell(rank) + "".join(cell(row[n]) for n in numbers) + "".join(cell(row[n]) for n in labels)
         cells += "".join(f"<td class='text'>{text_block(v)}</td>" for v in values)
-        rows.append(f"<tr data-annotator='{html.escape(str(row['annotator']))}'>{cells}</tr>")
+        rows.append(f"<tr data-group='{html.escape(str(row['annotator']))}'>{cells}</tr>")
     return f"<table class='sortable' id='pairs'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
@@ -131,7 +131,7 @@ function filterRows() {
   const q = query.value.toLowerCase();
   let n = 0;
   for (const row of pairs.tBodies[0].rows) {
-    const keep = (!who.value || row.dataset.annotator === who.value) && (!q || row.textContent.toLowerCase().includes(q));
+    const keep = (!who.value || row.dataset.group === who.value) && (!q || row.textContent.toLowerCase().includes(q));
     row.hidden = !keep;
     n += keep;
   }

@@ -103,11 +103,12 @@ def test_the_real_template_is_valid_toml_with_a_line_per_key(tmp_path):
 
 
 # Every repo.toml key of every command's table: two values the Config accepts, the first unlike its default.
-STAGE_RUNS = {"score": "score", "train": "train", "inspect-noise": "inspect_noise", "evaluate": "evaluate"}
+STAGE_RUNS = {"score": "score", "train": "train", "inspect-noise": "inspect_noise", "evaluate": "evaluate",
+              "generate": "generate"}
 NEEDS = {"eta_init": {"robust": True}, "e_step": {"robust": True}, "label_smoothing": {"loss": "cdpo"},
          "flip_rate": {"loss": "rdpo"}, "eval_every": {"eval_data": "held.jsonl"}}  # keys that need another
 TEXT = {"device": ("cpu", "cuda"), "on_bad_row": ("skip", "error")}
-NUMBERS = {"max_model_len": (4096, 8192)}  # must exceed max_length
+NUMBERS = {"max_model_len": (4096, 8192), "top_p": (0.5, 0.8)}  # must exceed max_length; a probability
 SUFFIXES = {"html": ".html", "review": ".json"}  # paths checked for their kind of file
 
 
@@ -165,7 +166,7 @@ def test_every_repo_toml_key_takes_effect_and_a_flag_beats_it(command_name, sect
         f"[{name}]\n{body}" for name, body in tables.items()))
     (tmp_path / "sub").mkdir()
     monkeypatch.chdir(tmp_path / "sub")  # found from a subfolder, and relative paths are the project's
-    positional = ["held.jsonl"] if command_name == "evaluate" and f.name != "data" else []
+    positional = ["held.jsonl"] if command_name in ("evaluate", "generate") and f.name != "data" else []
 
     result = runner.invoke(cli.app, [command_name, *positional])
     assert result.exit_code == 0, result.output
@@ -201,6 +202,7 @@ BAD_CALLS = {
     "train": (["train", "missing-scores"], "no score cache in missing-scores"),
     "inspect-noise": (["inspect-noise", "missing-run"], "not a run folder"),
     "evaluate": (["evaluate", "held.jsonl", "--run", "missing-run"], "not a run folder"),
+    "generate": (["generate", "held.jsonl", "--run", "missing-run"], "not a run folder"),
     "make-noisy": (["make-noisy", "missing.jsonl", "out.jsonl", "--flip-rate", "0.1"], "missing.jsonl"),
     "prepare-model": (["prepare-model", "--dest", "a-file"], "is a file"),
     "demo": (["demo", "--workspace", "a-file"], "is a file"),
@@ -241,7 +243,7 @@ def test_every_config_takes_text_for_its_paths_and_choices():
 
     made = [configs.ScoreConfig(data="d", model="m", out="c", backend="vllm"), configs.TrainConfig(scores="s", out_dir="o", loss="ipo"),
             configs.InspectConfig(run="r", out_dir="o", plots="p"), configs.EvaluateConfig(data="d", run="r", out="o"),
-            configs.DemoConfig(workspace="w"), configs.MakeNoisyConfig(source="a", target="b", flip_rate=0.1),
+            configs.DemoConfig(workspace="w"), configs.GenerateConfig(data="d", out="o", run="r", backend="hf"), configs.MakeNoisyConfig(source="a", target="b", flip_rate=0.1),
             configs.PrepareModelConfig(dest="m"), configs.EstimateConfig()]
     assert {type(c) for c in made} == {getattr(configs, n) for n in dir(configs) if n.endswith("Config")}
     for cfg in made:

@@ -157,6 +157,24 @@ def response_logps(model: torch.nn.Module, packed: Packed) -> tuple[Tensor, Tens
     return scores.logps, scores.n_tokens
 
 
+@torch.inference_mode()
+def summed_logps(model: torch.nn.Module, prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int,
+                 batch_tokens: int = 16384) -> Tensor:
+    """Σ log π(response | prompt) (S,) float64 on the CPU, in input order: packed forwards of at most about
+    `batch_tokens` tokens, longest sequences first (a batch too large for memory fails at once)."""
+    sums = torch.zeros(len(response_ids), dtype=torch.float64)
+    lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids)]
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if not batches or (len(batches[-1]) + 1) * lengths[batches[-1][0]] > batch_tokens:
+            batches.append([])
+        batches[-1].append(i)
+    for batch in batches:
+        packed = pack([prompt_ids[i] for i in batch], [response_ids[i] for i in batch], pad_id)
+        sums[batch] = score_sequences(model, packed).logps.double().cpu()
+    return sums
+
+
 @dataclass
 class SequenceScores:
     """What one forward gives per sequence (S sequences, input order), on the model's device."""

@@ -192,6 +192,11 @@ class TrainConfig:
                                           "by the policy every --eval-every steps and at the end: eval/loss, "
                                           "eval/rewards/*, and eval/truth_accuracy with an is_flipped column.")
     eval_every: int = setting(0, "Evaluate every N optimizer steps (0: at the end only).")
+    eval_judge: str | None = setting(None, "With --eval-data: judge (a reward model, or module:function) what the policy "
+                                           "writes to its prompts when it is evaluated: eval/win_rate against the "
+                                           "reference's samples, eval/reward, eval/kl, eval/length.")
+    eval_prompts: int = setting(64, "With --eval-judge: how many of --eval-data's prompts are answered (the first N).")
+    eval_max_new_tokens: int = setting(64, "With --eval-judge: tokens per response at most.")
     report_to: ReportTo | None = setting(None, "Experiment tracker for the step metrics, through accelerate "
                                                "(metrics.jsonl is always written).",
                                          default_text="tensorboard when installed, else none")
@@ -221,6 +226,8 @@ class TrainConfig:
         need(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         need(self.eval_every >= 0 and (self.eval_every == 0 or self.eval_data is not None),
              "--eval-every needs --eval-data, and must be >= 0")
+        need(self.eval_judge is None or self.eval_data is not None, "--eval-judge needs --eval-data (its prompts)")
+        need(min(self.eval_prompts, self.eval_max_new_tokens) >= 1, "eval_prompts and eval_max_new_tokens must be >= 1")
         need(self.robust or (self.eta_init is EtaInit.fixed and self.e_step is EStep.policy),
              "--eta-init estimate and --e-step seeded|prior are RE-PO's: add --robust")
         need(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device}")

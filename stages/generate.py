@@ -36,8 +36,8 @@ from re_po.data import folders, models, parts, run_folder
 from re_po.data.judges import Judge, load_judge
 from re_po.data.pairs import PairValue, read_prompts
 from re_po.data.tokenize import tokenize_prompt, tokenizer_fingerprint
-from re_po.pipeline import batching, generation_metrics
-from re_po.pipeline.logprobs import pack, score_sequences
+from re_po.pipeline import generation_metrics
+from re_po.pipeline.logprobs import summed_logps
 from re_po.pipeline.sampling import end_token_ids, sample_responses
 from re_po.stages import generation_report
 from re_po.stages.configs import Backend, GenerateConfig
@@ -46,7 +46,6 @@ SAMPLES = "samples"
 SUMMARY = "generation.json"
 SIDES = ("policy", "reference")
 DEFAULT_PROMPT_LENGTH = 512  # without a run to say how its prompts were cut
-SCORE_TOKENS = 16384  # tokens per scoring forward
 
 Drawn = dict[str, list[list[list[int]]]]  # side -> [prompt][sample] -> response ids
 
@@ -150,8 +149,8 @@ class Part:
             "response_ids": pl.Series(responses, dtype=pl.List(pl.Int32)),
             "num_tokens": pl.Series([len(ids) for ids in responses], dtype=pl.Int32),
             "finished": [ids[-1] in loaded.end_ids for ids in responses],
-            "policy_logps": _logps(loaded.policy, prompt_ids, responses, loaded.pad_id),
-            "ref_logps": _logps(loaded.reference, prompt_ids, responses, loaded.pad_id),
+            "policy_logps": summed_logps(loaded.policy, prompt_ids, responses, loaded.pad_id).numpy(),
+            "ref_logps": summed_logps(loaded.reference, prompt_ids, responses, loaded.pad_id).numpy(),
             "reward": pl.Series(judge(prompts, texts) if judge else [None] * len(rows), dtype=pl.Float64),
         })
 
@@ -222,17 +221,6 @@ class Models:
 
     def of(self, side: str) -> torch.nn.Module:
         return self.policy if side == "policy" else self.reference
-
-
-@torch.inference_mode()
-def _logps(model, prompt_ids: list[list[int]], responses: list[list[int]], pad_id: int) -> pl.Series:
-    """Σ log-prob of each response after its prompt under `model` (float64, input order)."""
-    values = np.zeros(len(responses))
-    lengths = [len(p) + len(r) for p, r in zip(prompt_ids, responses)]
-    for batch in batching.length_batches(lengths, SCORE_TOKENS):
-        packed = pack([prompt_ids[i] for i in batch], [responses[i] for i in batch], pad_id)
-        values[batch] = score_sequences(model, packed).logps.double().cpu().numpy()
-    return pl.Series(values, dtype=pl.Float64)
 
 
 def _models(cfg: GenerateConfig) -> tuple[str, str, int]:

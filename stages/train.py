@@ -36,21 +36,26 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from re_po.data import folders, run_folder, schema, tokenize
+from re_po.data import folders, models, run_folder, schema, tokenize
 from re_po.data.columns import TRUTH
+from re_po.data.judges import load_judge
 from re_po.data.noise_inputs import NoiseInputError
 from re_po.data.pair_table import MissingReference, PairTable
+from re_po.data.pairs import read_prompts
 from re_po.data.tables import truth_column
 from re_po.pipeline import batching, em, logprobs, losses, noise_metrics, robust, train_metrics
-from re_po.pipeline.choices import LossSpec
+from re_po.pipeline.choices import LossSpec, Sampling
+from re_po.pipeline.generation_eval import GenerationEval
 from re_po.pipeline.losses import PairLogps
 from re_po.pipeline.robust import EStep, EtaUpdate
+from re_po.pipeline.sampling import end_token_ids
 from re_po.stages import allocator, checkpoint, estimate, score
 from re_po.stages.checkpoint import TrainState
 from re_po.stages.configs import EtaInit, ReportTo, Schedule, ScoreConfig, TrainConfig, algorithm_1_flags
 
 # Fields that may differ between a run and its --resume: they do not change what is trained.
-RESUMABLE_CHANGES = ("resume", "save_every", "device", "report_to", "eval_data", "eval_every")
+RESUMABLE_CHANGES = ("resume", "save_every", "device", "report_to", "eval_data", "eval_every", "eval_judge",
+                     "eval_prompts", "eval_max_new_tokens")
 # Paths that only locate things: a run folder or cache may move; what the cache holds is checked by its key.
 LOCATIONS = ("out_dir", "scores")
 TENSORBOARD = "tensorboard"  # <run>/tensorboard: the TensorBoard tracker's folder
@@ -93,6 +98,7 @@ def run(cfg: TrainConfig) -> Path:
         state.eta_history.append({"step": 0, "epoch": 1, "event": "init", "eta": state.eta})
     log.start(state.global_step)
     held_out = _held_out(cfg, pairs.key, accelerator) if cfg.eval_data is not None else None  # scored by the reference once
+    writes = _generation_eval(cfg, pairs.key, tokenizer, accelerator) if cfg.eval_judge is not None else None
     bar = tqdm(total=total_steps, initial=state.global_step, disable=not accelerator.is_main_process,
                desc=f"train {cfg.loss}{' robust' if cfg.robust else ''}")
 
@@ -151,6 +157,8 @@ def run(cfg: TrainConfig) -> Path:
                 due = cfg.eval_every and state.global_step % cfg.eval_every == 0
                 evaluated = _evaluate(model, held_out, spec, pad_id, cfg.packing) if held_out and (
                     due or state.global_step == total_steps) else {}
+                if writes is not None and evaluated and accelerator.is_main_process:  # what the policy writes
+                    evaluated.update(writes(accelerator.unwrap_model(model).policy))
                 log.step(state, batch, cfg, grad_norm=float(grad_norm), learning_rate=learning_rate,
                          epoch=state.epoch - 1 + state.step_in_epoch / len(plan), pairs_per_s=pairs_per_s,
                          **evaluated)
@@ -220,6 +228,22 @@ def _held_out(cfg: TrainConfig, key: dict, accelerator: Accelerator) -> tuple[Pa
     frame, _ = schema.read_scores(cache)
     truth = torch.from_numpy(truth_column(frame, TRUTH, cache).to_numpy()) if TRUTH in frame.columns else None
     return PairTable.read(cache, with_reference=True), truth
+
+
+def _generation_eval(cfg: TrainConfig, key: dict, tokenizer, accelerator: Accelerator) -> GenerationEval | None:
+    """eval/win_rate, eval/reward, eval/kl of --eval-judge on the first --eval-prompts prompts of --eval-data, on
+    the main process: the reference model is loaded for it (its samples, drawn once, and the KL)."""
+    if not accelerator.is_main_process:
+        return None
+    reference = models.load_causal_lm(models.resolve_model(key["ref_model"]), "float32", str(accelerator.device))
+    prompts = read_prompts(cfg.eval_data).prompts[:cfg.eval_prompts]
+    cut = int(key["max_prompt_length"])
+    pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
+    return GenerationEval(reference, prompts, [tokenize.tokenize_prompt(tokenizer, p)[-cut:] for p in prompts],
+                          load_judge(cfg.eval_judge, str(accelerator.device)),
+                          lambda ids: tokenizer.batch_decode(ids, skip_special_tokens=True),
+                          Sampling(max_new_tokens=cfg.eval_max_new_tokens), cfg.seed,
+                          end_token_ids(reference.generation_config, tokenizer), pad_id)
 
 
 @torch.no_grad()

@@ -265,3 +265,22 @@ def test_other_settings_on_the_same_out_folder_are_refused_unless_overwrite(tiny
                                              overwrite=True)).read_text())
     assert summary["settings"]["sampling"]["temperature"] == 0.5
     assert pl.read_parquet(tmp_path / "gen" / generate.SAMPLES / "part-00000.parquet").height == 3 * 2 * 2
+
+
+def test_generation_eval_of_the_reference_itself_wins_half_with_zero_kl(tiny_llama):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from re_po.pipeline.generation_eval import GenerationEval
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    prompts = ["the cat", "what is it ?", "hello world"]
+    evaluate = GenerationEval(model, prompts, [tokenizer(p)["input_ids"] for p in prompts], judge=length_judge_pairs,
+                              decode=lambda ids: tokenizer.batch_decode(ids, skip_special_tokens=True),
+                              sampling=Sampling(num_samples=2, max_new_tokens=5), seed=0, end_ids={3}, pad_id=0)
+    assert evaluate(model) == {"eval/win_rate": 0.5, "eval/reward": pytest.approx(evaluate.reference_reward.mean()),
+                               "eval/kl": 0.0, "eval/length": pytest.approx(evaluate.reference_length.mean())}
+
+
+def length_judge_pairs(prompts, responses):
+    return [float(len(r)) for r in responses]

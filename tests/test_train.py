@@ -661,3 +661,24 @@ def test_evaluation_during_training_logs_what_repo_evaluate_measures(scores, tmp
     assert logged[-1]["eval/truth_accuracy"] == pytest.approx(result["reward_accuracy_after"])
     with pytest.raises(ValueError, match="--eval-every needs --eval-data"):
         config(scores, tmp_path / "x", eval_every=2)
+
+
+def length_judge(prompt, response: str) -> float:
+    return float(len(response))
+
+
+def test_generation_during_training_logs_win_rate_reward_and_kl(scores, tmp_path):
+    """--eval-judge: at each evaluation the policy answers the held-out prompts; against the reference's answers
+    (same seeds) a policy that moved writes other texts (KL > 0), logged as eval/win_rate, eval/reward, eval/kl."""
+    held = tmp_path / "held.jsonl"
+    held.write_text("".join(json.dumps({"prompt": p, "chosen": "yes", "rejected": "no"}) + "\n"
+                            for p in ("the cat", "what is it", "hello", "a dog")))
+    out = run(config(scores, tmp_path / "run", max_steps=4, eval_data=str(held), eval_every=2,
+                     eval_judge="test_train:length_judge", eval_prompts=3, eval_max_new_tokens=5))
+    logged = [m for m in metrics(out) if "eval/win_rate" in m]
+    assert [m["step"] for m in logged] == [2, 4]
+    for m in logged:
+        assert 0 <= m["eval/win_rate"] <= 1 and 1 <= m["eval/length"] <= 5 and m["eval/reward"] >= 0
+    assert logged[-1]["eval/kl"] != 0  # lr 1e-2 moved the policy: its samples have another likelihood
+    with pytest.raises(ValueError, match="--eval-judge needs --eval-data"):
+        config(scores, tmp_path / "x", eval_judge="test_train:length_judge")

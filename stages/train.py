@@ -23,6 +23,7 @@ accelerate's save_state, which leaves sharding to the engine.
 import importlib.util
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -34,7 +35,7 @@ import polars as pl
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import DistributedType, parse_flag_from_env, set_seed
 from tqdm.auto import tqdm
 
 from re_po.data import folders, run_folder, schema, tokenize
@@ -426,7 +427,24 @@ def _accelerator(cfg: TrainConfig, tracker: str | None) -> Accelerator:
     forget_accelerator_settings()
     accelerator = Accelerator(cpu=cfg.device == "cpu", mixed_precision="bf16" if cfg.bf16 and on_gpu else "no",
                               log_with=tracker, project_dir=str(cfg.out_dir))
+    _check_launch(accelerator)
     return accelerator
+
+
+def _check_launch(accelerator: Accelerator) -> None:
+    """Refuse what accelerate would run as something else, silently: FSDP or DeepSpeed asked for by the accelerate
+    config, where accelerate applies them to GPU processes only (on CPU it runs DDP, each process holding the
+    whole model and optimizer); or processes launched that accelerate does not join into one group (on a machine
+    without GPUs, unless --device cpu: each would train alone into the same run folder)."""
+    for engine in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        if parse_flag_from_env(f"ACCELERATE_USE_{engine.value}") and accelerator.distributed_type != engine:
+            raise ValueError(f"the accelerate config asks for {engine.value}, but accelerate runs these processes as "
+                             f"{accelerator.distributed_type.value} on {accelerator.device.type}: it applies "
+                             f"{engine.value} to GPU processes only; on CPU launch with docs/accelerate/ddp.yaml")
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise ValueError(f"{launched} processes were launched, but accelerate sees {accelerator.num_processes} in "
+                         "its group: on a machine without GPUs pass --device cpu to `repo train`")
 
 
 def _fill_deepspeed_config(accelerator: Accelerator, cfg: TrainConfig) -> None:

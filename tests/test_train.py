@@ -226,7 +226,7 @@ def test_epoch_pass_persists_posteriors_and_eta(scores, tmp_path, eta_update):
 
 
 # accelerate (1.16) applies FSDP and DeepSpeed to processes on an accelerator only: on CPU processes it runs DDP
-# instead (AcceleratorState), and DeepSpeed's engine starts only with cpu=False. The
+# instead (AcceleratorState; train._check_launch refuses that), and DeepSpeed's engine starts only with cpu=False. The
 # engines themselves run on CPU over gloo, so the children put back the one step accelerate skips there, and the rest
 # of accelerate's FSDP2 and DeepSpeed paths (sharding, backward, clipping, save_state, load_state, get_state_dict)
 # runs for real. bench/gpu.sh runs the same tests on GPUs, where nothing is put back.
@@ -436,6 +436,24 @@ def test_two_processes_hold_the_same_eta_write_each_posterior_once_and_resume_ex
     assert_same_run(whole, killed, (0, 1, 2))
     for rank in range(PROCESSES):  # from the checkpoint's η on, as uninterrupted
         assert json.loads((killed / f"eta-rank{rank}.json").read_text()) == etas[0][8:]
+
+
+@pytest.mark.parametrize("variable", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_an_engine_that_accelerate_would_not_apply_is_refused(scores, tmp_path, monkeypatch, variable):
+    """Asked for by an accelerate config on CPU processes, FSDP or DeepSpeed would silently be DDP: refused."""
+    if variable.endswith("DEEPSPEED"):
+        pytest.importorskip("deepspeed")
+    monkeypatch.setenv(variable, "true")
+    with pytest.raises(ValueError, match="GPU processes only; on CPU launch with docs/accelerate/ddp.yaml"):
+        run(config(scores, tmp_path / "run", max_steps=1))
+
+
+def test_processes_that_accelerate_does_not_join_are_refused(scores, tmp_path, monkeypatch):
+    """Launched as two processes without --device cpu on a machine without GPUs, accelerate gives each a group of
+    one: each would train alone into the same run folder. Refused (the launcher's WORLD_SIZE, here set by hand)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="2 processes were launched, but accelerate sees 1.*--device cpu"):
+        run(config(scores, tmp_path / "run", max_steps=1, device="auto"))
 
 
 def test_refuses_a_cache_tokenized_for_another_tokenizer(scores, tmp_path):

@@ -3,7 +3,10 @@
 A checkpoint is a folder run/checkpoints/step-NNNNNNNN/ holding
 - what `accelerate`'s save_state writes for the prepared objects (so DDP, FSDP and DeepSpeed shard or gather their
   own states): the policy (safetensors), the optimizer and each process's RNG states, which accelerate reads back
-  with torch.load(weights_only=True): tensors, numbers and numpy arrays, never arbitrary objects;
+  with torch.load(weights_only=True): tensors, numbers and numpy arrays, never arbitrary objects. Not so the
+  sharded engines' own files: FSDP's SHARDED_STATE_DICT (torch.distributed.checkpoint reads its .metadata with
+  pickle.load) and DeepSpeed (torch.load(weights_only=False)); a pickle planted there ran on --resume under both
+  (measured), so resume those only from checkpoints you wrote;
 - re-po's own state, never pickled: the TrainState below and the LR scheduler's state as STATE_JSON, its tensors
   as STATE_TENSORS (safetensors). Nothing is registered with `accelerator.register_for_checkpointing`, whose
   files accelerate unpickles with weights_only=False: a crafted pickle there could run code on --resume.

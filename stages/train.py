@@ -15,13 +15,15 @@ With --robust's defaults (stages/configs.ROBUST_DEFAULTS), or --eta-init estimat
 the cache (stages/estimate.py) runs first and is written as epoch 0; η starts there, and its per-pair logits are
 the E-step's evidence (prior) or join the policy's (seeded). configs.ALGORITHM_1 is the paper's loop exactly.
 
-Several processes (`accelerate launch`, README "Multi-GPU"): each runs its own share of every step
-(pipeline/batching.py deals rows out explicitly, so no pair is padded in twice); per-pair results are gathered, so
-every process computes the same η; checkpoints go through accelerate's save_state.
+Several processes (`accelerate launch` with a config of docs/accelerate/: DDP, FSDP2 or DeepSpeed ZeRO-2/3; README
+"Multi-GPU"): each runs its own share of every step (pipeline/batching.py deals rows out explicitly, so no pair is
+padded in twice); per-pair results are gathered, so every process computes the same η; checkpoints go through
+accelerate's save_state, which leaves sharding to the engine.
 """
 import importlib.util
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -33,7 +35,7 @@ import polars as pl
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, parse_flag_from_env, set_seed
 from tqdm.auto import tqdm
 
 from re_po.data import folders, models, run_folder, schema, tokenize
@@ -85,6 +87,7 @@ def run(cfg: TrainConfig) -> Path:
     steps_per_epoch = math.ceil(pairs.num_pairs / (cfg.batch_size * cfg.grad_accum * world))
     total_steps = min(cfg.max_steps or math.inf, steps_per_epoch * cfg.epochs)
     scheduler = _scheduler(cfg, optimizer, total_steps)
+    _fill_deepspeed_config(accelerator, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
     eta = em.init_eta(pairs.num_annotators, min(cfg.eta0, em.ETA_MAX))
     state = TrainState(eta=eta, first_visit_z=torch.full((pairs.num_pairs,), math.nan, dtype=torch.float64))
@@ -117,6 +120,7 @@ def run(cfg: TrainConfig) -> Path:
                     # whose loss is multiplied by 0 and whose record is dropped.
                     run_rows, keep = (rows, 1.0) if rows else (step_rows[:1], 0.0)
                     last = i == len(micro_batches) - 1
+                    accelerator.sync_gradients = last  # DeepSpeed's backward steps after the last micro-batch only
                     with nullcontext() if last else accelerator.no_sync(model):
                         logps = pair_logps(model, pairs, run_rows, pad_id, cfg.packing)
                         if cfg.robust:  # Alg. 1: z → E-step with the η in force → robust loss
@@ -188,6 +192,8 @@ class SequenceLogps(torch.nn.Module):
     def __init__(self, policy: torch.nn.Module) -> None:
         super().__init__()
         self.policy = policy
+        # FSDP's transformer-layer wrapping (accelerate's TRANSFORMER_BASED_WRAP) finds the layer classes here
+        self._no_split_modules = getattr(policy, "_no_split_modules", None)
 
     def forward(self, input_ids, response_mask, sequence, attention_mask=None, position_ids=None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -443,8 +449,37 @@ def _accelerator(cfg: TrainConfig, tracker: str | None) -> Accelerator:
         raise RuntimeError("--device cuda, but torch sees no CUDA device")
     on_gpu = cfg.device != "cpu" and torch.cuda.is_available()
     forget_accelerator_settings()
-    return Accelerator(cpu=cfg.device == "cpu", mixed_precision="bf16" if cfg.bf16 and on_gpu else "no",
-                       log_with=tracker, project_dir=str(cfg.out_dir))
+    accelerator = Accelerator(cpu=cfg.device == "cpu", mixed_precision="bf16" if cfg.bf16 and on_gpu else "no",
+                              log_with=tracker, project_dir=str(cfg.out_dir))
+    _check_launch(accelerator)
+    return accelerator
+
+
+def _check_launch(accelerator: Accelerator) -> None:
+    """Refuse what accelerate would run as something else, silently: FSDP or DeepSpeed asked for by the accelerate
+    config, where accelerate applies them to GPU processes only (on CPU it runs DDP, each process holding the
+    whole model and optimizer); or processes launched that accelerate does not join into one group (on a machine
+    without GPUs, unless --device cpu: each would train alone into the same run folder)."""
+    for engine in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        if parse_flag_from_env(f"ACCELERATE_USE_{engine.value}") and accelerator.distributed_type != engine:
+            raise ValueError(f"the accelerate config asks for {engine.value}, but accelerate runs these processes as "
+                             f"{accelerator.distributed_type.value} on {accelerator.device.type}: it applies "
+                             f"{engine.value} to GPU processes only; on CPU launch with docs/accelerate/ddp.yaml")
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise ValueError(f"{launched} processes were launched, but accelerate sees {accelerator.num_processes} in "
+                         "its group: on a machine without GPUs pass --device cpu to `repo train`")
+
+
+def _fill_deepspeed_config(accelerator: Accelerator, cfg: TrainConfig) -> None:
+    """DeepSpeed's engine scales the loss, clips and steps inside accelerator.backward, by its own config: its "auto"
+    values come from re-po's settings, and one set otherwise is refused (accelerate lists it). The micro-batch per
+    process, the clipping norm, and one accumulation step: re-po accumulates --grad-accum micro-batches itself and
+    marks the last one with accelerator.sync_gradients."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        accelerator.state.deepspeed_plugin.deepspeed_config_process(
+            train_micro_batch_size_per_gpu=cfg.batch_size, gradient_accumulation_steps=1,
+            train_batch_size=cfg.batch_size * accelerator.num_processes, gradient_clipping=cfg.max_grad_norm)
 
 
 def _tracker(cfg: TrainConfig) -> str | None:

@@ -1,8 +1,8 @@
 """stages/train.py on a tiny Llama and a cache written by the real score stage (CPU, seconds each).
 
 Checks the step-0 invariant that ties both stages together, that RE-PO with η ≡ 1 is the plain loss, exact
-resumption after SIGKILL, two processes under `accelerate launch` (gloo), the persisted posteriors and η, and
-the error messages.
+resumption after SIGKILL, two processes under `accelerate launch` (gloo) with each accelerate config of
+docs/accelerate/ (DDP, FSDP2, DeepSpeed ZeRO-2/3), the persisted posteriors and η, and the error messages.
 """
 import json
 import math
@@ -21,6 +21,7 @@ import torch
 from conftest import WORDS, is_one_line_error
 from safetensors.torch import load_file
 
+import re_po
 from re_po.data import run_folder, schema
 from re_po.data.noise_inputs import NoiseInputError
 from re_po.data.pair_table import PairTable
@@ -38,7 +39,7 @@ NUM_PAIRS, BATCH = 24, 4  # 6 steps per epoch
 ANNOTATORS = ("alice", "bob", "carol")
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")  # module: also for the module's fixtures
 def one_thread():
     """One BLAS thread: the machine is shared, and results must match subprocesses started with OMP_NUM_THREADS=1."""
     threads = torch.get_num_threads()
@@ -224,19 +225,97 @@ def test_epoch_pass_persists_posteriors_and_eta(scores, tmp_path, eta_update):
     assert {f"repo/eta/{a}" for a in ANNOTATORS} | {"repo/w_mean", "repo/flagged_frac"} <= set(last)
 
 
-KILLED_RUN = """
+# accelerate (1.16) applies FSDP and DeepSpeed to processes on an accelerator only: on CPU processes it runs DDP
+# instead (AcceleratorState; train._check_launch refuses that), and DeepSpeed's engine starts only with cpu=False. The
+# engines themselves run on CPU over gloo, so the children put back the one step accelerate skips there, and the rest
+# of accelerate's FSDP2 and DeepSpeed paths (sharding, backward, clipping, save_state, load_state, get_state_dict)
+# runs for real. bench/gpu.sh runs the same tests on GPUs, where nothing is put back.
+ENGINES_ON_CPU = """
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, InitProcessGroupKwargs
+def accelerator_on_cpu(*args, cpu, **kwargs):
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true":  # DeepSpeed's own CPU accelerator, over gloo
+        import deepspeed.ops  # gloo's collectives, not the shared-memory op DeepSpeed would compile first (80 s)
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        return Accelerator(*args, cpu=False, kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")], **kwargs)
+    accelerator = Accelerator(*args, cpu=cpu, **kwargs)
+    if os.environ.get("ACCELERATE_USE_FSDP") == "true":  # what AcceleratorState does for GPU processes
+        AcceleratorState().fsdp_plugin = FullyShardedDataParallelPlugin()
+        AcceleratorState().distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    return accelerator
+if not torch.cuda.is_available():
+    train.Accelerator = accelerator_on_cpu
+"""
+
+# A child process: `repo train`'s run, killed by SIGKILL once the main process has logged step argv[2] (0: never).
+# It records η after every step on each process (eta-rank<R>.json) and, before final/ is written, the log-probs of
+# every pair under the trained policy as it is sharded in training (trained_logps.safetensors) and the modules
+# FSDP shards on their own (fsdp_modules.json).
+CHILD_RUN = """
 import json, os, signal, sys
+import torch
+from accelerate import PartialState
+from safetensors.torch import save_file
+from torch.distributed.fsdp import FSDPModule
 from re_po.data import run_folder
-from re_po.stages.train import TrainConfig, run
-kill_at = int(sys.argv[2])
+from re_po.data.pair_table import PairTable
+from re_po.pipeline import em
+from re_po.stages import train
+settings, kill_at = json.loads(sys.argv[1]), int(sys.argv[2])
+if torch.cuda.is_available():  # bit for bit on GPUs too: a kernel that is not deterministic raises, naming itself
+    torch.use_deterministic_algorithms(True)
 write = run_folder.MetricsLog.write
 def write_then_die(self, record):
     write(self, record)
     if record["step"] == kill_at:
         os.kill(os.getpid(), signal.SIGKILL)
 run_folder.MetricsLog.write = write_then_die
-run(TrainConfig(**json.loads(sys.argv[1])))
+trajectory, ema_update = [], em.ema_update
+def recording_ema_update(*args, **kwargs):
+    trajectory.append(ema_update(*args, **kwargs))
+    return trajectory[-1]
+em.ema_update = recording_ema_update
+save_final = train._save_final
+def save_final_after_scoring(accelerator, model, tokenizer, cfg, out):
+    pairs = PairTable.read(cfg.scores, with_reference=True)
+    with torch.no_grad():  # every process: a sharded forward is collective
+        logps = train.pair_logps(model, pairs, list(range(pairs.num_pairs)), pad_id=0)
+    if accelerator.is_main_process:
+        save_file({"chosen": logps.policy_chosen_logps.contiguous(),
+                   "rejected": logps.policy_rejected_logps.contiguous()}, str(out / "trained_logps.safetensors"))
+        fsdp = [name for name, module in model.named_modules() if isinstance(module, FSDPModule)]
+        (out / "fsdp_modules.json").write_text(json.dumps(fsdp))
+    save_final(accelerator, model, tokenizer, cfg, out)
+train._save_final = save_final_after_scoring
+""" + ENGINES_ON_CPU + """
+out = train.run(train.TrainConfig(**settings))
+(out / f"eta-rank{PartialState().process_index}.json").write_text(json.dumps([eta.tolist() for eta in trajectory]))
 """
+ACCELERATE_CONFIGS = REPO / "docs" / "accelerate"  # the files README "Multi-GPU" gives
+
+
+def child_env() -> dict[str, str]:
+    """One BLAS thread, and first on the path the re_po these tests import (a worktree's, not the editable
+    install's). On CPU, CUDA hidden (on a machine with fewer GPUs than processes accelerate would still pick
+    cuda:LOCAL_RANK) and DeepSpeed on its CPU accelerator; with REPO_TEST_DEVICE=cuda, cuBLAS made deterministic."""
+    path = os.pathsep.join(filter(None, [str(Path(re_po.__file__).parents[1]), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    if DEVICE == "cuda":
+        return {**env, "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+    return {**env, "CUDA_VISIBLE_DEVICES": "", "DS_ACCELERATOR": "cpu"}
+
+
+def assert_same_run(first: Path, second: Path, epochs: tuple[int, ...]) -> None:
+    """Bit for bit: final weights, each epoch's posteriors and annotators, η at every step, metrics but speed."""
+    one, other = weights(first), weights(second)
+    assert one.keys() == other.keys() and all(torch.equal(one[n], other[n]) for n in one)
+    for kind in (run_folder.POSTERIORS, run_folder.ANNOTATORS):
+        for epoch in epochs:
+            assert run_folder.read_epoch(first, kind, epoch).equals(run_folder.read_epoch(second, kind, epoch))
+    assert pl.read_parquet(first / run_folder.ETA_STEPS).equals(pl.read_parquet(second / run_folder.ETA_STEPS))
+    drop_timing = [{k: v for k, v in m.items() if k != "pairs_per_s"} for m in metrics(first)]
+    assert drop_timing == [{k: v for k, v in m.items() if k != "pairs_per_s"} for m in metrics(second)]
 
 
 @pytest.mark.parametrize("seeded", [False, True])
@@ -249,8 +328,8 @@ def test_resume_after_sigkill_ends_like_an_uninterrupted_run(scores, tmp_path, m
     killed = tmp_path / "killed"
     args = {"scores": str(scores), "out_dir": str(killed), "batch_size": BATCH, "warmup_ratio": 0.0, "device": "cpu",
             **settings}
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-c", KILLED_RUN, json.dumps(args), "3"], env=env, capture_output=True)
+    done = subprocess.run([sys.executable, "-c", CHILD_RUN, json.dumps(args), "3"], env=child_env(),
+                          capture_output=True)
     assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
     assert [p.name for p in (killed / run_folder.CHECKPOINTS).iterdir()] == ["step-00000002"]
     assert not (killed / run_folder.FINAL).exists()
@@ -260,36 +339,7 @@ def test_resume_after_sigkill_ends_like_an_uninterrupted_run(scores, tmp_path, m
 
     monkeypatch.setattr(estimate, "run", no_second_estimate)
     resumed = run(config(scores, killed, **settings, resume=True))
-    first, second = weights(whole), weights(resumed)
-    assert all(torch.equal(first[n], second[n]) for n in first)
-    for kind in (run_folder.POSTERIORS, run_folder.ANNOTATORS):
-        for epoch in ((0, 1, 2) if seeded else (1, 2)):
-            assert run_folder.read_epoch(whole, kind, epoch).equals(run_folder.read_epoch(resumed, kind, epoch))
-    assert pl.read_parquet(whole / run_folder.ETA_STEPS).equals(pl.read_parquet(resumed / run_folder.ETA_STEPS))
-    drop_timing = [{k: v for k, v in m.items() if k != "pairs_per_s"} for m in metrics(whole)]
-    assert drop_timing == [{k: v for k, v in m.items() if k != "pairs_per_s"} for m in metrics(resumed)]
-
-
-DISTRIBUTED_RUN = """
-import json, sys
-import torch
-from accelerate import PartialState
-from re_po.pipeline import em
-from re_po.stages.train import TrainConfig, run
-trajectory, ema_update = [], em.ema_update
-def recording_ema_update(*args, **kwargs):
-    trajectory.append(ema_update(*args, **kwargs))
-    return trajectory[-1]
-em.ema_update = recording_ema_update
-out = run(TrainConfig(**json.loads(sys.argv[1])))
-rank = PartialState().process_index
-(out / f"eta-rank{rank}.json").write_text(json.dumps([eta.tolist() for eta in trajectory]))
-"""
-
-
-# The estimate first (every process runs it), its logits and the policy's z in every E-step, η moved at every step
-# from η0 (started at the estimate, η would be held here: on random text it identifies no annotator).
-SEEDED_WITH_EMA = {"eta_init": "fixed", "e_step": "seeded", "eta_update": "ema"}
+    assert_same_run(whole, resumed, (0, 1, 2) if seeded else (1, 2))
 
 
 def _free_port() -> int:
@@ -298,35 +348,112 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_processes_hold_the_same_eta_and_write_each_posterior_once(scores, tmp_path):
-    """`accelerate launch --num_processes 2` on CPU (gloo): η equal on both ranks at every step, every pair's
-    posterior exactly once, and the same training as one process with the same global batch."""
-    out = tmp_path / "ddp"
-    args = {"scores": str(scores), "out_dir": str(out), "batch_size": 2, "warmup_ratio": 0.0, "device": "cpu",
-            "robust": True, "epochs": 2, "lr": 1e-3, **SEEDED_WITH_EMA}
-    (tmp_path / "script.py").write_text(DISTRIBUTED_RUN)
-    accelerate = Path(sys.executable).parent / "accelerate"
-    # CUDA hidden: on a machine with fewer GPUs than processes, --multi_gpu would still pick cuda:LOCAL_RANK.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
-    # `--cpu` would make accelerate 1.x start one process (multi-CPU needs MPI there); `--multi_gpu` starts two
-    # through torchrun, and device="cpu" makes them use gloo.
-    done = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-                           str(_free_port()), str(tmp_path / "script.py"), json.dumps(args)],
-                          env=env, capture_output=True, timeout=300)
+def launch(engine: str, settings: dict, kill_at: int = 0) -> None:
+    """CHILD_RUN under `accelerate launch --config_file docs/accelerate/<engine>.yaml` with PROCESSES processes (on
+    CPU, `repo train --device cpu` makes them use gloo); fails with the main process's traceback unless killed."""
+    script = Path(settings["out_dir"]).with_name("child_run.py")
+    script.write_text(CHILD_RUN)
+    # `accelerate launch` by its own module: the `accelerate` command imports its other commands too (3 s more)
+    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch",
+                           "--config_file", str(ACCELERATE_CONFIGS / f"{engine}.yaml"), "--num_processes",
+                           str(PROCESSES), "--main_process_port", str(_free_port()), str(script), json.dumps(settings),
+                           str(kill_at)], env=child_env(), capture_output=True, timeout=300)
     rank0 = [line for line in done.stderr.decode().splitlines() if line.startswith("[rank0]")]
-    assert done.returncode == 0, "\n".join(rank0[-40:])  # the first process's traceback
-    rank0, rank1 = (json.loads((out / f"eta-rank{r}.json").read_text()) for r in (0, 1))
-    assert len(rank0) == 12 and rank0 == rank1  # bit-identical on both ranks, every step
-    pairs = PairTable.read(scores, with_reference=True)
-    _posterior_checks(out, pairs, "ema", seeded=True)
+    assert (done.returncode != 0) == bool(kill_at), "\n".join(rank0[-40:]) or done.stderr.decode()[-4000:]
 
-    single = run(config(scores, tmp_path / "single", batch_size=4, robust=True, epochs=2, lr=1e-3, **SEEDED_WITH_EMA))
-    eta_single = pl.read_parquet(single / run_folder.ETA_STEPS).filter(pl.col("event") == "step")["eta"]
-    torch.testing.assert_close(torch.tensor(rank0, dtype=torch.float64).reshape(-1), torch.tensor(eta_single.to_numpy()),
-                               rtol=0, atol=1e-6)
-    for name, value in weights(single).items():
-        torch.testing.assert_close(weights(out)[name], value, rtol=1e-4, atol=1e-5)
+
+DEVICE = os.environ.get("REPO_TEST_DEVICE", "cpu")  # bench/gpu.sh: cuda, one process per GPU (two at most)
+PROCESSES = 2 if DEVICE == "cpu" else min(2, torch.cuda.device_count())
+# The estimate first (every process runs it), its logits and the policy's z in every E-step, η moved at every step
+# from η0 (started at the estimate, η would be held here: on random text it identifies no annotator).
+SEEDED_WITH_EMA = {"eta_init": "fixed", "e_step": "seeded", "eta_update": "ema"}
+# 4 pairs per step in micro-batches of 1 (2 per process), 2 epochs of 6 steps, a checkpoint every 2 steps; clipped
+# at every step (the gradient norms are 0.5 to 0.8), so that the engines' clipping counts too.
+LAUNCHED = {"batch_size": 1, "grad_accum": 4 // PROCESSES, "max_grad_norm": 0.1, "warmup_ratio": 0.0,
+            "robust": True, "epochs": 2, "lr": 1e-3, "save_every": 2, "device": DEVICE, **SEEDED_WITH_EMA}
+ENGINES = ["ddp", "fsdp2", "fsdp2-full-state-dict", "zero2", "zero3"]
+# The engine at work: what a checkpoint holds besides re-po's state and the RNG's (the model whole, or each process
+# its shard), and the modules FSDP shards: the root and each decoder layer (the model's _no_split_modules).
+CHECKPOINT_FILES = {
+    "ddp": ["model.safetensors", "optimizer.bin"],
+    "fsdp2": ["optimizer_0/__{rank}_0.distcp", "pytorch_model_fsdp_0/__{rank}_0.distcp"],
+    "fsdp2-full-state-dict": ["optimizer.bin", "pytorch_model_fsdp.bin"],
+    "zero2": ["pytorch_model/mp_rank_00_model_states.pt",
+              "pytorch_model/zero_pp_rank_{rank}_mp_rank_00_optim_states.pt"],
+    "zero3": ["pytorch_model/zero_pp_rank_{rank}_mp_rank_00_model_states.pt",
+              "pytorch_model/zero_pp_rank_{rank}_mp_rank_00_optim_states.pt"],
+}
+FSDP_MODULES = ["", "policy.model.layers.0", "policy.model.layers.1"]
+
+
+@pytest.fixture(scope="module")
+def one_process(scores, tmp_path_factory) -> Path:
+    """The same training in one process and one micro-batch per step."""
+    return run(config(scores, tmp_path_factory.mktemp("one") / "run", **{**LAUNCHED, "batch_size": 4,
+                                                                           "grad_accum": 1}))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_two_processes_hold_the_same_eta_write_each_posterior_once_and_resume_exactly(scores, one_process, tmp_path,
+                                                                                     engine):
+    """`accelerate launch --num_processes 2` with each accelerate config of README "Multi-GPU": η bit-identical on
+    both processes at every step; every pair's posterior exactly once; the same training as one process (the
+    engine's accumulation and clipping included); final/ loads with transformers and gives the log-probs of the
+    policy as trained; with FSDP or DeepSpeed, killed by SIGKILL after step 9 (last checkpoint at step 8, epoch 2)
+    and resumed, it ends bit for bit like the uninterrupted run."""
+    if engine.startswith("zero"):
+        pytest.importorskip("deepspeed")
+    from transformers import AutoModelForCausalLM
+
+    whole, killed, settings = tmp_path / "whole", tmp_path / "killed", {"scores": str(scores), **LAUNCHED}
+    launch(engine, {**settings, "out_dir": str(whole)})
+    etas = [json.loads((whole / f"eta-rank{rank}.json").read_text()) for rank in range(PROCESSES)]
+    assert len(etas[0]) == 12 and all(eta == etas[0] for eta in etas)
+    pairs = PairTable.read(scores, with_reference=True)
+    _posterior_checks(whole, pairs, "ema", seeded=True)
+    eta_one = pl.read_parquet(one_process / run_folder.ETA_STEPS).filter(pl.col("event") == "step")["eta"]
+    torch.testing.assert_close(torch.tensor(etas[0], dtype=torch.float64).reshape(-1),
+                               torch.tensor(eta_one.to_numpy()), rtol=0, atol=1e-6)
+    for name, value in weights(one_process).items():
+        torch.testing.assert_close(weights(whole)[name], value, rtol=1e-4, atol=1e-5)
+    final = SequenceLogps(AutoModelForCausalLM.from_pretrained(whole / run_folder.FINAL, dtype=torch.float32))
+    with torch.no_grad():
+        logps = pair_logps(final.to(DEVICE), pairs, list(range(pairs.num_pairs)), pad_id=0)
+    trained = load_file(whole / "trained_logps.safetensors", device=DEVICE)
+    torch.testing.assert_close(logps.policy_chosen_logps, trained["chosen"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(logps.policy_rejected_logps, trained["rejected"], rtol=0, atol=1e-5)
+    assert json.loads((whole / "fsdp_modules.json").read_text()) == (FSDP_MODULES if "fsdp" in engine else [])
+    saved = checkpoint.latest(whole / run_folder.CHECKPOINTS)
+    files = {str(path.relative_to(saved)) for path in saved.rglob("*")}
+    assert {name.format(rank=rank) for name in CHECKPOINT_FILES[engine] for rank in range(PROCESSES)} <= files
+    if engine == "ddp":  # its checkpoint is one process's, resumed by test_resume_after_sigkill_ends_like_...
+        return
+
+    launch(engine, {**settings, "out_dir": str(killed)}, kill_at=9)
+    assert [p.name for p in (killed / run_folder.CHECKPOINTS).iterdir()] == ["step-00000008"]
+    assert not (killed / run_folder.FINAL).exists()
+    launch(engine, {**settings, "out_dir": str(killed), "resume": True})
+    assert_same_run(whole, killed, (0, 1, 2))
+    for rank in range(PROCESSES):  # from the checkpoint's η on, as uninterrupted
+        assert json.loads((killed / f"eta-rank{rank}.json").read_text()) == etas[0][8:]
+
+
+@pytest.mark.parametrize("variable", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_an_engine_that_accelerate_would_not_apply_is_refused(scores, tmp_path, monkeypatch, variable):
+    """Asked for by an accelerate config on CPU processes, FSDP or DeepSpeed would silently be DDP: refused."""
+    if variable.endswith("DEEPSPEED"):
+        pytest.importorskip("deepspeed")
+    monkeypatch.setenv(variable, "true")
+    with pytest.raises(ValueError, match="GPU processes only; on CPU launch with docs/accelerate/ddp.yaml"):
+        run(config(scores, tmp_path / "run", max_steps=1))
+
+
+def test_processes_that_accelerate_does_not_join_are_refused(scores, tmp_path, monkeypatch):
+    """Launched as two processes without --device cpu on a machine without GPUs, accelerate gives each a group of
+    one: each would train alone into the same run folder. Refused (the launcher's WORLD_SIZE, here set by hand)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="2 processes were launched, but accelerate sees 1.*--device cpu"):
+        run(config(scores, tmp_path / "run", max_steps=1, device="auto"))
 
 
 def test_refuses_a_cache_tokenized_for_another_tokenizer(scores, tmp_path):

@@ -182,10 +182,11 @@ def one_run(variant: Variant, method: str, seed: int, cache: Path, truth: pl.Dat
     return record
 
 
-def noise_record(source: Path, out_dir: Path) -> dict:
-    """η̂ against the measured reliability and the flags' ROC-AUC, from a run folder or a score cache."""
+def noise_record(source: Path, out_dir: Path, **inspect: object) -> dict:
+    """η̂ against the measured reliability and the flags' ROC-AUC, from a run folder or a score cache; `inspect`:
+    more InspectConfig settings (an --export-clean, say)."""
     summary = json.loads((inspect_noise.run(inspect_noise.InspectConfig(
-        run=source, out_dir=out_dir, truth_col=TRUTH)) / "summary.json").read_text())
+        run=source, out_dir=out_dir, truth_col=TRUTH, **inspect)) / "summary.json").read_text())
     return {"flag_auc": (summary["truth"] or {}).get("roc_auc"),
             "eta": {a["annotator"]: {"eta": a["eta"], "measured": a["accuracy"], "abs_error": a["eta_abs_error"]}
                     for a in summary["annotators"]},

@@ -290,7 +290,7 @@ def fit_reliability(labels: Labels, scores: Tensor | None, eta0: float = 0.9, fi
         new_scale = scale
         if scores is not None and fit_scale:
             truth = torch.sigmoid(pair_log_odds(labels, eta, logit))  # posterior of each reference order
-            new_scale = torch.tensor([_fit_scale(s[groups == f], truth[groups == f], float(scale[f]))
+            new_scale = torch.tensor([_fit_scale(s[groups == f], truth[groups == f], float(scale[f]), signed=True)
                                       for f in range(num_groups)], dtype=torch.float64)
         eta_moved, scale_moved = float((new_eta - eta).abs().max()), float((new_scale - scale).abs().max())
         eta, scale = new_eta, new_scale
@@ -300,8 +300,10 @@ def fit_reliability(labels: Labels, scores: Tensor | None, eta0: float = 0.9, fi
         if eta_moved <= tol and likelihood - previous <= tol * (1 + abs(likelihood)):
             break  # only the scales still grow, for a likelihood that no longer does: a probe that separates
         previous = likelihood
-    se = standard_errors(labels, eta, s, scale, groups, with_scale=scores is not None and fit_scale)
-    identified = se <= max_se
+    eta, scale = better_than_chance(labels, eta, scale)
+    covariance = eta_covariance(labels, eta, s, scale, groups, with_scale=scores is not None and fit_scale)
+    se = covariance.diagonal().sqrt()
+    identified = (se <= max_se) & (not mirror_within_reach(labels, eta, covariance))
     eta = torch.where(identified, eta, torch.full_like(eta, eta0))
     logit = scale[groups] * s
     w = row_posteriors(labels, eta, logit)
@@ -309,29 +311,56 @@ def fit_reliability(labels: Labels, scores: Tensor | None, eta0: float = 0.9, fi
     return Estimate(eta, se, identified, w, z, scale, iterations)
 
 
-def _fit_scale(s: Tensor, truth: Tensor, start: float, iterations: int = 30) -> float:
-    """argmax_a Σ_g [q_g·log σ(a·s_g) + (1 − q_g)·log σ(−a·s_g)], by Newton from `start` (a ≥ 0)."""
+def _fit_scale(s: Tensor, truth: Tensor, start: float, weight: Tensor | None = None, signed: bool = False,
+               iterations: int = 30) -> float:
+    """argmax_a Σ_g c_g·[q_g·log σ(a·s_g) + (1 − q_g)·log σ(−a·s_g)], by Newton from `start`; a ≥ 0 unless `signed`."""
+    weight = torch.ones_like(s) if weight is None else weight
     a = start
     for _ in range(iterations):
         p = torch.sigmoid(a * s)
-        gradient = float((s * (truth - p)).sum())
-        curvature = float((s * s * p * (1 - p)).sum())
+        gradient = float((weight * s * (truth - p)).sum())
+        curvature = float((weight * s * s * p * (1 - p)).sum())
         if curvature <= 0:
             break
         step = gradient / curvature
-        a = max(a + step, 0.0)
+        a = a + step if signed else max(a + step, 0.0)
         if abs(step) < 1e-12:
             break
     return a
 
 
-def standard_errors(labels: Labels, eta: Tensor, s: Tensor, scale: Tensor, groups: Tensor,
-                    with_scale: bool) -> Tensor:
-    """(K,) SE of η from the empirical Fisher information Σ_g ∇ log P_g ∇ log P_gᵀ over (η, a).
+def better_than_chance(labels: Labels, eta: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+    """The flip model's likelihood is the same at (η, a) and at its mirror (1 − η, −a): every label read the other
+    way, the model's evidence too. Dawid & Skene break the tie by assuming the labels, taken together, are better
+    than chance: Σ_k n_k·(2η_k − 1) ≥ 0 (n_k: k's labels). Returns (η, a) or its mirror, whichever holds it."""
+    counts = torch.bincount(labels.annotator, minlength=labels.num_annotators).double()
+    if float((counts * (2 * eta - 1)).sum()) >= 0:
+        return eta, scale
+    return (1 - eta).clamp(ETA_MIN, ETA_MAX), -scale
+
+
+def mirror_within_reach(labels: Labels, eta: Tensor, covariance: Tensor) -> bool:
+    """True where the data cannot tell the estimate from its mirror: over the annotators the data inform (finite
+    variance), the labels' mean advantage over chance m = Σ_k n_k·(2η_k − 1) / Σ_k n_k is within two standard
+    errors of 0 (delta method on η's covariance). Then no η is identified, whatever its own standard error says."""
+    informed = torch.isfinite(covariance.diagonal())
+    counts = torch.bincount(labels.annotator, minlength=labels.num_annotators).double() * informed
+    if float(counts.sum()) == 0:
+        return True
+    share = counts / counts.sum()
+    mean = float((share * (2 * eta - 1)).sum())
+    inner = covariance[informed][:, informed]
+    variance = float(4 * share[informed] @ inner @ share[informed])
+    return mean <= 2 * math.sqrt(max(variance, 0.0))
+
+
+def eta_covariance(labels: Labels, eta: Tensor, s: Tensor, scale: Tensor, groups: Tensor, with_scale: bool) -> Tensor:
+    """(K, K) covariance of η̂ from the empirical Fisher information Σ_g ∇ log P_g ∇ log P_gᵀ over (η, a).
 
     ∂ log P_g / ∂η_k = Σ_{i∈g, k_i=k} (w_i − η_k) / (η_k (1 − η_k)); ∂ log P_g / ∂a_f = s_g·(q_g − σ(a_f·s_g)) for
     the pairs of group f. An η_k with a share of its direction in what the data do not inform (eigenvalues near
-    zero) gets an infinite SE; the others the pseudo-inverse's (so one uninformed annotator leaves the rest alone).
+    zero) gets an infinite variance (and its row and column of covariances); the others the pseudo-inverse's (so one
+    uninformed annotator leaves the rest alone).
     """
     k = labels.num_annotators
     logit = scale[groups] * s
@@ -346,9 +375,17 @@ def standard_errors(labels: Labels, eta: Tensor, s: Tensor, scale: Tensor, group
     information = score.T @ score
     values, vectors = torch.linalg.eigh(information)
     informed = values > values.max().clamp(min=1e-300) * 1e-10
-    variance = (vectors[:, informed].square() / values[informed]).sum(1)
+    covariance = (vectors[:, informed] / values[informed]) @ vectors[:, informed].T
     uninformed = vectors[:, ~informed].square().sum(1) > 1e-8
-    return torch.where(uninformed, torch.inf, variance)[:k].sqrt()
+    covariance[uninformed, :] = torch.inf
+    covariance[:, uninformed] = torch.inf
+    return covariance[:k, :k]
+
+
+def standard_errors(labels: Labels, eta: Tensor, s: Tensor, scale: Tensor, groups: Tensor,
+                    with_scale: bool) -> Tensor:
+    """(K,) SE of η: the square root of eta_covariance's diagonal (infinite where the data do not inform η_k)."""
+    return eta_covariance(labels, eta, s, scale, groups, with_scale).diagonal().sqrt()
 
 
 # ---- the whole estimator --------------------------------------------------------------------------------------------
@@ -372,8 +409,19 @@ def estimate(labels: Labels, candidates: dict[str, Tensor] | None = None, prior:
               for name, x in candidates.items()}
     log_loss = {name: float(_log_loss(scores, target, weight)) for name, scores in fitted.items()}
     best = min(log_loss, key=log_loss.__getitem__)
-    result = fit_reliability(labels, fitted[best], eta0, groups=folds, max_se=max_se)
+    result = fit_reliability(labels, calibrate_to_labels(fitted[best], target, weight, folds), eta0, max_se=max_se)
     return dataclasses.replace(result, features=best, log_loss=log_loss)
+
+
+def calibrate_to_labels(scores: Tensor, target: Tensor, weight: Tensor, folds: Tensor) -> Tensor:
+    """(G,) each fold's out-of-fold scores times the slope c_f ≥ 0 that best predicts that fold's observed labels
+    (a weighted 1-D logistic fit; 0 where the probe does not predict them at all). Each fold's probe has its own
+    ridge and so its own scale; put on one scale, the folds share the one calibration to the truth the EM fits.
+    (One EM scale per fold, fitted on a few hundred single labels, ran away to the thousands where the probe was
+    near chance, and the η it gave were confidently wrong: bench/README.md, "The estimate must not turn over".)"""
+    slopes = torch.tensor([_fit_scale(scores[folds == f], target[folds == f], 1.0, weight[folds == f])
+                           for f in range(int(folds.max()) + 1)], dtype=torch.float64)
+    return slopes[folds] * scores
 
 
 def _log_loss(scores: Tensor, target: Tensor, weight: Tensor) -> Tensor:

@@ -324,7 +324,7 @@ def test_a_damaged_part_is_named(peaky_model_dir, tmp_path):
     run(score_config(data, peaky_model_dir, tmp_path / "scores"))
     part = tmp_path / "scores" / schema.part_name(0)
     part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])  # a disk that filled up, a copy cut short
-    with pytest.raises(schema.CacheError, match=rf"{part} is not a readable Parquet part .*--overwrite") as err:
+    with pytest.raises(schema.CacheError, match=rf"{part}: its content is not what `repo score` wrote .*--overwrite") as err:
         schema.read_scores(tmp_path / "scores")
     assert "\n" not in str(err.value)
 

@@ -30,7 +30,7 @@ from typing import Literal, NamedTuple
 
 import polars as pl
 
-from re_po.data.columns import Columns
+from re_po.data.columns import Columns, how_to_name
 
 DEFAULT_ANNOTATOR = "default"
 TEXT_COLUMNS = ("prompt", "chosen", "rejected")
@@ -315,6 +315,12 @@ def _normalize_shard(raw: _RawShard, shard: Shard, columns: Columns, layout: Lay
                 raise BadRowError(f"annotator {annotator!r} labels pair_id {pair_id!r} here and at row_id "
                                   f"{kept['row_id'][first]} with other texts; give each pair its own pair_id",
                                   columns.pair_id)
+            if first is not None:  # one label per annotator and pair: a second would count twice as evidence
+                who = (f"annotator {annotator!r} labelled" if columns.annotator else
+                       "the data have no annotator column, so one annotator labelled")
+                raise BadRowError(f"{who} this pair already at row_id {kept['row_id'][first]}; keep one label per "
+                                  "annotator and pair (drop the repeat, or name who gave each label: "
+                                  "--annotator-col)", columns.annotator or columns.pair_id)
         except BadRowError as err:
             located = BadRowError(err.reason, err.field, shard.file, row_id, shard.position(row_id))
             if on_bad_row == "error":
@@ -341,7 +347,7 @@ def _require_columns(raw: _RawShard, names: list[str | None]) -> None:
     if missing:
         there = ", ".join(map(repr, raw.names)) or "none"
         raise DataError(f"{raw.file}: missing column(s) {', '.join(map(repr, missing))}; the columns there "
-                        f"are: {there} (other names are set through Columns)")
+                        f"are: {there}; {how_to_name()}")
 
 
 def _layout_of(raw: _RawShard, columns: Columns, prompt: object, chosen: object) -> Layout | None:
@@ -366,7 +372,7 @@ def _carried_names(raw: _RawShard, columns: Columns, layout: Layout | None) -> l
     clashes = [name for name in carried if name in added]
     if clashes:
         raise DataError(f"{raw.file}: input column(s) {', '.join(map(repr, clashes))} clash with the columns "
-                        "re-po adds; rename them, or name them as pair fields through Columns")
+                        f"re-po adds; rename them, or use them as pair fields: {how_to_name()}")
     return carried
 
 

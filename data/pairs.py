@@ -94,6 +94,12 @@ class PairsRead:
     columns: Columns  # the input names used; annotator/pair_id None when the input has none
     shards: tuple[Shard, ...] = field(repr=False)
 
+    @property
+    def repeated_labels(self) -> int:
+        """Labels of a pair that the same annotator labelled before: without an annotator column, the repeats of the
+        anonymous annotator `default` (with one, a repeat is a bad row)."""
+        return self.table.height - self.table.select("pair_id", "annotator").n_unique()
+
     def locate(self, error: BadRowError, row_id: int) -> BadRowError:
         """The same error naming file, position and row_id (a row failing after reading: tokenizing)."""
         shard = next(s for s in self.shards if s.first_row_id <= row_id < s.first_row_id + s.num_rows)
@@ -315,12 +321,9 @@ def _normalize_shard(raw: _RawShard, shard: Shard, columns: Columns, layout: Lay
                 raise BadRowError(f"annotator {annotator!r} labels pair_id {pair_id!r} here and at row_id "
                                   f"{kept['row_id'][first]} with other texts; give each pair its own pair_id",
                                   columns.pair_id)
-            if first is not None:  # one label per annotator and pair: a second would count twice as evidence
-                who = (f"annotator {annotator!r} labelled" if columns.annotator else
-                       "the data have no annotator column, so one annotator labelled")
-                raise BadRowError(f"{who} this pair already at row_id {kept['row_id'][first]}; keep one label per "
-                                  "annotator and pair (drop the repeat, or name who gave each label: "
-                                  "--annotator-col)", columns.annotator or columns.pair_id)
+            if first is not None and columns.annotator:  # a second label of one person would count twice
+                raise BadRowError(f"annotator {annotator!r} labelled this pair already at row_id "
+                                  f"{kept['row_id'][first]}; keep one label per annotator and pair", columns.annotator)
         except BadRowError as err:
             located = BadRowError(err.reason, err.field, shard.file, row_id, shard.position(row_id))
             if on_bad_row == "error":

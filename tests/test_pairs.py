@@ -70,9 +70,10 @@ def test_given_pair_id_and_annotator_columns(tmp_path):
 
 
 def test_without_annotator_column_there_is_one_virtual_annotator(tmp_path):
-    rows = [{k: v for k, v in row.items() if k != "annotator"} for row in PLAIN_ROWS[::2]]  # rows 0, 1: one pair
+    rows = [{k: v for k, v in row.items() if k != "annotator"} for row in PLAIN_ROWS]
     read = read_pairs(write_jsonl(tmp_path / "p.jsonl", rows))
-    assert read.table["annotator"].to_list() == ["default"] * 2 and read.columns.annotator is None
+    assert read.table["annotator"].to_list() == ["default"] * 3 and read.columns.annotator is None
+    assert read.repeated_labels == 1  # rows 0 and 1 label one pair: two labels of `default`, said by `repo score`
 
 
 def test_shard_folder_is_read_in_sorted_order_with_stable_row_ids(tmp_path):
@@ -136,8 +137,7 @@ def test_explicit_prompt_repeated_in_both_responses_is_split_off(tmp_path):
 
 def test_conversational_parquet_round_trip(tmp_path):
     """List(Struct) input in Parquet reads like JSON Lines; the stored table survives Parquet unchanged."""
-    rows = [{"prompt": [USER], "chosen": [GOOD], "rejected": [BAD], "meta": {"source": "x", "n": 1}, "annotator": a}
-            for a in ("ann", "bob")]
+    rows = [{"prompt": [USER], "chosen": [GOOD], "rejected": [BAD], "meta": {"source": "x", "n": 1}}] * 2
     from_parquet = read_pairs(write_table(tmp_path / "c.parquet", rows))
     from_jsonl = read_pairs(write_jsonl(tmp_path / "c.jsonl", rows))
     assert from_parquet.table.equals(from_jsonl.table)
@@ -331,17 +331,13 @@ def test_an_annotator_labelling_one_pair_id_twice_must_see_the_same_pair(tmp_pat
     assert [(r.row_id, r.field) for r in read.rejects] == [(2, "pair_id")]
 
 
-@pytest.mark.parametrize("annotator", [True, False])
-def test_one_annotator_labelling_one_pair_twice_is_refused_naming_both_rows(tmp_path, annotator):
+def test_one_annotator_labelling_one_pair_twice_is_refused_naming_both_rows(tmp_path):
     """Either way round: the repeat would count as a second, independent label of the pair (issue 25)."""
-    pair = {"prompt": "what is 2 + 2 ?", "chosen": "4", "rejected": "5", **({"annotator": "ann"} if annotator else {})}
-    write_jsonl(tmp_path / "pairs.jsonl", [pair, {**pair, "annotator": "bob"} if annotator else {**pair, "prompt": "hi"},
-                                           {**pair, "chosen": "5", "rejected": "4"}])
-    who = "annotator 'ann' labelled" if annotator else "the data have no annotator column, so one annotator labelled"
-    field = "annotator" if annotator else None
-    with pytest.raises(BadRowError, match=rf"pairs\.jsonl line 3 \(row_id 2\)(, field '{field}')?: {who} this pair "
-                                          r"already at row_id 0; keep one label per annotator and pair") as err:
+    pair = {"prompt": "what is 2 + 2 ?", "chosen": "4", "rejected": "5", "annotator": "ann"}
+    write_jsonl(tmp_path / "pairs.jsonl", [pair, {**pair, "annotator": "bob"}, {**pair, "chosen": "5", "rejected": "4"}])
+    with pytest.raises(BadRowError, match=r"pairs\.jsonl line 3 \(row_id 2\), field 'annotator': annotator 'ann' "
+                                          r"labelled this pair already at row_id 0; keep one label per annotator"):
         read_pairs(tmp_path / "pairs.jsonl")
-    assert err.value.field == field
     read = read_pairs(tmp_path / "pairs.jsonl", on_bad_row="skip")
     assert read.table["row_id"].to_list() == [0, 1] and [r.row_id for r in read.rejects] == [2]
+    assert read.repeated_labels == 0

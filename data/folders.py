@@ -1,5 +1,6 @@
-"""The folders re-po writes into: it makes them, or takes back one it made; a non-empty folder it did not make is
-refused, so nothing of the user's is ever overwritten (the score cache has the same rule through its manifest,
+"""Where re-po writes: never over or into what a command reads (`check_outputs`, the one guard of every output
+path), and only into folders it makes, or takes back one it made; a non-empty folder it did not make is refused, so
+nothing of the user's is ever overwritten (the score cache has the same rule through its manifest,
 data/schema.open_cache).
 
 A folder re-po makes holds MARK, naming its kind (run, inspect, plots, evaluate, demo, model). One written before
@@ -9,7 +10,9 @@ marks existed is recognised by what it holds (`made_by_older`).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from re_po.data.atomic import atomic_write_text
@@ -19,6 +22,41 @@ MARK = ".re-po.json"
 
 class FolderError(ValueError):
     """A folder re-po will not write into; the message says what is there and what to do."""
+
+
+def check_outputs(writes: dict[str, str | Path | None], reads: dict[str, str | Path | None]) -> None:
+    """Refuse, before any work, every path a command would write (`writes`: the flag that names it -> the path) that
+    is one of its inputs (`reads`: what it is -> the path), lies inside one (a folder of shards, the score cache,
+    the run folder, a model folder), or holds one (a folder written into); two outputs that are one path; and one
+    that lies under a file.
+
+    Reads only. Paths are compared resolved (links followed, `..` gone); None entries, and inputs that are no local
+    path (an hf:// dataset, a hub id), are left out. What a stage writes inside its own output folder (a run's
+    eval cache, the demo's stages) is its own part and is not passed here.
+    """
+    inputs = {what: Path(path).resolve() for what, path in reads.items()
+              if path is not None and "://" not in str(path) and Path(path).exists()}
+    seen: dict[Path, str] = {}
+    for flag, path in writes.items():
+        if path is None:
+            continue
+        target = Path(path).resolve()
+        holder = next(parent for parent in target.parents if parent.exists())
+        if not holder.is_dir():
+            raise FolderError(f"{flag} {path}: {holder} is a file, so nothing can be written under it; choose another "
+                              "path")
+        if target in seen:
+            raise FolderError(f"{flag} {path} is also where {seen[target]} goes: give each output its own path")
+        seen[target] = flag
+        for what, source in inputs.items():
+            if target == source:
+                raise FolderError(f"{flag} {path} is {what}: writing there would replace it; choose another path")
+            if target.is_relative_to(source):
+                raise FolderError(f"{flag} {path} is inside {what} {source}: re-po never writes into an input (a "
+                                  "folder of shards would read the file as data); choose a path outside it")
+            if source.is_relative_to(target):
+                raise FolderError(f"{flag} {path} holds {what} {source}: writing there could replace it; choose a "
+                                  "folder that does not hold it")
 
 
 def check(folder: Path, kind: str, made_by_older: Callable[[Path], bool] | None = None) -> None:
@@ -54,3 +92,30 @@ def _kind(folder: Path) -> str:
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise FolderError(f"{folder / MARK} is not a re-po folder mark ({err}); remove it if the folder is "
                           "yours") from err
+
+
+@contextmanager
+def removed_on_failure(paths: list[Path | None], keep: Callable[[], bool] = lambda: False) -> Iterator[None]:
+    """A command's outputs that do not exist yet: if the block fails (an error, Ctrl-C), whatever of them it made is
+    removed, with the folders made to hold them, so a failed command leaves nothing behind; unless `keep()` says
+    that what is there can be resumed (a checkpoint, a scored part)."""
+    made = {first_missing(Path(p)) for p in paths if p is not None} - {None}
+    try:
+        yield
+    except BaseException:
+        if not keep():
+            for path in made:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                elif path.is_file() or path.is_symlink():
+                    path.unlink(missing_ok=True)
+        raise
+
+
+def first_missing(path: Path) -> Path | None:
+    """The outermost of `path` and its parents that does not exist (what writing `path` would create), or None."""
+    if path.exists() or path.is_symlink():
+        return None
+    while path.parent != path and not (path.parent.exists() or path.parent.is_symlink()):
+        path = path.parent
+    return path

@@ -111,7 +111,12 @@ def probe_features(first: Tensor, second: Tensor, prompt: Tensor | None, compone
 
 def _principal_directions(x: Tensor, count: int) -> Tensor:
     """(E, c ≤ count) top eigenvectors of xᵀx above rounding, each signed so its largest entry is positive."""
-    values, vectors = _eigh(x.T @ x)  # ascending
+    try:
+        values, vectors = _eigh(x.T @ x)  # ascending
+    except torch.linalg.LinAlgError:  # LAPACK fails on some xᵀx of a few rows that differ in a few entries (8 labels
+        # of one prompt, pooled in float16): the same directions from the (G, G) side, v = xᵀu / √λ
+        values, u = _eigh(x @ x.T)
+        vectors = x.T @ u / values.clamp(min=torch.finfo(values.dtype).tiny).sqrt()
     values, vectors = values.flip(0), vectors.flip(1)
     keep = min(count, int((values > values[0].clamp(min=0) * 1e-10).sum())) if values.numel() and values[0] > 0 else 0
     vectors = vectors[:, :keep]
@@ -120,9 +125,9 @@ def _principal_directions(x: Tensor, count: int) -> Tensor:
 
 
 def _eigh(matrix: Tensor) -> tuple[Tensor, Tensor]:
-    """torch.linalg.eigh of a symmetric matrix, solved at unit scale: LAPACK fails to converge on one of tiny entries
-    (prompts that differ only by float16 rounding gave xᵀx of entries below 1e-7), and the eigenvectors do not
-    depend on the scale. A zero matrix has zero eigenvalues and the unit vectors."""
+    """torch.linalg.eigh of a symmetric matrix, solved at unit scale: LAPACK fails to converge on some of tiny
+    entries (prompts that differ only by float16 rounding gave xᵀx of entries below 1e-7), and the eigenvectors do
+    not depend on the scale. A zero matrix has zero eigenvalues and the unit vectors."""
     scale = matrix.abs().max() if matrix.numel() else torch.zeros((), dtype=matrix.dtype)
     if not bool(torch.isfinite(scale)):
         raise ValueError("the estimator's inputs hold non-finite values (inf or NaN)")

@@ -142,12 +142,15 @@ def open_cache(folder: Path, key: dict, layout: dict, overwrite: bool) -> Manife
 
 
 def check_folder(folder: Path) -> None:
-    """Refuse a folder that is neither absent, empty, nor a score cache: the user's own shards, say. Reads only."""
+    """Refuse a folder that is neither absent, empty, nor a score cache (the user's own shards, say), and a cache
+    whose manifest re-po did not write. Reads only."""
     folder = Path(folder)
     if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not (folder / MANIFEST).exists())):
         raise CacheError(f"{folder} is not empty and holds no re-po score cache ({MANIFEST} missing); re-po did "
                          "not make it and never writes into a folder it did not make: choose another --out "
                          "(or empty this one)")
+    if folder.is_dir():
+        _read_manifest(folder)
 
 
 def holds_parts(folder: Path) -> bool:

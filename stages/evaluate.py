@@ -55,12 +55,15 @@ def run(cfg: EvaluateConfig) -> Path:
         raise ValueError(f"{cfg.data}: no truth column {cfg.truth_col!r} (true where the label is wrong) to evaluate "
                          f"against; its columns: {there}; name yours with --truth-col")
     truth_column(held_out, cfg.truth_col, cfg.data)  # every value true/false or 0/1
-    folders.claim(out, "evaluate", _evaluated)  # after the run folder and the data were read: a bad one leaves nothing
-    ref_cache = score.run(score.ScoreConfig(data=cfg.data, model=key["ref_model"], out=cfg.ref_out or out / "ref",
-                                            columns=cfg.columns, **lengths))
-    policy_cache = score.run(
-        score.ScoreConfig(data=cfg.data, model=str(final), out=out / "policy", columns=cfg.columns, **lengths)
-    )
+    ref_out = Path(cfg.ref_out or out / "ref")
+    # a failure before the reference's first scored part leaves no folder; after it, the part to resume from
+    with folders.removed_on_failure([out], keep=lambda: schema.holds_parts(ref_out)):
+        folders.claim(out, "evaluate", _evaluated)  # after the run folder and the data were read
+        ref_cache = score.run(score.ScoreConfig(data=cfg.data, model=key["ref_model"], out=ref_out,
+                                                columns=cfg.columns, **lengths))
+        policy_cache = score.run(
+            score.ScoreConfig(data=cfg.data, model=str(final), out=out / "policy", columns=cfg.columns, **lengths)
+        )
     result = {
         "run": str(run_dir),
         "data": cfg.data,

@@ -41,6 +41,9 @@ def check_outputs(writes: dict[str, str | Path | None], reads: dict[str, str | P
         if path is None:
             continue
         target = Path(path).resolve()
+        if target.exists() and not (target.is_file() or target.is_dir()):
+            raise FolderError(f"{flag} {path} is no regular file (a device, a pipe, a socket): re-po writes a new file "
+                              "and renames it into place, which would replace it; choose a file path")
         holder = next(parent for parent in target.parents if parent.exists())
         if not holder.is_dir():
             raise FolderError(f"{flag} {path}: {holder} is a file, so nothing can be written under it; choose another "
@@ -69,8 +72,9 @@ def check(folder: Path, kind: str, made_by_older: Callable[[Path], bool] | None 
         if found != kind:
             raise FolderError(f"{folder} is a re-po {found} folder, not a {kind} folder: choose another path")
         return
-    if folder.exists() and any(folder.iterdir()) and not (made_by_older and made_by_older(folder)):
-        names = sorted(p.name for p in folder.iterdir())
+    # the mark's temporary file alone: a claim killed while marking the folder it had just made
+    names = sorted(p.name for p in folder.iterdir() if p.name != f".{MARK}.tmp") if folder.is_dir() else []
+    if names and not (made_by_older and made_by_older(folder)):
         shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
         raise FolderError(f"{folder} is not empty ({shown}) and re-po did not make it; re-po never writes into "
                           "a folder it did not make: choose another path, or empty this one")

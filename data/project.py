@@ -117,8 +117,8 @@ def load_project(cwd: Path | None = None) -> Project:
         return embedded_default(cwd)
     cwd = path.parent  # the project's root: relative paths in the file are relative to it
     try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:  # TOML is UTF-8 text
         raise ProjectError(f"{path}: not valid TOML: {exc}") from exc
 
     known = {"workspace", "data", "models", *STAGE_SECTIONS}

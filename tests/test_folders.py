@@ -148,3 +148,27 @@ def test_every_writing_option_meets_the_guard():
                "inspect-noise": {"--out-dir", "--plots", "--dump", "--html", "--review", "--export-clean"}}
     covered = {(case.split()[0], case.split()[1]) for case in OVER_INPUTS}
     assert covered == {(command, option) for command, names in options.items() for option in names}
+
+
+def test_an_output_onto_a_pipe_or_device_is_refused(tmp_path, monkeypatch):
+    """Found by the sweep of issue 25: --dump onto a named pipe replaced it with a file (as it would /dev/null)."""
+    import os
+
+    from test_inspect_noise import write_cache, write_input, write_run
+
+    run_dir = write_run(tmp_path / "run", write_cache(tmp_path / "scores", write_input(tmp_path, ".jsonl")))
+    os.mkfifo(tmp_path / "pipe.jsonl")
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(cli.app, ["inspect-noise", str(run_dir), "--out-dir", "i", "--dump", "pipe.jsonl"])
+    assert result.exit_code == 2 and is_one_line_error(result.output), result.output
+    assert "error: --dump pipe.jsonl is no regular file (a device, a pipe, a socket)" in result.output
+    assert (tmp_path / "pipe.jsonl").is_fifo() and not (tmp_path / "i").exists()
+
+
+def test_a_folder_whose_marking_was_killed_is_taken_back(tmp_path):
+    """Found by the sweep of issue 25: killed while writing its mark, a folder held only the mark's temporary file,
+    and every later run refused it as the user's."""
+    (tmp_path / "i").mkdir()
+    (tmp_path / "i" / f".{folders.MARK}.tmp").write_text('{"ki')
+    assert folders.claim(tmp_path / "i", "inspect") == tmp_path / "i"
+    assert sorted(p.name for p in (tmp_path / "i").iterdir()) == [folders.MARK]

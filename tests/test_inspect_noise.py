@@ -556,3 +556,15 @@ def test_export_clean_never_overwrites_the_input_or_writes_into_the_cache(setup,
         with pytest.raises(ValueError, match=message):
             run(InspectConfig(run=run_dir, out_dir=tmp_path / "i", export_clean=target, data=str(source)))
         assert source.read_bytes() == before and not (scores / "clean.jsonl").exists()
+
+
+def test_a_damaged_epoch_file_is_one_line(setup, tmp_path, monkeypatch):
+    """Found by the sweep of issue 25: a posteriors file cut short gave polars' traceback."""
+    source, scores, run_dir = setup
+    damaged = run_folder.epoch_file(run_dir, run_folder.POSTERIORS, 2)
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["inspect-noise", str(run_dir), "--out-dir", "i"])
+    assert result.exit_code == 2 and is_one_line_error(result.output), result.output
+    assert f"error: {damaged} is not a readable Parquet file" in result.output and "--epoch" in result.output
+    assert not (tmp_path / "i").exists()

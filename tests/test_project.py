@@ -97,6 +97,13 @@ def test_malformed_project_file_names_the_key(tmp_path, text, message):
     assert message in str(err.value)
 
 
+def test_a_project_file_that_is_not_utf8_is_named(tmp_path):
+    """Found by the sweep of issue 25: a traceback (UnicodeDecodeError)."""
+    (tmp_path / "repo.toml").write_bytes(b"\xff\xfe[data]\x00")
+    with pytest.raises(ProjectError, match=r"repo.toml: not valid TOML: 'utf-8' codec can't decode"):
+        load_project(tmp_path)
+
+
 @pytest.mark.parametrize(
     ("section", "message"),
     [

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from re_po.data.atomic import atomic_write_text
+from re_po.data.schema import MANIFEST
 
 MARK = ".re-po.json"
 
@@ -30,6 +31,7 @@ def check_outputs(writes: dict[str, str | Path | None], reads: dict[str, str | P
     the run folder, a model folder), or holds one (a folder written into); two outputs that are one path; and one
     that lies under a file.
 
+    No output goes inside a score cache or a run folder either, an input or not: re-po accounts for their files.
     Reads only. Paths are compared resolved (links followed, `..` gone); None entries, and inputs that are no local
     path (an hf:// dataset, a hub id), are left out. What a stage writes inside its own output folder (a run's
     eval cache, the demo's stages) is its own part and is not passed here.
@@ -48,6 +50,10 @@ def check_outputs(writes: dict[str, str | Path | None], reads: dict[str, str | P
         if not holder.is_dir():
             raise FolderError(f"{flag} {path}: {holder} is a file, so nothing can be written under it; choose another "
                               "path")
+        managed = next((parent for parent in target.parents if _managed(parent)), None)
+        if managed is not None:
+            raise FolderError(f"{flag} {path} is inside {_managed(managed)} {managed}, whose files re-po accounts for; "
+                              "choose a path outside it")
         if target in seen:
             raise FolderError(f"{flag} {path} is also where {seen[target]} goes: give each output its own path")
         seen[target] = flag
@@ -60,6 +66,15 @@ def check_outputs(writes: dict[str, str | Path | None], reads: dict[str, str | P
             if source.is_relative_to(target):
                 raise FolderError(f"{flag} {path} holds {what} {source}: writing there could replace it; choose a "
                                   "folder that does not hold it")
+
+
+def _managed(folder: Path) -> str | None:
+    """What re-po keeps in `folder` file by file, or None: a score cache (its manifest lists every file), a run."""
+    if (folder / MANIFEST).is_file():
+        return "the score cache"
+    if (folder / MARK).is_file() and _kind(folder) == "run":
+        return "the run folder"
+    return None
 
 
 def check(folder: Path, kind: str, made_by_older: Callable[[Path], bool] | None = None) -> None:

@@ -172,3 +172,19 @@ def test_a_folder_whose_marking_was_killed_is_taken_back(tmp_path):
     (tmp_path / "i" / f".{folders.MARK}.tmp").write_text('{"ki')
     assert folders.claim(tmp_path / "i", "inspect") == tmp_path / "i"
     assert sorted(p.name for p in (tmp_path / "i").iterdir()) == [folders.MARK]
+
+
+def test_no_output_goes_inside_a_score_cache_or_a_run_it_does_not_read(tmp_path, monkeypatch):
+    """Found by the sweep of issue 25: `repo score --out CACHE/sub` wrote a second cache inside another one."""
+    from test_inspect_noise import write_cache, write_input
+
+    source = write_input(tmp_path, ".jsonl")
+    cache = write_cache(tmp_path / "scores", source)
+    run = folders.claim(tmp_path / "run", "run")
+    monkeypatch.chdir(tmp_path)
+    before = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    for inside, what in ((cache / "sub", "the score cache"), (run / "sub", "the run folder")):
+        result = runner.invoke(cli.app, ["score", str(source), "--model", "m", "--out", str(inside)])
+        assert result.exit_code == 2 and is_one_line_error(result.output), result.output
+        assert f"error: --out {inside} is inside {what} {inside.parent}, whose files re-po accounts for" in result.output
+    assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from re_po.data import run_folder
 from re_po.data.atomic import atomic_write_text
 from re_po.data.schema import MANIFEST
 
@@ -50,9 +51,9 @@ def check_outputs(writes: dict[str, str | Path | None], reads: dict[str, str | P
         if not holder.is_dir():
             raise FolderError(f"{flag} {path}: {holder} is a file, so nothing can be written under it; choose another "
                               "path")
-        managed = next((parent for parent in target.parents if _managed(parent)), None)
+        managed = inside_managed(target)
         if managed is not None:
-            raise FolderError(f"{flag} {path} is inside {_managed(managed)} {managed}, whose files re-po accounts for; "
+            raise FolderError(f"{flag} {path} is inside {managed[0]} {managed[1]}, whose files re-po accounts for; "
                               "choose a path outside it")
         if target in seen:
             raise FolderError(f"{flag} {path} is also where {seen[target]} goes: give each output its own path")
@@ -68,12 +69,15 @@ def check_outputs(writes: dict[str, str | Path | None], reads: dict[str, str | P
                                   "folder that does not hold it")
 
 
-def _managed(folder: Path) -> str | None:
-    """What re-po keeps in `folder` file by file, or None: a score cache (its manifest lists every file), a run."""
-    if (folder / MANIFEST).is_file():
-        return "the score cache"
-    if (folder / MARK).is_file() and _kind(folder) == "run":
-        return "the run folder"
+def inside_managed(target: Path) -> tuple[str, Path] | None:
+    """(what, folder) of the score cache or run folder that `target` lies in, whose files re-po accounts for (the
+    cache by its manifest, the run by its layout); None where it lies in none, or is the run's own eval/ cache."""
+    for folder in target.parents:
+        if (folder / MANIFEST).is_file():
+            return "the score cache", folder
+        if (folder / MARK).is_file() and _kind(folder) == "run":
+            own = target.relative_to(folder).parts[0] == run_folder.EVAL  # train scores --eval-data there
+            return None if own else ("the run folder", folder)
     return None
 
 

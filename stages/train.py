@@ -63,7 +63,6 @@ RESUMABLE_CHANGES = ("resume", "save_every", "device", "report_to", "eval_data",
 # Paths that only locate things: a run folder or cache may move; what the cache holds is checked by its key.
 LOCATIONS = ("out_dir", "scores")
 TENSORBOARD = "tensorboard"  # <run>/tensorboard: the TensorBoard tracker's folder
-EVAL = "eval"  # <run>/eval: the score cache of --eval-data
 EVAL_BATCH = 32  # held-out pairs per no-grad forward (packed, so their lengths need no sorting)
 RECORD = ("row", "loss", "z", "w", "logps_chosen", "logps_rejected", "rewards_chosen", "rewards_rejected")
 
@@ -230,7 +229,7 @@ def _held_out(cfg: TrainConfig, key: dict, accelerator: Accelerator) -> tuple[Pa
     """The held-out pairs of --eval-data, scored by the training cache's reference model with its lengths into
     <run>/eval (by the main process; resumed like any cache), and their truth column (True where the label is
     wrong) when they have one."""
-    cache = cfg.out_dir / EVAL
+    cache = cfg.out_dir / run_folder.EVAL
     if accelerator.is_main_process:
         score.run(ScoreConfig(data=cfg.eval_data, model=key["ref_model"], out=cache, embeddings=False,
                               max_length=int(key["max_length"]), max_prompt_length=int(key["max_prompt_length"])))

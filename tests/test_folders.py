@@ -188,3 +188,4 @@ def test_no_output_goes_inside_a_score_cache_or_a_run_it_does_not_read(tmp_path,
         assert result.exit_code == 2 and is_one_line_error(result.output), result.output
         assert f"error: --out {inside} is inside {what} {inside.parent}, whose files re-po accounts for" in result.output
     assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before
+    assert folders.inside_managed(run / "eval") is None  # the run's own part: train scores --eval-data there

@@ -99,6 +99,14 @@ def check(folder: Path, kind: str, made_by_older: Callable[[Path], bool] | None 
                           "a folder it did not make: choose another path, or empty this one")
 
 
+def remove_stale(folder: Path, names: tuple[str, ...], written: list[str]) -> None:
+    """The files of `names` (all a re-po folder of its kind may hold) that this run did not write (`written`): a
+    former run's, which would not agree with this one's."""
+    for name in names:
+        if str(folder / name) not in written and (folder / name).is_file():
+            (folder / name).unlink()
+
+
 def claim(folder: Path, kind: str, made_by_older: Callable[[Path], bool] | None = None) -> Path:
     """check(), then make the folder (and its parents) and mark it as a re-po `kind` folder."""
     check(folder, kind, made_by_older)

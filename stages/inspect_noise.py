@@ -108,7 +108,7 @@ def report(cfg: InspectConfig, record: dict | None, epoch: int, scores_dir: Path
         plots_folder = folders.claim(cfg.plots, "plots", only_plots)
         outputs["plots"] = [str(p) for p in make_plots(cfg, plots_folder, pairs, noisy, epoch, source is None,
                                                         annotators)]
-        remove_stale(plots_folder, PLOTS, outputs["plots"])
+        folders.remove_stale(plots_folder, PLOTS, outputs["plots"])
     if cfg.review is not None:
         outputs["review"] = [str(p) for p in write_review(flagged, cfg.review)]
     if cfg.html is not None:
@@ -129,7 +129,7 @@ def report(cfg: InspectConfig, record: dict | None, epoch: int, scores_dir: Path
     text = format_report(summary, pairs.head(cfg.show), truth_col)
     atomic_write_text(cfg.out_dir / "report.txt", text)
     run_folder.write_json(summary, cfg.out_dir / "summary.json")
-    remove_stale(cfg.out_dir, REPORT_FILES, outputs.values())
+    folders.remove_stale(cfg.out_dir, REPORT_FILES, written_paths(outputs))
     print(text, end="")
     return cfg.out_dir
 
@@ -151,15 +151,6 @@ def check_outputs(cfg: InspectConfig, scores_dir: Path) -> None:
     if not is_score_cache(cfg.run):
         reads["the run folder"] = cfg.run
     folders.check_outputs(writes, reads)
-
-
-def remove_stale(folder: Path, names: tuple[str, ...], written) -> None:
-    """The files of `names` in `folder` that this report did not write: a former report's, which would not agree
-    with this one."""
-    kept = {str(path) for value in written for path in ([value] if isinstance(value, str) else value)}
-    for name in names:
-        if str(folder / name) not in kept and (folder / name).is_file():
-            (folder / name).unlink()
 
 
 # ---- reading the run --------------------------------------------------------------------------------------
@@ -325,9 +316,14 @@ def format_report(summary: dict, suspicious: pl.DataFrame, truth_col: str | None
                      f"row_id {row['row_id']}{known}{'  FLAGGED' if row['flagged'] else ''}")
         for role, text in zip(("prompt", "chosen", "rejected"), texts):
             lines.append(f"     {role + ':':<9} {excerpt(text)}")
-    written = [p for value in summary["outputs"].values() for p in ([value] if isinstance(value, str) else value)]
+    written = written_paths(summary["outputs"])
     lines += ["", "wrote " + ", ".join(written)]
     return "\n".join(lines) + "\n"
+
+
+def written_paths(outputs: dict[str, object]) -> list[str]:
+    """Every path of summary.json's outputs (a value is one path or a list of them)."""
+    return [p for value in outputs.values() for p in ([value] if isinstance(value, str) else value)]
 
 
 def excerpt(value: str | list[dict]) -> str:

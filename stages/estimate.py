@@ -89,15 +89,16 @@ def unidentified_reasons(annotators: pl.DataFrame, labels: pl.DataFrame, model: 
     `identified` is false (none where the table has no such column).
 
     annotators: annotator, identified, eta_se (null where infinite); labels: annotator, pair_id of every label;
-    model: what served as the model (NoiseEstimate.model), None where unknown.
+    model: what served as the model (NoiseEstimate.model), None where unknown (a run's epoch 0).
     """
     if "identified" not in annotators.columns:
         return {}
     counts = labels.with_columns(shared=pl.len().over("pair_id") > 1).group_by("annotator").agg(
         n=pl.len(), shared=pl.col("shared").sum())
     of = {row["annotator"]: row for row in counts.iter_rows(named=True)}
-    evidence = ("without a model (the labels' agreement alone) nothing else" if not model or model.startswith("none")
-                else f"the model ({model})")
+    evidence = ("the estimate's model" if model is None else
+                "without a model (the labels' agreement alone) nothing else" if model.startswith("none") else
+                f"the model ({model})")
     reasons = {}
     for row in annotators.filter(~pl.col("identified")).iter_rows(named=True):
         n, shared = of[row["annotator"]]["n"], of[row["annotator"]]["shared"]

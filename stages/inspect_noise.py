@@ -49,8 +49,6 @@ from re_po.stages.configs import CleanAction, InspectConfig
 
 EXCERPT_CHARS = 100
 MAX_ANNOTATOR_ROWS = 40  # the report's table; summary.json lists every annotator
-
-
 REPORT_FILES = ("report.txt", "summary.json", "posteriors.parquet", "annotators.parquet")  # what out_dir holds
 
 

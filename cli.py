@@ -27,6 +27,7 @@ from re_po.data.project import (
     Project,
     ProjectError,
     default_model_dir,
+    given_settings,
     load_project,
     merge_config,
     write_project_file,
@@ -134,11 +135,13 @@ def _parameters(config_cls: type) -> list[inspect.Parameter]:
 
 
 def command(target: typer.Typer, name: str, config_cls: type, section: str | None = None,
-            defaults: Callable[[Project], dict[str, Any]] | None = None) -> Callable:
+            defaults: Callable[[Project], dict[str, Any]] | None = None,
+            given: Callable[[Any, set[str]], Any] | None = None) -> Callable:
     """Register the decorated `body(cfg)` as `repo NAME`, with an option per setting of `config_cls`.
 
     With a section, the Config is merged from repo.toml's [section] and `defaults(project)` under the flags
-    (data/project.merge_config); without one, from the flags alone.
+    (data/project.merge_config); without one, from the flags alone. given(cfg, names) -> cfg: a last step that
+    knows which settings the flags gave (`repo train --resume` takes the others from the run).
     """
     if section is not None and section not in STAGE_SECTIONS:
         raise ValueError(f"repo.toml has no [{section}] table; add it to data/project.STAGE_SECTIONS")
@@ -156,7 +159,9 @@ def command(target: typer.Typer, name: str, config_cls: type, section: str | Non
                 project = _project()
                 try:
                     cfg = merge_config(config_cls, section, project, flags, defaults(project) if defaults else None)
-                except (ProjectError, ValueError) as exc:
+                    if given is not None:
+                        cfg = given(cfg, given_settings(config_cls, flags))
+                except (ProjectError, ValueError, OSError) as exc:
                     _fail(str(exc))
             body(cfg)
 
@@ -177,8 +182,8 @@ def _register_section(tables: dict, section: str, name: str, config_cls: type) -
 
 def template_tables(target: typer.Typer) -> dict[str, tuple[str, type]]:
     """The tables of `target`'s commands for repo.toml's template: name -> (who reads it, its Config)."""
-    return {title: (", ".join(f"`repo {name}`" for name in names), cls)
-            for title, (names, cls) in SECTIONS.get(target, {}).items()}
+    return {title: (", ".join(f"`repo {name}`" for name in names), cls)  # [data] is the template's own table
+            for title, (names, cls) in SECTIONS.get(target, {}).items() if title in STAGE_SECTIONS}
 
 
 # ---- the commands -----------------------------------------------------------------------------------------
@@ -199,7 +204,7 @@ def init(
 
 
 @command(app, "score", ScoreConfig, "score",
-         lambda p: dict(data=p.data["path"], model="ref", out=p.scores_dir, columns=p.columns()))
+         lambda p: dict(data=p.data.get("path"), model="ref", out=p.scores_dir))
 def score_cmd(cfg: ScoreConfig) -> None:
     """Stage one: score every chosen and rejected response with the frozen reference model.
 
@@ -213,8 +218,14 @@ def score_cmd(cfg: ScoreConfig) -> None:
     typer.echo(_call(score.run, cfg))
 
 
+def _resumed(cfg: TrainConfig, given: set[str]) -> TrainConfig:
+    from re_po.stages import train
+
+    return train.resumed_config(cfg, given)
+
+
 @command(app, "train", TrainConfig, "train",
-         lambda p: dict(scores=p.scores_dir, out_dir=p.train_dir, policy="policy"))
+         lambda p: dict(scores=p.scores_dir, out_dir=p.train_dir, policy="policy"), given=_resumed)
 def train_cmd(cfg: TrainConfig) -> None:
     """Stage two: train the policy on the cached reference log-probs (DPO, IPO, SimPO, CPO; --robust: RE-PO).
 
@@ -229,7 +240,7 @@ def train_cmd(cfg: TrainConfig) -> None:
 
 
 @command(app, "inspect-noise", InspectConfig, "inspect",
-         lambda p: dict(run=p.train_dir, out_dir=p.inspect_dir, data=p.data["path"], columns=p.columns()))
+         lambda p: dict(run=p.train_dir, data=p.data.get("path")))
 def inspect_noise_cmd(cfg: InspectConfig) -> None:
     """The labels believed wrong, and how reliable each annotator is: after training, or before it.
 
@@ -245,7 +256,7 @@ def inspect_noise_cmd(cfg: InspectConfig) -> None:
 
 
 @command(app, "evaluate", EvaluateConfig, "evaluate",
-         lambda p: dict(run=p.train_dir, out=p.workspace / "evaluate", columns=p.columns()))
+         lambda p: dict(run=p.train_dir, out=p.workspace / "evaluate"))
 def evaluate_cmd(cfg: EvaluateConfig) -> None:
     """Held-out accuracy of the trained policy's implicit reward against the truth, before and after."""
     from re_po.stages import evaluate
@@ -254,7 +265,7 @@ def evaluate_cmd(cfg: EvaluateConfig) -> None:
 
 
 @command(app, "generate", GenerateConfig, "generate",
-         lambda p: dict(run=p.train_dir, out=p.workspace / "generate", columns=p.columns()))
+         lambda p: dict(run=p.train_dir, out=p.workspace / "generate"))
 def generate_cmd(cfg: GenerateConfig) -> None:
     """What the trained policy writes, against the reference: responses to held-out prompts from both, judged.
 

@@ -1,14 +1,74 @@
-"""Reference and policy models on disk: where a name resolves to, and the fingerprints a score cache keys on.
+"""Reference and policy models on disk: where a name resolves to, the fingerprints a score cache keys on, and
+loading them so that a broken folder is one line naming its file.
 
-No model is loaded here: a hub id resolves to its snapshot in the local Hugging Face cache (the hub itself may be
-unreachable), a folder to itself; the weights' hash and the backend's versions go into the cache key
-(data/schema.py), so a cache made with other weights or another library version is never reused silently.
+A hub id resolves to its snapshot in the local Hugging Face cache (the hub itself may be unreachable), a folder to
+itself; the weights' hash and the backend's versions go into the cache key (data/schema.py), so a cache made with
+other weights or another library version is never reused silently. Models load through transformers'
+from_pretrained without trust_remote_code; `.bin` weights are read weights-only (no pickled object runs).
 """
 import hashlib
 import importlib.metadata
 from pathlib import Path
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+class ModelError(ValueError):
+    """A model folder whose weights or tokenizer cannot be loaded; the message names the folder and the file."""
+
+
+def load_causal_lm(name: str | Path, **kwargs):
+    """AutoModelForCausalLM.from_pretrained(name, **kwargs); a model that does not load is one line naming its
+    broken weight file where one can be found (weight_file_error)."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    except Exception as err:  # noqa: BLE001 (torch, safetensors and transformers raise many kinds)
+        folder = Path(name).expanduser()
+        raise ModelError((folder.is_dir() and weight_file_error(folder)) or _not_loaded(name, "weights", err)) from err
+
+
+def load_tokenizer(name: str | Path):
+    """AutoTokenizer.from_pretrained(name), or one line naming the model whose tokenizer does not load."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except Exception as err:  # noqa: BLE001
+        raise ModelError(_not_loaded(name, "tokenizer", err)) from err
+
+
+def weight_file_error(folder: Path) -> str | None:
+    """What is wrong with the first weight file of `folder` that does not read, or None. Reads no tensor: each
+    safetensors header (which says how long the file must be), each `.bin` unpickled weights-only onto the meta
+    device (a pickle of anything but tensors is refused there, and nothing in it runs)."""
+    import pickle
+
+    import torch
+    from safetensors import safe_open
+
+    for path in sorted(p for p in Path(folder).iterdir() if p.suffix in WEIGHT_SUFFIXES):
+        try:
+            if path.suffix == ".safetensors":
+                with safe_open(str(path), framework="pt"):
+                    pass
+            else:
+                torch.load(path, map_location="meta", weights_only=True)
+        except pickle.UnpicklingError:
+            return (f"model folder {folder}: {path.name} is not a weights-only pickle (tensors and numbers only; re-po "
+                    "never unpickles anything else): copy, download or convert the model again")
+        except Exception as err:  # noqa: BLE001 (torch and safetensors raise many kinds)
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            return (f"model folder {folder}: {path.name} cannot be read as weights ({type(err).__name__}: {first}); "
+                    "it is damaged or not a model's weights: copy, download or convert the model again")
+    return None
+
+
+def _not_loaded(name: str | Path, what: str, err: Exception) -> str:
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return (f"model {name}: its {what} cannot be loaded ({type(err).__name__}: {first}); is it a complete "
+            "transformers model folder?")
 
 
 def resolve_model(model: str) -> Path:
@@ -55,13 +115,12 @@ def backend_version(backend: str) -> str:
     return f"transformers {importlib.metadata.version('transformers')} {torch}"
 
 
-def load_causal_lm(model_dir: Path, dtype: str = "float32", device: str = "auto"):
-    """A causal LM for inference (eval mode) on `device` (auto: CUDA when there is one)."""
+def load_for_inference(model_dir: Path, dtype: str = "float32", device: str = "auto"):
+    """load_causal_lm in `dtype`, in eval mode, on `device` (auto: CUDA when there is one)."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).to(device).eval()
+    return load_causal_lm(model_dir, dtype=getattr(torch, dtype)).to(device).eval()
 
 
 def vllm_engine(model_dir: Path, dtype: str, max_model_len: int, seed: int = 0, **options):

@@ -60,8 +60,13 @@ def read_inputs(frame: pl.DataFrame, key: dict, source: str, prior_col: str | No
                                   "with embeddings, give your own judge with --prior-col, or use --no-probe")
         reference = frame[first_row]  # whose chosen is the reference order's first response
         for layer in layers:
-            prompt, chosen, rejected = (reference[name].to_numpy().astype(np.float32)
-                                        for name in schema.embedding_columns(layer))
+            names = schema.embedding_columns(layer)
+            prompt, chosen, rejected = (reference[name].to_numpy().astype(np.float32) for name in names)
+            for name, values in zip(names, (prompt, chosen, rejected)):
+                bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+                if bad.size:
+                    raise NoiseInputError(f"{source}: row_id {reference['row_id'][int(bad[0])]}: {name} holds inf or NaN "
+                                          "(a hidden state beyond float16's range); use --no-probe or --prior-col")
             pooled[layer] = (chosen, rejected, prompt)
     return NoiseInputs(annotators, annotator, pair, orientation, num_pairs, pooled, prior)
 

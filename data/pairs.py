@@ -30,7 +30,7 @@ from typing import Literal, NamedTuple
 
 import polars as pl
 
-from re_po.data.columns import Columns
+from re_po.data.columns import Columns, how_to_name
 
 DEFAULT_ANNOTATOR = "default"
 TEXT_COLUMNS = ("prompt", "chosen", "rejected")
@@ -93,6 +93,12 @@ class PairsRead:
     implicit_prompt: bool  # conversational, prompt taken from the shared leading messages of chosen/rejected
     columns: Columns  # the input names used; annotator/pair_id None when the input has none
     shards: tuple[Shard, ...] = field(repr=False)
+
+    @property
+    def repeated_labels(self) -> int:
+        """Labels of a pair that the same annotator labelled before: without an annotator column, the repeats of the
+        anonymous annotator `default` (with one, a repeat is a bad row)."""
+        return self.table.height - self.table.select("pair_id", "annotator").n_unique()
 
     def locate(self, error: BadRowError, row_id: int) -> BadRowError:
         """The same error naming file, position and row_id (a row failing after reading: tokenizing)."""
@@ -366,6 +372,9 @@ def _normalize_shard(raw: _RawShard, shard: Shard, columns: Columns, layout: Lay
                 raise BadRowError(f"annotator {annotator!r} labels pair_id {pair_id!r} here and at row_id "
                                   f"{kept['row_id'][first]} with other texts; give each pair its own pair_id",
                                   columns.pair_id)
+            if first is not None and columns.annotator:  # a second label of one person would count twice
+                raise BadRowError(f"annotator {annotator!r} labelled this pair already at row_id "
+                                  f"{kept['row_id'][first]}; keep one label per annotator and pair", columns.annotator)
         except BadRowError as err:
             located = BadRowError(err.reason, err.field, shard.file, row_id, shard.position(row_id))
             if on_bad_row == "error":
@@ -392,7 +401,7 @@ def _require_columns(raw: _RawShard, names: list[str | None]) -> None:
     if missing:
         there = ", ".join(map(repr, raw.names)) or "none"
         raise DataError(f"{raw.file}: missing column(s) {', '.join(map(repr, missing))}; the columns there "
-                        f"are: {there} (other names are set through Columns)")
+                        f"are: {there}; {how_to_name()}")
 
 
 def _layout_of(raw: _RawShard, columns: Columns, prompt: object, chosen: object) -> Layout | None:
@@ -417,7 +426,7 @@ def _carried_names(raw: _RawShard, columns: Columns, layout: Layout | None) -> l
     clashes = [name for name in carried if name in added]
     if clashes:
         raise DataError(f"{raw.file}: input column(s) {', '.join(map(repr, clashes))} clash with the columns "
-                        "re-po adds; rename them, or name them as pair fields through Columns")
+                        f"re-po adds; rename them, or use them as pair fields: {how_to_name()}")
     return carried
 
 

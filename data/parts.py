@@ -129,6 +129,15 @@ def read_parts(folder: Path, what: str, names: list[str] | None = None) -> pl.Da
     return pl.concat(frames, how="vertical") if frames else pl.DataFrame()
 
 
+def holds_parts(folder: Path) -> bool:
+    """Whether `folder` holds a manifest listing a finished part (work a rerun resumes from)."""
+    try:
+        manifest = read_manifest(Path(folder))
+    except PartsError:
+        return False
+    return manifest is not None and bool(manifest.parts)
+
+
 def read_manifest(folder: Path) -> Manifest | None:
     """The folder's manifest, or None where there is none; a manifest naming anything but its own parts is
     refused."""

@@ -43,7 +43,7 @@ class ProjectError(ValueError):
 
 # The sections a project file may have, and which stage reads each.
 STAGE_SECTIONS = ("score", "train", "inspect", "estimate", "evaluate", "generate")
-DATA_KEYS = {"path": str, "prompt": str, "chosen": str, "rejected": str, "annotator": str, "pair_id": str}
+DATA_KEYS = ("path", *(f.name for f in dataclasses.fields(Columns)))  # the dataset, and its column names
 
 
 @dataclass(frozen=True)
@@ -64,30 +64,31 @@ class Project:
     def train_dir(self) -> Path:
         return self.workspace / "train"
 
-    @property
-    def inspect_dir(self) -> Path:
-        return self.workspace / "inspect"
-
-    def model(self, name: str) -> str:
+    def model(self, name: str) -> str | None:
         """Resolve a model alias (`ref`, `policy`, any name under [models]) to a hub id or local folder.
 
         A name that is not an alias is returned as given (a hub id or a path). `policy` falls back
-        to the reference, as in the user's design: the policy starts from the reference model.
+        to the reference, as in the user's design: the policy starts from the reference model; with no ref
+        either, None: `repo train` starts from the model its score cache was scored with.
         """
         if name == "policy" and "policy" not in self.models:
+            if "ref" not in self.models:
+                return None
             name = "ref"
+        if name == "ref" and "ref" not in self.models:
+            raise ProjectError(f"{self.source}: [models] names no ref: give the reference model there (ref = a hub id "
+                               "or a folder), or on the command line")
         seen = set()
         while name in self.models and name not in seen:
             seen.add(name)
             name = self.models[name]
         return name
 
-    def columns(self) -> Columns:
-        """The dataset's column names from [data] (the defaults where not given)."""
-        return Columns(**{key: value for key, value in self.data.items() if key != "path"})
-
-    def section(self, stage: str) -> dict[str, Any]:
-        return self.stages.get(stage, {})
+    def section(self, name: str) -> dict[str, Any]:
+        """A table's keys: a stage's, or [data]'s column names (data/columns.Columns; path is the commands' input)."""
+        if name == "data":
+            return {key: value for key, value in self.data.items() if key != "path"}
+        return self.stages.get(name, {})
 
 
 def embedded_default(cwd: Path) -> Project:
@@ -116,8 +117,8 @@ def load_project(cwd: Path | None = None) -> Project:
         return embedded_default(cwd)
     cwd = path.parent  # the project's root: relative paths in the file are relative to it
     try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:  # TOML is UTF-8 text
         raise ProjectError(f"{path}: not valid TOML: {exc}") from exc
 
     known = {"workspace", "data", "models", *STAGE_SECTIONS}
@@ -133,24 +134,33 @@ def load_project(cwd: Path | None = None) -> Project:
     for key, value in data.items():
         if key not in DATA_KEYS:
             raise ProjectError(f"{path}: unknown key 'data.{key}'; known: {', '.join(DATA_KEYS)}")
-        if not isinstance(value, str):
-            raise ProjectError(f"{path}: key 'data.{key}' must be a string, got {value!r}")
-    if "path" not in data:
-        raise ProjectError(f"{path}: key 'data.path' is missing: name the dataset (a file, folder or hf:// path)")
-    if "://" not in data["path"]:
-        data["path"] = str((cwd / data["path"]).resolve())
+        if not isinstance(value, str) or not value:
+            raise ProjectError(f"{path}: key 'data.{key}' must be a non-empty string, got {value!r}")
+    if "path" in data:  # absent: the commands that read the dataset ask for it (a run of `repo train` does not)
+        data["path"] = dataset_location(cwd, data["path"])
 
     models = _table(path, raw, "models")
     for key, value in models.items():
-        if not isinstance(value, str):
-            raise ProjectError(f"{path}: key 'models.{key}' must be a string (hub id or folder), got {value!r}")
-        if value.startswith(("./", "../", "~")):
-            models[key] = str((cwd / Path(value).expanduser()).resolve())
-    if "ref" not in models:
-        raise ProjectError(f"{path}: key 'models.ref' is missing: the reference model (hub id or local folder)")
+        if not isinstance(value, str) or not value:
+            raise ProjectError(f"{path}: key 'models.{key}' must be a hub id or a folder, got {value!r}")
+        models[key] = value if value in models else model_location(cwd, value)  # an alias of another stays
 
     stages = {name: _table(path, raw, name) for name in STAGE_SECTIONS}
     return Project(source=path, workspace=(cwd / workspace).resolve(), data=data, models=models, stages=stages)
+
+
+def dataset_location(root: Path, value: str) -> str:
+    """A dataset named in repo.toml: a local path relative to the file's folder `root`; an hf:// path as it is."""
+    return value if "://" in value else str((root / Path(value).expanduser()).resolve())
+
+
+def model_location(root: Path, value: str) -> str:
+    """A model named in repo.toml: a folder relative to the file's folder `root` where one is there (or the value is
+    written as a path: ./x, ../x, ~/x, /x); else a hub id, as it is (transformers' order: a local folder first)."""
+    local = root / Path(value).expanduser()
+    if value.startswith(("./", "../", "~", "/")) or local.exists():
+        return str(local.resolve())
+    return value
 
 
 def _table(path: Path, raw: dict, key: str) -> dict[str, Any]:
@@ -173,14 +183,14 @@ def merge_config(config_cls: type, section: str | None, project: Project, flags:
     declared = {f.name: f for f in dataclasses.fields(config_cls)}
     keys = {name for name, f in declared.items() if settings.of(f).toml and not settings.of(f).section}
     hints = typing.get_type_hints(config_cls)
-    values: dict[str, Any] = dict(defaults or {})
+    values: dict[str, Any] = {k: v for k, v in (defaults or {}).items() if v is not None}  # None: the project has none
     where = project.source or PROJECT_FILE
     for key, value in (project.section(section) if section else {}).items():
         if key not in keys:
             raise ProjectError(f"{where}: unknown key '{section}.{key}'; known: {', '.join(sorted(keys))}")
         values[key] = _coerce(hints[key], value, f"{where}: key '{section}.{key}'")
-        if isinstance(values[key], Path) and project.source is not None:  # relative to the project, as [data]
-            values[key] = (project.source.parent / values[key].expanduser()).resolve()
+        if project.source is not None:  # a path in the file is relative to the file, as [data] and [models]
+            values[key] = _located(settings.of(declared[key]), values[key], project.source.parent, project.models)
     values.update({k: v for k, v in flags.items() if v is not None and k in declared})
     for name, nested_cls in settings.nested(config_cls).items():
         nested_flags = flags if settings.of(declared[name]).cli else {}
@@ -188,11 +198,36 @@ def merge_config(config_cls: type, section: str | None, project: Project, flags:
     missing = [name for name, f in declared.items()
                if name not in values and settings.field_default(f) is dataclasses.MISSING]
     if missing:
-        raise ProjectError(f"give {', '.join(missing)}: on the command line, or under [{section}] in {where}")
+        named = [f"{name} ({settings.of(declared[name]).default_text})" if settings.of(declared[name]).default_text
+                 else name for name in missing]
+        raise ProjectError(f"give {', '.join(named)}: on the command line, or in {where}")
     for name, f in declared.items():
         if settings.of(f).model_alias and isinstance(values.get(name), str):
             values[name] = project.model(values[name])
     return config_cls(**values)
+
+
+def given_settings(config_cls: type, flags: dict[str, Any]) -> set[str]:
+    """The fields of `config_cls` set by a flag on the command line; a nested Config counts where one of its flags
+    is given."""
+    declared = {f.name: f for f in dataclasses.fields(config_cls)}
+    given = {k for k, v in flags.items() if v is not None and k in declared}
+    for name, nested_cls in settings.nested(config_cls).items():
+        if settings.of(declared[name]).cli and given_settings(nested_cls, flags):
+            given.add(name)
+    return given
+
+
+def _located(shape: settings.Setting, value: Any, root: Path, aliases: dict[str, str]) -> Any:
+    """A repo.toml value read relative to the file's folder `root`: a Path, a dataset named as text, a model that is
+    no alias of [models]."""
+    if isinstance(value, Path):
+        return (root / value.expanduser()).resolve()
+    if isinstance(value, str) and shape.dataset:
+        return dataset_location(root, value)
+    if isinstance(value, str) and shape.model_alias and value not in aliases and value not in ("ref", "policy"):
+        return model_location(root, value)
+    return value
 
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:

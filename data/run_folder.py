@@ -7,6 +7,7 @@ Layout (brief/contract.md):
     posteriors/epoch-000K.parquet    row_id, pair_id, annotator, z, p, w, flagged, epoch[, first_visit_z]
     annotators/epoch-000K.parquet    annotator, eta, labels, w_mean, flagged, epoch
     checkpoints/step-NNNNNNNN/       training state (stages/checkpoint.py)
+    eval/                            the score cache of --eval-data (the held-out pairs, scored by the reference)
     final/                           the trained policy (save_pretrained) and its tokenizer
 Every file is written under a temporary name in its folder and renamed into place (os.replace).
 """
@@ -24,6 +25,7 @@ ETA_STEPS = "eta_steps.parquet"
 POSTERIORS = "posteriors"
 ANNOTATORS = "annotators"
 CHECKPOINTS = "checkpoints"
+EVAL = "eval"
 FINAL = "final"
 
 
@@ -60,7 +62,7 @@ def read_epoch(run: Path, kind: str, epoch: int | None = None) -> pl.DataFrame:
     written = epochs_written(run, kind)
     if not written:
         raise FileNotFoundError(f"{Path(run) / kind}: no epoch files; was the run trained with --robust?")
-    return pl.read_parquet(epoch_file(run, kind, written[-1] if epoch is None else epoch))
+    return read_parquet(epoch_file(run, kind, written[-1] if epoch is None else epoch))
 
 
 def write_epoch_tables(run: Path, epoch: int, pairs: pl.DataFrame, z: np.ndarray, w: np.ndarray,
@@ -101,7 +103,17 @@ def read_eta_steps(run: Path) -> pl.DataFrame:
     path = Path(run) / ETA_STEPS
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: the run's per-step η is written with its first checkpoint")
-    return pl.read_parquet(path)
+    return read_parquet(path)
+
+
+def read_parquet(path: Path) -> pl.DataFrame:
+    """A table of the run folder, or one line naming the file that does not read."""
+    try:
+        return pl.read_parquet(path)
+    except (OSError, pl.exceptions.PolarsError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"{path} is not a readable Parquet file ({first}): the run folder is damaged; train the run "
+                         "again (or inspect another epoch with --epoch)") from err
 
 
 def write_parquet(frame: pl.DataFrame, path: Path) -> None:

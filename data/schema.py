@@ -2,7 +2,8 @@
 
 A cache is a folder written by `repo score` and read by `repo train` / `repo inspect-noise`:
     manifest.json        cache key, how the input rows are split into parts, the finished parts
-                         (with the rows each rejected), and whether the whole cache is complete
+                         (with the rows each rejected and the sha256 of the part's bytes), and whether the
+                         whole cache is complete
     part-NNNNN.parquet   scored rows of part NNNNN (SCORE_COLUMNS, the embedding columns of each layer in
                          the key's embed_layers, carried input columns); the cache key is also in each
                          file's footer metadata
@@ -10,8 +11,15 @@ A cache is a folder written by `repo score` and read by `repo train` / `repo ins
 Every file is written to a temporary name in the same folder and then renamed (os.replace), and the
 manifest lists a part only after its file is in place: a scorer killed at any moment leaves either a
 finished part or none, never half of one, and a rerun redoes only unlisted parts.
+
+A manifest names its parts only as part-NNNNN.parquet in its own folder (PART_NAME): one that names anything else
+was not written by re-po, and is refused before any file is read or deleted. Each part is read once into memory,
+its sha256 checked against the manifest's and parsed from the same bytes: a part changed after it was written (a
+flipped bit, a copy cut short) is refused naming it.
 """
+import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,9 +27,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from re_po.data.atomic import atomic_write
+from re_po.data.atomic import atomic_write, atomic_write_bytes
 
-SCHEMA_VERSION = 2  # 2: response and prompt embeddings (embed_layers)
+SCHEMA_VERSION = 3  # 2: response and prompt embeddings (embed_layers); 3: each part's sha256 in the manifest
 # Everything that can change a stored log-prob (or the token ids): a cache is reused only if all agree.
 CACHE_KEY_FIELDS = (
     "schema_version",
@@ -75,6 +83,7 @@ def stored_embedding_columns(key: dict) -> list[str]:
 
 
 MANIFEST = "manifest.json"
+PART_NAME = re.compile(r"part-(\d{5,})\.parquet")  # part_name's names: nothing else is ever read or deleted
 REJECTS = "rejects.jsonl"
 KEY_METADATA = "re_po.cache_key"  # Parquet footer entry holding the JSON cache key
 
@@ -87,7 +96,7 @@ class CacheError(ValueError):
 class Manifest:
     key: dict
     layout: dict  # how the writer split its input into parts (part_size, num_parts, num_rows, ...)
-    parts: dict[str, dict] = field(default_factory=dict)  # finished part -> {"rows", "truncated", "rejects"}
+    parts: dict[str, dict] = field(default_factory=dict)  # part -> {"rows", "truncated", "rejects", "sha256"}
     complete: bool = False
 
 
@@ -133,19 +142,30 @@ def open_cache(folder: Path, key: dict, layout: dict, overwrite: bool) -> Manife
 
 
 def check_folder(folder: Path) -> None:
-    """Refuse a folder that is neither absent, empty, nor a score cache: the user's own shards, say. Reads only."""
+    """Refuse a folder that is neither absent, empty, nor a score cache (the user's own shards, say), and a cache
+    whose manifest re-po did not write. Reads only."""
     folder = Path(folder)
     if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not (folder / MANIFEST).exists())):
         raise CacheError(f"{folder} is not empty and holds no re-po score cache ({MANIFEST} missing); re-po did "
                          "not make it and never writes into a folder it did not make: choose another --out "
                          "(or empty this one)")
+    if folder.is_dir():
+        _read_manifest(folder)
+
+
+def holds_parts(folder: Path) -> bool:
+    """Whether `folder` holds a scored part: work a rerun resumes from."""
+    return folder.is_dir() and any(PART_NAME.fullmatch(path.name) for path in folder.iterdir())
 
 
 def _owned_files(folder: Path, manifest: Manifest) -> list[Path]:
-    """The files a cache's writer made: manifest, rejects, every part of its layout, and their temporary files."""
-    names = {MANIFEST, REJECTS, *manifest.parts,
-             *(part_name(i) for i in range(int(manifest.layout.get("num_parts", 0))))}
-    return [folder / name for name in sorted(names)] + [folder / f".{name}.tmp" for name in sorted(names)]
+    """The files a cache's writer made: manifest, rejects, its listed parts and the other parts of its layout there
+    (a part written just before a kill), and their temporary files. Every name is checked (_check_manifest)."""
+    num_parts = manifest.layout.get("num_parts", 0)
+    unlisted = [path.name for path in folder.iterdir()
+                if (match := PART_NAME.fullmatch(path.name)) and int(match[1]) < num_parts]
+    names = sorted({MANIFEST, REJECTS, *manifest.parts, *unlisted})
+    return [folder / name for name in names] + [folder / f".{name}.tmp" for name in names]
 
 
 def write_part(folder: Path, manifest: Manifest, index: int, df: pl.DataFrame, rejects: list[dict]) -> None:
@@ -155,9 +175,13 @@ def write_part(folder: Path, manifest: Manifest, index: int, df: pl.DataFrame, r
         raise ValueError(f"score part columns wrong (found, expected): {wrong}")
     table = df.to_arrow()
     metadata = {**(table.schema.metadata or {}), KEY_METADATA.encode(): json.dumps(manifest.key).encode()}
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table.replace_schema_metadata(metadata), buffer)
+    data = buffer.getvalue().to_pybytes()
     name = part_name(index)
-    atomic_write(folder / name, lambda tmp: pq.write_table(table.replace_schema_metadata(metadata), tmp))
-    manifest.parts[name] = {"rows": df.height, "truncated": int(df["truncated"].sum()), "rejects": rejects}
+    atomic_write_bytes(folder / name, data)
+    manifest.parts[name] = {"rows": df.height, "truncated": int(df["truncated"].sum()), "rejects": rejects,
+                            "sha256": hashlib.sha256(data).hexdigest()}
     write_manifest(folder, manifest)
 
 
@@ -196,21 +220,48 @@ def read_scores(folder: str | Path, expect: dict | None = None) -> tuple[pl.Data
             raise ValueError(f"read_scores: unknown cache key fields {sorted(unknown)}")
         if _differing(manifest.key, expect):
             raise CacheError(f"score cache {folder} does not match.\n{_show_keys(manifest.key, expect, 'expected')}")
-    frames = []
-    for name in sorted(manifest.parts):
-        try:
-            footer = pq.read_schema(folder / name).metadata or {}
-            part_key = json.loads(footer.get(KEY_METADATA.encode(), b"null"))
-            if part_key == manifest.key:
-                frames.append(pl.read_parquet(folder / name))
-        except (OSError, ValueError, pa.ArrowException, pl.exceptions.PolarsError) as err:
-            raise CacheError(f"{folder / name} is not a readable Parquet part ({err}); rerun `repo score` with "
-                             "--overwrite to score the cache again") from err
-        if part_key != manifest.key:
-            raise CacheError(f"{folder / name} belongs to another cache.\n"
-                             f"{_show_keys(part_key or {}, manifest.key, 'manifest')}")
-    df = pl.concat(frames, how="vertical") if frames else _empty_scores()
+    frames = [_read_part(folder, name, manifest) for name in sorted(manifest.parts)]
+    try:
+        df = pl.concat(frames, how="vertical") if frames else _empty_scores()
+    except pl.exceptions.PolarsError as err:
+        raise CacheError(f"score cache {folder}: its parts do not hold the same columns ({err}); they were not "
+                         "written by one `repo score` run; rescore with --overwrite") from err
+    repeated = df["row_id"].filter(df["row_id"].is_duplicated())
+    if repeated.len():
+        raise CacheError(f"score cache {folder} holds row_id {repeated[0]} more than once: its parts were not written "
+                         "by one `repo score` run; rescore with --overwrite")
     return df.sort("row_id"), manifest.key
+
+
+def _read_part(folder: Path, name: str, manifest: Manifest) -> pl.DataFrame:
+    """One part, read once: its bytes checked against the manifest's sha256, then parsed from the same bytes."""
+    path, entry = folder / name, manifest.parts[name]
+    rescore = "rescore with `repo score ... --overwrite`"
+    if "sha256" not in entry:
+        raise CacheError(f"{path}: the manifest holds no checksum of it (a cache of an older re-po); {rescore}")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise CacheError(f"{path}: cannot read this part of the cache ({err.strerror or err}); {rescore}") from err
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise CacheError(f"{path}: its content is not what `repo score` wrote (its sha256 differs from the "
+                         f"manifest's: changed or damaged since); {rescore}")
+    try:
+        footer = pq.read_schema(pa.BufferReader(data)).metadata or {}
+        part_key = json.loads(footer.get(KEY_METADATA.encode(), b"null"))
+        frame = pl.read_parquet(data)
+    except (OSError, ValueError, pa.ArrowException, pl.exceptions.PolarsError) as err:
+        raise CacheError(f"{path} is not a readable Parquet part ({err}); {rescore}") from err
+    if part_key != manifest.key:
+        raise CacheError(f"{path} belongs to another cache.\n{_show_keys(part_key or {}, manifest.key, 'manifest')}")
+    expected = {**SCORE_COLUMNS, **{n: None for n in stored_embedding_columns(manifest.key)}}
+    wrong = [n for n, dtype in expected.items()
+             if n not in frame.schema or (dtype is not None and frame.schema[n] != dtype)]
+    if wrong or frame.height != entry["rows"]:
+        raise CacheError(f"{path} does not hold what the manifest says ({entry['rows']} rows of the cache's columns; "
+                         f"found {frame.height} rows{', columns ' + ', '.join(wrong) + ' missing or of another type' if wrong else ''}); "
+                         f"{rescore}")
+    return frame
 
 
 def read_rejects(folder: str | Path) -> list[dict]:
@@ -227,9 +278,45 @@ def _read_manifest(folder: Path) -> Manifest | None:
     if not path.exists():
         return None
     try:
-        return Manifest(**json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError) as err:
-        raise CacheError(f"{path} is not a re-po score manifest: {err}") from err
+        manifest = Manifest(**json.loads(path.read_text()))
+    except (ValueError, TypeError, OSError) as err:  # ValueError: malformed JSON, or not UTF-8
+        raise CacheError(f"{path} is not a re-po score manifest ({err}); {_NOT_OURS.format(folder=folder)}") from err
+    _check_manifest(path, manifest)
+    return manifest
+
+
+_NOT_OURS = ("re-po reads and deletes nothing by it: remove {folder} yourself if it is not yours to keep, or choose "
+             "another --out")
+
+
+def _check_manifest(path: Path, manifest: Manifest) -> None:
+    """The shape `write_manifest` writes; above all, parts named only as part-NNNNN.parquet in the cache's own
+    folder (a name like ../../x or /x would make --overwrite delete, and a read open, a file outside it)."""
+    def refuse(what: str) -> None:
+        raise CacheError(f"{path} {what}, so it was not written by re-po; {_NOT_OURS.format(folder=path.parent)}")
+
+    if not all(isinstance(v, dict) for v in (manifest.key, manifest.layout, manifest.parts)):
+        refuse("does not hold key, layout and parts as objects")
+    if not isinstance(manifest.complete, bool) or not _count(manifest.layout.get("num_parts", 0)):
+        refuse("does not hold `complete` as true or false and `layout.num_parts` as a count")
+    for name, entry in manifest.parts.items():
+        if not PART_NAME.fullmatch(name):
+            refuse(f"lists a part named {name!r}, where a score cache's parts are part-NNNNN.parquet files in its own "
+                   "folder")
+        if not (isinstance(entry, dict) and _count(entry.get("rows")) and _count(entry.get("truncated"))
+                and isinstance(entry.get("rejects"), list) and all(map(_is_reject, entry["rejects"]))
+                and isinstance(entry.get("sha256", ""), str)):
+            refuse(f"describes part {name} with other fields than rows, truncated, rejects and sha256")
+
+
+def _is_reject(value: object) -> bool:
+    """A rejected row as write_part records it (data/pairs.Reject's fields)."""
+    return (isinstance(value, dict) and _count(value.get("row_id")) and isinstance(value.get("reason"), str)
+            and isinstance(value.get("field"), (str, type(None))))
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _differing(found: dict, expected: dict) -> list[str]:

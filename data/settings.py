@@ -26,6 +26,7 @@ class Setting:
     cli: bool = True  # False: not a flag (it comes from repo.toml, or the command supplies it)
     toml: bool = True  # False: not a repo.toml key either
     model_alias: bool = False  # a name under repo.toml's [models] resolves to its hub id or folder
+    dataset: bool = False  # a file, folder or hf:// path as text: in repo.toml, relative to the file's folder
     section: str | None = None  # a nested Config: its values come from this repo.toml table
 
 

@@ -22,8 +22,17 @@ class LossKind(StrEnum):
     rdpo = "rdpo"
 
 
-# The four families RE-PO wraps (paper §2); cdpo/rdpo already model noise their own way.
-ROBUST_KINDS = frozenset({LossKind.dpo, LossKind.ipo, LossKind.simpo, LossKind.cpo})
+class RobustKind(StrEnum):
+    """The four families RE-PO wraps (paper §2), as a choice of their own where only they are offered (the demo);
+    cdpo/rdpo already model noise their own way."""
+
+    dpo = "dpo"
+    ipo = "ipo"
+    simpo = "simpo"
+    cpo = "cpo"
+
+
+ROBUST_KINDS = frozenset(LossKind(kind) for kind in RobustKind)
 
 DEFAULT_BETA: dict[LossKind, float] = {
     LossKind.dpo: 0.1,

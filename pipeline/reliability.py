@@ -40,6 +40,9 @@ from re_po.pipeline.losses import posterior_weight
 LAMBDAS = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)  # ridge strengths tried, per unit of total label weight
 TUNE_PAIRS = 8_000  # the ridge is chosen on at most this many pairs of a fold's training part (see crossfit_probe)
 MAX_SE = 0.1  # an η whose standard error is larger is not identified by the data: it stays at η0
+# Cross-fitting needs this many pairs per fold: with fewer, each fold's probe is fit on a handful of pairs (and the
+# inner folds that choose its ridge on fewer still); `estimate` then serves without the probe (probe_fits).
+MIN_PAIRS_PER_FOLD = 2
 
 
 @dataclass(frozen=True)
@@ -108,12 +111,30 @@ def probe_features(first: Tensor, second: Tensor, prompt: Tensor | None, compone
 
 def _principal_directions(x: Tensor, count: int) -> Tensor:
     """(E, c ≤ count) top eigenvectors of xᵀx above rounding, each signed so its largest entry is positive."""
-    values, vectors = torch.linalg.eigh(x.T @ x)  # ascending
+    try:
+        values, vectors = _eigh(x.T @ x)  # ascending
+    except torch.linalg.LinAlgError:  # LAPACK fails on some xᵀx of a few rows that differ in a few entries (8 labels
+        # of one prompt, pooled in float16): the same directions from the (G, G) side, v = xᵀu / √λ
+        values, u = _eigh(x @ x.T)
+        vectors = x.T @ u / values.clamp(min=torch.finfo(values.dtype).tiny).sqrt()
     values, vectors = values.flip(0), vectors.flip(1)
     keep = min(count, int((values > values[0].clamp(min=0) * 1e-10).sum())) if values.numel() and values[0] > 0 else 0
     vectors = vectors[:, :keep]
     signs = torch.sign(vectors.gather(0, vectors.abs().argmax(0, keepdim=True)))
     return vectors * signs
+
+
+def _eigh(matrix: Tensor) -> tuple[Tensor, Tensor]:
+    """torch.linalg.eigh of a symmetric matrix, solved at unit scale: LAPACK fails to converge on some of tiny
+    entries (prompts that differ only by float16 rounding gave xᵀx of entries below 1e-7), and the eigenvectors do
+    not depend on the scale. A zero matrix has zero eigenvalues and the unit vectors."""
+    scale = matrix.abs().max() if matrix.numel() else torch.zeros((), dtype=matrix.dtype)
+    if not bool(torch.isfinite(scale)):
+        raise ValueError("the estimator's inputs hold non-finite values (inf or NaN)")
+    if scale == 0:
+        return torch.zeros(matrix.shape[0], dtype=matrix.dtype), torch.eye(matrix.shape[0], dtype=matrix.dtype)
+    values, vectors = torch.linalg.eigh(matrix / scale)
+    return values * scale, vectors
 
 
 # ---- 2. the cross-fitted probe ----------------------------------------------------------------------------------
@@ -373,7 +394,7 @@ def eta_covariance(labels: Labels, eta: Tensor, s: Tensor, scale: Tensor, groups
         truth = torch.sigmoid(pair_log_odds(labels, eta, logit))
         score[torch.arange(labels.num_pairs), k + groups] = s * (truth - torch.sigmoid(logit))
     information = score.T @ score
-    values, vectors = torch.linalg.eigh(information)
+    values, vectors = _eigh(information)
     informed = values > values.max().clamp(min=1e-300) * 1e-10
     covariance = (vectors[:, informed] / values[informed]) @ vectors[:, informed].T
     uninformed = vectors[:, ~informed].square().sum(1) > 1e-8
@@ -389,6 +410,11 @@ def standard_errors(labels: Labels, eta: Tensor, s: Tensor, scale: Tensor, group
 
 
 # ---- the whole estimator --------------------------------------------------------------------------------------------
+
+def probe_fits(num_pairs: int, num_folds: int) -> bool:
+    """Whether `num_pairs` are enough to cross-fit the probe in `num_folds` folds (MIN_PAIRS_PER_FOLD each)."""
+    return num_pairs >= MIN_PAIRS_PER_FOLD * num_folds
+
 
 def estimate(labels: Labels, candidates: dict[str, Tensor] | None = None, prior: Tensor | None = None,
              eta0: float = 0.9, num_folds: int = 5, seed: int = 0, max_se: float = MAX_SE,

@@ -15,7 +15,16 @@ from pathlib import Path
 from re_po.data.columns import TRUTH, Columns, table_format
 from re_po.data.project import SAMPLE_HELDOUT, SAMPLE_TRAIN
 from re_po.data.settings import coerce, setting
-from re_po.pipeline.choices import ROBUST_KINDS, EStep, EtaUpdate, LossKind, LossSpec, RobustForm, Sampling
+from re_po.pipeline.choices import (
+    ROBUST_KINDS,
+    EStep,
+    EtaUpdate,
+    LossKind,
+    LossSpec,
+    RobustForm,
+    RobustKind,
+    Sampling,
+)
 
 # ---- `repo score` --------------------------------------------------------------------------------------------------
 
@@ -42,7 +51,9 @@ class ScoreConfig:
     dtype: Dtype = setting(Dtype.float32, "float32 or bfloat16.")
     device: str = setting("auto", "hf backend: cpu, cuda, cuda:N, auto.")  # auto = cuda if available
     max_length: int = setting(1024, "Prompt + response tokens.")  # the prompt is cut from the left first
-    max_prompt_length: int = setting(512, "Prompt tokens, cut from the left.")
+    # None: half the budget, so the response keeps at least the other half (TRL's 1024 / 512), whatever max_length
+    max_prompt_length: int | None = setting(None, "Prompt tokens, cut from the left.",
+                                            default_text="half of max_length, 512 for 1024")
     batch_tokens: int = setting(16384, "hf backend: padded tokens per batch.")
     packing: bool = setting(True, "hf backend: several sequences per row instead of right padding.")
     part_size: int = setting(2048, "Rows per Parquet part (unit of resumption).")
@@ -52,7 +63,7 @@ class ScoreConfig:
                                      "the cache).")
     embed_layers: str = setting("middle,last", "Layers to pool: numbers 1..L, middle, last.")  # middle = L // 2
     on_bad_row: str = setting("error", "error, or skip (to rejects.jsonl).")
-    columns: Columns = setting(factory=Columns, cli=False, toml=False)  # repo.toml [data]
+    columns: Columns = setting(factory=Columns, section="data")  # repo.toml [data], or the --*-col flags
     tensor_parallel_size: int = setting(1, "vllm: GPUs per model.")
     gpu_memory_utilization: float = setting(0.9, "vllm: share of GPU memory.")
     max_model_len: int | None = setting(None, "vllm: context length.",  # P7: a prompt must be < max_model_len
@@ -64,8 +75,15 @@ class ScoreConfig:
         coerce(self)
         if self.on_bad_row not in ("error", "skip"):
             raise ValueError(f"on_bad_row must be 'error' or 'skip', not {self.on_bad_row!r}")
+        if self.max_length < 2:
+            raise ValueError(f"--max-length (repo.toml [score] max_length) is {self.max_length}: a prompt and a response "
+                             "need at least 2 tokens")
+        if self.max_prompt_length is None:
+            object.__setattr__(self, "max_prompt_length", self.max_length // 2)
         if not 0 < self.max_prompt_length < self.max_length:
-            raise ValueError(f"need 0 < max_prompt_length ({self.max_prompt_length}) < max_length ({self.max_length})")
+            raise ValueError(f"--max-prompt-length ({self.max_prompt_length}) must lie between 0 and --max-length "
+                             f"({self.max_length}), the prompt and response together (repo.toml [score] "
+                             "max_prompt_length, max_length); left out, it is half of max_length")
         if self.max_model_len is not None and self.max_model_len <= self.max_length:
             raise ValueError(f"max_model_len ({self.max_model_len}) must exceed max_length ({self.max_length})")
         if self.part_size < 1 or self.batch_tokens < 1:
@@ -190,7 +208,8 @@ class TrainConfig:
     device: str = setting("auto", "auto, cpu or cuda (accelerate launch picks the device per process).")
     eval_data: str | None = setting(None, "Held-out pairs (file, folder or hf:// path) scored by the reference once and "
                                           "by the policy every --eval-every steps and at the end: eval/loss, "
-                                          "eval/rewards/*, and eval/truth_accuracy with an is_flipped column.")
+                                          "eval/rewards/*, and eval/truth_accuracy with an is_flipped column.",
+                                    dataset=True)
     eval_every: int = setting(0, "Evaluate every N optimizer steps (0: at the end only).")
     eval_judge: str | None = setting(None, "With --eval-data: judge (a reward model, or module:function) what the policy "
                                            "writes to its prompts when it is evaluated: eval/win_rate against the "
@@ -253,7 +272,9 @@ class CleanAction(StrEnum):
 class InspectConfig:
     run: Path = setting(help="Run folder of `repo train --robust`, or a score cache of `repo score` for the "
                              "estimate before training.", positional=True, default_text="<workspace>/train")
-    out_dir: Path = setting(help="report.txt and summary.json go here.", default_text="<workspace>/inspect")
+    out_dir: Path | None = setting(None, "report.txt and summary.json go here.",
+                                   default_text="beside the inspected folder: <workspace>/inspect/estimate for a score "
+                                                "cache, <workspace>/inspect/epoch-N for epoch N of a run")
     epoch: int | None = setting(None, "Epoch to inspect.", default_text="the last one written")
     threshold: float | None = setting(None, "Flag pairs with w below it.",
                                       default_text=f"{DEFAULT_THRESHOLD} unless --top-k is given")
@@ -267,8 +288,8 @@ class InspectConfig:
     export_clean: Path | None = setting(None, "Write the input dataset without the flagged labels (see --action).")
     action: CleanAction = setting(CleanAction.drop, "drop the flagged pairs, or flip their labels.")
     data: str | None = setting(None, "The input dataset, for --export-clean (the run's cache must be scored from "
-                                     "it).", default_text="repo.toml's data.path")
-    columns: Columns = setting(Columns(), cli=False, toml=False)  # its column names, as `repo score` read them
+                                     "it).", default_text="repo.toml's data.path", dataset=True)
+    columns: Columns = setting(factory=Columns, section="data")  # its column names, as `repo score` read them
     plots: Path | None = setting(None, "Folder for PNG plots of w and η.")
     html: Path | None = setting(None, "Write one self-contained HTML page: the annotators, the plots, and the flagged "
                                       "pairs as a sortable, filterable table.")
@@ -308,12 +329,12 @@ class InspectConfig:
 @dataclass(frozen=True)
 class EvaluateConfig:
     data: str = setting(help="Held-out pairs with a truth column.", positional=True,
-                        default_text="repo.toml's [evaluate] data")
+                        default_text="repo.toml's [evaluate] data", dataset=True)
     run: Path = setting(help="Run folder of `repo train`.", default_text="<workspace>/train")
     out: Path = setting(help="Output folder: the two score caches and evaluation.json.",
                         default_text="<workspace>/evaluate")
     truth_col: str = setting(TRUTH, "True where the observed order is the wrong one.")
-    columns: Columns = setting(Columns(), cli=False, toml=False)  # repo.toml [data]
+    columns: Columns = setting(factory=Columns, section="data")  # repo.toml [data], or the --*-col flags
     max_length: int | None = setting(None, "Prompt + response tokens.", default_text="as the run's cache was scored")
     max_prompt_length: int | None = setting(None, "Prompt tokens, cut from the left.",
                                             default_text="as the run's cache was scored")
@@ -357,7 +378,7 @@ class GenerateConfig:
     part_size: int = setting(256, "Prompts per Parquet part (unit of resumption).")
     overwrite: bool = setting(False, "Start over instead of resuming.", flag="--overwrite/--resume",
                               default_text="resume")
-    columns: Columns = setting(Columns(), cli=False, toml=False)  # repo.toml [data]
+    columns: Columns = setting(factory=Columns, section="data")  # repo.toml [data], or the --*-col flags
     gpu_memory_utilization: float = setting(0.9, "vllm: share of GPU memory (one engine at a time).")
 
     def __post_init__(self):
@@ -384,7 +405,7 @@ class DemoConfig:
     train_pairs: int = setting(0, "Use N of the training labels, drawn with a fixed seed (0: all 695, of 280 "
                                   "pairs).")
     heldout_pairs: int = setting(0, "Use N of the held-out pairs, drawn with a fixed seed (0: all 300).")
-    loss: LossKind = setting(LossKind.dpo, "dpo | ipo | simpo | cpo, trained with --robust.")
+    loss: RobustKind = setting(RobustKind.dpo, "The loss RE-PO wraps (trained with --robust).")
     # one pass: every pair's margin is out-of-sample when the E-step sees it (method.md §7.6)
     epochs: int = setting(1, "Training epochs.")
     lr: float = setting(5e-5, "AdamW learning rate.")

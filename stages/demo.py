@@ -5,9 +5,9 @@ Reads   the bundled sentiment pairs (data/sample: real human labels with real no
         prepared locally.
 Writes  under `workspace`: scores/ (stage one), train/ (stage two, RE-DPO with --robust's defaults: the
         noise estimate of the cache first, as epoch 0), heldout/ (stages/evaluate.py: the held-out pairs
-        scored by the reference and by the trained policy), inspect/ (report, plots, summary.json and report.html
-        after training), inspect-before/ (the same for epoch 0, the estimate before training) and
-        demo-summary.json.
+        scored by the reference and by the trained policy), inspect/epoch-0/ (report and summary.json of epoch
+        0, the estimate before training), inspect/epoch-E/ (the same after training, with plots/ and report.html)
+        and demo-summary.json.
 Run     repo demo [--train-pairs N] [--heldout-pairs N] [--epochs E]
 
 The summary compares each annotator group's η̂ before training (the estimate) and after it with its
@@ -28,6 +28,8 @@ from re_po.stages.configs import DemoConfig
 
 def run(cfg: DemoConfig) -> Path:
     """Score, train with --robust, inspect, evaluate on held-out pairs; returns demo-summary.json."""
+    folders.check_outputs({"--workspace": cfg.workspace}, {"--train-data": cfg.train_data,
+                                                           "--heldout-data": cfg.heldout_data, "--model": cfg.model})
     ws = folders.claim(Path(cfg.workspace), "demo", lambda f: (f / "demo-summary.json").is_file()
                        or (f / "scores" / schema.MANIFEST).is_file())
     model = cfg.model or str(prepare_model.ensure_default_model())
@@ -62,18 +64,18 @@ def run(cfg: DemoConfig) -> Path:
     )
 
     _step("inspect-noise: before training (epoch 0, the estimate) and after it")
-    before = _inspect(run_dir, ws / "inspect-before", cfg.truth_col, epoch=0)
-    after = _inspect(run_dir, ws / "inspect", cfg.truth_col, plots=ws / "inspect" / "plots",
-                     html=ws / "inspect" / "report.html")
+    before_dir, after_dir = (inspect_noise.default_out_dir(run_dir, epoch) for epoch in (0, cfg.epochs))
+    before = _inspect(run_dir, before_dir, cfg.truth_col, epoch=0)
+    after = _inspect(run_dir, after_dir, cfg.truth_col, plots=after_dir / "plots", html=after_dir / "report.html")
     summary = {
+        "train_labels": after["labels"],
         "train_pairs": after["pairs"],
         "heldout": evaluation,
         "annotators": _annotators(after),
         "flags": after["truth"],
         "before_training": {"annotators": _annotators(before), "flags": before["truth"]},
-        "outputs": {"run": str(run_dir), "inspect": str(ws / "inspect"), "plots": str(ws / "inspect" / "plots"),
-                    "report": str(ws / "inspect" / "report.html"),
-                    "inspect_before": str(ws / "inspect-before")},
+        "outputs": {"run": str(run_dir), "inspect": str(after_dir), "plots": str(after_dir / "plots"),
+                    "report": str(after_dir / "report.html"), "inspect_before": str(before_dir)},
     }
     path = ws / "demo-summary.json"
     run_folder.write_json(summary, path)
@@ -102,7 +104,7 @@ def format_summary(summary: dict) -> str:
         "re-po demo: RE-DPO on real human labels with real noise",
         "=" * 78,
         "annotator reliability: η̂ before training (the estimate) and after it (the EM), against the reliability",
-        f"measured on the consensus; {summary['train_pairs']} training labels",
+        f"measured on the consensus; {summary['train_labels']} training labels of {summary['train_pairs']} pairs",
         f"  {'annotator':<14}{'labels':>7}{'measured':>10}{'η̂ before':>10}{'|error|':>9}"
         f"{'η̂ after':>10}{'|error|':>9}{'flagged':>9}",
     ]
@@ -115,7 +117,7 @@ def format_summary(summary: dict) -> str:
     for when, flags in (("before", before["flags"]), ("after", summary["flags"])):
         if flags:
             lines.append(
-                f"flags {when:<6} (w < 0.5): {flags['noisy']} wrong labels of {summary['train_pairs']}; "
+                f"flags {when:<6} (w < 0.5): {flags['noisy']} wrong labels of {summary['train_labels']}; "
                 f"precision {_num(flags['precision'])}, recall {_num(flags['recall'])}, "
                 f"ROC-AUC of 1 − w {_num(flags['roc_auc'])}"
             )

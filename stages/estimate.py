@@ -41,14 +41,18 @@ def run(cfg: EstimateConfig, frame: pl.DataFrame, key: dict, source: str) -> Noi
     inputs = noise_inputs.read_inputs(frame, key, source, cfg.prior_col, embeddings=cfg.probe)
     labels = labels_of(inputs)
     prior = None if inputs.prior is None else torch.from_numpy(inputs.prior)
-    result = reliability.estimate(labels, probe_candidates(inputs, cfg), prior, cfg.eta0, cfg.folds, cfg.seed)
+    too_few = bool(inputs.embeddings) and not reliability.probe_fits(inputs.num_pairs, cfg.folds)
+    if too_few:
+        print(f"warning: {inputs.num_pairs} pairs are too few for the probe's {cfg.folds}-fold cross-fitting (it "
+              f"needs {reliability.MIN_PAIRS_PER_FOLD * cfg.folds}): the estimate uses the labels' agreement alone, "
+              "as with --no-probe; more pairs, fewer folds ([estimate] folds) or --prior-col bring a model back",
+              file=sys.stderr)
+    candidates = None if too_few else probe_candidates(inputs, cfg)
+    result = reliability.estimate(labels, candidates, prior, cfg.eta0, cfg.folds, cfg.seed)
     model = (f"probe on {result.features}" if result.features else
-             f"prior column {cfg.prior_col}" if prior is not None else "none (agreement alone)")
-    lost = [name for name, ok in zip(inputs.annotators, result.identified.tolist()) if not ok]
-    if lost:
-        print(f"warning: the data do not identify the reliability of {len(lost)} annotator(s) "
-              f"({', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''}): with a model at chance and no second "
-              f"label on their pairs, any η fits as well; η stays at eta0 = {cfg.eta0} for them", file=sys.stderr)
+             f"prior column {cfg.prior_col}" if prior is not None else
+             f"none (agreement alone: {inputs.num_pairs} pairs are too few for the probe)" if too_few else
+             "none (agreement alone)")
     z = result.z.numpy()
     posteriors = frame.select("row_id", "pair_id", "annotator").with_columns(
         z=z, p=0.5 * (1 + np.tanh(z / 2)), w=result.w.numpy(), epoch=pl.lit(0, pl.Int32))
@@ -56,6 +60,11 @@ def run(cfg: EstimateConfig, frame: pl.DataFrame, key: dict, source: str) -> Noi
                                "eta_se": pl.Series(result.eta_se.numpy()).replace(np.inf, None),
                                "identified": result.identified.numpy(),
                                "epoch": pl.Series([0] * len(inputs.annotators), dtype=pl.Int32)})
+    lost = unidentified_reasons(annotators, frame, model)
+    if lost:
+        print(f"warning: the data do not identify the reliability of {len(lost)} annotator(s); η stays at eta0 = "
+              f"{cfg.eta0} for them: " + "; ".join(f"{name}: {why}" for name, why in list(lost.items())[:5])
+              + (" ..." if len(lost) > 5 else ""), file=sys.stderr)
     return NoiseEstimate(posteriors, annotators, model, result.log_loss, time.perf_counter() - started)
 
 
@@ -73,3 +82,34 @@ def probe_candidates(inputs: noise_inputs.NoiseInputs, cfg: EstimateConfig) -> d
             np.concatenate(side, axis=1) for side in zip(*inputs.embeddings.values()))
     return {name: reliability.probe_features(*(torch.from_numpy(part) for part in parts), cfg.components,
                                              cfg.prompt_components) for name, parts in layers.items()}
+
+
+def unidentified_reasons(annotators: pl.DataFrame, labels: pl.DataFrame, model: str | None) -> dict[str, str]:
+    """Why the data do not identify each annotator's η, from its own labels: annotator -> the reason, for those whose
+    `identified` is false (none where the table has no such column).
+
+    annotators: annotator, identified, eta_se (null where infinite); labels: annotator, pair_id of every label;
+    model: what served as the model (NoiseEstimate.model), None where unknown (a run's epoch 0).
+    """
+    if "identified" not in annotators.columns:
+        return {}
+    counts = labels.with_columns(shared=pl.len().over("pair_id") > 1).group_by("annotator").agg(
+        n=pl.len(), shared=pl.col("shared").sum())
+    of = {row["annotator"]: row for row in counts.iter_rows(named=True)}
+    evidence = ("the estimate's model" if model is None else
+                "without a model (the labels' agreement alone) nothing else" if model.startswith("none") else
+                f"the model ({model})")
+    reasons = {}
+    for row in annotators.filter(~pl.col("identified")).iter_rows(named=True):
+        n, shared = of[row["annotator"]]["n"], of[row["annotator"]]["shared"]
+        if row["eta_se"] is not None:
+            reasons[row["annotator"]] = (f"its standard error {row['eta_se']:.2f} is above {reliability.MAX_SE} with "
+                                         f"{n} labels ({shared} beside another label of the same pair): more labels "
+                                         "pin it down")
+        elif shared == 0:
+            reasons[row["annotator"]] = (f"each of its {n} labels is the only one of its pair, and {evidence} tells "
+                                         "the true order apart: a second label on some of its pairs pins η down")
+        else:
+            reasons[row["annotator"]] = (f"its labels always meet the same other annotators', and {evidence} tells "
+                                         "their reliabilities apart")
+    return reasons

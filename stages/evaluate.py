@@ -21,6 +21,7 @@ import polars as pl
 import torch
 
 from re_po.data import folders, run_folder, schema
+from re_po.data.pairs import read_pairs
 from re_po.data.tables import truth_column
 from re_po.pipeline import losses
 from re_po.pipeline.choices import LossSpec
@@ -35,6 +36,8 @@ def run(cfg: EvaluateConfig) -> Path:
     folders.check(out, "evaluate", _evaluated)
     train_config = run_folder.read_record(run_dir)
     key = train_config["cache_key"]
+    folders.check_outputs({"--out": out, "--ref-out": cfg.ref_out},
+                          {"the held-out data": cfg.data, "the run folder": run_dir, "the reference model": key["ref_model"]})
     if "loss_spec" not in train_config:
         raise ValueError(f"{run_dir / run_folder.CONFIG} names no loss_spec: the run was trained by an older re-po; "
                          "train it again to evaluate it")
@@ -42,16 +45,25 @@ def run(cfg: EvaluateConfig) -> Path:
     final = run_dir / run_folder.FINAL
     if not (final / "config.json").exists():
         raise FileNotFoundError(f"{run_dir} has no trained policy in {final}; let `repo train` finish first")
-    lengths = dict(
+    lengths = dict(  # as the run's cache was scored; a max_length given alone takes its own prompt length
         max_length=cfg.max_length or int(key["max_length"]),
-        max_prompt_length=cfg.max_prompt_length or int(key["max_prompt_length"]),
+        max_prompt_length=cfg.max_prompt_length or (int(key["max_prompt_length"]) if cfg.max_length is None else None),
     )
-    folders.claim(out, "evaluate", _evaluated)  # after the run folder was read: a bad one leaves nothing
-    ref_cache = score.run(score.ScoreConfig(data=cfg.data, model=key["ref_model"], out=cfg.ref_out or out / "ref",
-                                            columns=cfg.columns, **lengths))
-    policy_cache = score.run(
-        score.ScoreConfig(data=cfg.data, model=str(final), out=out / "policy", columns=cfg.columns, **lengths)
-    )
+    held_out = read_pairs(cfg.data, cfg.columns).table  # its truth before any scoring: refused, nothing is spent
+    if cfg.truth_col not in held_out.columns:
+        there = ", ".join(c for c in held_out.columns if c != "row_id")
+        raise ValueError(f"{cfg.data}: no truth column {cfg.truth_col!r} (true where the label is wrong) to evaluate "
+                         f"against; its columns: {there}; name yours with --truth-col")
+    truth_column(held_out, cfg.truth_col, cfg.data)  # every value true/false or 0/1
+    ref_out = Path(cfg.ref_out or out / "ref")
+    # a failure before the reference's first scored part leaves no folder; after it, the part to resume from
+    with folders.removed_on_failure([out], keep=lambda: schema.holds_parts(ref_out)):
+        folders.claim(out, "evaluate", _evaluated)  # after the run folder and the data were read
+        ref_cache = score.run(score.ScoreConfig(data=cfg.data, model=key["ref_model"], out=ref_out,
+                                                columns=cfg.columns, **lengths))
+        policy_cache = score.run(
+            score.ScoreConfig(data=cfg.data, model=str(final), out=out / "policy", columns=cfg.columns, **lengths)
+        )
     result = {
         "run": str(run_dir),
         "data": cfg.data,
@@ -79,10 +91,6 @@ def heldout_accuracy(
     """Accuracies before (policy = reference) and after, from two score caches of the same pairs."""
     ref, _ = schema.read_scores(ref_cache)
     policy, _ = schema.read_scores(policy_cache)
-    if truth_col not in ref.columns:
-        raise ValueError(
-            f"held-out data has no truth column {truth_col!r}; its columns: {', '.join(ref.columns)}"
-        )
     joined = ref.join(
         policy.select(
             "row_id",

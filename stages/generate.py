@@ -55,6 +55,8 @@ def run(cfg: GenerateConfig) -> Path:
     out = Path(cfg.out)
     folders.check(out, "generate")  # before any work: never the user's folder
     policy, ref, max_prompt_length = _models(cfg)
+    folders.check_outputs({"--out": out}, {"the prompts": cfg.data, "the run folder": cfg.run, "the policy": policy,
+                                          "the reference model": ref, "the judge": cfg.judge})
     read = read_prompts(cfg.data, cfg.columns)
     count = min(cfg.max_prompts or len(read.prompts), len(read.prompts))
     prompts, row_ids = read.prompts[:count], read.row_ids[:count]
@@ -69,31 +71,33 @@ def run(cfg: GenerateConfig) -> Path:
            "sampling": dataclasses.asdict(cfg.sampling()), "seed": cfg.seed, "judge": cfg.judge,
            "backend": str(backend), "backend_version": models.backend_version(backend)}
     layout = {"part_size": cfg.part_size, "num_prompts": count, "num_parts": math.ceil(count / cfg.part_size)}
-    folders.claim(out, "generate")
     samples = out / SAMPLES
-    manifest = parts.open_parts(samples, key, layout, cfg.overwrite, "generation samples")
-    todo = [i for i in range(layout["num_parts"]) if parts.part_name(i) not in manifest.parts]
-    part = Part(prompts, row_ids, prompt_ids, cfg.part_size)
+    # a failure before the first part is written leaves no folder; after it, the parts to resume from
+    with folders.removed_on_failure([out], keep=lambda: parts.holds_parts(samples)):
+        folders.claim(out, "generate")
+        manifest = parts.open_parts(samples, key, layout, cfg.overwrite, "generation samples")
+        todo = [i for i in range(layout["num_parts"]) if parts.part_name(i) not in manifest.parts]
+        part = Part(prompts, row_ids, prompt_ids, cfg.part_size)
 
-    def write(index: int, drawn: Drawn, loaded: Models) -> None:
-        parts.write_part(samples, manifest, index, part.frame(index, drawn, tokenizer, loaded, judge))
+        def write(index: int, drawn: Drawn, loaded: Models) -> None:
+            parts.write_part(samples, manifest, index, part.frame(index, drawn, tokenizer, loaded, judge))
 
-    if todo:
-        print(f"generate: {count} prompts × {cfg.num_samples} samples from the policy and the reference "
-              f"({backend}); {len(todo)} of {layout['num_parts']} parts to do", file=sys.stderr)
-        if backend is Backend.vllm:  # one engine at a time: every part's samples, then scoring part by part
-            drawn = {index: {} for index in todo}
-            for side, folder in zip(SIDES, (policy_dir, ref_dir)):
-                for index, responses in _vllm_draws(cfg, folder, tokenizer, part, todo, max_prompt_length).items():
-                    drawn[index][side] = responses
-            loaded = Models.load(cfg, policy_dir, ref_dir, tokenizer)
-            for index in todo:
-                write(index, drawn[index], loaded)
-        else:
-            loaded = Models.load(cfg, policy_dir, ref_dir, tokenizer)
-            for index in todo:
-                write(index, _hf_draws(cfg, loaded, part, index), loaded)
-    parts.finish(samples, manifest)
+        if todo:
+            print(f"generate: {count} prompts × {cfg.num_samples} samples from the policy and the reference "
+                  f"({backend}); {len(todo)} of {layout['num_parts']} parts to do", file=sys.stderr)
+            if backend is Backend.vllm:  # one engine at a time: every part's samples, then scoring part by part
+                drawn = {index: {} for index in todo}
+                for side, folder in zip(SIDES, (policy_dir, ref_dir)):
+                    for index, responses in _vllm_draws(cfg, folder, tokenizer, part, todo, max_prompt_length).items():
+                        drawn[index][side] = responses
+                loaded = Models.load(cfg, policy_dir, ref_dir, tokenizer)
+                for index in todo:
+                    write(index, drawn[index], loaded)
+            else:
+                loaded = Models.load(cfg, policy_dir, ref_dir, tokenizer)
+                for index in todo:
+                    write(index, _hf_draws(cfg, loaded, part, index), loaded)
+        parts.finish(samples, manifest)
     frame = parts.read_parts(samples, "generation samples")
     comparison = compare(frame, count, cfg.num_samples, cfg.seed)
     summary = {"policy": policy, "reference": ref, "judge": cfg.judge, "data": cfg.data,
@@ -214,8 +218,8 @@ class Models:
 
     @classmethod
     def load(cls, cfg: GenerateConfig, policy_dir: Path, ref_dir: Path, tokenizer) -> "Models":
-        policy = models.load_causal_lm(policy_dir, "float32", cfg.device)
-        reference = policy if ref_dir == policy_dir else models.load_causal_lm(ref_dir, "float32", cfg.device)
+        policy = models.load_for_inference(policy_dir, "float32", cfg.device)
+        reference = policy if ref_dir == policy_dir else models.load_for_inference(ref_dir, "float32", cfg.device)
         pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
         return cls(policy, reference, end_token_ids(policy.generation_config, tokenizer), pad_id)
 

@@ -22,6 +22,7 @@ scored against it (pipeline/noise_metrics.py) and each annotator's η is shown b
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import textwrap
@@ -48,17 +49,32 @@ from re_po.stages.configs import CleanAction, InspectConfig
 
 EXCERPT_CHARS = 100
 MAX_ANNOTATOR_ROWS = 40  # the report's table; summary.json lists every annotator
+REPORT_FILES = ("report.txt", "summary.json", "posteriors.parquet", "annotators.parquet")  # what out_dir holds
 
 
 def run(cfg: InspectConfig) -> Path:
-    refuse_managed_targets(cfg, Path(cfg.run))  # before any work
-    folders.check(cfg.out_dir, "inspect", was_inspected)  # made only once there is output
-    if cfg.plots is not None:
-        folders.check(cfg.plots, "plots", only_plots)
+    for folder, kind, older in ((cfg.out_dir, "inspect", was_inspected), (cfg.plots, "plots", only_plots)):
+        if folder is not None:  # before any work: never the user's folder (made only once there is output)
+            folders.check(folder, kind, older)
+    from_cache = is_score_cache(cfg.run)
+    record = None if from_cache else run_folder.read_record(cfg.run, made_by="repo train --robust")
+    epoch = 0 if from_cache else pick_epoch(cfg.run, cfg.epoch, record["config"])
+    scores_dir = Path(cfg.run) if from_cache else Path(cfg.scores or record["config"]["scores"])
+    if cfg.out_dir is None:  # one folder per report: before and after training apart
+        cfg = dataclasses.replace(cfg, out_dir=default_out_dir(Path(cfg.run), None if from_cache else epoch))
+        folders.check(cfg.out_dir, "inspect", was_inspected)
+    check_outputs(cfg, scores_dir)  # nothing written over or into what is read
+    written = [cfg.out_dir, cfg.plots, cfg.dump, cfg.export_clean, cfg.html, *review_files(cfg.review)]
+    with folders.removed_on_failure(written):  # a failed inspect leaves nothing
+        return report(cfg, record, epoch, scores_dir)
+
+
+def report(cfg: InspectConfig, record: dict | None, epoch: int, scores_dir: Path) -> Path:
+    """Read (and for a score cache, estimate) the posteriors, write every output asked for; returns cfg.out_dir."""
     outputs: dict[str, object] = {"report": str(cfg.out_dir / "report.txt"),
                                   "summary": str(cfg.out_dir / "summary.json")}
-    if is_score_cache(cfg.run):
-        scores_dir, epoch, epochs = cfg.run, 0, [0]
+    if record is None:
+        epochs = [0]
         cached, cache_key = schema.read_scores(scores_dir)
         found = estimate.run(cfg.estimate, cached, cache_key, str(scores_dir))
         posteriors, eta = found.posteriors, found.annotators
@@ -67,11 +83,7 @@ def run(cfg: InspectConfig) -> Path:
         pairs = join_rows(posteriors, cached, cache_key, scores_dir)
         source = {"model": found.model, "seconds": round(found.seconds, 3), "probe_log_loss": found.log_loss}
     else:
-        record = run_folder.read_record(cfg.run, made_by="repo train --robust")
-        epoch = pick_epoch(cfg.run, cfg.epoch, record["config"])
         epochs = run_folder.epochs_written(cfg.run, run_folder.POSTERIORS)
-        scores_dir = cfg.scores or Path(record["config"]["scores"])
-        refuse_managed_targets(cfg, scores_dir)
         posteriors = run_folder.read_epoch(cfg.run, run_folder.POSTERIORS, epoch)
         pairs, cache_key = join_scores(posteriors, scores_dir, record.get("cache_key"))
         eta = run_folder.read_epoch(cfg.run, run_folder.ANNOTATORS, epoch)
@@ -94,6 +106,7 @@ def run(cfg: InspectConfig) -> Path:
         plots_folder = folders.claim(cfg.plots, "plots", only_plots)
         outputs["plots"] = [str(p) for p in make_plots(cfg, plots_folder, pairs, noisy, epoch, source is None,
                                                         annotators)]
+        folders.remove_stale(plots_folder, PLOTS, outputs["plots"])
     if cfg.review is not None:
         outputs["review"] = [str(p) for p in write_review(flagged, cfg.review)]
     if cfg.html is not None:
@@ -101,20 +114,41 @@ def run(cfg: InspectConfig) -> Path:
 
     summary = {
         "run": str(cfg.run), "scores": str(scores_dir), "epoch": epoch, "epochs": epochs, "estimate": source,
-        "pairs": pairs.height, "flag_rule": flag_rule(cfg), "flagged": flagged.height,
-        "flagged_frac": flagged.height / max(pairs.height, 1), "w_mean": float(pairs["w"].mean()),
-        "annotators": annotators.to_dicts(),
+        "labels": pairs.height, "pairs": pairs["pair_id"].n_unique(), "flag_rule": flag_rule(cfg),
+        "flagged": flagged.height, "flagged_frac": flagged.height / max(pairs.height, 1),
+        "w_mean": float(pairs["w"].mean()), "annotators": annotators.to_dicts(),
+        "unidentified": estimate.unidentified_reasons(eta, pairs, source and source["model"]),
         "truth": truth_summary(truth_col, pairs, noisy, annotators) if noisy is not None else None,
         "suspicious": pairs.head(cfg.show).select("row_id", "pair_id", "annotator", "w", "z").to_dicts(),
         "outputs": outputs,
     }
     if cfg.html is not None:
         write_html(cfg, summary, pairs, flagged, noisy, epoch, source is None, annotators, truth_col)
-    report = format_report(summary, pairs.head(cfg.show), truth_col)
-    atomic_write_text(cfg.out_dir / "report.txt", report)
+    text = format_report(summary, pairs.head(cfg.show), truth_col)
+    atomic_write_text(cfg.out_dir / "report.txt", text)
     run_folder.write_json(summary, cfg.out_dir / "summary.json")
-    print(report, end="")
+    folders.remove_stale(cfg.out_dir, REPORT_FILES, written_paths(outputs))
+    print(text, end="")
     return cfg.out_dir
+
+
+def default_out_dir(inspected: Path, epoch: int | None) -> Path:
+    """Beside the inspected folder, one folder per report: <workspace>/inspect/estimate for a score cache (the estimate
+    before training), <workspace>/inspect/epoch-N for epoch N of a run; so no report replaces another."""
+    if inspected.name in ("", ".", ".."):
+        inspected = inspected.resolve()
+    return inspected.parent / "inspect" / ("estimate" if epoch is None else f"epoch-{epoch}")
+
+
+def check_outputs(cfg: InspectConfig, scores_dir: Path) -> None:
+    """Every path inspect-noise writes, against what it reads (data/folders.check_outputs)."""
+    writes = {"--out-dir": cfg.out_dir, **{f"--out-dir's {name}": cfg.out_dir / name for name in REPORT_FILES},
+              "--plots": cfg.plots, "--dump": cfg.dump, "--html": cfg.html, "--export-clean": cfg.export_clean,
+              **dict(zip(("--review", "--review's labeling config"), review_files(cfg.review)))}
+    reads = {"the score cache": scores_dir, "the input dataset": cfg.data}
+    if not is_score_cache(cfg.run):
+        reads["the run folder"] = cfg.run
+    folders.check_outputs(writes, reads)
 
 
 # ---- reading the run --------------------------------------------------------------------------------------
@@ -233,8 +267,14 @@ def headline(summary: dict) -> str:
     estimated = summary["estimate"]
     where = (f"score cache {summary['run']}, estimate before training (model: {estimated['model']})" if estimated
              else f"run {summary['run']}, epoch {summary['epoch']} (of {len(summary['epochs'])})")
-    return (f"{where}: {summary['pairs']} pairs, "
-            f"{summary['flagged']} flagged ({rule_text}), mean w {summary['w_mean']:.3f}")
+    return (f"{where}: {labels_of_pairs(summary['labels'], summary['pairs'])}, "
+            f"{summary['flagged']} {'labels ' if summary['labels'] != summary['pairs'] else ''}flagged ({rule_text}), "
+            f"mean w {summary['w_mean']:.3f}")
+
+
+def labels_of_pairs(labels: int, pairs: int) -> str:
+    """A count that says labels and pairs where they differ (several labels of a pair): "40 labels of 15 pairs"."""
+    return f"{pairs} pairs" if labels == pairs else f"{labels} labels of {pairs} pairs"
 
 
 def truth_line(truth: dict) -> str:
@@ -247,19 +287,21 @@ def truth_line(truth: dict) -> str:
 
 
 def format_report(summary: dict, suspicious: pl.DataFrame, truth_col: str | None) -> str:
-    estimated = summary["estimate"]
+    with_se = any("eta_se" in a for a in summary["annotators"])  # the estimate's table: a cache's, a run's epoch 0
     lines = [headline(summary), ""]
     truth = summary["truth"]
-    header = f"{'annotator':<24} {'labels':>7} {'eta':>7}" + (f" {'± se':>7}" if estimated else "")
+    header = f"{'annotator':<24} {'labels':>7} {'eta':>7}" + (f" {'± se':>7}" if with_se else "")
     lines.append(header + f" {'mean w':>7} {'flagged':>8}" + (f" {'accuracy':>9}" if truth else ""))
     for a in summary["annotators"][:MAX_ANNOTATOR_ROWS]:
         line = f"{a['annotator'][:24]:<24} {a['labels']:>7} {a['eta']:>7.3f}"
-        if estimated:
+        if with_se:
             line += f" {'n/i':>7}" if not a["identified"] else f" {a['eta_se']:>7.3f}"
         line += f" {a['w_mean']:>7.3f} {a['flagged']:>8}"
         lines.append(line + (f" {a['accuracy']:>9.3f}" if truth else ""))
-    if estimated and not all(a["identified"] for a in summary["annotators"]):
-        lines.append("n/i: not identified by the data (one label per pair and a model at chance); η stays at eta0")
+    unidentified = list(summary["unidentified"].items())
+    if unidentified:
+        lines.append("n/i: not identified by the data, η stays where it started (eta0): " + "; ".join(
+            f"{name}: {why}" for name, why in unidentified[:5]) + (" ..." if len(unidentified) > 5 else ""))
     if len(summary["annotators"]) > MAX_ANNOTATOR_ROWS:
         lines.append(f"... and {len(summary['annotators']) - MAX_ANNOTATOR_ROWS} more (all in summary.json)")
     if truth:
@@ -272,9 +314,14 @@ def format_report(summary: dict, suspicious: pl.DataFrame, truth_col: str | None
                      f"row_id {row['row_id']}{known}{'  FLAGGED' if row['flagged'] else ''}")
         for role, text in zip(("prompt", "chosen", "rejected"), texts):
             lines.append(f"     {role + ':':<9} {excerpt(text)}")
-    written = [p for value in summary["outputs"].values() for p in ([value] if isinstance(value, str) else value)]
+    written = written_paths(summary["outputs"])
     lines += ["", "wrote " + ", ".join(written)]
     return "\n".join(lines) + "\n"
+
+
+def written_paths(outputs: dict[str, object]) -> list[str]:
+    """Every path of summary.json's outputs (a value is one path or a list of them)."""
+    return [p for value in outputs.values() for p in ([value] if isinstance(value, str) else value)]
 
 
 def excerpt(value: str | list[dict]) -> str:
@@ -297,22 +344,6 @@ def write_dump(flagged: pl.DataFrame, path: Path) -> Path:
     return path
 
 
-def refuse_managed_targets(cfg: InspectConfig, folder: Path) -> None:
-    """Nothing inspect-noise writes lands in `folder`, a score cache or run folder that re-po manages (its
-    manifest or record accounts for every file there)."""
-    targets = {"--out-dir": cfg.out_dir, "--plots": cfg.plots, "--dump": cfg.dump, "--html": cfg.html,
-               "--review": cfg.review, "--export-clean": cfg.export_clean}
-    for flag, target in targets.items():
-        if target is not None and Path(target).resolve().is_relative_to(folder.resolve()):
-            raise ValueError(f"{flag} {target} is inside {folder}, which re-po manages; write it elsewhere")
-
-
-def refuse_to_overwrite(target: Path, inputs: list[Path]) -> None:
-    """An export never replaces an input shard."""
-    if any(target.resolve() == path.resolve() for path in inputs):
-        raise ValueError(f"--export-clean {target} is one of the input files; write the cleaned dataset elsewhere")
-
-
 def export_clean(cfg: InspectConfig, flagged_rows: set[int], cache_key: dict, truth_col: str | None,
                  scores_dir: Path) -> Path:
     """The input rows in order, the flagged ones dropped or with their labels swapped, written as
@@ -325,7 +356,6 @@ def export_clean(cfg: InspectConfig, flagged_rows: set[int], cache_key: dict, tr
                          f"{read.dataset_sha}, the cache's {cache_key.get('dataset_sha')}); name it with --data")
     if any(s.file.startswith("hf://") for s in read.shards):
         raise ValueError(f"--export-clean needs a local copy of {cfg.data}; download it and pass it with --data")
-    refuse_to_overwrite(cfg.export_clean, [Path(s.file) for s in read.shards])
     raw = pl.concat([read_table(s.file) for s in read.shards], how="diagonal_relaxed")
     if raw.height != sum(s.num_rows for s in read.shards):
         raise ValueError(f"{cfg.data}: read {raw.height} rows, but `repo score` saw "
@@ -349,13 +379,19 @@ def label_columns(raw: pl.DataFrame, columns: Columns, source: Path) -> list[tup
     return [(columns.chosen, columns.rejected)]
 
 
+def review_files(path: Path | None) -> list[Path]:
+    """--review's tasks and the labeling config beside them; none without --review."""
+    return [] if path is None else [path, path.with_suffix(".xml")]
+
+
 def write_review(flagged: pl.DataFrame, path: Path) -> list[Path]:
     """The flagged pairs as Label Studio tasks, and the labeling config beside them (data/review.py)."""
     tasks = review.tasks(flagged, pair_values(flagged) if flagged.height else [])
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(tasks, indent=1, ensure_ascii=False) + "\n")
-    atomic_write_text(path.with_suffix(".xml"), review.LABEL_CONFIG)
-    return [path, path.with_suffix(".xml")]
+    tasks_file, config_file = review_files(path)
+    atomic_write_text(tasks_file, json.dumps(tasks, indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(config_file, review.LABEL_CONFIG)
+    return [tasks_file, config_file]
 
 
 def write_html(cfg: InspectConfig, summary: dict, pairs: pl.DataFrame, flagged: pl.DataFrame,
@@ -374,16 +410,19 @@ def write_html(cfg: InspectConfig, summary: dict, pairs: pl.DataFrame, flagged: 
     atomic_write_text(cfg.html, page)
 
 
+PLOTS = ("w_hist.png", "annotators.png", "reliability.png", "eta_steps.png", "w_flagged.png")  # what --plots holds
+
+
 def make_plots(cfg: InspectConfig, folder: Path, pairs: pl.DataFrame, noisy: np.ndarray | None, epoch: int,
                from_run: bool, annotators: pl.DataFrame) -> list[Path]:
     """The w histogram and the annotators' η̂ (with the truth: beside their measured reliability, and the
     reliability diagram of w); for a run also η over its steps and w over its epochs for the flagged pairs."""
     w = pairs["w"].to_numpy()
     cutoff = cfg.threshold if cfg.top_k is None else float(pairs.filter("flagged")["w"].max() or 0.0)
-    made = [noise_plots.w_histogram(w, noisy, cutoff, folder / "w_hist.png"),
-            noise_plots.annotator_etas(annotators, folder / "annotators.png")]
+    w_hist, etas, reliability, eta_steps_plot, w_flagged = (folder / name for name in PLOTS)
+    made = [noise_plots.w_histogram(w, noisy, cutoff, w_hist), noise_plots.annotator_etas(annotators, etas)]
     if noisy is not None:
-        made.append(noise_plots.reliability_diagram(w, noisy, folder / "reliability.png"))
+        made.append(noise_plots.reliability_diagram(w, noisy, reliability))
     if not from_run:
         return made
     annotator_epochs = [run_folder.read_epoch(cfg.run, run_folder.ANNOTATORS, e)
@@ -397,6 +436,7 @@ def make_plots(cfg: InspectConfig, folder: Path, pairs: pl.DataFrame, noisy: np.
     noisy_of = None if noisy is None else dict(zip(pairs["row_id"].to_list(), noisy.tolist()))
     measured = dict(zip(annotators["annotator"], annotators["accuracy"])) if noisy is not None else None
     return made + [
-        noise_plots.eta_over_steps(eta_steps, pl.concat(annotator_epochs, how="diagonal_relaxed"), folder / "eta_steps.png", measured),
-        noise_plots.w_over_epochs(history.sort("rank", "epoch"), noisy_of, folder / "w_flagged.png"),
+        noise_plots.eta_over_steps(eta_steps, pl.concat(annotator_epochs, how="diagonal_relaxed"), eta_steps_plot,
+                                   measured),
+        noise_plots.w_over_epochs(history.sort("rank", "epoch"), noisy_of, w_flagged),
     ]

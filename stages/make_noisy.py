@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from re_po.data import folders
 from re_po.data.columns import TRUTH
 from re_po.data.tables import read_table, swap_where, swapped_column_pairs, truth_column, write_table
 from re_po.stages.configs import MakeNoisyConfig
@@ -25,8 +26,7 @@ INJECTED, ANNOTATOR = "injected_flip", "annotator"
 
 
 def run(cfg: MakeNoisyConfig) -> Path:
-    if Path(cfg.target).resolve() == Path(cfg.source).resolve():
-        raise ValueError(f"{cfg.target} is the input file; write the noisy copy elsewhere")
+    folders.check_outputs({"TARGET": cfg.target}, {"the input file": cfg.source})
     df = read_table(cfg.source)
     if df.height == 0:
         raise ValueError(f"{cfg.source}: no rows")

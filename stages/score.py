@@ -36,8 +36,8 @@ import polars as pl
 import torch
 from tqdm import tqdm
 
-from re_po.data import models, schema, tokenize
-from re_po.data.pairs import BadRowError, DataError, PairsRead, pair_values, read_pairs
+from re_po.data import folders, models, schema, tokenize
+from re_po.data.pairs import DEFAULT_ANNOTATOR, BadRowError, DataError, PairsRead, pair_values, read_pairs
 from re_po.pipeline import batching
 from re_po.pipeline.logprobs import pack, pad, score_sequences
 from re_po.stages import allocator
@@ -73,15 +73,20 @@ def resolve_layers(spec: str, layers: int) -> tuple[int, ...]:
 
 def run(cfg: ScoreConfig) -> Path:
     """Score every pair of cfg.data into the cache cfg.out (resuming it if possible); returns cfg.out."""
+    folders.check_outputs({"--out": cfg.out}, {"the input dataset": cfg.data, "the model folder": cfg.model})
     schema.check_folder(Path(cfg.out))  # before any work: never the user's folder
+    # a run that fails before its first part leaves nothing; one that wrote parts leaves them to resume
+    with folders.removed_on_failure([Path(cfg.out)], keep=lambda: schema.holds_parts(Path(cfg.out))):
+        return _score(cfg)
+
+
+def _score(cfg: ScoreConfig) -> Path:
     auto_choice = None
     if cfg.backend == Backend.auto:
         auto_choice = choose_backend(cfg.device, importlib.util.find_spec("vllm") is not None, torch.cuda.is_available())
         cfg = dataclasses.replace(cfg, backend=auto_choice[0])
     model_dir = models.resolve_model(cfg.model)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = models.load_tokenizer(model_dir)
     layers = _embed_layers(cfg, model_dir)
     read = read_pairs(cfg.data, cfg.columns, cfg.on_bad_row)
     produced = set(schema.SCORE_COLUMNS) | {name for layer in layers for name in schema.embedding_columns(layer)}
@@ -99,18 +104,20 @@ def run(cfg: ScoreConfig) -> Path:
     manifest = schema.open_cache(Path(cfg.out), key, layout, cfg.overwrite)
     todo = [i for i in range(layout["num_parts"]) if schema.part_name(i) not in manifest.parts]
     if todo:
-        if auto_choice:  # said once the inputs are read and checked, so that an error stays one line
-            print(f"backend: {auto_choice[0]} ({auto_choice[1]})")
         backend = _hf_backend if cfg.backend == Backend.hf else _vllm_backend
         todo_rows = sum(min(cfg.part_size, num_rows - i * cfg.part_size) for i in todo)
-        with backend(cfg, model_dir, tokenizer, layers) as score_pairs, _Progress(todo_rows) as progress:
-            for index in todo:
-                part = read.table.slice(index * cfg.part_size, cfg.part_size)
-                scored, rejects = _score_part(part, read, tokenizer, score_pairs, progress, cfg)
-                schema.write_part(Path(cfg.out), manifest, index, scored, rejects)
+        with backend(cfg, model_dir, tokenizer, layers) as score_pairs:
+            if auto_choice:  # said once the inputs are read and the model loaded, so that an error stays one line
+                print(f"backend: {auto_choice[0]} ({auto_choice[1]})")
+            with _Progress(todo_rows) as progress:
+                for index in todo:
+                    part = read.table.slice(index * cfg.part_size, cfg.part_size)
+                    scored, rejects = _score_part(part, read, tokenizer, score_pairs, progress, cfg)
+                    schema.write_part(Path(cfg.out), manifest, index, scored, rejects)
     all_rejects = [r._asdict() for r in read.rejects] + [r for p in manifest.parts.values() for r in p["rejects"]]
     schema.finish_cache(Path(cfg.out), manifest, all_rejects)
-    _print_summary(cfg, manifest, num_rows + len(read.rejects), all_rejects, resumed=len(manifest.parts) - len(todo))
+    _print_summary(cfg, manifest, num_rows + len(read.rejects), all_rejects, resumed=len(manifest.parts) - len(todo),
+                   repeated=read.repeated_labels)
     return Path(cfg.out)
 
 
@@ -201,11 +208,8 @@ def _embed_layers(cfg: ScoreConfig, model_dir: Path) -> tuple[int, ...]:
 @contextmanager
 def _hf_backend(cfg: ScoreConfig, model_dir: Path, tokenizer, layers: tuple[int, ...],
                 with_logps: bool = True) -> Iterator[ScorePairs]:
-    from transformers import AutoModelForCausalLM
-
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     allocator.keep_freed_memory()
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, cfg.dtype)).to(device).eval()
+    model = models.load_for_inference(model_dir, str(cfg.dtype), cfg.device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked out anyway
     layout = pack if cfg.packing else pad
 
@@ -309,7 +313,7 @@ class _Progress:
 
 
 def _print_summary(cfg: ScoreConfig, manifest: schema.Manifest, rows_read: int, rejects: list[dict],
-                   resumed: int) -> None:
+                   resumed: int, repeated: int) -> None:
     scored = sum(p["rows"] for p in manifest.parts.values())
     truncated = sum(p["truncated"] for p in manifest.parts.values())
     lines = [f"score: {rows_read} rows read, {scored} scored, {len(rejects)} skipped, {truncated} truncated "
@@ -320,4 +324,7 @@ def _print_summary(cfg: ScoreConfig, manifest: schema.Manifest, rows_read: int, 
         lines.append(f"  skipped {count}: {reason}")
     if rejects:
         lines.append(f"  skipped rows are listed in {Path(cfg.out) / schema.REJECTS}")
+    if repeated:
+        lines.append(f"  {repeated} rows label a pair again, and no annotator column says who: each is one more label "
+                     f"of the one annotator '{DEFAULT_ANNOTATOR}' (--annotator-col names who gave each)")
     print("\n".join(lines), file=sys.stderr)

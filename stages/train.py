@@ -28,7 +28,7 @@ import shutil
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import polars as pl
@@ -53,7 +53,15 @@ from re_po.pipeline.robust import EStep, EtaUpdate
 from re_po.pipeline.sampling import end_token_ids
 from re_po.stages import allocator, checkpoint, estimate, score
 from re_po.stages.checkpoint import TrainState
-from re_po.stages.configs import EtaInit, ReportTo, Schedule, ScoreConfig, TrainConfig, algorithm_1_flags
+from re_po.stages.configs import (
+    EstimateConfig,
+    EtaInit,
+    ReportTo,
+    Schedule,
+    ScoreConfig,
+    TrainConfig,
+    algorithm_1_flags,
+)
 
 # Fields that may differ between a run and its --resume: they do not change what is trained.
 RESUMABLE_CHANGES = ("resume", "save_every", "device", "report_to", "eval_data", "eval_every", "eval_judge",
@@ -61,7 +69,6 @@ RESUMABLE_CHANGES = ("resume", "save_every", "device", "report_to", "eval_data",
 # Paths that only locate things: a run folder or cache may move; what the cache holds is checked by its key.
 LOCATIONS = ("out_dir", "scores")
 TENSORBOARD = "tensorboard"  # <run>/tensorboard: the TensorBoard tracker's folder
-EVAL = "eval"  # <run>/eval: the score cache of --eval-data
 EVAL_BATCH = 32  # held-out pairs per no-grad forward (packed, so their lengths need no sorting)
 RECORD = ("row", "loss", "z", "w", "logps_chosen", "logps_rejected", "rewards_chosen", "rewards_rejected")
 
@@ -69,6 +76,13 @@ RECORD = ("row", "loss", "z", "w", "logps_chosen", "logps_rejected", "rewards_ch
 def run(cfg: TrainConfig) -> Path:
     """Train; returns the run folder (cfg.out_dir), whose final/ holds the policy and tokenizer."""
     folders.check(cfg.out_dir, "run", run_folder.is_run)  # every process, before any work: never the user's folder
+    # A run that fails before its first checkpoint leaves no folder; the main process removes it (RANK: accelerate's).
+    with folders.removed_on_failure([cfg.out_dir], keep=lambda: os.environ.get("RANK", "0") != "0"
+                                    or checkpoint.latest(cfg.out_dir / run_folder.CHECKPOINTS) is not None):
+        return _train(cfg)
+
+
+def _train(cfg: TrainConfig) -> Path:
     allocator.keep_freed_memory()
     tracker = _tracker(cfg)
     accelerator = _accelerator(cfg, tracker)
@@ -76,6 +90,8 @@ def run(cfg: TrainConfig) -> Path:
     out, spec, world = cfg.out_dir, cfg.loss_spec(), accelerator.num_processes
     pairs = _read_pairs(cfg)
     policy_name = cfg.policy or pairs.key["ref_model"]  # by default the policy starts as the reference
+    folders.check_outputs({"--out": cfg.out_dir}, {"the score cache": cfg.scores, "--estimate-with": cfg.estimate_with,
+                                                   "--eval-data": cfg.eval_data, "the policy": policy_name})
     tokenizer = _load_tokenizer(policy_name, pairs.key, cfg.scores)
     _start_run_folder(cfg, out, world, pairs.key, policy_name, accelerator)  # before the slow model load
     policy = _load_policy(policy_name, cfg)
@@ -226,7 +242,7 @@ def _held_out(cfg: TrainConfig, key: dict, accelerator: Accelerator) -> tuple[Pa
     """The held-out pairs of --eval-data, scored by the training cache's reference model with its lengths into
     <run>/eval (by the main process; resumed like any cache), and their truth column (True where the label is
     wrong) when they have one."""
-    cache = cfg.out_dir / EVAL
+    cache = cfg.out_dir / run_folder.EVAL
     if accelerator.is_main_process:
         score.run(ScoreConfig(data=cfg.eval_data, model=key["ref_model"], out=cache, embeddings=False,
                               max_length=int(key["max_length"]), max_prompt_length=int(key["max_prompt_length"])))
@@ -241,7 +257,7 @@ def _generation_eval(cfg: TrainConfig, key: dict, tokenizer, accelerator: Accele
     the main process: the reference model is loaded for it (its samples, drawn once, and the KL)."""
     if not accelerator.is_main_process:
         return None
-    reference = models.load_causal_lm(models.resolve_model(key["ref_model"]), "float32", str(accelerator.device))
+    reference = models.load_for_inference(models.resolve_model(key["ref_model"]), "float32", str(accelerator.device))
     prompts = read_prompts(cfg.eval_data).prompts[:cfg.eval_prompts]
     cut = int(key["max_prompt_length"])
     pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
@@ -516,13 +532,8 @@ def _read_pairs(cfg: TrainConfig) -> PairTable:
 
 def _load_tokenizer(name: str, key: dict, scores: Path):
     """The policy's tokenizer; refused if the cache was tokenized with another tokenizer or chat template."""
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-    except OSError as err:
-        raise FileNotFoundError(f"policy {name!r} is neither a model folder nor a model in the local Hugging Face "
-                                f"cache (the Hub is not reached): {err}") from err
+    models.resolve_model(name)  # a hub id must be in the local cache: else one line saying so
+    tokenizer = models.load_tokenizer(name)
     policy_key = tokenize.tokenizer_fingerprint(tokenizer)
     differing = [field for field, value in policy_key.items() if str(key.get(field)) != str(value)]
     if differing:
@@ -534,9 +545,7 @@ def _load_tokenizer(name: str, key: dict, scores: Path):
 
 def _load_policy(name: str, cfg: TrainConfig) -> torch.nn.Module:
     """The starting policy in fp32 (autocast gives bf16 on GPU), dropout off as TRL's disable_dropout does."""
-    from transformers import AutoModelForCausalLM
-
-    policy = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+    policy = models.load_causal_lm(name, dtype=torch.float32)
     for module in policy.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
@@ -567,6 +576,23 @@ def _config_record(cfg: TrainConfig, world: int, key: dict, policy: str) -> dict
     return json.loads(json.dumps(record, default=str))
 
 
+def resumed_config(cfg: TrainConfig, given: set[str]) -> TrainConfig:
+    """With --resume, the run's own settings (its config.json, above repo.toml and the defaults) wherever `given`,
+    the settings of the flags, names none: a bare `repo train --resume` goes on as the run was started, and a flag
+    given with another value is refused, naming it (_start_run_folder). The score cache is the run's own while it
+    is there."""
+    if not (cfg.resume and run_folder.is_run(cfg.out_dir)):  # no run there: the stage says what to do
+        return cfg
+    saved = run_folder.read_record(cfg.out_dir)["config"]
+    declared = {f.name for f in fields(TrainConfig)} - given - set(RESUMABLE_CHANGES) - {"out_dir"}
+    taken = {name: value for name, value in saved.items() if name in declared}
+    if "scores" in taken and not Path(taken["scores"]).exists():  # the run and its cache moved: the one given serves
+        del taken["scores"]
+    if isinstance(taken.get("estimate"), dict):
+        taken["estimate"] = EstimateConfig(**taken["estimate"])
+    return replace(cfg, **taken)
+
+
 def _start_run_folder(cfg, out, world, key, policy, accelerator) -> None:
     """Write config.json for a new run; for --resume, check the run folder holds a checkpoint of this run."""
     record, path = _config_record(cfg, world, key, policy), out / run_folder.CONFIG
@@ -574,14 +600,17 @@ def _start_run_folder(cfg, out, world, key, policy, accelerator) -> None:
         if checkpoint.latest(out / run_folder.CHECKPOINTS) is None:
             raise FileNotFoundError(f"--resume: {out / run_folder.CHECKPOINTS} holds no checkpoint; "
                                     "start the run again without --resume")
-        saved = json.loads(path.read_text())
+        saved = run_folder.read_record(out)
         changed = sorted(k for k in {**saved["config"], **record["config"]}
                          if k not in LOCATIONS and saved["config"].get(k) != record["config"].get(k))
-        changed += [k for k in ("num_processes", "cache_key") if saved[k] != record[k]]
+        changed += [k for k in ("num_processes", "cache_key") if saved.get(k) != record[k]]
         if changed:
-            raise ValueError(f"--resume: {out} was trained with other settings ({', '.join(changed)}); "
-                             f"saved {json.dumps({k: saved['config'].get(k, saved.get(k)) for k in changed})}, "
-                             f"now {json.dumps({k: record['config'].get(k, record.get(k)) for k in changed})}")
+            then_now = "; ".join(f"{'--' + k.replace('_', '-') if k in record['config'] else k} "
+                                 f"{json.dumps(saved['config'].get(k, saved.get(k)))} then, "
+                                 f"{json.dumps(record['config'].get(k, record.get(k)))} now" for k in changed)
+            raise ValueError(f"--resume: {out} was started with other settings than this command gives ({then_now}); "
+                             "leave those flags out to go on as the run was started, or train a new run with another "
+                             "--out")
         accelerator.wait_for_everyone()  # every process has compared before the main one writes
         if accelerator.is_main_process and saved != record:  # moved: config.json names where things are now
             run_folder.write_json(record, path)

@@ -27,10 +27,10 @@ runner = CliRunner()
 def test_the_short_commands_run_as_written_from_a_project_folder(tiny_llama, tmp_path, monkeypatch):
     rows = [
         {"prompt": "what is the sky ?", "chosen": "the sky is blue", "rejected": "the sky is red",
-         "worker": "a" if i % 2 else "b", "is_flipped": i % 5 == 0}
+         "worker": "a" if i < 6 else "b", "is_flipped": i % 5 == 0}
         for i in range(12)
     ]
-    rows = [dict(r, chosen=f"{r['chosen']} {'!' * (i % 3 + 1)}") for i, r in enumerate(rows)]
+    rows = [dict(r, chosen=f"{r['chosen']} {'!' * (i % 6 + 1)}") for i, r in enumerate(rows)]  # a and b label each
     pl.DataFrame(rows).write_ndjson(tmp_path / "pairs.jsonl")
     monkeypatch.chdir(tmp_path)
     assert runner.invoke(cli.app, ["init", "--data", "pairs.jsonl", "--ref", str(tiny_llama)]).exit_code == 0
@@ -51,9 +51,9 @@ def test_the_short_commands_run_as_written_from_a_project_folder(tiny_llama, tmp
 
     result = runner.invoke(cli.app, ["inspect-noise"])
     assert result.exit_code == 0, result.output
-    summary = json.loads((tmp_path / "workspace" / "inspect" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "workspace" / "inspect" / "epoch-2" / "summary.json").read_text())
     assert {a["annotator"] for a in summary["annotators"]} == {"a", "b"}
-    assert summary["pairs"] == 12
+    assert (summary["labels"], summary["pairs"]) == (12, 6)
 
 
 def test_a_stage_error_is_one_clear_line(tmp_path, monkeypatch):
@@ -106,7 +106,8 @@ def test_the_real_template_is_valid_toml_with_a_line_per_key(tmp_path):
 STAGE_RUNS = {"score": "score", "train": "train", "inspect-noise": "inspect_noise", "evaluate": "evaluate",
               "generate": "generate"}
 NEEDS = {"eta_init": {"robust": True}, "e_step": {"robust": True}, "label_smoothing": {"loss": "cdpo"},
-         "flip_rate": {"loss": "rdpo"}, "eval_every": {"eval_data": "held.jsonl"}}  # keys that need another
+         "flip_rate": {"loss": "rdpo"}, "eval_every": {"eval_data": "held.jsonl"},
+         "eval_judge": {"eval_data": "held.jsonl"}}  # keys that need another
 TEXT = {"device": ("cpu", "cuda"), "on_bad_row": ("skip", "error")}
 NUMBERS = {"max_model_len": (4096, 8192), "top_p": (0.5, 0.8)}  # must exceed max_length; a probability
 SUFFIXES = {"html": ".html", "review": ".json"}  # paths checked for their kind of file
@@ -160,23 +161,25 @@ def test_every_repo_toml_key_takes_effect_and_a_flag_beats_it(command_name, sect
     from_toml, from_flag = _two_values(f, hint)
     companions = "".join(f"{k} = {settings.toml_value(v)}\n" for k, v in NEEDS.get(f.name, {}).items())
     owner = "train" if companions else section  # the companions are [train] keys
-    tables = {section: f"{f.name} = {settings.toml_value(from_toml)}\n"}
+    tables = {"data": 'path = "d.jsonl"\n', "models": 'ref = "some/model"\n'}
+    tables[section] = tables.get(section, "") + f"{f.name} = {settings.toml_value(from_toml)}\n"
     tables[owner] = tables.get(owner, "") + companions
-    (tmp_path / "repo.toml").write_text('[data]\npath = "d.jsonl"\n[models]\nref = "some/model"\n' + "".join(
-        f"[{name}]\n{body}" for name, body in tables.items()))
+    (tmp_path / "repo.toml").write_text("".join(f"[{name}]\n{body}" for name, body in tables.items()))
     (tmp_path / "sub").mkdir()
     monkeypatch.chdir(tmp_path / "sub")  # found from a subfolder, and relative paths are the project's
     positional = ["held.jsonl"] if command_name in ("evaluate", "generate") and f.name != "data" else []
 
     result = runner.invoke(cli.app, [command_name, *positional])
     assert result.exit_code == 0, result.output
-    cfg = built[-1].estimate if section == "estimate" else built[-1]
+    holder = next((g for g in dataclasses.fields(type(built[-1])) if settings.of(g).section == section), None)
+    cfg = built[-1] if holder is None else getattr(built[-1], holder.name)  # a nested table: [estimate], [data]
     expected = (tmp_path / from_toml).resolve() if isinstance(from_toml, Path) else from_toml
+    if settings.of(f).dataset:  # a dataset named as text: relative to repo.toml like a Path
+        expected = str(tmp_path.resolve() / from_toml)
     assert getattr(cfg, f.name) == expected
 
     shape = settings.of(f)
-    if not shape.cli or (section == "estimate" and not settings.of(
-            next(g for g in dataclasses.fields(type(built[-1])) if g.name == "estimate")).cli):
+    if not shape.cli or (holder is not None and not settings.of(holder).cli):
         return  # repo.toml only (train's [estimate]: its names would clash with train's own flags)
     if shape.positional:
         flag = [str(from_flag)]
@@ -189,7 +192,7 @@ def test_every_repo_toml_key_takes_effect_and_a_flag_beats_it(command_name, sect
                 str(from_flag.value if isinstance(from_flag, enum.Enum) else from_flag)]
     result = runner.invoke(cli.app, [command_name, *positional, *flag])
     assert result.exit_code == 0, result.output
-    cfg = built[-1].estimate if section == "estimate" else built[-1]
+    cfg = built[-1] if holder is None else getattr(built[-1], holder.name)
     assert getattr(cfg, f.name) == from_flag
 
 

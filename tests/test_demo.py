@@ -35,8 +35,8 @@ def test_demo_summary_compares_eta_with_the_measured_reliability(demo_run):
             assert table["eta_abs_error"] == pytest.approx(abs(table["eta"] - measured[name]))
             assert 0 < table["eta"] < 1
     assert summary["flags"]["noisy"] == summary["before_training"]["flags"]["noisy"] == int(train["is_flipped"].sum())
-    assert summary["train_pairs"] == 32
-    assert all((workspace / "inspect" / "plots" / name).stat().st_size > 0
+    assert summary["train_labels"] == 32 and summary["train_pairs"] == train["pair_id"].n_unique()
+    assert all((workspace / "inspect" / "epoch-1" / "plots" / name).stat().st_size > 0
                for name in ("w_hist.png", "eta_steps.png", "w_flagged.png"))
     assert Path(summary["outputs"]["report"]).read_text().count("data:image/png;base64,") == 5  # the plots, inline
     assert "η̂ before" in demo.format_summary(summary)
@@ -48,7 +48,7 @@ def test_demo_before_training_is_the_estimate_written_as_epoch_0(demo_run):
     start = pl.read_parquet(workspace / "train" / run_folder.ETA_STEPS).filter(pl.col("event") == "init")
     before = {a["annotator"]: a["eta"] for a in summary["before_training"]["annotators"]}
     assert dict(start.select("annotator", "eta").iter_rows()) == pytest.approx(before)
-    epoch_zero = json.loads((workspace / "inspect-before" / "summary.json").read_text())
+    epoch_zero = json.loads((workspace / "inspect" / "epoch-0" / "summary.json").read_text())
     assert epoch_zero["epoch"] == 0
 
 

@@ -83,7 +83,7 @@ def test_with_the_probe_the_same_keys_come_back(multi_cache, tmp_path):
     assert set(summary["estimate"]["probe_log_loss"]) == {"layer 1", "layer 2", "layers 1+2"}
     truth = measured(data)
     assert all(abs(eta_of(summary)[a] - truth[a]) < 0.06 for a in FLIP_RATES), (eta_of(summary), truth)
-    assert summary["truth"]["roc_auc"] is not None and summary["pairs"] == pl.read_ndjson(data).height
+    assert summary["truth"]["roc_auc"] is not None and summary["labels"] == pl.read_ndjson(data).height
 
 
 def test_a_judge_column_serves_as_the_model(multi_cache, tmp_path):

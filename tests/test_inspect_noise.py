@@ -398,7 +398,7 @@ def test_cli_every_option(setup, tmp_path, monkeypatch):
 
 
 def test_cli_defaults_come_from_the_project(tmp_path, monkeypatch):
-    """No flags: the run under <workspace>/train, output to <workspace>/inspect, [inspect] threshold."""
+    """No flags: the run under <workspace>/train, output to <workspace>/inspect/epoch-N, [inspect] threshold."""
     source = write_input(tmp_path, ".jsonl")
     scores = write_cache(tmp_path / "ws" / "scores", source)
     write_run(tmp_path / "ws" / "train", scores)
@@ -407,11 +407,12 @@ def test_cli_defaults_come_from_the_project(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["inspect-noise", "--export-clean", "clean.jsonl"])
     assert result.exit_code == 0, result.output
-    summary = json.loads((tmp_path / "ws" / "inspect" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "ws" / "inspect" / "epoch-2" / "summary.json").read_text())
     assert summary["flag_rule"] == {"threshold": 0.3} and summary["flagged"] == len(flagged_rows(0.3))
     assert read_pairs(tmp_path / "clean.jsonl").table.height == N - len(flagged_rows(0.3))
     result = runner.invoke(app, ["inspect-noise", "--threshold", "0.6"])  # a flag beats the file
-    assert json.loads((tmp_path / "ws" / "inspect" / "summary.json").read_text())["flag_rule"] == {"threshold": 0.6}
+    summary = json.loads((tmp_path / "ws" / "inspect" / "epoch-2" / "summary.json").read_text())
+    assert summary["flag_rule"] == {"threshold": 0.6}
 
 
 @pytest.mark.parametrize("args,message", [
@@ -541,7 +542,7 @@ def test_no_output_is_written_into_the_run_folder_or_the_score_cache(setup, tmp_
         before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
         target = folder / {"out_dir": "x", "plots": "x", "dump": "x.jsonl", "html": "x.html", "review": "x.json"}[flag]
         paths = {"out_dir": tmp_path / "i", flag: target}
-        with pytest.raises(ValueError, match=f"--{flag.replace('_', '-')} .* is inside .*which re-po manages"):
+        with pytest.raises(ValueError, match=f"--{flag.replace('_', '-')} .* is inside the (run folder|score cache)"):
             run(InspectConfig(run=inspected, **paths))
         assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
         assert not (tmp_path / "i").exists()
@@ -549,9 +550,21 @@ def test_no_output_is_written_into_the_run_folder_or_the_score_cache(setup, tmp_
 
 def test_export_clean_never_overwrites_the_input_or_writes_into_the_cache(setup, tmp_path):
     source, scores, run_dir = setup
-    for target, message in ((source, "one of the input files"), (scores / "clean.jsonl", "which re-po manages"),
-                            (run_dir / "clean.jsonl", "which re-po manages")):
+    for target, message in ((source, "is the input dataset"), (scores / "clean.jsonl", "inside the score cache"),
+                            (run_dir / "clean.jsonl", "inside the run folder")):
         before = source.read_bytes()
         with pytest.raises(ValueError, match=message):
             run(InspectConfig(run=run_dir, out_dir=tmp_path / "i", export_clean=target, data=str(source)))
         assert source.read_bytes() == before and not (scores / "clean.jsonl").exists()
+
+
+def test_a_damaged_epoch_file_is_one_line(setup, tmp_path, monkeypatch):
+    """Found by the sweep of issue 25: a posteriors file cut short gave polars' traceback."""
+    source, scores, run_dir = setup
+    damaged = run_folder.epoch_file(run_dir, run_folder.POSTERIORS, 2)
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["inspect-noise", str(run_dir), "--out-dir", "i"])
+    assert result.exit_code == 2 and is_one_line_error(result.output), result.output
+    assert f"error: {damaged} is not a readable Parquet file" in result.output and "--epoch" in result.output
+    assert not (tmp_path / "i").exists()

@@ -73,6 +73,7 @@ def test_without_annotator_column_there_is_one_virtual_annotator(tmp_path):
     rows = [{k: v for k, v in row.items() if k != "annotator"} for row in PLAIN_ROWS]
     read = read_pairs(write_jsonl(tmp_path / "p.jsonl", rows))
     assert read.table["annotator"].to_list() == ["default"] * 3 and read.columns.annotator is None
+    assert read.repeated_labels == 1  # rows 0 and 1 label one pair: two labels of `default`, said by `repo score`
 
 
 def test_shard_folder_is_read_in_sorted_order_with_stable_row_ids(tmp_path):
@@ -317,15 +318,26 @@ def test_every_row_bad(tmp_path):
 
 def test_an_annotator_labelling_one_pair_id_twice_must_see_the_same_pair(tmp_path):
     pair = {"pair_id": "p1", "prompt": "what is 2 + 2 ?", "chosen": "4", "rejected": "5", "annotator": "ann"}
-    again = {**pair, "chosen": "5", "rejected": "4"}  # the same pair, judged the other way: a label, kept
     other = {**pair, "rejected": "22"}  # another pair under the same id and annotator
     second_shard = tmp_path / "shards"
     second_shard.mkdir()
-    write_jsonl(second_shard / "a.jsonl", [pair, again, {**other, "annotator": "bob"}])
+    write_jsonl(second_shard / "a.jsonl", [pair, {**other, "annotator": "bob"}])
     write_jsonl(second_shard / "b.jsonl", [other])
-    with pytest.raises(BadRowError, match=r"b\.jsonl line 1 \(row_id 3\), field 'pair_id': annotator 'ann' "
+    with pytest.raises(BadRowError, match=r"b\.jsonl line 1 \(row_id 2\), field 'pair_id': annotator 'ann' "
                                           r"labels pair_id 'p1' here and at row_id 0 with other texts"):
         read_pairs(second_shard)
     read = read_pairs(second_shard, on_bad_row="skip")
-    assert read.table["row_id"].to_list() == [0, 1, 2]  # bob's label is the estimator's business (one truth)
-    assert [(r.row_id, r.field) for r in read.rejects] == [(3, "pair_id")]
+    assert read.table["row_id"].to_list() == [0, 1]  # bob's label is the estimator's business (one truth)
+    assert [(r.row_id, r.field) for r in read.rejects] == [(2, "pair_id")]
+
+
+def test_one_annotator_labelling_one_pair_twice_is_refused_naming_both_rows(tmp_path):
+    """Either way round: the repeat would count as a second, independent label of the pair (issue 25)."""
+    pair = {"prompt": "what is 2 + 2 ?", "chosen": "4", "rejected": "5", "annotator": "ann"}
+    write_jsonl(tmp_path / "pairs.jsonl", [pair, {**pair, "annotator": "bob"}, {**pair, "chosen": "5", "rejected": "4"}])
+    with pytest.raises(BadRowError, match=r"pairs\.jsonl line 3 \(row_id 2\), field 'annotator': annotator 'ann' "
+                                          r"labelled this pair already at row_id 0; keep one label per annotator"):
+        read_pairs(tmp_path / "pairs.jsonl")
+    read = read_pairs(tmp_path / "pairs.jsonl", on_bad_row="skip")
+    assert read.table["row_id"].to_list() == [0, 1] and [r.row_id for r in read.rejects] == [2]
+    assert read.repeated_labels == 0

@@ -6,6 +6,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from conftest import is_one_line_error
 from typer.testing import CliRunner
 
 from re_po.cli import app
@@ -83,9 +84,8 @@ def test_flags_override_project_file_which_overrides_defaults(tmp_path):
     ("text", "message"),
     [
         ("[data\npath=1", "not valid TOML"),
-        ('[models]\nref = "m"\n', "'data.path' is missing"),
-        ('[data]\npath = "d"\n', "'models.ref' is missing"),
-        ('[data]\npath = 3\n[models]\nref = "m"\n', "'data.path' must be a string"),
+        ('[data]\npath = 3\n[models]\nref = "m"\n', "'data.path' must be a non-empty string"),
+        ('[data]\npath = "d"\n[models]\nref = ""\n', "'models.ref' must be a hub id or a folder"),
         ('[data]\npath = "d"\n[models]\nref = "m"\n[trian]\n', "unknown key 'trian'"),
         ('[data]\npath = "d"\ncolumn = "x"\n[models]\nref = "m"\n', "unknown key 'data.column'"),
     ],
@@ -95,6 +95,13 @@ def test_malformed_project_file_names_the_key(tmp_path, text, message):
     with pytest.raises(ProjectError, match="repo.toml") as err:
         load_project(tmp_path)
     assert message in str(err.value)
+
+
+def test_a_project_file_that_is_not_utf8_is_named(tmp_path):
+    """Found by the sweep of issue 25: a traceback (UnicodeDecodeError)."""
+    (tmp_path / "repo.toml").write_bytes(b"\xff\xfe[data]\x00")
+    with pytest.raises(ProjectError, match=r"repo.toml: not valid TOML: 'utf-8' codec can't decode"):
+        load_project(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -119,8 +126,7 @@ def test_malformed_project_file_is_a_clear_cli_error(tmp_path, monkeypatch):
     (tmp_path / "repo.toml").write_text('[data]\npath = "d"\n')
     result = runner.invoke(app, ["score"])
     assert result.exit_code == 2
-    assert "models.ref" in result.output
-    assert "Traceback" not in result.output
+    assert "[models] names no ref" in result.output and is_one_line_error(result.output)
 
 
 def test_the_project_file_is_found_from_a_subfolder(tmp_path):

@@ -348,3 +348,21 @@ def test_a_probe_that_separates_the_pairs_stops_the_em_instead_of_growing_its_sc
     scores = torch.linspace(0.5, 2.0, 12, dtype=torch.float64)
     result = reliability.fit_reliability(labels, scores)
     assert result.iterations < 2_000 and bool(torch.isfinite(result.scale).all())
+
+
+def test_prompts_that_differ_by_rounding_alone_give_features_not_a_linalg_error():
+    """Issue 25: 3 pairs of one prompt whose pooled embeddings differ by float16 rounding in a few dimensions; xᵀx of
+    such differences (entries near 1e-8, mostly zero) made LAPACK's eigh fail to converge (LinAlgError)."""
+    g = torch.Generator().manual_seed(19)
+    noise = torch.zeros(3, 576, dtype=torch.float64)
+    noise[:, torch.randperm(576, generator=g)[:9]] = torch.randn(3, 9, generator=g, dtype=torch.float64) * 1e-4
+    prompt = 5.0 + noise
+    first, second = torch.randn(3, 576, generator=g), torch.randn(3, 576, generator=g)
+    x = reliability.probe_features(first, second, prompt, components=4, prompt_components=2)
+    assert x.shape[0] == 3 and bool(torch.isfinite(x).all())
+    flipped = reliability.probe_features(second, first, prompt, components=4, prompt_components=2)
+    torch.testing.assert_close(flipped, -x)  # still antisymmetric
+
+
+def test_too_few_pairs_for_the_probe():
+    assert not reliability.probe_fits(9, 5) and reliability.probe_fits(10, 5)

@@ -74,7 +74,7 @@ def sentence(rng: random.Random, low: int, high: int) -> str:
 
 def write_pairs(path: Path, count: int, seed: int = 0) -> Path:
     """JSON Lines pairs of random words; every 5th row repeats the row before with another annotator and
-    every 7th swaps it, so pairs are shared between rows (scored once, stored per row)."""
+    every 7th swaps it (another annotator too), so pairs are shared between rows (scored once, stored per row)."""
     rng = random.Random(seed)
     rows = []
     for i in range(count):
@@ -83,7 +83,8 @@ def write_pairs(path: Path, count: int, seed: int = 0) -> Path:
         if i % 5 == 4:
             row = {**rows[-1], "annotator": "again"}
         if i % 7 == 6:
-            row = {**rows[-1], "chosen": rows[-1]["rejected"], "rejected": rows[-1]["chosen"], "truth": False}
+            row = {**rows[-1], "chosen": rows[-1]["rejected"], "rejected": rows[-1]["chosen"], "truth": False,
+                   "annotator": "swapped"}
         rows.append(row)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -286,7 +287,7 @@ def test_rows_failing_tokenization_are_an_error_or_a_skip_kept_across_reruns(pea
     data.write_text("\n".join([GOOD_ROW, GOOD_ROW.replace('"yes"', '"bad"'), GOOD_ROW]) + "\n")
     with pytest.raises(ValueError, match=r"pairs\.jsonl line 2 \(row_id 1\), field 'chosen'.*empty response"):
         run(score_config(data, peaky_model_dir, tmp_path / "strict"))
-    assert json.loads((tmp_path / "strict" / schema.MANIFEST).read_text())["parts"] == {}  # failed before a part
+    assert not (tmp_path / "strict").exists()  # failed before a part: nothing left behind
     config = score_config(data, peaky_model_dir, tmp_path / "lenient", on_bad_row="skip")
     for _ in range(2):  # the second run finds the cache complete and must still list the reject
         run(config)
@@ -307,6 +308,8 @@ def test_skipped_input_rows_go_to_the_rejects_file_and_the_summary(peaky_model_d
     summary = capsys.readouterr().err
     assert "4 rows read, 2 scored, 2 skipped" in summary and "skipped 1: chosen:" in summary
     assert "skipped 1: malformed JSON" in summary and "None" not in summary  # a line has no field
+    assert ("1 rows label a pair again, and no annotator column says who: each is one more label of the one "
+            "annotator 'default'") in summary  # rows 0 and 2 (issue 25: never silently)
 
 
 def test_a_failed_score_run_blocks_nothing_once_the_data_is_fixed(peaky_model_dir, tmp_path):
@@ -324,7 +327,7 @@ def test_a_damaged_part_is_named(peaky_model_dir, tmp_path):
     run(score_config(data, peaky_model_dir, tmp_path / "scores"))
     part = tmp_path / "scores" / schema.part_name(0)
     part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])  # a disk that filled up, a copy cut short
-    with pytest.raises(schema.CacheError, match=rf"{part} is not a readable Parquet part .*--overwrite") as err:
+    with pytest.raises(schema.CacheError, match=rf"{part}: its content is not what `repo score` wrote .*--overwrite") as err:
         schema.read_scores(tmp_path / "scores")
     assert "\n" not in str(err.value)
 

@@ -39,7 +39,7 @@ import numpy as np
 
 from re_po.data.atomic import atomic_write, atomic_write_text
 from re_po.data.judges import vader_compound
-from re_po.data.models import load_causal_lm
+from re_po.data.models import load_for_inference
 from re_po.data.project import default_model_dir
 from re_po.data.tokenize import tokenize_prompt
 from re_po.pipeline.choices import Sampling
@@ -73,7 +73,7 @@ def sample_pairs(model_dir: Path, prompts: list[str], seed: int) -> list[tuple[s
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = load_causal_lm(model_dir, "float32", "cpu")
+    model = load_for_inference(model_dir, "float32", "cpu")
     ends = end_token_ids(model.generation_config, tokenizer)
     sampling = Sampling(num_samples=2, max_new_tokens=MAX_NEW_TOKENS)
     pairs = []

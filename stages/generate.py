@@ -75,7 +75,7 @@ def run(cfg: GenerateConfig) -> Path:
     # a failure before the first part is written leaves no folder; after it, the parts to resume from
     with folders.removed_on_failure([out], keep=lambda: parts.holds_parts(samples)):
         folders.claim(out, "generate")
-        manifest = parts.open_parts(samples, key, layout, cfg.overwrite, "generation samples")
+        manifest = parts.open_parts(samples, key, layout, cfg.overwrite, "generation cache")
         todo = [i for i in range(layout["num_parts"]) if parts.part_name(i) not in manifest.parts]
         part = Part(prompts, row_ids, prompt_ids, cfg.part_size)
 
@@ -98,7 +98,7 @@ def run(cfg: GenerateConfig) -> Path:
                 for index in todo:
                     write(index, _hf_draws(cfg, loaded, part, index), loaded)
         parts.finish(samples, manifest)
-    frame = parts.read_parts(samples, "generation samples")
+    frame = read_samples(out)
     comparison = compare(frame, count, cfg.num_samples, cfg.seed)
     summary = {"policy": policy, "reference": ref, "judge": cfg.judge, "data": cfg.data,
                "settings": {"sampling": key["sampling"], "seed": cfg.seed, "backend": str(backend),
@@ -108,6 +108,13 @@ def run(cfg: GenerateConfig) -> Path:
     generation_report.write(out, summary, frame)
     print(generation_report.format_summary(summary), file=sys.stderr)
     return path
+
+
+def read_samples(out: Path) -> pl.DataFrame:
+    """Every response of a finished `repo generate` folder (data/parts.py: each part's bytes checked)."""
+    _, frames = parts.read_complete(Path(out) / SAMPLES, "generation cache", "run `repo generate` again with "
+                                    "--overwrite", "`repo generate`")
+    return pl.concat(frames, how="vertical")
 
 
 def compare(frame: pl.DataFrame, prompts: int, samples: int, seed: int) -> generation_metrics.Comparison:

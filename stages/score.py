@@ -36,7 +36,7 @@ import polars as pl
 import torch
 from tqdm import tqdm
 
-from re_po.data import folders, models, schema, tokenize
+from re_po.data import folders, models, parts, schema, tokenize
 from re_po.data.pairs import DEFAULT_ANNOTATOR, BadRowError, DataError, PairsRead, pair_values, read_pairs
 from re_po.pipeline import batching
 from re_po.pipeline.logprobs import pack, pad, score_sequences
@@ -102,7 +102,7 @@ def _score(cfg: ScoreConfig) -> Path:
     num_rows = read.table.height
     layout = {"part_size": cfg.part_size, "num_rows": num_rows, "num_parts": math.ceil(num_rows / cfg.part_size)}
     manifest = schema.open_cache(Path(cfg.out), key, layout, cfg.overwrite)
-    todo = [i for i in range(layout["num_parts"]) if schema.part_name(i) not in manifest.parts]
+    todo = [i for i in range(layout["num_parts"]) if parts.part_name(i) not in manifest.parts]
     if todo:
         backend = _hf_backend if cfg.backend == Backend.hf else _vllm_backend
         todo_rows = sum(min(cfg.part_size, num_rows - i * cfg.part_size) for i in todo)
@@ -312,7 +312,7 @@ class _Progress:
         self.bar.close()
 
 
-def _print_summary(cfg: ScoreConfig, manifest: schema.Manifest, rows_read: int, rejects: list[dict],
+def _print_summary(cfg: ScoreConfig, manifest: parts.Manifest, rows_read: int, rejects: list[dict],
                    resumed: int, repeated: int) -> None:
     scored = sum(p["rows"] for p in manifest.parts.values())
     truncated = sum(p["truncated"] for p in manifest.parts.values())

@@ -131,7 +131,7 @@ def test_the_judge_is_called_on_exactly_the_generated_texts(tiny_llama, other_ll
     RECORDED.clear()
     data = write_prompts(tmp_path / "prompts.jsonl", 5)
     generate.run(config(data, other_llama, tiny_llama, tmp_path / "gen", judge="test_generate:length_judge"))
-    frame = parts.read_parts(tmp_path / "gen" / generate.SAMPLES, "samples")
+    frame = generate.read_samples(tmp_path / "gen")
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     decoded = tokenizer.batch_decode(frame["response_ids"].to_list(), skip_special_tokens=True)
     assert sorted(RECORDED) == sorted(zip(frame["prompt"].to_list(), decoded))
@@ -240,7 +240,7 @@ def test_sigkill_mid_run_then_rerun_gives_every_sample_once_as_an_uninterrupted_
 
     generate.run(GenerateConfig(**{**settings, "out": killed}))
     generate.run(GenerateConfig(**{**settings, "out": tmp_path / "straight"}))
-    resumed, straight = (parts.read_parts(folder / generate.SAMPLES, "samples") for folder in (killed, tmp_path / "straight"))
+    resumed, straight = (generate.read_samples(folder) for folder in (killed, tmp_path / "straight"))
     assert resumed.height == 10 * 2 * 2
     assert resumed.select("prompt_index", "side", "sample").is_unique().all()
     assert resumed.equals(straight)

@@ -10,7 +10,6 @@ import json
 import pytest
 from test_generate import write_prompts
 
-from re_po.data import parts
 from re_po.stages import generate
 from re_po.stages.configs import GenerateConfig
 
@@ -25,7 +24,7 @@ def drawn(tiny_llama, tmp_path_factory):
     summary = json.loads(generate.run(GenerateConfig(
         data=str(data), policy=str(tiny_llama), ref=str(tiny_llama), out=folder / "gen", backend="vllm",
         max_new_tokens=6, num_samples=2, device="cpu", judge="test_generate:length_judge")).read_text())
-    return summary, parts.read_parts(folder / "gen" / generate.SAMPLES, "samples")
+    return summary, generate.read_samples(folder / "gen")
 
 
 def test_vllm_samples_end_at_an_end_token_or_the_limit(drawn):

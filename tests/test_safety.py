@@ -16,7 +16,7 @@ from conftest import WORDS, is_one_line_error
 from typer.testing import CliRunner
 
 from re_po import cli
-from re_po.data import schema
+from re_po.data import parts, schema
 from re_po.stages import estimate
 from re_po.stages.configs import ScoreConfig
 
@@ -98,7 +98,7 @@ def test_a_manifest_naming_a_part_outside_its_folder_deletes_and_reads_nothing(i
     victim.write_text("the user's")
     manifest = json.loads((cache / schema.MANIFEST).read_text())
     name = "../../victim.txt" if outside == "relative" else str(victim)
-    manifest["parts"][name] = manifest["parts"][schema.part_name(0)]
+    manifest["parts"][name] = manifest["parts"][parts.part_name(0)]
     (cache / schema.MANIFEST).write_text(json.dumps(manifest))
     before = listing(cache)
     for args in (["score", "--out", cache, "--overwrite"], ["inspect-noise", cache, "--out-dir", tmp_path / "i"],
@@ -113,7 +113,7 @@ def test_a_manifest_naming_a_part_outside_its_folder_deletes_and_reads_nothing(i
 def test_a_flipped_bit_in_a_part_is_named_and_nothing_trains_on_it(in_project, tmp_path):
     """Was: accepted, and trained on the changed log-prob."""
     cache = copy_cache(in_project, tmp_path / "cache")
-    part = cache / schema.part_name(0)
+    part = cache / parts.part_name(0)
     table = pq.read_table(part)  # the part as written, its footer (the cache key) kept
     values = table["ref_chosen_logps"].to_pylist()
     bits = bytearray(struct.pack("<d", values[3]))

@@ -16,7 +16,7 @@ import torch
 from conftest import WORDS, build_word_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from re_po.data import schema
+from re_po.data import parts, schema
 from re_po.pipeline.batching import length_batches
 from re_po.pipeline.logprobs import pack, response_logps
 from re_po.stages.configs import Backend
@@ -155,7 +155,7 @@ def test_length_batches_respect_budget_and_sort():
 KILLABLE_SCORER = """
 import sys, time
 from pathlib import Path
-from re_po.data import schema
+from re_po.data import parts, schema
 from re_po.stages import score
 
 write_part = schema.write_part
@@ -202,10 +202,10 @@ def test_part_written_but_not_in_manifest_is_redone_once(peaky_model_dir, tmp_pa
     run(score_config(data, peaky_model_dir, out))
     before, _ = schema.read_scores(out)
     manifest = json.loads((out / schema.MANIFEST).read_text())
-    del manifest["parts"][schema.part_name(1)]
+    del manifest["parts"][parts.part_name(1)]
     manifest["complete"] = False
     (out / schema.MANIFEST).write_text(json.dumps(manifest))
-    (out / (schema.part_name(2) + ".tmp")).write_bytes(b"half a file")
+    (out / (parts.part_name(2) + ".tmp")).write_bytes(b"half a file")
     run(score_config(data, peaky_model_dir, out))
     after, _ = schema.read_scores(out)
     assert after.equals(before)
@@ -229,7 +229,7 @@ def test_read_scores_refuses_a_key_mismatch_showing_both(peaky_model_dir, tmp_pa
     with pytest.raises(schema.CacheError, match=r"differing fields: ref_model[\s\S]*cache key:.*peaky_llama"
                        r"[\s\S]*expected key: .*other-model"):
         schema.read_scores(tmp_path / "scores", expect={"ref_model": "other-model", "max_length": 24})
-    footer = pq.read_schema(tmp_path / "scores" / schema.part_name(0)).metadata[schema.KEY_METADATA.encode()]
+    footer = pq.read_schema(tmp_path / "scores" / parts.part_name(0)).metadata[parts.KEY_METADATA.encode()]
     assert json.loads(footer) == schema.read_scores(tmp_path / "scores")[1]
 
 
@@ -325,7 +325,7 @@ def test_a_failed_score_run_blocks_nothing_once_the_data_is_fixed(peaky_model_di
 def test_a_damaged_part_is_named(peaky_model_dir, tmp_path):
     data = write_pairs(tmp_path / "pairs.jsonl", 6)
     run(score_config(data, peaky_model_dir, tmp_path / "scores"))
-    part = tmp_path / "scores" / schema.part_name(0)
+    part = tmp_path / "scores" / parts.part_name(0)
     part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])  # a disk that filled up, a copy cut short
     with pytest.raises(schema.CacheError, match=rf"{part}: its content is not what `repo score` wrote .*--overwrite") as err:
         schema.read_scores(tmp_path / "scores")

@@ -191,11 +191,11 @@ def test_pooled_hidden_states_match_transformers_hidden_states(layout):
         out = logprobs.score_sequences(model, LAYOUTS[layout](prompts, responses, 0), pool_layers=(1, 2))
         for i, (prompt, response) in enumerate(zip(prompts, responses)):
             states = model.model(torch.tensor([prompt + response]), output_hidden_states=True).hidden_states
-            for layer in (1, 2):
+            for layer in (1, 2):  # float32 sums in another order (one BLAS thread or two): ~4e-5 apart at most
                 torch.testing.assert_close(out.response_mean[layer][i], states[layer][0, len(prompt):].mean(0),
-                                           rtol=1e-4, atol=1e-5)
+                                           rtol=1e-4, atol=1e-4)
                 torch.testing.assert_close(out.prompt_mean[layer][i], states[layer][0, : len(prompt)].mean(0),
-                                           rtol=1e-4, atol=1e-5)
+                                           rtol=1e-4, atol=1e-4)
     assert not torch.allclose(out.response_mean[1], out.response_mean[2])  # the layers are not confused
     plain, _ = response_logps(model, pack(prompts, responses, 0))
     torch.testing.assert_close(out.logps, plain)  # the same forward still gives the log-probs

@@ -68,6 +68,15 @@ def tiny_llama(tmp_path_factory) -> Path:
     return path
 
 
+def subprocess_env() -> dict[str, str]:
+    """The environment of a child process in a test: one BLAS thread, and first on its path the re_po these tests
+    import (a worktree's, not the editable install's)."""
+    import re_po
+
+    path = os.pathsep.join(filter(None, [str(Path(re_po.__file__).parents[1]), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+
+
 def is_one_line_error(output: str) -> bool:
     """A refusal as the CLI should print it: one `error: ` line (beside the embedded-default notice), no traceback."""
     lines = [line for line in output.splitlines() if "embedded default" not in line]

@@ -5,7 +5,6 @@ The models are the tiny random Llama of conftest.py (vocabulary 64): what they w
 tests need; the win rate and the KL are checked against closed forms and exact sums.
 """
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from conftest import subprocess_env
 
 from re_po.data import parts
 from re_po.data.judges import JudgeError, load_judge
@@ -25,7 +25,6 @@ from re_po.pipeline.sampling import sample_responses
 from re_po.stages import generate
 from re_po.stages.configs import GenerateConfig
 
-REPO = Path(__file__).parents[1]
 WORDS = "the cat sat on the mat . what is it ? the dog ran on a rug . hello world please tell me about the sky".split()
 
 
@@ -225,7 +224,7 @@ def test_sigkill_mid_run_then_rerun_gives_every_sample_once_as_an_uninterrupted_
     killed = tmp_path / "killed"
     settings = dict(data=str(data), policy=str(other_llama), ref=str(tiny_llama), max_new_tokens=6, num_samples=2,
                     device="cpu", backend="hf", batch_size=2, part_size=2, judge="re_po.data.judges:vader_compound")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = subprocess_env()
     proc = subprocess.Popen([sys.executable, "-c", KILLABLE_GENERATOR, json.dumps({**settings, "out": str(killed)})],
                             env=env, stderr=subprocess.DEVNULL)
     manifest = killed / generate.SAMPLES / parts.MANIFEST

@@ -1,7 +1,6 @@
 """Stage one with the hf backend: the log-prob reduction, the cache, resumption and bad input."""
 import importlib.util
 import json
-import os
 import random
 import signal
 import subprocess
@@ -13,7 +12,7 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import WORDS, build_word_tokenizer
+from conftest import WORDS, build_word_tokenizer, subprocess_env
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from re_po.data import parts, schema
@@ -171,7 +170,7 @@ score.run(score.ScoreConfig(data=sys.argv[1], model=sys.argv[2], out=Path(sys.ar
 def test_sigkill_mid_run_then_rerun_gives_every_row_once_with_the_same_values(peaky_model_dir, tmp_path):
     data = write_pairs(tmp_path / "pairs.jsonl", 100)
     out = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    env = subprocess_env()
     proc = subprocess.Popen([sys.executable, "-c", KILLABLE_SCORER, str(data), str(peaky_model_dir), str(out)],
                             env=env, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120

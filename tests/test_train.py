@@ -18,10 +18,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
-from conftest import WORDS, is_one_line_error
+from conftest import WORDS, is_one_line_error, subprocess_env
 from safetensors.torch import load_file
 
-import re_po
 from re_po.data import run_folder, schema
 from re_po.data.noise_inputs import NoiseInputError
 from re_po.data.pair_table import PairTable
@@ -296,11 +295,10 @@ ACCELERATE_CONFIGS = REPO / "docs" / "accelerate"  # the files README "Multi-GPU
 
 
 def child_env() -> dict[str, str]:
-    """One BLAS thread, and first on the path the re_po these tests import (a worktree's, not the editable
-    install's). On CPU, CUDA hidden (on a machine with fewer GPUs than processes accelerate would still pick
-    cuda:LOCAL_RANK) and DeepSpeed on its CPU accelerator; with REPO_TEST_DEVICE=cuda, cuBLAS made deterministic."""
-    path = os.pathsep.join(filter(None, [str(Path(re_po.__file__).parents[1]), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    """conftest.subprocess_env; on CPU, CUDA hidden (on a machine with fewer GPUs than processes accelerate would
+    still pick cuda:LOCAL_RANK) and DeepSpeed on its CPU accelerator; with REPO_TEST_DEVICE=cuda, cuBLAS made
+    deterministic."""
+    env = subprocess_env()
     if DEVICE == "cuda":
         return {**env, "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
     return {**env, "CUDA_VISIBLE_DEVICES": "", "DS_ACCELERATOR": "cpu"}

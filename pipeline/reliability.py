@@ -81,6 +81,8 @@ class Estimate:
     iterations: int
     features: str | None = None  # the probe's features, of the candidates it was given
     log_loss: dict[str, float] | None = None  # each candidate's out-of-fold log-loss on the observed labels
+    model_at_chance: bool = False  # the model did not predict the observed labels beyond chance: it was set aside
+    mirror_in_reach: bool = False  # no η identified: the labels together were not told from their mirror
 
 
 # ---- 1. features ------------------------------------------------------------------------------------------------
@@ -324,12 +326,13 @@ def fit_reliability(labels: Labels, scores: Tensor | None, eta0: float = 0.9, fi
     eta, scale = better_than_chance(labels, eta, scale)
     covariance = eta_covariance(labels, eta, s, scale, groups, with_scale=scores is not None and fit_scale)
     se = covariance.diagonal().sqrt()
-    identified = (se <= max_se) & (not mirror_within_reach(labels, eta, covariance))
+    mirror = mirror_within_reach(labels, eta, covariance)
+    identified = (se <= max_se) & (not mirror)
     eta = torch.where(identified, eta, torch.full_like(eta, eta0))
     logit = scale[groups] * s
     w = row_posteriors(labels, eta, logit)
     z = labels.orientation.double() * logit[labels.pair]
-    return Estimate(eta, se, identified, w, z, scale, iterations)
+    return Estimate(eta, se, identified, w, z, scale, iterations, mirror_in_reach=mirror)
 
 
 def _fit_scale(s: Tensor, truth: Tensor, start: float, weight: Tensor | None = None, signed: bool = False,
@@ -427,16 +430,51 @@ def estimate(labels: Labels, candidates: dict[str, Tensor] | None = None, prior:
     """
     if candidates and prior is not None:
         raise ValueError("give features (the probe) or a prior (your judge), not both")
+    target, weight = observed_targets(labels)
     if not candidates:
+        if prior is not None and not beats_chance(prior, target, weight, torch.zeros(labels.num_pairs, dtype=torch.long)):
+            return dataclasses.replace(fit_reliability(labels, None, eta0, max_se=max_se), model_at_chance=True)
         return fit_reliability(labels, prior, eta0, max_se=max_se)
     folds = folds_of(labels.num_pairs, num_folds, seed)
-    target, weight = observed_targets(labels)
     fitted = {name: crossfit_probe(x, target, weight, folds, seed=seed, tune_pairs=tune_pairs)[0]
               for name, x in candidates.items()}
     log_loss = {name: float(_log_loss(scores, target, weight)) for name, scores in fitted.items()}
     best = min(log_loss, key=log_loss.__getitem__)
-    result = fit_reliability(labels, calibrate_to_labels(fitted[best], target, weight, folds), eta0, max_se=max_se)
+    scores = calibrate_to_labels(fitted[best], target, weight, folds)
+    if not beats_chance(scores, target, weight, folds, calibrated=True):  # the labels' agreement alone
+        result = dataclasses.replace(fit_reliability(labels, None, eta0, max_se=max_se), model_at_chance=True)
+    else:
+        result = fit_reliability(labels, scores, eta0, max_se=max_se)
     return dataclasses.replace(result, features=best, log_loss=log_loss)
+
+
+CHANCE_LEVEL = 0.01  # the likelihood-ratio test's size below: a model this likely under chance is set aside
+
+
+def beats_chance(scores: Tensor, target: Tensor, weight: Tensor, groups: Tensor, calibrated: bool = False) -> bool:
+    """Whether a model's logits (G,) predict the observed labels beyond chance: the likelihood-ratio test of their
+    best slope per group (a 1-D logistic fit each, `calibrated`: already fitted) against every label at ½, with as
+    many degrees of freedom as groups, at CHANCE_LEVEL. With one label per pair only the model identifies η, and a
+    model at chance identifies nothing: fitted all the same, its noise gave confidently wrong η, the adversary
+    taken for the most reliable (bench/README.md, "The estimate must not turn over")."""
+    count = int(groups.max()) + 1
+    if not calibrated:
+        slopes = torch.tensor([_fit_scale(scores[groups == g], target[groups == g], 1.0, weight[groups == g])
+                               for g in range(count)], dtype=torch.float64)
+        scores = slopes[groups] * scores
+    statistic = 2 * float(weight.sum()) * (math.log(2) - float(_log_loss(scores, target, weight)))
+    return statistic > chi2_quantile(1 - CHANCE_LEVEL, count)
+
+
+def chi2_quantile(level: float, df: int) -> float:
+    """The χ² quantile by Wilson & Hilferty's cube-root normal approximation (within 0.5% from 5 degrees of freedom
+    at the upper tail; tests/test_reliability.py checks it against tabulated values)."""
+    z = math.sqrt(2) * _erfinv(2 * level - 1)
+    return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
+
+
+def _erfinv(y: float) -> float:
+    return float(torch.special.erfinv(torch.tensor(y, dtype=torch.float64)))
 
 
 def calibrate_to_labels(scores: Tensor, target: Tensor, weight: Tensor, folds: Tensor) -> Tensor:

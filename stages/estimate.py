@@ -53,6 +53,8 @@ def run(cfg: EstimateConfig, frame: pl.DataFrame, key: dict, source: str) -> Noi
              f"prior column {cfg.prior_col}" if prior is not None else
              f"none (agreement alone: {inputs.num_pairs} pairs are too few for the probe)" if too_few else
              "none (agreement alone)")
+    if result.model_at_chance:  # reliability.beats_chance
+        model = f"none (agreement alone: the {model} does not predict the labels beyond chance)"
     z = result.z.numpy()
     posteriors = frame.select("row_id", "pair_id", "annotator").with_columns(
         z=z, p=0.5 * (1 + np.tanh(z / 2)), w=result.w.numpy(), epoch=pl.lit(0, pl.Int32))
@@ -60,7 +62,7 @@ def run(cfg: EstimateConfig, frame: pl.DataFrame, key: dict, source: str) -> Noi
                                "eta_se": pl.Series(result.eta_se.numpy()).replace(np.inf, None),
                                "identified": result.identified.numpy(),
                                "epoch": pl.Series([0] * len(inputs.annotators), dtype=pl.Int32)})
-    lost = unidentified_reasons(annotators, frame, model)
+    lost = unidentified_reasons(annotators, frame, model, result.mirror_in_reach)
     if lost:
         print(f"warning: the data do not identify the reliability of {len(lost)} annotator(s); η stays at eta0 = "
               f"{cfg.eta0} for them: " + "; ".join(f"{name}: {why}" for name, why in list(lost.items())[:5])
@@ -84,32 +86,36 @@ def probe_candidates(inputs: noise_inputs.NoiseInputs, cfg: EstimateConfig) -> d
                                              cfg.prompt_components) for name, parts in layers.items()}
 
 
-def unidentified_reasons(annotators: pl.DataFrame, labels: pl.DataFrame, model: str | None) -> dict[str, str]:
+def unidentified_reasons(annotators: pl.DataFrame, labels: pl.DataFrame, model: str | None,
+                         mirror_in_reach: bool = False) -> dict[str, str]:
     """Why the data do not identify each annotator's η, from its own labels: annotator -> the reason, for those whose
     `identified` is false (none where the table has no such column).
 
     annotators: annotator, identified, eta_se (null where infinite); labels: annotator, pair_id of every label;
-    model: what served as the model (NoiseEstimate.model), None where unknown (a run's epoch 0).
+    model: what served as the model (NoiseEstimate.model), None where unknown (a run's epoch 0); mirror_in_reach:
+    the estimate could not tell the labels from their mirror (reliability.mirror_within_reach).
     """
     if "identified" not in annotators.columns:
         return {}
     counts = labels.with_columns(shared=pl.len().over("pair_id") > 1).group_by("annotator").agg(
         n=pl.len(), shared=pl.col("shared").sum())
     of = {row["annotator"]: row for row in counts.iter_rows(named=True)}
-    evidence = ("the estimate's model" if model is None else
-                "without a model (the labels' agreement alone) nothing else" if model.startswith("none") else
-                f"the model ({model})")
+    evidence = ("no model" if model is None or model.startswith("none") else f"the model ({model}) alone")
     reasons = {}
     for row in annotators.filter(~pl.col("identified")).iter_rows(named=True):
         n, shared = of[row["annotator"]]["n"], of[row["annotator"]]["shared"]
-        if row["eta_se"] is not None:
+        if mirror_in_reach and row["eta_se"] is not None:
+            reasons[row["annotator"]] = ("the labels, taken together, are not told from their mirror image (every "
+                                         "label read the other way fits as well, within two standard errors)")
+        elif row["eta_se"] is not None:
             reasons[row["annotator"]] = (f"its standard error {row['eta_se']:.2f} is above {reliability.MAX_SE} with "
                                          f"{n} labels ({shared} beside another label of the same pair): more labels "
                                          "pin it down")
         elif shared == 0:
-            reasons[row["annotator"]] = (f"each of its {n} labels is the only one of its pair, and {evidence} tells "
-                                         "the true order apart: a second label on some of its pairs pins η down")
+            reasons[row["annotator"]] = (f"each of its {n} labels is the only one of its pair, and {evidence} does "
+                                         "not tell the true order apart: a second label on some of its pairs, or a "
+                                         "better judge (--prior-col), pins η down")
         else:
-            reasons[row["annotator"]] = (f"its labels always meet the same other annotators', and {evidence} tells "
-                                         "their reliabilities apart")
+            reasons[row["annotator"]] = (f"its labels always meet the same other annotators', and {evidence} does not "
+                                         "tell their reliabilities apart")
     return reasons

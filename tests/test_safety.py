@@ -277,7 +277,9 @@ def test_an_unidentified_eta_gets_its_own_reason():
     assert reasons["few"] == ("its standard error 0.31 is above 0.1 with 2 labels (2 beside another label of the same "
                               "pair): more labels pin it down")
     assert reasons["solo"].startswith("each of its 2 labels is the only one of its pair, and the model (probe on "
-                                      "layer 2) tells the true order apart")
+                                      "layer 2) alone does not tell the true order apart")
+    mirrored = estimate.unidentified_reasons(table, labels, "probe on layer 2", mirror_in_reach=True)
+    assert mirrored["few"].startswith("the labels, taken together, are not told from their mirror image")
     assert reasons["twin"].startswith("its labels always meet the same other annotators'")
     assert estimate.unidentified_reasons(table.drop("identified"), labels, None) == {}
 

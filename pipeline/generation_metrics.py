@@ -64,6 +64,13 @@ def bootstrap_interval(per_prompt: np.ndarray, resamples: int = RESAMPLES, level
     return float(low), float(high)
 
 
+def win_rate(reward: np.ndarray, other_reward: np.ndarray, seed: int = 0) -> tuple[float, tuple[float, float], float]:
+    """The win rate of one side's samples against the other's (P, S) faces, its bootstrap interval, and the share of
+    ties."""
+    won = outcomes(reward, other_reward)
+    return float(won.mean()), bootstrap_interval(won.mean(axis=1), seed=seed), float((won == 0.5).mean())
+
+
 def compare(policy_reward: np.ndarray | None, reference_reward: np.ndarray | None,
             policy_logps_of_policy: np.ndarray, ref_logps_of_policy: np.ndarray, policy_length: np.ndarray,
             reference_length: np.ndarray, seed: int = 0) -> Comparison:
@@ -77,9 +84,8 @@ def compare(policy_reward: np.ndarray | None, reference_reward: np.ndarray | Non
     kl_se = float(kl_per_prompt.std(ddof=1) / np.sqrt(prompts)) if prompts > 1 else float("nan")
     judged = {}
     if policy_reward is not None and reference_reward is not None:
-        won = outcomes(policy_reward, reference_reward)
-        judged = dict(win_rate=float(won.mean()), win_rate_ci=bootstrap_interval(won.mean(axis=1), seed=seed),
-                      ties=float((won == 0.5).mean()), reward_policy=float(np.mean(policy_reward)),
+        rate, interval, ties = win_rate(policy_reward, reference_reward, seed)
+        judged = dict(win_rate=rate, win_rate_ci=interval, ties=ties, reward_policy=float(np.mean(policy_reward)),
                       reward_reference=float(np.mean(reference_reward)))
     return Comparison(
         prompts=prompts, samples_per_prompt=samples, **{**dict.fromkeys(JUDGED), **judged},

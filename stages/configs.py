@@ -13,7 +13,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from re_po.data.columns import TRUTH, Columns, table_format
-from re_po.data.project import SAMPLE_HELDOUT, SAMPLE_TRAIN
+from re_po.data.project import SAMPLE_DIR
 from re_po.data.settings import coerce, setting
 from re_po.pipeline.choices import (
     ROBUST_KINDS,
@@ -395,22 +395,35 @@ class GenerateConfig:
 
 # ---- `repo demo` ---------------------------------------------------------------------------------------------------
 
+# The demo's data: on-policy continuations with a known true reward (data/sample/continuations/README.md)
+DEMO_DATA = SAMPLE_DIR / "continuations"
+DEMO_TRAIN, DEMO_HELDOUT, DEMO_PROMPTS = (DEMO_DATA / name for name in
+                                          ("train-3labels.jsonl", "heldout-pairs.jsonl", "heldout-prompts.jsonl"))
+DEMO_JUDGE = "re_po.data.judges:vader_compound"
+
+
 @dataclass(frozen=True)
 class DemoConfig:
     workspace: Path = setting(Path("workspace/demo"), "Where the demo writes.")
     model: str | None = setting(None, "Model folder.", default_text="SmolLM2-135M-Instruct, prepared locally")
-    train_data: Path = setting(SAMPLE_TRAIN, "Training pairs.", default_text="the bundled sample")
-    heldout_data: Path = setting(SAMPLE_HELDOUT, "Held-out pairs with a truth column.",
-                                 default_text="the bundled sample")
-    train_pairs: int = setting(0, "Use N of the training labels, drawn with a fixed seed (0: all 695, of 280 "
-                                  "pairs).")
-    heldout_pairs: int = setting(0, "Use N of the held-out pairs, drawn with a fixed seed (0: all 300).")
+    train_data: Path = setting(DEMO_TRAIN, "Training pairs with a truth column.",
+                               default_text="the bundled continuations, three labels per pair")
+    heldout_data: Path = setting(DEMO_HELDOUT, "Held-out pairs with a truth column.",
+                                 default_text="the bundled continuations' held-out pairs")
+    prompts: Path = setting(DEMO_PROMPTS, "Held-out prompts the policies answer.",
+                            default_text="the bundled continuations' held-out prompts")
+    judge: str = setting(DEMO_JUDGE, "The true reward of what the policies write (as repo generate --judge).")
+    train_pairs: int = setting(0, "Use N of the training pairs with all their labels, drawn with a fixed seed (0: "
+                                  "all).")
+    heldout_pairs: int = setting(0, "Use N of the held-out pairs, drawn with a fixed seed (0: all).")
+    generate_prompts: int = setting(128, "Held-out prompts each policy answers (two samples each).")
+    max_new_tokens: int = setting(24, "Tokens per answer at most (the bundled pairs' responses have 24).")
+    compare_dpo: bool = setting(True, "Also train plain DPO on the same labels and judge what it writes.")
     loss: RobustKind = setting(RobustKind.dpo, "The loss RE-PO wraps (trained with --robust).")
-    # one pass: every pair's margin is out-of-sample when the E-step sees it (method.md §7.6)
-    epochs: int = setting(1, "Training epochs.")
+    epochs: int = setting(2, "Training epochs.")
     lr: float = setting(5e-5, "AdamW learning rate.")
     batch_size: int = setting(8, "Pairs per micro-batch.")
-    seed: int = setting(0, "Seed of the training run.")
+    seed: int = setting(0, "Seed of the training runs and the samples.")
     truth_col: str = setting(TRUTH, "True where the label is wrong.")
 
     def __post_init__(self):

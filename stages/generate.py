@@ -99,7 +99,7 @@ def run(cfg: GenerateConfig) -> Path:
                     write(index, _hf_draws(cfg, loaded, part, index), loaded)
         parts.finish(samples, manifest)
     frame = read_samples(out)
-    comparison = compare(frame, count, cfg.num_samples, cfg.seed)
+    comparison = compare(frame, cfg.seed)
     summary = {"policy": policy, "reference": ref, "judge": cfg.judge, "data": cfg.data,
                "settings": {"sampling": key["sampling"], "seed": cfg.seed, "backend": str(backend),
                             "max_prompt_length": max_prompt_length}, **comparison.as_dict()}
@@ -117,15 +117,20 @@ def read_samples(out: Path) -> pl.DataFrame:
     return pl.concat(frames, how="vertical")
 
 
-def compare(frame: pl.DataFrame, prompts: int, samples: int, seed: int) -> generation_metrics.Comparison:
-    """The comparison of a samples table: each column as (P, S) arrays per side."""
-    def grid(side: str, column: str) -> np.ndarray | None:
-        values = frame.filter(pl.col("side") == side).sort("prompt_index", "sample")[column]
-        return None if values.null_count() else values.to_numpy().astype(float).reshape(prompts, samples)
-
+def compare(frame: pl.DataFrame, seed: int) -> generation_metrics.Comparison:
+    """The comparison of a samples table."""
     return generation_metrics.compare(
-        grid("policy", "reward"), grid("reference", "reward"), grid("policy", "policy_logps"),
-        grid("policy", "ref_logps"), grid("policy", "num_tokens"), grid("reference", "num_tokens"), seed=seed)
+        grid(frame, "policy", "reward"), grid(frame, "reference", "reward"), grid(frame, "policy", "policy_logps"),
+        grid(frame, "policy", "ref_logps"), grid(frame, "policy", "num_tokens"), grid(frame, "reference", "num_tokens"),
+        seed=seed)
+
+
+def grid(frame: pl.DataFrame, side: str, column: str) -> np.ndarray | None:
+    """One side's `column` as a (P, S) array, prompts and samples in order; None where it holds nulls (no judge)."""
+    rows = frame.filter(pl.col("side") == side).sort("prompt_index", "sample")
+    if rows[column].null_count():
+        return None
+    return rows[column].to_numpy().astype(float).reshape(rows["prompt_index"].n_unique(), -1)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The demo's path at CI size: score -> RE-DPO -> evaluate -> inspect-noise on the bundled data, tiny model."""
+"""The demo's path at CI size: score -> RE-DPO and DPO -> generate -> evaluate -> inspect-noise on the bundled data,
+tiny model."""
 
 import json
 from pathlib import Path
@@ -15,8 +16,8 @@ from re_po.stages import demo
 @pytest.fixture(scope="module")
 def demo_run(tiny_llama, tmp_path_factory):
     workspace = tmp_path_factory.mktemp("demo")
-    cfg = demo.DemoConfig(workspace=workspace, model=str(tiny_llama), train_pairs=32, heldout_pairs=16,
-                          epochs=1, batch_size=8, lr=1e-3)
+    cfg = demo.DemoConfig(workspace=workspace, model=str(tiny_llama), train_pairs=12, heldout_pairs=16,
+                          generate_prompts=6, max_new_tokens=4, epochs=1, batch_size=8, lr=1e-3)
     path = demo.run(cfg)
     return workspace, json.loads(path.read_text())
 
@@ -27,7 +28,7 @@ def test_demo_summary_compares_eta_with_the_measured_reliability(demo_run):
     measured = {k: 1 - float(g["is_flipped"].mean()) for (k,), g in train.group_by("annotator")}
     rows = {a["annotator"]: a for a in summary["annotators"]}
     before = {a["annotator"]: a for a in summary["before_training"]["annotators"]}
-    assert set(rows) == set(before) == set(measured) == {"rater-a", "rater-b", "panel-of-3"}
+    assert set(rows) == set(before) == set(measured) == {"careful", "hasty", "spammer", "adversary"}
     for name, row in rows.items():
         for table in (row, before[name]):
             assert table["labels"] == train.filter(pl.col("annotator") == name).height
@@ -35,7 +36,7 @@ def test_demo_summary_compares_eta_with_the_measured_reliability(demo_run):
             assert table["eta_abs_error"] == pytest.approx(abs(table["eta"] - measured[name]))
             assert 0 < table["eta"] < 1
     assert summary["flags"]["noisy"] == summary["before_training"]["flags"]["noisy"] == int(train["is_flipped"].sum())
-    assert summary["train_labels"] == 32 and summary["train_pairs"] == train["pair_id"].n_unique()
+    assert summary["train_pairs"] == 12 and summary["train_labels"] == train.height == 36  # three labels each
     assert all((workspace / "inspect" / "epoch-1" / "plots" / name).stat().st_size > 0
                for name in ("w_hist.png", "eta_steps.png", "w_flagged.png"))
     assert Path(summary["outputs"]["report"]).read_text().count("data:image/png;base64,") == 5  # the plots, inline
@@ -50,6 +51,25 @@ def test_demo_before_training_is_the_estimate_written_as_epoch_0(demo_run):
     assert dict(start.select("annotator", "eta").iter_rows()) == pytest.approx(before)
     epoch_zero = json.loads((workspace / "inspect" / "epoch-0" / "summary.json").read_text())
     assert epoch_zero["epoch"] == 0
+
+
+def test_demo_judges_what_both_policies_write(demo_run):
+    """RE-DPO's and DPO's samples against the reference's and against each other, from the samples themselves."""
+    from re_po.pipeline import generation_metrics
+    from re_po.stages import generate
+
+    workspace, summary = demo_run
+    samples = {name: generate.read_samples(workspace / name) for name in ("generate", "generate-dpo")}
+    assert all(frame.height == 6 * 2 * 2 for frame in samples.values())  # prompts × samples × two sides
+    by_method = summary["generation"]["by_method"]
+    for name, folder in (("re-dpo", "generate"), ("dpo", "generate-dpo")):
+        written = json.loads((workspace / folder / "generation.json").read_text())
+        assert by_method[name]["win_rate"] == written["win_rate"] and by_method[name]["kl"] == written["kl"]
+    rate, _, _ = generation_metrics.win_rate(generate.grid(samples["generate"], "policy", "reward"),
+                                             generate.grid(samples["generate-dpo"], "policy", "reward"))
+    assert by_method["re-dpo_vs_dpo"]["win_rate"] == rate
+    assert {"win_rate", "win_rate_ci", "kl"} <= set(summary["generation"])
+    assert "RE-DPO against DPO" in demo.format_summary(summary)
 
 
 def test_demo_heldout_accuracy_before_training_is_one_half(demo_run):

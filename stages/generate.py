@@ -88,7 +88,7 @@ def run(cfg: GenerateConfig) -> Path:
             if backend is Backend.vllm:  # one engine at a time: every part's samples, then scoring part by part
                 drawn = {index: {} for index in todo}
                 for side, folder in zip(SIDES, (policy_dir, ref_dir)):
-                    for index, responses in _vllm_draws(cfg, folder, tokenizer, part, todo, max_prompt_length).items():
+                    for index, responses in _vllm_draws(cfg, folder, tokenizer, part, todo).items():
                         drawn[index][side] = responses
                 loaded = Models.load(cfg, policy_dir, ref_dir, tokenizer)
                 for index in todo:
@@ -188,8 +188,8 @@ def _hf_draws(cfg: GenerateConfig, loaded: Models, part: Part, index: int) -> Dr
     return drawn
 
 
-def _vllm_draws(cfg: GenerateConfig, model_dir: Path, tokenizer, part: Part, todo: list[int],
-                max_prompt_length: int) -> dict[int, list[list[list[int]]]]:
+def _vllm_draws(cfg: GenerateConfig, model_dir: Path, tokenizer, part: Part,
+                todo: list[int]) -> dict[int, list[list[list[int]]]]:
     """One model's samples of every part in `todo` with vLLM's engine; each prompt's request seeded by its place."""
     from transformers import GenerationConfig
     from vllm import SamplingParams, TokensPrompt
@@ -200,7 +200,9 @@ def _vllm_draws(cfg: GenerateConfig, model_dir: Path, tokenizer, part: Part, tod
     except OSError:  # a model folder without generation_config.json
         generation_config = None
     end_ids = sorted(end_token_ids(generation_config, tokenizer))
-    engine = models.vllm_engine(model_dir, "float32", max_model_len=max_prompt_length + sampling.max_new_tokens + 1,
+    # the context the drawn prompts need, not the prompt cap: a small model's positions may be fewer than the cap
+    longest_prompt = max(len(part.prompt_ids[p]) for index in todo for p in part.range(index))
+    engine = models.vllm_engine(model_dir, "float32", max_model_len=longest_prompt + sampling.max_new_tokens + 1,
                                 seed=cfg.seed, gpu_memory_utilization=cfg.gpu_memory_utilization)
     try:
         drawn = {}

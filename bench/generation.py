@@ -89,7 +89,8 @@ def main() -> None:
         flip_rate = float(pl.read_ndjson(labels)[TRUTH].mean())
         for method in args.methods:
             for seed in args.seeds:
-                name = f"{variant}/{method}/seed{seed}"
+                # the true labels are the same pairs in every variant: their ceiling is trained once per seed
+                name = f"{'true' if method == 'dpo-true' else variant}/{method}/seed{seed}"
                 if name not in results:  # a rerun resumes: finished runs are kept
                     results[name] = one_run(variant, method, seed, labels, noisy_cache, true_cache, flip_rate,
                                             out / "runs" / name, out, model, args)
@@ -104,7 +105,7 @@ def main() -> None:
 def one_run(variant: str, method: str, seed: int, labels: Path, noisy_cache: Path, true_cache: Path,
             flip_rate: float, folder: Path, out: Path, model: str, args) -> dict:
     loss, robust, data = METHODS[method]
-    record = {"variant": variant, "method": method, "seed": seed, "train_flip_rate": flip_rate}
+    record = {"variant": "true" if data == "true" else variant, "method": method, "seed": seed, "train_flip_rate": flip_rate}
     started = time.perf_counter()
     cache = {"true": true_cache, "noisy": noisy_cache}.get(data)
     if data == "clean":  # the estimate of the noisy cache flags labels; DPO trains on the rest
@@ -137,17 +138,16 @@ def markdown(results: dict, args) -> str:
     """Mean ± standard deviation over seeds per variant and method."""
     rows = ["| labels | method | seeds | win rate vs reference | mean true reward | KL (nats) | held-out accuracy "
             "| max abs(η̂ − measured) | flag ROC-AUC | minutes/run |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for variant in args.variants:
-        for method in args.methods:
-            runs = [r for r in results.values() if (r["variant"], r["method"]) == (variant, method)]
-            if not runs:
-                continue
+    for variant, method in [("true", "dpo-true")] + [(v, m) for v in args.variants for m in args.methods]:
+        runs = [r for r in results.values() if (r["variant"], r["method"]) == (variant, method)]
+        if runs:
 
             def column(key: str) -> str:
                 values = [r[key] for r in runs if r.get(key) is not None]
                 return _mean_sd(values) if values else "-"
 
-            rows.append(f"| {variant} ({runs[0]['train_flip_rate']:.0%} wrong) | {method} | {len(runs)} "
+            labels = "true labels" if method == "dpo-true" else f"{variant} ({runs[0]['train_flip_rate']:.0%} wrong)"
+            rows.append(f"| {labels} | {method} | {len(runs)} "
                         f"| {column('win_rate')} | {column('reward')} | {column('kl')} | {column('heldout_accuracy')} "
                         f"| {column('eta_abs_error_max')} | {column('flag_auc')} "
                         f"| {statistics.mean(r['wall_seconds'] for r in runs) / 60:.1f} |")
@@ -156,7 +156,7 @@ def markdown(results: dict, args) -> str:
 
 def reward_kl_plot(results: dict, args, path: Path) -> Path:
     fig, ax = new_figure()
-    for (variant, marker) in zip(args.variants, "os^"):
+    for (variant, marker) in zip(["true"] + args.variants, "Dos^"):
         for i, method in enumerate(args.methods):
             runs = [r for r in results.values() if (r["variant"], r["method"]) == (variant, method)]
             if runs:

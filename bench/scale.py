@@ -89,7 +89,8 @@ def child_score(spec: dict) -> dict:
 
 
 def child_train(spec: dict) -> dict:
-    from re_po.stages import estimate, train
+    from re_po.pipeline import estimate
+    from re_po.stages import train
     from re_po.stages.configs import ALGORITHM_1
 
     timed = {}

@@ -4,7 +4,7 @@ The first --pairs rows of the bundled sample are scored once (`repo score`, hf b
 run trains one epoch in its own process (so each peak RSS is its own), one after the other:
   dpo, re-dpo, simpo, re-simpo   `repo train --loss L [--robust]`, float32, AdamW
   dpo-padded                     dpo with --no-packing: one sequence per forward row, right-padded
-  dpo-glibc-malloc               dpo with glibc's default malloc (stages/allocator.py not applied): fresh pages
+  dpo-glibc-malloc               dpo with glibc's default malloc (data/allocator.py not applied): fresh pages
                                  for every step's tensors
   trl-precompute                 trl.DPOTrainer(precompute_ref_log_probs=True): reference log-probs computed
                                  before training (that pass is reported apart, not in the training rate)
@@ -103,7 +103,8 @@ def main() -> None:
 def child_repo(spec: dict) -> dict:
     """One epoch of `repo train`; the training loop's time is the sum of the step times in metrics.jsonl."""
     from re_po.pipeline import logprobs
-    from re_po.stages import allocator, train
+    from re_po.data import allocator
+    from re_po.stages import train
 
     loss, robust, packing = REPO_RUNS[spec["run"]]
     if spec["run"] == "dpo-glibc-malloc":

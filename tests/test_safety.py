@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from re_po import cli
 from re_po.data import parts, schema
-from re_po.stages import estimate
+from re_po.pipeline import estimate
 from re_po.stages.configs import ScoreConfig
 
 runner = CliRunner()

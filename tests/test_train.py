@@ -27,7 +27,9 @@ from re_po.data.pair_table import PairTable
 from re_po.pipeline import batching, losses, reliability
 from re_po.pipeline.choices import LossSpec
 from re_po.pipeline.losses import PairLogps
-from re_po.stages import checkpoint, estimate, evaluate, train
+from re_po.data import checkpoint
+from re_po.pipeline import estimate
+from re_po.stages import evaluate, train
 from re_po.stages.configs import ALGORITHM_1, ROBUST_DEFAULTS, TrainConfig
 from re_po.stages.score import ScoreConfig
 from re_po.stages.score import run as score

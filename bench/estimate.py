@@ -43,8 +43,7 @@ from re_po.data import noise_inputs, schema
 from re_po.data.columns import TRUTH
 from re_po.data.project import SAMPLE_HELDOUT, SAMPLE_TRAIN
 from re_po.data.tables import swap_where, swapped_column_pairs, write_table
-from re_po.pipeline import noise_metrics, reliability
-from re_po.pipeline import estimate
+from re_po.pipeline import estimate, noise_metrics, reliability
 from re_po.stages import make_noisy, prepare_model, score, train
 
 SAMPLE = SAMPLE_TRAIN.parent

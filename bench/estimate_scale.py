@@ -20,8 +20,7 @@ import numpy as np
 import torch
 
 from re_po.data.noise_inputs import NoiseInputs
-from re_po.pipeline import noise_metrics, reliability
-from re_po.pipeline import estimate
+from re_po.pipeline import estimate, noise_metrics, reliability
 from re_po.stages.configs import EstimateConfig
 
 HIDDEN, LATENT, LAYERS, FLIPS = 576, 16, 2, (0.05, 0.15, 0.30)

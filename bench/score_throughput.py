@@ -30,9 +30,8 @@ from pathlib import Path
 
 import torch
 
-from re_po.data import schema
+from re_po.data import allocator, schema
 from re_po.pipeline import batching
-from re_po.data import allocator
 from re_po.stages import score
 from re_po.stages.configs import Dtype
 from re_po.stages.prepare_model import ensure_default_model

@@ -102,8 +102,8 @@ def main() -> None:
 
 def child_repo(spec: dict) -> dict:
     """One epoch of `repo train`; the training loop's time is the sum of the step times in metrics.jsonl."""
-    from re_po.pipeline import logprobs
     from re_po.data import allocator
+    from re_po.pipeline import logprobs
     from re_po.stages import train
 
     loss, robust, packing = REPO_RUNS[spec["run"]]

@@ -43,8 +43,7 @@ from re_po.data.tables import (
     truth_column,
     write_table,
 )
-from re_po.pipeline import noise_metrics
-from re_po.pipeline import estimate
+from re_po.pipeline import estimate, noise_metrics
 from re_po.stages import noise_plots, noise_report
 from re_po.stages.configs import CleanAction, InspectConfig
 

@@ -21,14 +21,12 @@ import torch
 from conftest import WORDS, is_one_line_error, subprocess_env
 from safetensors.torch import load_file
 
-from re_po.data import run_folder, schema
+from re_po.data import checkpoint, run_folder, schema
 from re_po.data.noise_inputs import NoiseInputError
 from re_po.data.pair_table import PairTable
-from re_po.pipeline import batching, losses, reliability
+from re_po.pipeline import batching, estimate, losses, reliability
 from re_po.pipeline.choices import LossSpec
 from re_po.pipeline.losses import PairLogps
-from re_po.data import checkpoint
-from re_po.pipeline import estimate
 from re_po.stages import evaluate, train
 from re_po.stages.configs import ALGORITHM_1, ROBUST_DEFAULTS, TrainConfig
 from re_po.stages.score import ScoreConfig

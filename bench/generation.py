@@ -10,7 +10,7 @@ Methods (one `repo train` run each, on the variant's labels unless said):
   dpo-true     DPO on the true labels (train-true.jsonl): the ceiling
   dpo          DPO on the noisy labels
   re-dpo       --robust as it defaults (the estimate first, then RE-DPO)
-  re-dpo-alg1  the paper's Algorithm 1 (--eta-init fixed --e-step policy --eta-update ema)
+  re-dpo-alg1  the paper's Algorithm 1 (--robust-mode paper)
   re-ipo       --robust --loss ipo
   cdpo, rdpo   the baselines, told the variant's true flip rate (an oracle the robust methods lack)
   dpo-clean    DPO on `inspect-noise SCORES --export-clean`: the labels the estimate flags dropped
@@ -46,7 +46,7 @@ from re_po.stages.noise_plots import new_figure, save_figure
 
 DATA = SAMPLE_DIR / "continuations"
 VARIANTS = {"1label": "train-1label.jsonl", "3labels": "train-3labels.jsonl"}
-ALGORITHM_1 = {k: str(v) for k, v in configs.ALGORITHM_1.items()}
+ALGORITHM_1 = {"robust_mode": str(configs.RobustMode.paper)}  # configs.ALGORITHM_1, by its name
 # method -> (loss, the --robust settings or None, which labels it trains on)
 METHODS = {
     "dpo-true": ("dpo", None, "true"),

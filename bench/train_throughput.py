@@ -109,7 +109,7 @@ def child_repo(spec: dict) -> dict:
     loss, robust, packing = REPO_RUNS[spec["run"]]
     if spec["run"] == "dpo-glibc-malloc":
         allocator.keep_freed_memory = lambda: False
-    passes, epoch_posteriors = [], train._epoch_posteriors
+    passes, epoch_posteriors = [], train.every_logit
     positions = {"computed": 0, "real": 0}
 
     def counted(layout):
@@ -124,11 +124,12 @@ def child_repo(spec: dict) -> dict:
 
     def timed_epoch_posteriors(*args, **kwargs):
         counted_before, start = dict(positions), time.perf_counter()
-        epoch_posteriors(*args, **kwargs)
+        z = epoch_posteriors(*args, **kwargs)
         passes.append(time.perf_counter() - start)
         positions.update(counted_before)  # the pass's forwards are not training tokens
+        return z
 
-    train._epoch_posteriors = timed_epoch_posteriors
+    train.every_logit = timed_epoch_posteriors
     config = train.TrainConfig(scores=Path(spec["scores"]), out_dir=Path(spec["out"]), policy=spec["model"],
                                loss=loss, robust=robust, batch_size=spec["batch_size"], lr=spec["lr"],
                                epochs=1, device=spec["device"], bf16=spec["bf16"], packing=packing)

@@ -327,3 +327,13 @@ def test_training_computes_what_it_computed_before(pin_caches, tmp_path, mode):
     assert found.keys() == EXPECTED[mode].keys()
     for name, values in EXPECTED[mode].items():
         assert found[name] == values, name  # bit for bit: float reprs round-trip exactly
+
+
+def test_the_two_modes_by_name_are_the_pinned_settings(pin_caches, tmp_path):
+    """--robust-mode paper is configs.ALGORITHM_1 and --robust-mode estimate (the default) ROBUST_DEFAULTS."""
+    from re_po.stages.configs import ROBUST_DEFAULTS
+
+    paper = TrainConfig(scores=pin_caches["one"], out_dir=tmp_path / "a", robust=True, robust_mode="paper")
+    default = TrainConfig(scores=pin_caches["one"], out_dir=tmp_path / "b", robust=True)
+    assert {name: getattr(paper, name) for name in ALGORITHM_1} == ALGORITHM_1
+    assert {name: getattr(default, name) for name in ROBUST_DEFAULTS} == ROBUST_DEFAULTS

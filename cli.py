@@ -219,9 +219,9 @@ def score_cmd(cfg: ScoreConfig) -> None:
 
 
 def _resumed(cfg: TrainConfig, given: set[str]) -> TrainConfig:
-    from re_po.stages import train
+    from re_po.data import launch
 
-    return train.resumed_config(cfg, given)
+    return launch.resumed_config(cfg, given)
 
 
 @command(app, "train", TrainConfig, "train",

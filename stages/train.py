@@ -18,23 +18,31 @@ Several processes (`accelerate launch` with a config of docs/accelerate/: DDP, F
 padded in twice); per-pair results are gathered, so every process computes the same η; checkpoints go through
 accelerate's save_state, which leaves sharding to the engine.
 """
-import importlib.util
-import json
 import math
 import os
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import DistributedType, parse_flag_from_env, set_seed
+from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from re_po.data import allocator, checkpoint, epoch_zero, folders, models, run_folder, schema, tokenize
+from re_po.data import (
+    allocator,
+    checkpoint,
+    epoch_zero,
+    folders,
+    launch,
+    models,
+    run_folder,
+    schema,
+    tokenize,
+)
 from re_po.data.checkpoint import TrainState
 from re_po.data.columns import TRUTH
 from re_po.data.judges import load_judge
@@ -42,40 +50,16 @@ from re_po.data.pair_table import MissingReference, PairTable
 from re_po.data.pairs import read_prompts
 from re_po.data.tables import truth_column
 from re_po.data.train_log import TENSORBOARD, Logger
-from re_po.pipeline import batching, em, losses, robust
+from re_po.pipeline import batching, em, forward, losses, robust
 from re_po.pipeline.choices import Sampling
-from re_po.pipeline.forward import (
-    RECORD,
-    SequenceLogps,
-    evaluate,
-    every_logit,
-    pair_logps,
-    records,
-    stop_if_not_finite,
-)
+from re_po.pipeline.forward import SequenceLogps, pair_logps
 from re_po.pipeline.generation_eval import GenerationEval
 from re_po.pipeline.reliability import Labels
 from re_po.pipeline.sampling import end_token_ids
-from re_po.stages import score
-from re_po.stages.configs import (
-    EStep,
-    EstimateConfig,
-    EtaInit,
-    ReportTo,
-    Schedule,
-    ScoreConfig,
-    TrainConfig,
-    algorithm_1_flags,
-)
+from re_po.stages import configs, score
+from re_po.stages.configs import EStep, EtaInit, TrainConfig
 
 __all__ = ["TENSORBOARD", "SequenceLogps", "TrainConfig", "pair_logps", "run"]
-
-# Fields that may differ between a run and its --resume: they do not change what is trained.
-RESUMABLE_CHANGES = ("resume", "save_every", "device", "report_to", "eval_data", "eval_every", "eval_judge",
-                     "eval_prompts", "eval_max_new_tokens")
-# Paths that only locate things: a run folder or cache may move; what the cache holds is checked by its key.
-LOCATIONS = ("out_dir", "scores")
-
 
 def run(cfg: TrainConfig) -> Path:
     """Train; returns the run folder (cfg.out_dir), whose final/ holds the policy and tokenizer."""
@@ -115,7 +99,7 @@ class Training:
 
 def _setup(cfg: TrainConfig) -> Training:
     allocator.keep_freed_memory()
-    tracker = _tracker(cfg)
+    tracker = launch.tracker(cfg)
     accelerator = _accelerator(cfg, tracker)
     set_seed(cfg.seed)
     out, world = cfg.out_dir, accelerator.num_processes
@@ -123,17 +107,17 @@ def _setup(cfg: TrainConfig) -> Training:
     policy_name = cfg.policy or pairs.key["ref_model"]  # by default the policy starts as the reference
     folders.check_outputs({"--out": cfg.out_dir}, {"the score cache": cfg.scores, "--estimate-with": cfg.estimate_with,
                                                    "--eval-data": cfg.eval_data, "the policy": policy_name})
-    tokenizer = _load_tokenizer(policy_name, pairs.key, cfg.scores)
-    _start_run_folder(cfg, out, world, pairs.key, policy_name, accelerator)  # before the slow model load
-    model = SequenceLogps(_load_policy(policy_name, cfg))
+    tokenizer = models.load_matching_tokenizer(policy_name, pairs.key, cfg.scores)
+    launch.start_run_folder(cfg, out, world, pairs.key, policy_name, accelerator)  # before the slow model load
+    model = SequenceLogps(models.load_policy(policy_name, cfg))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay, fused=True)  # one kernel: 5× faster on CPU
     steps_per_epoch = math.ceil(pairs.num_pairs / (cfg.batch_size * cfg.grad_accum * world))
     total_steps = min(cfg.max_steps or math.inf, steps_per_epoch * cfg.epochs)
     scheduler = _scheduler(cfg, optimizer, total_steps)
-    _fill_deepspeed_config(accelerator, cfg)
+    launch.fill_deepspeed_config(accelerator, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
-    log = Logger(out, accelerator, pairs.annotators, tracker, _tracker_config(cfg, world, pairs.key, policy_name))
+    log = Logger(out, accelerator, pairs.annotators, tracker, launch.tracker_config(cfg, world, pairs.key, policy_name))
     state, reweighting = TrainState(), _em(cfg, pairs, log)
     if cfg.resume:
         checkpoint.load(accelerator, checkpoint.latest(out / run_folder.CHECKPOINTS), state, reweighting, scheduler)
@@ -173,11 +157,11 @@ def _loop(cfg: TrainConfig, t: Training) -> None:
                     per_pair = em_.loss(logps, z, w)  # Eq. 5; the base method's own loss without --robust
                     # The loss is the mean over the global batch (method.md §7.3); DDP averages over processes.
                     accelerator.backward(per_pair.sum() * (keep * world / len(step_rows)))
-                gathered.append(records(spec, logps, per_pair, z, w, rows, cfg.batch_size))
-            batch = dict(zip(RECORD, accelerator.gather(torch.cat(gathered)).T))  # same on every process
+                gathered.append(forward.records(spec, logps, per_pair, z, w, rows, cfg.batch_size))
+            batch = dict(zip(forward.RECORD, accelerator.gather(torch.cat(gathered)).T))  # same on every process
             batch = {name: values[batch["row"] >= 0] for name, values in batch.items()}
             batch_rows = batch["row"].long()
-            stop_if_not_finite(batch["loss"], batch_rows, pairs, state.global_step + 1)
+            forward.stop_if_not_finite(batch["loss"], batch_rows, pairs, state.global_step + 1)
 
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or math.inf)
             learning_rate = t.scheduler.get_last_lr()[0]
@@ -190,7 +174,7 @@ def _loop(cfg: TrainConfig, t: Training) -> None:
 
             pairs_per_s = len(step_rows) / (time.perf_counter() - started)
             due = cfg.eval_every and state.global_step % cfg.eval_every == 0
-            evaluated = evaluate(model, t.held_out, spec, t.pad_id, cfg.packing) if t.held_out and (
+            evaluated = forward.evaluate(model, t.held_out, spec, t.pad_id, cfg.packing) if t.held_out and (
                 due or state.global_step == t.total_steps) else {}
             if t.writes is not None and evaluated and accelerator.is_main_process:  # what the policy writes
                 evaluated.update(t.writes(accelerator.unwrap_model(model).policy))
@@ -204,7 +188,7 @@ def _loop(cfg: TrainConfig, t: Training) -> None:
                 _save_checkpoint(t)
 
         if em_.active:  # between epochs: every pair's posterior with the current policy (method.md §7.5)
-            z = every_logit(model, pairs, em_, accelerator, t.pad_id, cfg.batch_size, cfg.packing)
+            z = forward.every_logit(model, pairs, em_, accelerator, t.pad_id, cfg.batch_size, cfg.packing)
             w = em_.after_epoch(z, state.global_step, state.epoch)
             t.log.epoch_tables(state.epoch, pairs, z, w, em_.eta, cfg.flag_threshold,
                                em_.first_visit_z if state.epoch == 1 else None)
@@ -226,7 +210,7 @@ def _em(cfg: TrainConfig, pairs: PairTable, log: Logger) -> robust.EM | robust.P
     eta, prior, held = em.init_eta(pairs.num_annotators, min(cfg.eta0, em.ETA_MAX)), None, None
     if uses_estimate(cfg):
         zero = epoch_zero.read_or_estimate(pairs, cfg.out_dir, cfg.resume, cfg.scores, cfg.estimate_with,
-                                           cfg.estimate, algorithm_1_flags())
+                                           cfg.estimate, configs.algorithm_1_flags())
         if not zero.resumed:
             log.epoch_tables(0, pairs, zero.z, zero.w, zero.eta, cfg.flag_threshold, None,
                              {"eta_se": zero.eta_se, "identified": zero.identified.tolist()})
@@ -251,51 +235,8 @@ def _accelerator(cfg: TrainConfig, tracker: str | None) -> Accelerator:
     forget_accelerator_settings()
     accelerator = Accelerator(cpu=cfg.device == "cpu", mixed_precision="bf16" if cfg.bf16 and on_gpu else "no",
                               log_with=tracker, project_dir=str(cfg.out_dir))
-    _check_launch(accelerator)
+    launch.check_launch(accelerator)
     return accelerator
-
-
-def _check_launch(accelerator: Accelerator) -> None:
-    """Refuse what accelerate would run as something else, silently: FSDP or DeepSpeed asked for by the accelerate
-    config, where accelerate applies them to GPU processes only (on CPU it runs DDP, each process holding the
-    whole model and optimizer); or processes launched that accelerate does not join into one group (on a machine
-    without GPUs, unless --device cpu: each would train alone into the same run folder)."""
-    for engine in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        if parse_flag_from_env(f"ACCELERATE_USE_{engine.value}") and accelerator.distributed_type != engine:
-            raise ValueError(f"the accelerate config asks for {engine.value}, but accelerate runs these processes as "
-                             f"{accelerator.distributed_type.value} on {accelerator.device.type}: it applies "
-                             f"{engine.value} to GPU processes only; on CPU launch with docs/accelerate/ddp.yaml")
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched != accelerator.num_processes:
-        raise ValueError(f"{launched} processes were launched, but accelerate sees {accelerator.num_processes} in "
-                         "its group: on a machine without GPUs pass --device cpu to `repo train`")
-
-
-def _fill_deepspeed_config(accelerator: Accelerator, cfg: TrainConfig) -> None:
-    """DeepSpeed's engine scales the loss, clips and steps inside accelerator.backward, by its own config: its "auto"
-    values come from re-po's settings, and one set otherwise is refused (accelerate lists it). The micro-batch per
-    process, the clipping norm, and one accumulation step: re-po accumulates --grad-accum micro-batches itself and
-    marks the last one with accelerator.sync_gradients."""
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        accelerator.state.deepspeed_plugin.deepspeed_config_process(
-            train_micro_batch_size_per_gpu=cfg.batch_size, gradient_accumulation_steps=1,
-            train_batch_size=cfg.batch_size * accelerator.num_processes, gradient_clipping=cfg.max_grad_norm)
-
-
-def _tracker(cfg: TrainConfig) -> str | None:
-    """The accelerate tracker to log to, or None: --report-to, by default TensorBoard when it is installed."""
-    choice = cfg.report_to or (ReportTo.tensorboard if importlib.util.find_spec("tensorboard") else ReportTo.none)
-    if choice is ReportTo.none:
-        return None
-    if importlib.util.find_spec(str(choice)) is None:
-        raise ModuleNotFoundError(f"--report-to {choice}: the {choice} package is not installed; pip install {choice}")
-    return str(choice)
-
-
-def _tracker_config(cfg: TrainConfig, world: int, key: dict, policy: str) -> dict:
-    """The run's settings as a tracker's hyper-parameters: scalars as they are, anything else as text."""
-    config = _config_record(cfg, world, key, policy)["config"]
-    return {name: value if isinstance(value, (bool, int, float, str)) else str(value) for name, value in config.items()}
 
 
 def forget_accelerator_settings() -> None:
@@ -314,45 +255,13 @@ def _read_pairs(cfg: TrainConfig) -> PairTable:
                                "use a reference-free loss (simpo, cpo)") from err
 
 
-def _load_tokenizer(name: str, key: dict, scores: Path):
-    """The policy's tokenizer; refused if the cache was tokenized with another tokenizer or chat template."""
-    models.resolve_model(name)  # a hub id must be in the local cache: else one line saying so
-    tokenizer = models.load_tokenizer(name)
-    policy_key = tokenize.tokenizer_fingerprint(tokenizer)
-    differing = [field for field, value in policy_key.items() if str(key.get(field)) != str(value)]
-    if differing:
-        shown = "\n".join(f"  {field}: cache {key.get(field)}, policy {policy_key[field]}" for field in differing)
-        raise schema.CacheError(f"score cache {scores} was tokenized with another tokenizer or chat template than "
-                                f"policy {name!r}; rescore with the policy's tokenizer.\n{shown}")
-    return tokenizer
-
-
-def _load_policy(name: str, cfg: TrainConfig) -> torch.nn.Module:
-    """The starting policy in fp32 (autocast gives bf16 on GPU), dropout off as TRL's disable_dropout does."""
-    policy = models.load_causal_lm(name, dtype=torch.float32)
-    for module in policy.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-    if cfg.gradient_checkpointing:
-        policy.config.use_cache = False
-        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.lora:
-        try:
-            import peft
-        except ImportError as err:
-            raise ImportError("--lora needs peft: pip install 're-po[peft]'") from err
-        policy = peft.get_peft_model(policy, peft.LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                                             target_modules="all-linear", task_type="CAUSAL_LM"))
-    return policy
-
-
 def _held_out(cfg: TrainConfig, key: dict, accelerator: Accelerator) -> tuple[PairTable, torch.Tensor | None]:
     """The held-out pairs of --eval-data, scored by the training cache's reference model with its lengths into
     <run>/eval (by the main process; resumed like any cache), and their truth column (True where the label is
     wrong) when they have one."""
     cache = cfg.out_dir / run_folder.EVAL
     if accelerator.is_main_process:
-        score.run(ScoreConfig(data=cfg.eval_data, model=key["ref_model"], out=cache, embeddings=False,
+        score.run(configs.ScoreConfig(data=cfg.eval_data, model=key["ref_model"], out=cache, embeddings=False,
                               max_length=int(key["max_length"]), max_prompt_length=int(key["max_prompt_length"])))
     accelerator.wait_for_everyone()
     frame, _ = schema.read_scores(cache)
@@ -379,63 +288,8 @@ def _generation_eval(cfg: TrainConfig, key: dict, tokenizer, accelerator: Accele
 def _scheduler(cfg: TrainConfig, optimizer, total_steps: int):
     from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
-    make = get_cosine_schedule_with_warmup if cfg.scheduler is Schedule.cosine else get_linear_schedule_with_warmup
+    make = get_cosine_schedule_with_warmup if cfg.scheduler is configs.Schedule.cosine else get_linear_schedule_with_warmup
     return make(optimizer, round(cfg.warmup_ratio * total_steps), total_steps)
-
-
-def _config_record(cfg: TrainConfig, world: int, key: dict, policy: str) -> dict:
-    config = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in RESUMABLE_CHANGES}
-    record = {"config": {**config, "policy": policy}, "loss_spec": asdict(cfg.loss_spec()), "num_processes": world,
-              "cache_key": key}
-    return json.loads(json.dumps(record, default=str))
-
-
-def resumed_config(cfg: TrainConfig, given: set[str]) -> TrainConfig:
-    """With --resume, the run's own settings (its config.json, above repo.toml and the defaults) wherever `given`,
-    the settings of the flags, names none: a bare `repo train --resume` goes on as the run was started, and a flag
-    given with another value is refused, naming it (_start_run_folder). The score cache is the run's own while it
-    is there."""
-    if not (cfg.resume and run_folder.is_run(cfg.out_dir)):  # no run there: the stage says what to do
-        return cfg
-    saved = run_folder.read_record(cfg.out_dir)["config"]
-    declared = {f.name for f in fields(TrainConfig)} - given - set(RESUMABLE_CHANGES) - {"out_dir"}
-    taken = {name: value for name, value in saved.items() if name in declared}
-    if "scores" in taken and not Path(taken["scores"]).exists():  # the run and its cache moved: the one given serves
-        del taken["scores"]
-    if isinstance(taken.get("estimate"), dict):
-        taken["estimate"] = EstimateConfig(**taken["estimate"])
-    return replace(cfg, **taken)
-
-
-def _start_run_folder(cfg, out, world, key, policy, accelerator) -> None:
-    """Write config.json for a new run; for --resume, check the run folder holds a checkpoint of this run."""
-    record, path = _config_record(cfg, world, key, policy), out / run_folder.CONFIG
-    if cfg.resume:
-        if checkpoint.latest(out / run_folder.CHECKPOINTS) is None:
-            raise FileNotFoundError(f"--resume: {out / run_folder.CHECKPOINTS} holds no checkpoint; "
-                                    "start the run again without --resume")
-        saved = run_folder.read_record(out)
-        changed = sorted(k for k in {**saved["config"], **record["config"]}
-                         if k not in LOCATIONS and saved["config"].get(k) != record["config"].get(k))
-        changed += [k for k in ("num_processes", "cache_key") if saved.get(k) != record[k]]
-        if changed:
-            then_now = "; ".join(f"{'--' + k.replace('_', '-') if k in record['config'] else k} "
-                                 f"{json.dumps(saved['config'].get(k, saved.get(k)))} then, "
-                                 f"{json.dumps(record['config'].get(k, record.get(k)))} now" for k in changed)
-            raise ValueError(f"--resume: {out} was started with other settings than this command gives ({then_now}); "
-                             "leave those flags out to go on as the run was started, or train a new run with another "
-                             "--out")
-        accelerator.wait_for_everyone()  # every process has compared before the main one writes
-        if accelerator.is_main_process and saved != record:  # moved: config.json names where things are now
-            run_folder.write_json(record, path)
-        return
-    if checkpoint.latest(out / run_folder.CHECKPOINTS) is not None:  # a run started without one lost nothing
-        raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
-    accelerator.wait_for_everyone()  # every process has looked before the main one writes
-    if accelerator.is_main_process:
-        folders.claim(out, "run", run_folder.is_run)
-        run_folder.write_json(record, path)
-    accelerator.wait_for_everyone()
 
 
 def _save_final(accelerator: Accelerator, model, tokenizer, cfg: TrainConfig, out: Path) -> None:

@@ -12,8 +12,8 @@ and every input column.
 
 Writes into out_dir: report.txt (also printed) and summary.json. On request: --dump FILE (the flagged
 pairs, every column but the token ids), --export-clean FILE (the input dataset with the flagged pairs
-dropped or their labels swapped, readable by `repo score`), --plots DIR (stages/noise_plots.py), --html FILE
-(one self-contained page: stages/noise_report.py), --review FILE (Label Studio tasks: data/review.py).
+dropped or their labels swapped, readable by `repo score`), --plots DIR (data/noise_plots.py), --html FILE
+(one self-contained page: data/noise_report.py), --review FILE (Label Studio tasks: data/review.py).
 
 A pair is flagged when w < threshold, or, with top_k, when it is among the k lowest w. When the data
 carries the truth (a boolean column, True where the label is wrong, e.g. `is_flipped`), the flags are
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from re_po.data import folders, review, run_folder, schema
+from re_po.data import folders, noise_plots, noise_report, review, run_folder, schema
 from re_po.data.atomic import atomic_write_text
 from re_po.data.columns import TRUTH, Columns, table_format
 from re_po.data.pairs import pair_values, read_pairs
@@ -44,7 +44,6 @@ from re_po.data.tables import (
     write_table,
 )
 from re_po.pipeline import estimate, noise_metrics
-from re_po.stages import noise_plots, noise_report
 from re_po.stages.configs import CleanAction, InspectConfig
 
 EXCERPT_CHARS = 100
@@ -397,7 +396,7 @@ def write_review(flagged: pl.DataFrame, path: Path) -> list[Path]:
 def write_html(cfg: InspectConfig, summary: dict, pairs: pl.DataFrame, flagged: pl.DataFrame,
                noisy: np.ndarray | None, epoch: int, from_run: bool, annotators: pl.DataFrame,
                truth_col: str | None) -> None:
-    """The page of stages/noise_report.py, with the plots of --plots, or drawn for it alone; the texts are decoded
+    """The page of data/noise_report.py, with the plots of --plots, or drawn for it alone; the texts are decoded
     only for the pairs the page shows."""
     shown = flagged.head(noise_report.MAX_PAIRS)
     texts = pair_values(shown) if shown.height else []

@@ -50,8 +50,9 @@ from re_po.data.pair_table import MissingReference, PairTable
 from re_po.data.pairs import read_prompts
 from re_po.data.tables import truth_column
 from re_po.data.train_log import TENSORBOARD, Logger
-from re_po.pipeline import batching, em, forward, losses, robust
+from re_po.pipeline import batching, forward, losses, robust
 from re_po.pipeline.choices import Sampling
+from re_po.pipeline.em import ETA_MAX, init_eta
 from re_po.pipeline.forward import SequenceLogps, pair_logps
 from re_po.pipeline.generation_eval import GenerationEval
 from re_po.pipeline.reliability import Labels
@@ -135,7 +136,7 @@ def _setup(cfg: TrainConfig) -> Training:
 
 def _loop(cfg: TrainConfig, t: Training) -> None:
     """Algorithm 1's order, step by step and epoch by epoch, from wherever `t.state` stands."""
-    accelerator, pairs, model, em_, state, spec = t.accelerator, t.pairs, t.model, t.em, t.state, cfg.loss_spec()
+    accelerator, pairs, model, em, state = t.accelerator, t.pairs, t.model, t.em, t.state
     world = accelerator.num_processes
     model.train()
     while state.epoch <= cfg.epochs and state.global_step < t.total_steps:
@@ -152,16 +153,15 @@ def _loop(cfg: TrainConfig, t: Training) -> None:
                 accelerator.sync_gradients = last  # DeepSpeed's backward steps after the last micro-batch only
                 with nullcontext() if last else accelerator.no_sync(model):
                     logps = pair_logps(model, pairs, run_rows, t.pad_id, cfg.packing)
-                    z = em_.logit(logps)  # the induced logit (Eq. 2)
-                    w = em_.weights(run_rows, z)  # E-step with the η in force (Eq. 4, method.md §9)
-                    per_pair = em_.loss(logps, z, w)  # Eq. 5; the base method's own loss without --robust
+                    z = em.logit(logps)  # the induced logit (Eq. 2)
+                    w = em.weights(run_rows, z)  # E-step with the η in force (Eq. 4, method.md §9)
+                    per_pair = em.loss(logps, z, w)  # Eq. 5; the base method's own loss without --robust
                     # The loss is the mean over the global batch (method.md §7.3); DDP averages over processes.
                     accelerator.backward(per_pair.sum() * (keep * world / len(step_rows)))
-                gathered.append(forward.records(spec, logps, per_pair, z, w, rows, cfg.batch_size))
+                gathered.append(forward.records(cfg.loss_spec(), logps, per_pair, z, w, rows, cfg.batch_size))
             batch = dict(zip(forward.RECORD, accelerator.gather(torch.cat(gathered)).T))  # same on every process
             batch = {name: values[batch["row"] >= 0] for name, values in batch.items()}
-            batch_rows = batch["row"].long()
-            forward.stop_if_not_finite(batch["loss"], batch_rows, pairs, state.global_step + 1)
+            forward.stop_if_not_finite(batch["loss"], batch["row"].long(), pairs, state.global_step + 1)
 
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or math.inf)
             learning_rate = t.scheduler.get_last_lr()[0]
@@ -170,30 +170,36 @@ def _loop(cfg: TrainConfig, t: Training) -> None:
             t.optimizer.zero_grad(set_to_none=True)
             state.global_step += 1
             state.step_in_epoch += 1
-            em_.after_step(batch_rows, batch["z"], batch["w"], state.global_step, state.epoch)  # Eq. 7 (§7.4)
+            em.after_step(batch["row"].long(), batch["z"], batch["w"], state.global_step, state.epoch)  # Eq. 7
 
-            pairs_per_s = len(step_rows) / (time.perf_counter() - started)
-            due = cfg.eval_every and state.global_step % cfg.eval_every == 0
-            evaluated = forward.evaluate(model, t.held_out, spec, t.pad_id, cfg.packing) if t.held_out and (
-                due or state.global_step == t.total_steps) else {}
-            if t.writes is not None and evaluated and accelerator.is_main_process:  # what the policy writes
-                evaluated.update(t.writes(accelerator.unwrap_model(model).policy))
-            t.log.step(state.global_step, batch, em_.eta if em_.active else None,
-                       cfg.flag_threshold if em_.active else None, grad_norm=float(grad_norm),
-                       learning_rate=learning_rate, epoch=state.epoch - 1 + state.step_in_epoch / len(plan),
-                       pairs_per_s=pairs_per_s, **evaluated)
-            t.bar.update()
-            t.bar.set_postfix(loss=f"{float(batch['loss'].mean()):.4f}", pairs_s=f"{pairs_per_s:.1f}")
+            _log_step(cfg, t, batch, float(grad_norm), learning_rate, len(step_rows) / (time.perf_counter() - started),
+                      state.epoch - 1 + state.step_in_epoch / len(plan))
             if cfg.save_every and state.global_step % cfg.save_every == 0 and state.step_in_epoch < len(plan):
                 _save_checkpoint(t)
 
-        if em_.active:  # between epochs: every pair's posterior with the current policy (method.md §7.5)
-            z = forward.every_logit(model, pairs, em_, accelerator, t.pad_id, cfg.batch_size, cfg.packing)
-            w = em_.after_epoch(z, state.global_step, state.epoch)
-            t.log.epoch_tables(state.epoch, pairs, z, w, em_.eta, cfg.flag_threshold,
-                               em_.first_visit_z if state.epoch == 1 else None)
+        if em.active:  # between epochs: every pair's posterior with the current policy (method.md §7.5)
+            z = forward.every_logit(model, pairs, em, accelerator, t.pad_id, cfg.batch_size, cfg.packing)
+            w = em.after_epoch(z, state.global_step, state.epoch)
+            t.log.epoch_tables(state.epoch, pairs, z, w, em.eta, cfg.flag_threshold,
+                               em.first_visit_z if state.epoch == 1 else None)
         state.epoch, state.step_in_epoch = state.epoch + 1, 0
         _save_checkpoint(t)
+
+
+def _log_step(cfg: TrainConfig, t: Training, batch: dict, grad_norm: float, learning_rate: float,
+              pairs_per_s: float, epoch: float) -> None:
+    """metrics.jsonl and the tracker after a step: the batch's metrics, η, and --eval-data's (and --eval-judge's)
+    when an evaluation is due (every --eval-every steps and at the last step)."""
+    step, accelerator = t.state.global_step, t.accelerator
+    due = (cfg.eval_every and step % cfg.eval_every == 0) or step == t.total_steps
+    evaluated = forward.evaluate(t.model, t.held_out, cfg.loss_spec(), t.pad_id, cfg.packing) if (
+        t.held_out and due) else {}
+    if t.writes is not None and evaluated and accelerator.is_main_process:  # what the policy writes
+        evaluated.update(t.writes(accelerator.unwrap_model(t.model).policy))
+    t.log.step(step, batch, t.em.eta if t.em.active else None, cfg.flag_threshold if t.em.active else None,
+               grad_norm=grad_norm, learning_rate=learning_rate, epoch=epoch, pairs_per_s=pairs_per_s, **evaluated)
+    t.bar.update()
+    t.bar.set_postfix(loss=f"{float(batch['loss'].mean()):.4f}", pairs_s=f"{pairs_per_s:.1f}")
 
 
 def uses_estimate(cfg: TrainConfig) -> bool:
@@ -207,7 +213,7 @@ def _em(cfg: TrainConfig, pairs: PairTable, log: Logger) -> robust.EM | robust.P
     held there: no update moves them silently."""
     if not cfg.robust:
         return robust.Plain(cfg.loss_spec())
-    eta, prior, held = em.init_eta(pairs.num_annotators, min(cfg.eta0, em.ETA_MAX)), None, None
+    eta, prior, held = init_eta(pairs.num_annotators, min(cfg.eta0, ETA_MAX)), None, None
     if uses_estimate(cfg):
         zero = epoch_zero.read_or_estimate(pairs, cfg.out_dir, cfg.resume, cfg.scores, cfg.estimate_with,
                                            cfg.estimate, configs.algorithm_1_flags())

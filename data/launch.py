@@ -112,6 +112,6 @@ def start_run_folder(cfg, out: Path, world: int, key: dict, policy: str, acceler
         raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     accelerator.wait_for_everyone()  # every process has looked before the main one writes
     if accelerator.is_main_process:
-        folders.claim(out, "run", run_folder.is_run)
+        folders.claim(out, "run")
         run_folder.write_json(record, path)
     accelerator.wait_for_everyone()

@@ -30,7 +30,7 @@ FINAL = "final"
 
 
 def is_run(folder: Path) -> bool:
-    """A run folder of `repo train` (its config.json), also one written before folder marks (data/folders.py)."""
+    """A run folder of `repo train`: its config.json."""
     return (Path(folder) / CONFIG).is_file()
 
 

@@ -52,16 +52,16 @@ REPORT_FILES = ("report.txt", "summary.json", "posteriors.parquet", "annotators.
 
 
 def run(cfg: InspectConfig) -> Path:
-    for folder, kind, older in ((cfg.out_dir, "inspect", was_inspected), (cfg.plots, "plots", only_plots)):
+    for folder, kind in ((cfg.out_dir, "inspect"), (cfg.plots, "plots")):
         if folder is not None:  # before any work: never the user's folder (made only once there is output)
-            folders.check(folder, kind, older)
+            folders.check(folder, kind)
     from_cache = is_score_cache(cfg.run)
     record = None if from_cache else run_folder.read_record(cfg.run, made_by="repo train --robust")
     epoch = 0 if from_cache else pick_epoch(cfg.run, cfg.epoch, record["config"])
     scores_dir = Path(cfg.run) if from_cache else Path(cfg.scores or record["config"]["scores"])
     if cfg.out_dir is None:  # one folder per report: before and after training apart
         cfg = dataclasses.replace(cfg, out_dir=default_out_dir(Path(cfg.run), None if from_cache else epoch))
-        folders.check(cfg.out_dir, "inspect", was_inspected)
+        folders.check(cfg.out_dir, "inspect")
     check_outputs(cfg, scores_dir)  # nothing written over or into what is read
     written = [cfg.out_dir, cfg.plots, cfg.dump, cfg.export_clean, cfg.html, *review_files(cfg.review)]
     with folders.removed_on_failure(written):  # a failed inspect leaves nothing
@@ -91,7 +91,7 @@ def report(cfg: InspectConfig, record: dict | None, epoch: int, scores_dir: Path
     truth_col = resolve_truth_col(cfg.truth_col, pairs)
     noisy = truth_column(pairs, truth_col, scores_dir).to_numpy() if truth_col else None
     annotators = annotator_table(pairs, eta, noisy)
-    folders.claim(cfg.out_dir, "inspect", was_inspected)  # the inputs are read and checked: from here on there is output
+    folders.claim(cfg.out_dir, "inspect")  # the inputs are read and checked: from here on there is output
     if source is not None:  # the estimate of a score cache: its tables, as a run folder's epoch 0
         run_folder.write_parquet(posteriors, cfg.out_dir / "posteriors.parquet")
         run_folder.write_parquet(eta, cfg.out_dir / "annotators.parquet")
@@ -102,7 +102,7 @@ def report(cfg: InspectConfig, record: dict | None, epoch: int, scores_dir: Path
     if cfg.export_clean is not None:
         outputs["export_clean"] = str(export_clean(cfg, set(flagged["row_id"]), cache_key, truth_col, scores_dir))
     if cfg.plots is not None:
-        plots_folder = folders.claim(cfg.plots, "plots", only_plots)
+        plots_folder = folders.claim(cfg.plots, "plots")
         outputs["plots"] = [str(p) for p in make_plots(cfg, plots_folder, pairs, noisy, epoch, source is None,
                                                         annotators)]
         folders.remove_stale(plots_folder, PLOTS, outputs["plots"])
@@ -168,16 +168,6 @@ def pick_epoch(run: Path, epoch: int | None, run_config: dict) -> int:
     if epoch not in written:
         raise ValueError(f"{run}: no posteriors for epoch {epoch}; epochs written: {written}")
     return epoch
-
-
-def was_inspected(folder: Path) -> bool:
-    """An out-dir of inspect-noise written before folder marks (data/folders.py)."""
-    return (Path(folder) / "summary.json").is_file() and (Path(folder) / "report.txt").is_file()
-
-
-def only_plots(folder: Path) -> bool:
-    """A plots folder written before folder marks: PNG files only."""
-    return all(p.suffix == ".png" for p in Path(folder).iterdir())
 
 
 def is_score_cache(folder: Path) -> bool:

@@ -64,7 +64,7 @@ __all__ = ["TENSORBOARD", "SequenceLogps", "TrainConfig", "pair_logps", "run"]
 
 def run(cfg: TrainConfig) -> Path:
     """Train; returns the run folder (cfg.out_dir), whose final/ holds the policy and tokenizer."""
-    folders.check(cfg.out_dir, "run", run_folder.is_run)  # every process, before any work: never the user's folder
+    folders.check(cfg.out_dir, "run")  # every process, before any work: never the user's folder
     # A run that fails before its first checkpoint leaves no folder; the main process removes it (RANK: accelerate's).
     with folders.removed_on_failure([cfg.out_dir], keep=lambda: os.environ.get("RANK", "0") != "0"
                                     or checkpoint.latest(cfg.out_dir / run_folder.CHECKPOINTS) is not None):

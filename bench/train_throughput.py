@@ -103,13 +103,13 @@ def main() -> None:
 def child_repo(spec: dict) -> dict:
     """One epoch of `repo train`; the training loop's time is the sum of the step times in metrics.jsonl."""
     from re_po.data import allocator
-    from re_po.pipeline import logprobs
+    from re_po.pipeline import forward, logprobs
     from re_po.stages import train
 
     loss, robust, packing = REPO_RUNS[spec["run"]]
     if spec["run"] == "dpo-glibc-malloc":
         allocator.keep_freed_memory = lambda: False
-    passes, epoch_posteriors = [], train.every_logit
+    passes, epoch_posteriors = [], forward.every_logit
     positions = {"computed": 0, "real": 0}
 
     def counted(layout):
@@ -129,7 +129,7 @@ def child_repo(spec: dict) -> dict:
         positions.update(counted_before)  # the pass's forwards are not training tokens
         return z
 
-    train.every_logit = timed_epoch_posteriors
+    forward.every_logit = timed_epoch_posteriors
     config = train.TrainConfig(scores=Path(spec["scores"]), out_dir=Path(spec["out"]), policy=spec["model"],
                                loss=loss, robust=robust, batch_size=spec["batch_size"], lr=spec["lr"],
                                epochs=1, device=spec["device"], bf16=spec["bf16"], packing=packing)

@@ -36,7 +36,7 @@ __all__ = ["DemoConfig", "EstimateConfig", "EvaluateConfig", "InspectConfig", "M
 
 def score(cfg: ScoreConfig) -> Path:
     """Stage one (`repo score`): the score cache folder."""
-    from re_po.stages import score as stage
+    from re_po.data import scoring as stage
 
     return Path(stage.run(cfg))
 

@@ -38,11 +38,12 @@ import numpy as np
 import polars as pl
 from robustness import _load, _mean_sd, _save, noise_record
 
+from re_po.data import scoring as score
 from re_po.data.atomic import atomic_write_text
 from re_po.data.columns import TRUTH
 from re_po.data.noise_plots import new_figure, save_figure
 from re_po.data.project import SAMPLE_DIR
-from re_po.stages import configs, evaluate, generate, prepare_model, score, train
+from re_po.stages import configs, evaluate, generate, prepare_model, train
 
 DATA = SAMPLE_DIR / "continuations"
 VARIANTS = {"1label": "train-1label.jsonl", "3labels": "train-3labels.jsonl"}

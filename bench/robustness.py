@@ -39,11 +39,12 @@ from pathlib import Path
 
 import polars as pl
 
+from re_po.data import scoring as score
 from re_po.data.atomic import atomic_write_text
 from re_po.data.columns import TRUTH
 from re_po.data.project import SAMPLE_HELDOUT, SAMPLE_TRAIN
 from re_po.data.tables import read_table, sample_rows, swap_where, write_table
-from re_po.stages import configs, evaluate, inspect_noise, make_noisy, prepare_model, score, train
+from re_po.stages import configs, evaluate, inspect_noise, make_noisy, prepare_model, train
 
 NOISE = {"clean": None, "real": None, "+20%": 0.2, "+40%": 0.4}
 ANNOTATORS = ("groups", "single")

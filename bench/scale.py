@@ -80,7 +80,7 @@ def folder_bytes(folder: Path) -> int:
 
 
 def child_score(spec: dict) -> dict:
-    from re_po.stages import score
+    from re_po.data import scoring as score
 
     start = time.perf_counter()
     score.run(score.ScoreConfig(data=spec["data"], model=spec["model"], out=Path(spec["scores"]), device="cpu",

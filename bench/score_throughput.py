@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 
 from re_po.data import allocator, schema
+from re_po.data import scoring as score
 from re_po.pipeline import batching
-from re_po.stages import score
 from re_po.stages.configs import Dtype
 from re_po.stages.prepare_model import ensure_default_model
 
@@ -86,7 +86,7 @@ def prepare_model(spec: str | None, workdir: Path, device: str, dtype: str) -> P
 
 @contextmanager
 def timed_backend(name: str, record: dict):
-    """Wrap stages.score's backend `name` so that record gets the seconds spent scoring, the real tokens
+    """Wrap data/scoring.py's backend `name` so that record gets the seconds spent scoring, the real tokens
     scored (pairs are deduplicated by the scorer, so these are the tokens actually computed) and, for hf,
     the positions its batches computed (real tokens and padding)."""
     original, layouts = getattr(score, name), {"pack": score.pack, "pad": score.pad}

@@ -69,7 +69,7 @@ def main() -> None:
 
     from score_throughput import count_parameters, peak_flops, prepare_model  # bench/ is on sys.path
 
-    from re_po.stages import score
+    from re_po.data import scoring as score
 
     bf16 = args.bf16 and args.device != "cpu"
     rows = [json.loads(line) for line in SAMPLE.read_text().splitlines()[: args.pairs]]

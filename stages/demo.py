@@ -26,9 +26,10 @@ from pathlib import Path
 import polars as pl
 
 from re_po.data import checkpoint, folders, run_folder
+from re_po.data import scoring as score
 from re_po.data.tables import read_table, write_table
 from re_po.pipeline import generation_metrics
-from re_po.stages import evaluate, generate, inspect_noise, prepare_model, score, train
+from re_po.stages import evaluate, generate, inspect_noise, prepare_model, train
 from re_po.stages.configs import DemoConfig, GenerateConfig
 
 SAMPLES = 2  # per prompt and policy

@@ -21,12 +21,12 @@ import polars as pl
 import torch
 
 from re_po.data import folders, run_folder, schema
+from re_po.data import scoring as score
 from re_po.data.pairs import read_pairs
 from re_po.data.tables import truth_column
 from re_po.pipeline import losses
 from re_po.pipeline.choices import LossSpec
 from re_po.pipeline.noise_metrics import order_accuracy
-from re_po.stages import score
 from re_po.stages.configs import EvaluateConfig
 
 

@@ -41,6 +41,7 @@ from re_po.data import (
     models,
     run_folder,
     schema,
+    scoring,
     tokenize,
 )
 from re_po.data.checkpoint import TrainState
@@ -57,7 +58,7 @@ from re_po.pipeline.forward import SequenceLogps, pair_logps
 from re_po.pipeline.generation_eval import GenerationEval
 from re_po.pipeline.reliability import Labels
 from re_po.pipeline.sampling import end_token_ids
-from re_po.stages import configs, score
+from re_po.stages import configs
 from re_po.stages.configs import EStep, EtaInit, TrainConfig
 
 __all__ = ["TENSORBOARD", "SequenceLogps", "TrainConfig", "pair_logps", "run"]
@@ -267,7 +268,7 @@ def _held_out(cfg: TrainConfig, key: dict, accelerator: Accelerator) -> tuple[Pa
     wrong) when they have one."""
     cache = cfg.out_dir / run_folder.EVAL
     if accelerator.is_main_process:
-        score.run(configs.ScoreConfig(data=cfg.eval_data, model=key["ref_model"], out=cache, embeddings=False,
+        scoring.run(configs.ScoreConfig(data=cfg.eval_data, model=key["ref_model"], out=cache, embeddings=False,
                               max_length=int(key["max_length"]), max_prompt_length=int(key["max_prompt_length"])))
     accelerator.wait_for_everyone()
     frame, _ = schema.read_scores(cache)

@@ -25,13 +25,13 @@ from re_po.data import checkpoint, run_folder, schema
 from re_po.data import launch as launching
 from re_po.data.noise_inputs import NoiseInputError
 from re_po.data.pair_table import PairTable
+from re_po.data.scoring import ScoreConfig
+from re_po.data.scoring import run as score
 from re_po.pipeline import batching, estimate, losses, reliability
 from re_po.pipeline.choices import LossSpec
 from re_po.pipeline.losses import PairLogps
 from re_po.stages import evaluate, train
 from re_po.stages.configs import ALGORITHM_1, ROBUST_DEFAULTS, TrainConfig
-from re_po.stages.score import ScoreConfig
-from re_po.stages.score import run as score
 from re_po.stages.train import SequenceLogps, pair_logps, run
 
 REPO = Path(__file__).resolve().parents[1]

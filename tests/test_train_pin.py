@@ -13,9 +13,9 @@ import torch
 from conftest import WORDS
 
 from re_po.data import run_folder
+from re_po.data.scoring import ScoreConfig
+from re_po.data.scoring import run as score
 from re_po.stages.configs import ALGORITHM_1, EstimateConfig, TrainConfig
-from re_po.stages.score import ScoreConfig
-from re_po.stages.score import run as score
 from re_po.stages.train import run
 
 SETTINGS = {"paper": {"robust": True, "epochs": 2, **ALGORITHM_1}, "default": {"robust": True, "epochs": 1},

@@ -61,7 +61,9 @@ from re_po.pipeline.sampling import end_token_ids
 from re_po.stages import configs
 from re_po.stages.configs import EStep, EtaInit, TrainConfig
 
-__all__ = ["TENSORBOARD", "SequenceLogps", "TrainConfig", "pair_logps", "run"]
+__all__ = ["TENSORBOARD", "SequenceLogps", "TrainConfig", "pair_logps", "run"]  # SequenceLogps, pair_logps and
+# TENSORBOARD live in pipeline/forward.py and data/train_log.py; tests reach them through the stage that uses them
+
 
 def run(cfg: TrainConfig) -> Path:
     """Train; returns the run folder (cfg.out_dir), whose final/ holds the policy and tokenizer."""
@@ -100,6 +102,8 @@ class Training:
 
 
 def _setup(cfg: TrainConfig) -> Training:
+    """The accelerator and tracker, the pairs, the policy, optimizer and scheduler (prepared), the EM, the logger,
+    the held-out evaluations; and on --resume, the checkpoint's state."""
     allocator.keep_freed_memory()
     tracker = launch.tracker(cfg)
     accelerator = _accelerator(cfg, tracker)

@@ -36,7 +36,7 @@ __all__ = ["DemoConfig", "EstimateConfig", "EvaluateConfig", "InspectConfig", "M
 
 def score(cfg: ScoreConfig) -> Path:
     """Stage one (`repo score`): the score cache folder."""
-    from re_po.stages import score as stage
+    from re_po.data import scoring as stage
 
     return Path(stage.run(cfg))
 
@@ -61,7 +61,7 @@ def estimate_noise(scores: str | Path, cfg: EstimateConfig | None = None):
     `annotators` (annotator, eta, eta_se, identified) and `posteriors` (row_id, pair_id, annotator, z, p, w) are
     polars DataFrames."""
     from re_po.data import schema
-    from re_po.stages import estimate
+    from re_po.pipeline import estimate
 
     cached, key = schema.read_scores(scores)
     return estimate.run(cfg or EstimateConfig(), cached, key, str(scores))

@@ -211,7 +211,8 @@ def score_cmd(cfg: ScoreConfig) -> None:
     Writes a folder of Parquet parts (token ids, summed reference log-probs, lengths, your other
     columns) that `repo train` reads. A rerun resumes where an interrupted one stopped.
     """
-    from re_po.stages import prepare_model, score
+    from re_po.data import scoring as score
+    from re_po.stages import prepare_model
 
     if cfg.model == str(default_model_dir()):
         _call(prepare_model.run, PrepareModelConfig())  # the embedded default, converted once
@@ -219,9 +220,9 @@ def score_cmd(cfg: ScoreConfig) -> None:
 
 
 def _resumed(cfg: TrainConfig, given: set[str]) -> TrainConfig:
-    from re_po.stages import train
+    from re_po.data import launch
 
-    return train.resumed_config(cfg, given)
+    return launch.resumed_config(cfg, given)
 
 
 @command(app, "train", TrainConfig, "train",

@@ -40,11 +40,12 @@ import polars as pl
 import torch
 
 from re_po.data import noise_inputs, schema
+from re_po.data import scoring as score
 from re_po.data.columns import TRUTH
 from re_po.data.project import SAMPLE_HELDOUT, SAMPLE_TRAIN
 from re_po.data.tables import swap_where, swapped_column_pairs, write_table
-from re_po.pipeline import noise_metrics, reliability
-from re_po.stages import estimate, make_noisy, prepare_model, score, train
+from re_po.pipeline import estimate, noise_metrics, reliability
+from re_po.stages import make_noisy, prepare_model, train
 
 SAMPLE = SAMPLE_TRAIN.parent
 SPLITS = ("train.jsonl", "heldout.jsonl", "pool.jsonl")

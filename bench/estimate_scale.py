@@ -2,7 +2,7 @@
 quality: `reliability.estimate` on 2k to 100k generated pairs, with the default `tune_pairs` and without a limit,
 side by side on the same inputs.
 
-Inputs are made the way stage one gives them (stages/estimate.probe_candidates over two layers of the reference
+Inputs are made the way stage one gives them (pipeline/estimate.probe_candidates over two layers of the reference
 model's pooled states, hidden size 576 as SmolLM2-135M, 64 principal directions × 9 prompt interactions = 576
 features): low-rank response states with a planted preference direction whose sign follows the prompt, three annotators
 who flip 5% / 15% / 30% of their labels, one label per pair. Per size and setting: seconds, milliseconds per
@@ -20,8 +20,7 @@ import numpy as np
 import torch
 
 from re_po.data.noise_inputs import NoiseInputs
-from re_po.pipeline import noise_metrics, reliability
-from re_po.stages import estimate
+from re_po.pipeline import estimate, noise_metrics, reliability
 from re_po.stages.configs import EstimateConfig
 
 HIDDEN, LATENT, LAYERS, FLIPS = 576, 16, 2, (0.05, 0.15, 0.30)

@@ -11,7 +11,7 @@ Methods (one `repo train` run each, on the variant's labels unless said):
   dpo-true     DPO on the true labels (train-true.jsonl): the ceiling
   dpo          DPO on the noisy labels
   re-dpo       --robust as it defaults (the estimate first, then RE-DPO)
-  re-dpo-alg1  the paper's Algorithm 1 (--eta-init fixed --e-step policy --eta-update ema)
+  re-dpo-alg1  the paper's Algorithm 1 (--robust-mode paper)
   re-ipo       --robust --loss ipo
   cdpo, rdpo   the baselines, told the variant's true flip rate (an oracle the robust methods lack)
   dpo-clean    DPO on `inspect-noise SCORES --export-clean`: the labels the estimate flags dropped
@@ -39,17 +39,18 @@ import numpy as np
 import polars as pl
 from robustness import _load, _mean_sd, _save, noise_record
 
+from re_po.data import scoring as score
 from re_po.data.atomic import atomic_write_text
 from re_po.data.columns import TRUTH
+from re_po.data.noise_plots import new_figure, save_figure
 from re_po.data.project import SAMPLE_DIR
-from re_po.stages import configs, evaluate, generate, prepare_model, score, train
-from re_po.stages.noise_plots import new_figure, save_figure
+from re_po.stages import configs, evaluate, generate, prepare_model, train
 
 DATA = SAMPLE_DIR / "continuations"
 # variant -> (its labels, how many of its pairs: 0 all). Three labels on 144 pairs are the single-label variant's
 # 432 labels: the same annotation budget and the same number of training steps.
 VARIANTS = {"1label": ("train-1label.jsonl", 0), "3labels": ("train-3labels.jsonl", 144)}
-ALGORITHM_1 = {k: str(v) for k, v in configs.ALGORITHM_1.items()}
+ALGORITHM_1 = {"robust_mode": str(configs.RobustMode.paper)}  # configs.ALGORITHM_1, by its name
 # method -> (loss, the --robust settings or None, which labels it trains on)
 METHODS = {
     "dpo-true": ("dpo", None, "true"),

@@ -26,8 +26,9 @@ import child
 from score_throughput import SAMPLE, count_parameters, matmul_flops
 from torch.profiler import ProfilerActivity, profile
 
+from re_po.data import scoring as score
 from re_po.pipeline import logprobs
-from re_po.stages import score, train
+from re_po.stages import train
 from re_po.stages.prepare_model import ensure_default_model
 
 KINDS = {  # the first kind whose words the operator's name holds

@@ -9,8 +9,9 @@ training labels:
 Methods:
   estimate        the noise estimate of the training cache alone (`repo inspect-noise SCORES`), no training
   dpo ipo simpo cpo            the plain losses
-  re-<loss>       --robust with its defaults (stages/configs.ROBUST_DEFAULTS: the estimate first, epoch 0)
-  re-<loss>-alg1  the paper's Algorithm 1 (--eta-init fixed --e-step policy)
+  re-<loss>       --robust with its defaults (--robust-mode estimate, stages/configs.ROBUST_DEFAULTS: the estimate
+                  first, epoch 0)
+  re-<loss>-alg1  the paper's Algorithm 1 (--robust-mode paper)
   re-<loss>-seeded, re-<loss>-prior   --eta-init estimate with the E-step seeded | prior, by name
   re-<loss>-pool  the defaults, with the estimate also learning from --pool-file's pairs (the bundled pool:
                   no held-out sentence), turned into the variant the same way (merged, clean or flipped at the
@@ -38,16 +39,17 @@ from pathlib import Path
 
 import polars as pl
 
+from re_po.data import scoring as score
 from re_po.data.atomic import atomic_write_text
 from re_po.data.columns import TRUTH
 from re_po.data.project import SAMPLE_HELDOUT, SAMPLE_TRAIN
 from re_po.data.tables import read_table, sample_rows, swap_where, write_table
-from re_po.stages import configs, evaluate, inspect_noise, make_noisy, prepare_model, score, train
+from re_po.stages import configs, evaluate, inspect_noise, make_noisy, prepare_model, train
 
 NOISE = {"clean": None, "real": None, "+20%": 0.2, "+40%": 0.4}
 ANNOTATORS = ("groups", "single")
 ROBUST = ("dpo", "ipo", "simpo", "cpo")
-RULES = {"": {}, "-alg1": {k: str(v) for k, v in configs.ALGORITHM_1.items()},
+RULES = {"": {}, "-alg1": {"robust_mode": str(configs.RobustMode.paper)},
          "-seeded": {"eta_init": "estimate", "e_step": "seeded"}, "-prior": {"eta_init": "estimate", "e_step": "prior"},
          "-pool": {}}
 POOLED = "-pool"  # the rule whose estimate also reads the variant's pool cache

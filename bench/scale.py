@@ -80,7 +80,7 @@ def folder_bytes(folder: Path) -> int:
 
 
 def child_score(spec: dict) -> dict:
-    from re_po.stages import score
+    from re_po.data import scoring as score
 
     start = time.perf_counter()
     score.run(score.ScoreConfig(data=spec["data"], model=spec["model"], out=Path(spec["scores"]), device="cpu",
@@ -89,8 +89,8 @@ def child_score(spec: dict) -> dict:
 
 
 def child_train(spec: dict) -> dict:
-    from re_po.stages import estimate, train
-    from re_po.stages.configs import ALGORITHM_1
+    from re_po.pipeline import estimate
+    from re_po.stages import train
 
     timed = {}
     estimate_run = estimate.run
@@ -105,7 +105,7 @@ def child_train(spec: dict) -> dict:
     start = time.perf_counter()
     out = train.run(train.TrainConfig(scores=Path(spec["scores"]), out_dir=Path(spec["out"]), policy=spec["model"],
                                       robust=True, batch_size=BATCH, epochs=1, lr=1e-5, device="cpu",
-                                      max_steps=spec["max_steps"], **(ALGORITHM_1 if spec["algorithm_1"] else {})))
+                                      max_steps=spec["max_steps"], robust_mode="paper" if spec["algorithm_1"] else "estimate"))
     end_to_end = time.perf_counter() - start
     loop, steps = child.loop_seconds(out, BATCH)
     return {"pairs": min(spec["pairs"], BATCH * steps), "steps": steps, "loop_seconds": loop, "end_to_end_seconds": end_to_end,

@@ -7,7 +7,7 @@ precision (--dtype, float32 by default), device (--device, cpu by default) and m
               only on response positions
   hf-padded   the same with --no-packing: one sequence per row, right-padded (what packing buys)
   hf-unsorted the same as hf, batches of as many pairs in input order (what sorting buys)
-  hf-glibc-malloc  the same as hf with glibc's default malloc (stages/allocator.py not applied yet: it runs first)
+  hf-glibc-malloc  the same as hf with glibc's default malloc (data/allocator.py not applied yet: it runs first)
   trl         trl.DPOTrainer(precompute_ref_log_probs=True): the precompute pass run in its __init__
   vllm        `repo score --backend vllm` (engine start excluded from the scoring rate)
 Rates: pairs/s and real tokens/s (tokens of prompt + response, both responses; padding not counted)
@@ -30,9 +30,9 @@ from pathlib import Path
 
 import torch
 
-from re_po.data import schema
+from re_po.data import allocator, schema
+from re_po.data import scoring as score
 from re_po.pipeline import batching
-from re_po.stages import allocator, score
 from re_po.stages.configs import Dtype
 from re_po.stages.prepare_model import ensure_default_model
 
@@ -86,7 +86,7 @@ def prepare_model(spec: str | None, workdir: Path, device: str, dtype: str) -> P
 
 @contextmanager
 def timed_backend(name: str, record: dict):
-    """Wrap stages.score's backend `name` so that record gets the seconds spent scoring, the real tokens
+    """Wrap data/scoring.py's backend `name` so that record gets the seconds spent scoring, the real tokens
     scored (pairs are deduplicated by the scorer, so these are the tokens actually computed) and, for hf,
     the positions its batches computed (real tokens and padding)."""
     original, layouts = getattr(score, name), {"pack": score.pack, "pad": score.pad}

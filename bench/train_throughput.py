@@ -4,7 +4,7 @@ The first --pairs rows of the bundled sample are scored once (`repo score`, hf b
 run trains one epoch in its own process (so each peak RSS is its own), one after the other:
   dpo, re-dpo, simpo, re-simpo   `repo train --loss L [--robust]`, float32, AdamW
   dpo-padded                     dpo with --no-packing: one sequence per forward row, right-padded
-  dpo-glibc-malloc               dpo with glibc's default malloc (stages/allocator.py not applied): fresh pages
+  dpo-glibc-malloc               dpo with glibc's default malloc (data/allocator.py not applied): fresh pages
                                  for every step's tensors
   trl-precompute                 trl.DPOTrainer(precompute_ref_log_probs=True): reference log-probs computed
                                  before training (that pass is reported apart, not in the training rate)
@@ -69,7 +69,7 @@ def main() -> None:
 
     from score_throughput import count_parameters, peak_flops, prepare_model  # bench/ is on sys.path
 
-    from re_po.stages import score
+    from re_po.data import scoring as score
 
     bf16 = args.bf16 and args.device != "cpu"
     rows = [json.loads(line) for line in SAMPLE.read_text().splitlines()[: args.pairs]]
@@ -102,13 +102,14 @@ def main() -> None:
 
 def child_repo(spec: dict) -> dict:
     """One epoch of `repo train`; the training loop's time is the sum of the step times in metrics.jsonl."""
-    from re_po.pipeline import logprobs
-    from re_po.stages import allocator, train
+    from re_po.data import allocator
+    from re_po.pipeline import forward, logprobs
+    from re_po.stages import train
 
     loss, robust, packing = REPO_RUNS[spec["run"]]
     if spec["run"] == "dpo-glibc-malloc":
         allocator.keep_freed_memory = lambda: False
-    passes, epoch_posteriors = [], train._epoch_posteriors
+    passes, epoch_posteriors = [], forward.every_logit
     positions = {"computed": 0, "real": 0}
 
     def counted(layout):
@@ -123,11 +124,12 @@ def child_repo(spec: dict) -> dict:
 
     def timed_epoch_posteriors(*args, **kwargs):
         counted_before, start = dict(positions), time.perf_counter()
-        epoch_posteriors(*args, **kwargs)
+        z = epoch_posteriors(*args, **kwargs)
         passes.append(time.perf_counter() - start)
         positions.update(counted_before)  # the pass's forwards are not training tokens
+        return z
 
-    train._epoch_posteriors = timed_epoch_posteriors
+    forward.every_logit = timed_epoch_posteriors
     config = train.TrainConfig(scores=Path(spec["scores"]), out_dir=Path(spec["out"]), policy=spec["model"],
                                loss=loss, robust=robust, batch_size=spec["batch_size"], lr=spec["lr"],
                                epochs=1, device=spec["device"], bf16=spec["bf16"], packing=packing)

@@ -3,8 +3,8 @@ path), and only into folders it makes, or takes back one it made; a non-empty fo
 nothing of the user's is ever overwritten (the score cache has the same rule through its manifest,
 data/schema.open_cache).
 
-A folder re-po makes holds MARK, naming its kind (run, inspect, plots, evaluate, demo, model). One written before
-marks existed is recognised by what it holds (`made_by_older`).
+A folder re-po makes holds MARK, naming its kind (run, inspect, plots, evaluate, demo, model); a non-empty folder
+without it is not re-po's.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def inside_managed(target: Path) -> tuple[str, Path] | None:
     return None
 
 
-def check(folder: Path, kind: str, made_by_older: Callable[[Path], bool] | None = None) -> None:
+def check(folder: Path, kind: str) -> None:
     """Refuse `folder` unless it is absent, empty, or a re-po `kind` folder. Reads only."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -93,7 +93,7 @@ def check(folder: Path, kind: str, made_by_older: Callable[[Path], bool] | None 
         return
     # the mark's temporary file alone: a claim killed while marking the folder it had just made
     names = sorted(p.name for p in folder.iterdir() if p.name != f".{MARK}.tmp") if folder.is_dir() else []
-    if names and not (made_by_older and made_by_older(folder)):
+    if names:
         shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
         raise FolderError(f"{folder} is not empty ({shown}) and re-po did not make it; re-po never writes into "
                           "a folder it did not make: choose another path, or empty this one")
@@ -107,9 +107,9 @@ def remove_stale(folder: Path, names: tuple[str, ...], written: list[str]) -> No
             (folder / name).unlink()
 
 
-def claim(folder: Path, kind: str, made_by_older: Callable[[Path], bool] | None = None) -> Path:
+def claim(folder: Path, kind: str) -> Path:
     """check(), then make the folder (and its parents) and mark it as a re-po `kind` folder."""
-    check(folder, kind, made_by_older)
+    check(folder, kind)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / MARK).exists():

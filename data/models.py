@@ -137,3 +137,40 @@ def vllm_engine(model_dir: Path, dtype: str, max_model_len: int, seed: int = 0, 
         options["kv_cache_memory_bytes"] = 1 << 30
     return LLM(model=str(model_dir), tokenizer=str(model_dir), dtype=dtype, max_model_len=max_model_len, seed=seed,
                enforce_eager=True, **options)
+
+
+def load_matching_tokenizer(name: str, key: dict, scores: Path):
+    """The policy's tokenizer for `repo train`; refused if the cache was tokenized with another tokenizer or chat template."""
+    resolve_model(name)  # a hub id must be in the local cache: else one line saying so
+    tokenizer = load_tokenizer(name)
+    from re_po.data.schema import CacheError
+    from re_po.data.tokenize import tokenizer_fingerprint
+
+    policy_key = tokenizer_fingerprint(tokenizer)
+    differing = [field for field, value in policy_key.items() if str(key.get(field)) != str(value)]
+    if differing:
+        shown = "\n".join(f"  {field}: cache {key.get(field)}, policy {policy_key[field]}" for field in differing)
+        raise CacheError(f"score cache {scores} was tokenized with another tokenizer or chat template than "
+                                f"policy {name!r}; rescore with the policy's tokenizer.\n{shown}")
+    return tokenizer
+
+
+def load_policy(name: str, cfg):
+    """The starting policy of `repo train` in fp32 (autocast gives bf16 on GPU), dropout off as TRL's disable_dropout does; cfg: its TrainConfig."""
+    import torch
+
+    policy = load_causal_lm(name, dtype=torch.float32)
+    for module in policy.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    if cfg.gradient_checkpointing:
+        policy.config.use_cache = False
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora:
+        try:
+            import peft
+        except ImportError as err:
+            raise ImportError("--lora needs peft: pip install 're-po[peft]'") from err
+        policy = peft.get_peft_model(policy, peft.LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                                             target_modules="all-linear", task_type="CAUSAL_LM"))
+    return policy

@@ -6,7 +6,7 @@ Layout (brief/contract.md):
     eta_steps.parquet                step, epoch, event, annotator, eta: η after every change
     posteriors/epoch-000K.parquet    row_id, pair_id, annotator, z, p, w, flagged, epoch[, first_visit_z]
     annotators/epoch-000K.parquet    annotator, eta, labels, w_mean, flagged, epoch
-    checkpoints/step-NNNNNNNN/       training state (stages/checkpoint.py)
+    checkpoints/step-NNNNNNNN/       training state (data/checkpoint.py)
     eval/                            the score cache of --eval-data (the held-out pairs, scored by the reference)
     final/                           the trained policy (save_pretrained) and its tokenizer
 Every file is written under a temporary name in its folder and renamed into place (os.replace).
@@ -30,7 +30,7 @@ FINAL = "final"
 
 
 def is_run(folder: Path) -> bool:
-    """A run folder of `repo train` (its config.json), also one written before folder marks (data/folders.py)."""
+    """A run folder of `repo train`: its config.json."""
     return (Path(folder) / CONFIG).is_file()
 
 

@@ -25,10 +25,11 @@ from pathlib import Path
 
 import polars as pl
 
-from re_po.data import folders, run_folder, schema
+from re_po.data import checkpoint, folders, run_folder
+from re_po.data import scoring as score
 from re_po.data.tables import read_table, write_table
 from re_po.pipeline import generation_metrics
-from re_po.stages import checkpoint, evaluate, generate, inspect_noise, prepare_model, score, train
+from re_po.stages import evaluate, generate, inspect_noise, prepare_model, train
 from re_po.stages.configs import DemoConfig, GenerateConfig
 
 SAMPLES = 2  # per prompt and policy
@@ -40,8 +41,7 @@ def run(cfg: DemoConfig) -> Path:
     folders.check_outputs({"--workspace": cfg.workspace}, {
         "--train-data": cfg.train_data, "--heldout-data": cfg.heldout_data, "--prompts": cfg.prompts,
         "--model": cfg.model})
-    ws = folders.claim(Path(cfg.workspace), "demo", lambda f: (f / "demo-summary.json").is_file()
-                       or (f / "scores" / schema.MANIFEST).is_file())
+    ws = folders.claim(Path(cfg.workspace), "demo")
     model = cfg.model or str(prepare_model.ensure_default_model())
     train_file = _sample_pairs(cfg.train_data, cfg.train_pairs, ws / "data" / "train.jsonl")
     heldout_file = _sample_pairs(cfg.heldout_data, cfg.heldout_pairs, ws / "data" / "heldout.jsonl")

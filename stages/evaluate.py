@@ -21,19 +21,19 @@ import polars as pl
 import torch
 
 from re_po.data import folders, run_folder, schema
+from re_po.data import scoring as score
 from re_po.data.pairs import read_pairs
 from re_po.data.tables import truth_column
 from re_po.pipeline import losses
 from re_po.pipeline.choices import LossSpec
 from re_po.pipeline.noise_metrics import order_accuracy
-from re_po.stages import score
 from re_po.stages.configs import EvaluateConfig
 
 
 def run(cfg: EvaluateConfig) -> Path:
     """Score the held-out pairs with the reference and the trained policy; returns evaluation.json."""
     run_dir, out = Path(cfg.run), Path(cfg.out)
-    folders.check(out, "evaluate", _evaluated)
+    folders.check(out, "evaluate")
     train_config = run_folder.read_record(run_dir)
     key = train_config["cache_key"]
     folders.check_outputs({"--out": out, "--ref-out": cfg.ref_out},
@@ -58,7 +58,7 @@ def run(cfg: EvaluateConfig) -> Path:
     ref_out = Path(cfg.ref_out or out / "ref")
     # a failure before the reference's first scored part leaves no folder; after it, the part to resume from
     with folders.removed_on_failure([out], keep=lambda: schema.holds_parts(ref_out)):
-        folders.claim(out, "evaluate", _evaluated)  # after the run folder and the data were read
+        folders.claim(out, "evaluate")  # after the run folder and the data were read
         ref_cache = score.run(score.ScoreConfig(data=cfg.data, model=key["ref_model"], out=ref_out,
                                                 columns=cfg.columns, **lengths))
         policy_cache = score.run(
@@ -78,11 +78,6 @@ def run(cfg: EvaluateConfig) -> Path:
         f"log-likelihood margin {result['loglik_accuracy_before']:.3f} -> {result['loglik_accuracy_after']:.3f}"
     )
     return path
-
-
-def _evaluated(folder: Path) -> bool:
-    """An out folder of evaluate written before folder marks (data/folders.py)."""
-    return (folder / "evaluation.json").is_file() or (folder / "ref" / schema.MANIFEST).is_file()
 
 
 def heldout_accuracy(

@@ -9,7 +9,7 @@ Writes  into `out`, a folder re-po marks as its own (data/folders.py):
                          was drawn), policy_logps and ref_logps (Σ log-prob of the response under each model),
                          reward (the judge's; null without one)
         generation.json  the comparison (pipeline/generation_metrics.py) and what was compared, with which settings
-        rewards.png, report.html (stages/generation_report.py)
+        rewards.png, report.html (data/generation_report.py)
 Run     repo generate HELDOUT --judge JUDGE [--run RUN] [--num-samples 2] [--max-new-tokens 128]
 
 Both models draw `num_samples` responses per prompt with the same settings and the same seeds (transformers'
@@ -32,14 +32,13 @@ import numpy as np
 import polars as pl
 import torch
 
-from re_po.data import folders, models, parts, run_folder
+from re_po.data import folders, generation_report, models, parts, run_folder
 from re_po.data.judges import Judge, load_judge
 from re_po.data.pairs import PairValue, read_prompts
 from re_po.data.tokenize import tokenize_prompt, tokenizer_fingerprint
 from re_po.pipeline import generation_metrics
 from re_po.pipeline.logprobs import summed_logps
 from re_po.pipeline.sampling import end_token_ids, sample_responses
-from re_po.stages import generation_report
 from re_po.stages.configs import Backend, GenerateConfig
 
 SAMPLES = "samples"

@@ -4,7 +4,7 @@ Reads either
 - the run folder of `repo train --robust` (data/run_folder.py): posteriors/epoch-000K.parquet and
   annotators/epoch-000K.parquet of the inspected epoch (default: the last), eta_steps.parquet (plots),
   config.json (names the score cache); or
-- a score cache of `repo score`, before any training: the noise estimate of stages/estimate.py (a cross-fitted
+- a score cache of `repo score`, before any training: the noise estimate of pipeline/estimate.py (a cross-fitted
   probe on the reference model's embeddings, or --prior-col, then EM with one true order per pair), written to
   out_dir as posteriors.parquet and annotators.parquet (epoch 0).
 The posteriors are joined on row_id with the score cache (data/schema.read_scores), which carries the pair texts
@@ -12,8 +12,8 @@ and every input column.
 
 Writes into out_dir: report.txt (also printed) and summary.json. On request: --dump FILE (the flagged
 pairs, every column but the token ids), --export-clean FILE (the input dataset with the flagged pairs
-dropped or their labels swapped, readable by `repo score`), --plots DIR (stages/noise_plots.py), --html FILE
-(one self-contained page: stages/noise_report.py), --review FILE (Label Studio tasks: data/review.py).
+dropped or their labels swapped, readable by `repo score`), --plots DIR (data/noise_plots.py), --html FILE
+(one self-contained page: data/noise_report.py), --review FILE (Label Studio tasks: data/review.py).
 
 A pair is flagged when w < threshold, or, with top_k, when it is among the k lowest w. When the data
 carries the truth (a boolean column, True where the label is wrong, e.g. `is_flipped`), the flags are
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from re_po.data import folders, review, run_folder, schema
+from re_po.data import folders, noise_plots, noise_report, review, run_folder, schema
 from re_po.data.atomic import atomic_write_text
 from re_po.data.columns import TRUTH, Columns, table_format
 from re_po.data.pairs import pair_values, read_pairs
@@ -43,8 +43,7 @@ from re_po.data.tables import (
     truth_column,
     write_table,
 )
-from re_po.pipeline import noise_metrics
-from re_po.stages import estimate, noise_plots, noise_report
+from re_po.pipeline import estimate, noise_metrics
 from re_po.stages.configs import CleanAction, InspectConfig
 
 EXCERPT_CHARS = 100
@@ -53,16 +52,16 @@ REPORT_FILES = ("report.txt", "summary.json", "posteriors.parquet", "annotators.
 
 
 def run(cfg: InspectConfig) -> Path:
-    for folder, kind, older in ((cfg.out_dir, "inspect", was_inspected), (cfg.plots, "plots", only_plots)):
+    for folder, kind in ((cfg.out_dir, "inspect"), (cfg.plots, "plots")):
         if folder is not None:  # before any work: never the user's folder (made only once there is output)
-            folders.check(folder, kind, older)
+            folders.check(folder, kind)
     from_cache = is_score_cache(cfg.run)
     record = None if from_cache else run_folder.read_record(cfg.run, made_by="repo train --robust")
     epoch = 0 if from_cache else pick_epoch(cfg.run, cfg.epoch, record["config"])
     scores_dir = Path(cfg.run) if from_cache else Path(cfg.scores or record["config"]["scores"])
     if cfg.out_dir is None:  # one folder per report: before and after training apart
         cfg = dataclasses.replace(cfg, out_dir=default_out_dir(Path(cfg.run), None if from_cache else epoch))
-        folders.check(cfg.out_dir, "inspect", was_inspected)
+        folders.check(cfg.out_dir, "inspect")
     check_outputs(cfg, scores_dir)  # nothing written over or into what is read
     written = [cfg.out_dir, cfg.plots, cfg.dump, cfg.export_clean, cfg.html, *review_files(cfg.review)]
     with folders.removed_on_failure(written):  # a failed inspect leaves nothing
@@ -92,7 +91,7 @@ def report(cfg: InspectConfig, record: dict | None, epoch: int, scores_dir: Path
     truth_col = resolve_truth_col(cfg.truth_col, pairs)
     noisy = truth_column(pairs, truth_col, scores_dir).to_numpy() if truth_col else None
     annotators = annotator_table(pairs, eta, noisy)
-    folders.claim(cfg.out_dir, "inspect", was_inspected)  # the inputs are read and checked: from here on there is output
+    folders.claim(cfg.out_dir, "inspect")  # the inputs are read and checked: from here on there is output
     if source is not None:  # the estimate of a score cache: its tables, as a run folder's epoch 0
         run_folder.write_parquet(posteriors, cfg.out_dir / "posteriors.parquet")
         run_folder.write_parquet(eta, cfg.out_dir / "annotators.parquet")
@@ -103,7 +102,7 @@ def report(cfg: InspectConfig, record: dict | None, epoch: int, scores_dir: Path
     if cfg.export_clean is not None:
         outputs["export_clean"] = str(export_clean(cfg, set(flagged["row_id"]), cache_key, truth_col, scores_dir))
     if cfg.plots is not None:
-        plots_folder = folders.claim(cfg.plots, "plots", only_plots)
+        plots_folder = folders.claim(cfg.plots, "plots")
         outputs["plots"] = [str(p) for p in make_plots(cfg, plots_folder, pairs, noisy, epoch, source is None,
                                                         annotators)]
         folders.remove_stale(plots_folder, PLOTS, outputs["plots"])
@@ -169,16 +168,6 @@ def pick_epoch(run: Path, epoch: int | None, run_config: dict) -> int:
     if epoch not in written:
         raise ValueError(f"{run}: no posteriors for epoch {epoch}; epochs written: {written}")
     return epoch
-
-
-def was_inspected(folder: Path) -> bool:
-    """An out-dir of inspect-noise written before folder marks (data/folders.py)."""
-    return (Path(folder) / "summary.json").is_file() and (Path(folder) / "report.txt").is_file()
-
-
-def only_plots(folder: Path) -> bool:
-    """A plots folder written before folder marks: PNG files only."""
-    return all(p.suffix == ".png" for p in Path(folder).iterdir())
 
 
 def is_score_cache(folder: Path) -> bool:
@@ -397,7 +386,7 @@ def write_review(flagged: pl.DataFrame, path: Path) -> list[Path]:
 def write_html(cfg: InspectConfig, summary: dict, pairs: pl.DataFrame, flagged: pl.DataFrame,
                noisy: np.ndarray | None, epoch: int, from_run: bool, annotators: pl.DataFrame,
                truth_col: str | None) -> None:
-    """The page of stages/noise_report.py, with the plots of --plots, or drawn for it alone; the texts are decoded
+    """The page of data/noise_report.py, with the plots of --plots, or drawn for it alone; the texts are decoded
     only for the pairs the page shows."""
     shown = flagged.head(noise_report.MAX_PAIRS)
     texts = pair_values(shown) if shown.height else []

@@ -1,11 +1,11 @@
-"""stages/allocator.py: after keep_freed_memory, a large tensor freed and allocated again reuses memory the process
+"""data/allocator.py: after keep_freed_memory, a large tensor freed and allocated again reuses memory the process
 already holds, where glibc's default maps fresh pages that the kernel faults in one by one."""
 import subprocess
 import sys
 
 PROBE = """
 import resource, sys, torch
-from re_po.stages import allocator
+from re_po.data import allocator
 if sys.argv[1] == "kept":
     assert allocator.keep_freed_memory() and allocator.keep_freed_memory()  # applied, and harmless twice
 def faults() -> int:

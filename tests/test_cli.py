@@ -103,8 +103,8 @@ def test_the_real_template_is_valid_toml_with_a_line_per_key(tmp_path):
 
 
 # Every repo.toml key of every command's table: two values the Config accepts, the first unlike its default.
-STAGE_RUNS = {"score": "score", "train": "train", "inspect-noise": "inspect_noise", "evaluate": "evaluate",
-              "generate": "generate"}
+STAGE_RUNS = {"score": "re_po.data.scoring", "train": "re_po.stages.train", "inspect-noise": "re_po.stages.inspect_noise",
+              "evaluate": "re_po.stages.evaluate", "generate": "re_po.stages.generate"}  # the module whose run() it calls
 NEEDS = {"eta_init": {"robust": True}, "e_step": {"robust": True}, "label_smoothing": {"loss": "cdpo"},
          "flip_rate": {"loss": "rdpo"}, "eval_every": {"eval_data": "held.jsonl"},
          "eval_judge": {"eval_data": "held.jsonl"}}  # keys that need another
@@ -156,7 +156,7 @@ def _cases():
 def test_every_repo_toml_key_takes_effect_and_a_flag_beats_it(command_name, section, config_cls, f, hint,
                                                              tmp_path, monkeypatch):
     built = []
-    stage = importlib.import_module(f"re_po.stages.{STAGE_RUNS[command_name]}")
+    stage = importlib.import_module(STAGE_RUNS[command_name])
     monkeypatch.setattr(stage, "run", lambda cfg: built.append(cfg) or tmp_path)
     from_toml, from_flag = _two_values(f, hint)
     companions = "".join(f"{k} = {settings.toml_value(v)}\n" for k, v in NEEDS.get(f.name, {}).items())

@@ -15,9 +15,9 @@ import torch
 from conftest import WORDS
 
 from re_po.data import schema
+from re_po.data.scoring import run as score
 from re_po.pipeline.logprobs import taken_token_logps
 from re_po.stages.configs import Backend, ScoreConfig, TrainConfig
-from re_po.stages.score import run as score
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bench/gpu.sh runs these)")
 

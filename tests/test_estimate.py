@@ -1,4 +1,4 @@
-"""`repo inspect-noise SCORES`: the noise estimate before training, from a score cache (stages/estimate.py)."""
+"""`repo inspect-noise SCORES`: the noise estimate before training, from a score cache (pipeline/estimate.py)."""
 import json
 import random
 from pathlib import Path
@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from re_po import cli
 from re_po.data import noise_inputs, schema
-from re_po.stages.estimate import EstimateConfig
+from re_po.data.scoring import run as score
+from re_po.stages.configs import EstimateConfig
 from re_po.stages.inspect_noise import InspectConfig, run
-from re_po.stages.score import run as score
 
 FLIP_RATES = {"careful": 0.05, "hasty": 0.20, "sloppy": 0.35}
 

@@ -459,8 +459,8 @@ def one_thread():
 def test_score_train_inspect_then_rescore_the_export(tiny_llama, tmp_path, monkeypatch, one_thread):
     """The real stages: `repo score` → `repo train --robust` (2 epochs) → `repo inspect-noise`, and the
     cleaned export is scored again by `repo score`: the flagged rows come back with their log-probs swapped."""
-    from re_po.stages.score import ScoreConfig
-    from re_po.stages.score import run as score
+    from re_po.data.scoring import ScoreConfig
+    from re_po.data.scoring import run as score
     from re_po.stages.train import TrainConfig
     from re_po.stages.train import run as train
 

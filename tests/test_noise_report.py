@@ -19,8 +19,7 @@ import pytest
 from PIL import Image
 from test_inspect_noise import ANNOTATOR, FLIPPED, input_rows, write_cache, write_input, write_run
 
-from re_po.data import review
-from re_po.stages import noise_report
+from re_po.data import noise_report, review
 from re_po.stages.inspect_noise import InspectConfig, run
 
 BROWSERS = ("chromium-headless-shell", "chromium", "chrome-headless-shell", "google-chrome")

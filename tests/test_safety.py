@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from re_po import cli
 from re_po.data import parts, schema
-from re_po.stages import estimate
+from re_po.pipeline import estimate
 from re_po.stages.configs import ScoreConfig
 
 runner = CliRunner()
@@ -243,7 +243,7 @@ def test_evaluate_without_a_truth_column_refuses_before_scoring(in_project, tmp_
     def no_scoring(cfg):
         raise AssertionError("scored before refusing")
 
-    monkeypatch.setattr("re_po.stages.score.run", no_scoring)
+    monkeypatch.setattr("re_po.data.scoring.run", no_scoring)
     code, output = repo("evaluate", held, "--out", tmp_path / "ev")
     assert code == 2 and is_one_line_error(output), output
     assert (f"error: {held}: no truth column 'is_flipped' (true where the label is wrong) to evaluate against; its "
@@ -263,7 +263,7 @@ def test_max_length_alone_gives_the_prompt_half_and_a_bad_pair_names_the_flags(t
     (tmp_path / "repo.toml").write_text('[data]\npath = "d.jsonl"\n[models]\nref = "m"\n[score]\nmax_length = 128\n')
     monkeypatch.chdir(tmp_path)
     built = []
-    monkeypatch.setattr("re_po.stages.score.run", lambda cfg: built.append(cfg) or tmp_path)
+    monkeypatch.setattr("re_po.data.scoring.run", lambda cfg: built.append(cfg) or tmp_path)
     assert repo("score")[0] == 0 and (built[0].max_length, built[0].max_prompt_length) == (128, 64)
 
 

@@ -16,10 +16,10 @@ from conftest import WORDS, build_word_tokenizer, subprocess_env
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from re_po.data import parts, schema
+from re_po.data.scoring import ScoreConfig, choose_backend, run
 from re_po.pipeline.batching import length_batches
 from re_po.pipeline.logprobs import pack, response_logps
 from re_po.stages.configs import Backend
-from re_po.stages.score import ScoreConfig, choose_backend, run
 
 
 def peaky_llama(seed: int = 0) -> LlamaForCausalLM:
@@ -155,7 +155,7 @@ KILLABLE_SCORER = """
 import sys, time
 from pathlib import Path
 from re_po.data import parts, schema
-from re_po.stages import score
+from re_po.data import scoring as score
 
 write_part = schema.write_part
 def slow_write_part(*args, **kwargs):  # slow enough to be killed between any two parts

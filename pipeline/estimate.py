@@ -1,5 +1,5 @@
 """The noise estimate before any training (method.md §9): per-label posteriors and annotator reliabilities from a
-score cache alone. Used by `repo inspect-noise SCORES`.
+score cache alone. Used by `repo inspect-noise SCORES` and by `repo train --robust` (data/epoch_zero.py).
 
 Reads   the rows of a score cache (data/schema.read_scores): labels, pair ids and the reference model's
         embeddings (or a judge's column, --prior-col).
@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -23,7 +24,9 @@ import torch
 
 from re_po.data import noise_inputs
 from re_po.pipeline import reliability
-from re_po.stages.configs import EstimateConfig
+
+if TYPE_CHECKING:  # the settings are declared with the commands' (plain Python; nothing of it runs here)
+    from re_po.stages.configs import EstimateConfig
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,11 @@
 
 glibc's malloc serves a block above its mmap threshold (128 KiB, rising to at most 32 MiB) with a fresh mapping and
 unmaps it on free. A forward or backward allocates new activations, logits and gradients every step, so each of
-them is then zero-filled by the kernel page by page on first touch: filling a fresh 113 MB tensor (SmolLM2's
-49k × 576 embedding gradient) took 4.4× as long as filling reused memory here. Serving blocks below MMAP_THRESHOLD
-from the heap and never trimming its top keeps that memory mapped between steps: 0 page faults per training step
-after the first few, against 55–210 thousand; bench/train_throughput.py measured training 1.12× and
-score_throughput.py scoring 1.11× as fast, peak RSS 1.02×. Freed memory is not handed back to the system until
-the process ends; a process whose malloc is not glibc's (jemalloc or tcmalloc preloaded, musl) is left as it is.
+them is then zero-filled by the kernel page by page on first touch. Serving blocks below MMAP_THRESHOLD from the
+heap and never trimming its top keeps that memory mapped between steps, and page faults stop after the first few
+steps (bench/README.md: what it gains for training and scoring, and what it costs in peak memory). Freed memory is
+not handed back to the system until the process ends; a process whose malloc is not glibc's (jemalloc or tcmalloc
+preloaded, musl) is left as it is.
 
     allocator.keep_freed_memory()   # first thing in a stage that runs a model; once per process
 """

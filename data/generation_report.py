@@ -1,6 +1,6 @@
 """What `repo generate` shows: the terminal summary, rewards.png and report.html.
 
-The page is self-contained like inspect-noise's (stages/noise_report.py, whose styles, table cells and sorting
+The page is self-contained like inspect-noise's (data/noise_report.py, whose styles, table cells and sorting
 script it shares): the comparison, the plot, and every face (sample s of the policy against sample s of the
 reference for one prompt) side by side with both rewards, sortable and filterable by text and by winner.
 """
@@ -15,8 +15,8 @@ import numpy as np
 import polars as pl
 
 from re_po.data.atomic import atomic_write_text
-from re_po.stages.noise_plots import new_figure, save_figure
-from re_po.stages.noise_report import SCRIPT, STYLE, cell, header, plot_figure, text_block
+from re_po.data.noise_plots import new_figure, save_figure
+from re_po.data.noise_report import SCRIPT, STYLE, cell, header, plot_figure, text_block
 
 PLOT = "rewards.png"
 REPORT = "report.html"

@@ -36,11 +36,10 @@ import polars as pl
 import torch
 from tqdm import tqdm
 
-from re_po.data import folders, models, parts, schema, tokenize
+from re_po.data import allocator, folders, models, parts, schema, tokenize
 from re_po.data.pairs import DEFAULT_ANNOTATOR, BadRowError, DataError, PairsRead, pair_values, read_pairs
 from re_po.pipeline import batching
 from re_po.pipeline.logprobs import pack, pad, score_sequences
-from re_po.stages import allocator
 from re_po.stages.configs import Backend, ScoreConfig
 
 # (prompt_ids, first_ids, second_ids) of one distinct pair, its responses in a fixed order (_pair_key)

@@ -1,0 +1,30 @@
+"""The shape the code keeps (docs/method.md, style): stages call no stage, and `repo train` reads on one page."""
+import ast
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_stages_import_no_stage_but_their_settings():
+    """A stage module imports the library (data/, pipeline/) and stages/configs.py (the commands' settings), never
+    another stage; demo.py, which runs the commands one after the other, is the one exception."""
+    found = []
+    for path in sorted((REPO / "stages").glob("*.py")):
+        if path.name == "demo.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("re_po.stages"):
+                names = [alias.name for alias in node.names]
+                if node.module != "re_po.stages.configs" and names != ["configs"]:
+                    found.append(f"{path.name}: from {node.module} import {', '.join(names)}")
+            elif isinstance(node, ast.Import):
+                found += [f"{path.name}: import {a.name}" for a in node.names if a.name.startswith("re_po.stages")]
+    assert not found, found
+
+
+def test_the_training_stage_and_its_loop_fit_on_a_page():
+    text = (REPO / "stages" / "train.py").read_text()
+    assert len(text.splitlines()) <= 350
+    loop = re.search(r"^def _loop\(.*?(?=^\S)", text, re.MULTILINE | re.DOTALL).group(0).rstrip().splitlines()
+    assert len(loop) <= 60, len(loop)

@@ -1,0 +1,78 @@
+"""pipeline/robust.EM, the EM of one run as one object: its E-step is the rule's formula, the updates move η as the
+mode says (and never a held annotator's), and its checkpoint share restores it exactly. Plain has the interface."""
+import math
+
+import pytest
+import torch
+
+from re_po.pipeline import robust
+from re_po.pipeline.choices import EStep, EtaUpdate, LossSpec, RobustForm
+from re_po.pipeline.losses import PairLogps
+from re_po.pipeline.reliability import Labels
+
+# rows 0, 1 label pair 0 (row 1 the reverse order), row 2 alone labels pair 1; annotators 0, 1, 0
+LABELS = Labels(torch.tensor([0, 1, 0]), torch.tensor([0, 0, 1]), torch.tensor([1, -1, 1]), 2, 2)
+SPEC = LossSpec.of("dpo")
+
+
+def made(rule=EStep.policy, update=EtaUpdate.ema, prior=None, held=None) -> robust.EM:
+    return robust.EM(SPEC, rule, update, 0.5, RobustForm.induced, LABELS,
+                     torch.tensor([0.9, 0.7], dtype=torch.float64), prior, held)
+
+
+def logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+def test_the_e_step_adds_the_pairs_other_labels_to_the_evidence():
+    em, z = made(), torch.tensor([0.3, -0.2, 1.0], dtype=torch.float64)
+    w = em.weights([0, 1, 2], z)
+    expected = [0.3 + logit(0.9) - logit(0.7), -0.2 + logit(0.7) - logit(0.9), 1.0 + logit(0.9)]  # row 1 disagrees
+    torch.testing.assert_close(w, torch.sigmoid(torch.tensor(expected, dtype=torch.float64)))
+    prior = torch.tensor([2.0, -2.0, 0.5], dtype=torch.float64)
+    alone = made(EStep.prior, prior=prior).weights([2], z[2:])  # the estimate's logit, not the policy's
+    assert float(alone) == float(torch.sigmoid(torch.tensor(0.5 + logit(0.9), dtype=torch.float64)))
+
+
+def test_after_step_moves_eta_by_the_ema_except_where_held_and_records_first_visits():
+    em, z = made(held=torch.tensor([False, True])), torch.tensor([0.3, -0.2, 1.0], dtype=torch.float64)
+    w = em.weights([0, 1, 2], z)
+    em.after_step(torch.tensor([0, 1, 2]), z, w, step=1, epoch=1)
+    assert float(em.eta[0]) == 0.5 * 0.9 + 0.5 * float((w[0] + w[2]) / 2) and float(em.eta[1]) == 0.7  # Eq. 7; held
+    assert em.first_visit_z.tolist() == z.tolist()
+    em.after_step(torch.tensor([0]), torch.tensor([5.0], dtype=torch.float64), w[:1], step=2, epoch=2)
+    assert em.first_visit_z.tolist() == z.tolist()  # epoch 1 only
+    assert [event["event"] for event in em.history] == ["step", "step"]
+
+
+def test_after_epoch_takes_one_m_step_only_where_the_mode_has_it():
+    z = torch.tensor([0.3, -0.2, 1.0], dtype=torch.float64)
+    stays = made(update=EtaUpdate.ema)
+    w = stays.after_epoch(z, step=3, epoch=1)
+    assert stays.eta.tolist() == [0.9, 0.7] and stays.history == []
+    moves = made(update=EtaUpdate.epoch)
+    assert torch.equal(moves.after_epoch(z, step=3, epoch=1), w)
+    assert moves.eta.tolist() == [float((w[0] + w[2]) / 2), float(w[1])]  # Eq. 6
+    assert moves.history[-1]["event"] == "epoch_pass"
+
+
+def test_the_checkpoint_share_restores_the_em_exactly():
+    em, z = made(), torch.tensor([0.3, -0.2, 1.0], dtype=torch.float64)
+    em.start(0, 1)
+    em.after_step(torch.tensor([0, 1, 2]), z, em.weights([0, 1, 2], z), step=1, epoch=1)
+    again = made()
+    again.load_state_dict(em.state_dict())
+    assert torch.equal(again.eta, em.eta) and torch.equal(again.first_visit_z, em.first_visit_z)
+    assert [{**e, "eta": e["eta"].tolist()} for e in again.history] == [{**e, "eta": e["eta"].tolist()}
+                                                                       for e in em.history]
+    assert torch.equal(again.weights([0, 1, 2], z), em.weights([0, 1, 2], z))
+
+
+def test_plain_has_the_interface_and_trains_the_base_loss():
+    plain = robust.Plain(SPEC)
+    logps = PairLogps(*(torch.tensor([v], dtype=torch.float64) for v in (-3.0, -4.0, -3.5, -3.5)),
+                      torch.tensor([2]), torch.tensor([2]))
+    z = plain.logit(logps)
+    w = plain.weights([0], z)
+    assert math.isnan(float(z)) and math.isnan(float(w)) and not plain.active and plain.state_dict() == {}
+    assert float(plain.loss(logps, z, w)) == pytest.approx(math.log(1 + math.exp(-0.1)), abs=1e-12)  # DPO, margin 1

@@ -429,15 +429,18 @@ class DemoConfig:
     prompts: Path = setting(DEMO_PROMPTS, "Held-out prompts the policies answer.",
                             default_text="the bundled continuations' held-out prompts")
     judge: str = setting(DEMO_JUDGE, "The true reward of what the policies write (as repo generate --judge).")
-    train_pairs: int = setting(0, "Use N of the training pairs with all their labels, drawn with a fixed seed (0: "
-                                  "all).")
-    heldout_pairs: int = setting(0, "Use N of the held-out pairs, drawn with a fixed seed (0: all).")
-    generate_prompts: int = setting(128, "Held-out prompts each policy answers (two samples each).")
+    # 144 pairs × 3 labels, one epoch, 64 prompts, 100 held-out pairs: what fits 15 minutes from a clean clone on a
+    # 2-core CPU (README, "The demo"); bench/generation.py trains the same 432 labels for two epochs
+    train_pairs: int = setting(144, "Use N of the training pairs with all their labels, drawn with a fixed seed (0: "
+                                    "all).")
+    heldout_pairs: int = setting(100, "Use N of the held-out pairs, drawn with a fixed seed (0: all).")
+    generate_prompts: int = setting(64, "Held-out prompts each policy answers (two samples each).")
     max_new_tokens: int = setting(24, "Tokens per answer at most (the bundled pairs' responses have 24).")
-    compare_dpo: bool = setting(True, "Also train plain DPO on the same labels and judge what it writes.")
+    compare_dpo: bool = setting(False, "Also train plain DPO on the same labels and judge what it writes, and RE-DPO "
+                                       "against it (about 5 more minutes on a 2-core CPU).")
     loss: RobustKind = setting(RobustKind.dpo, "The loss RE-PO wraps (trained with --robust).")
-    epochs: int = setting(2, "Training epochs.")
-    lr: float = setting(5e-5, "AdamW learning rate.")
+    epochs: int = setting(1, "Training epochs.")
+    lr: float = setting(1e-4, "AdamW learning rate (bench/generation.py's, chosen on DPO alone).")
     batch_size: int = setting(8, "Pairs per micro-batch.")
     seed: int = setting(0, "Seed of the training runs and the samples.")
     truth_col: str = setting(TRUTH, "True where the label is wrong.")

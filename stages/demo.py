@@ -5,12 +5,12 @@ Reads   the bundled controlled-sentiment data (data/sample/continuations: two co
         hasty one, a spammer and an adversary; the true reward is VADER's sentiment of the continuation) and
         SmolLM2-135M-Instruct prepared locally.
 Writes  under `workspace`: scores/ (stage one), train/ (stage two, RE-DPO with --robust's defaults: the noise
-        estimate of the cache first, as epoch 0), train-dpo/ (plain DPO on the same labels, unless
-        --no-compare-dpo), heldout/ (stages/evaluate.py: the held-out pairs scored by the reference and the policy),
+        estimate of the cache first, as epoch 0), train-dpo/ (plain DPO on the same labels, with
+        --compare-dpo), heldout/ (stages/evaluate.py: the held-out pairs scored by the reference and the policy),
         generate/ and generate-dpo/ (stages/generate.py: what each policy writes to the held-out prompts against
         what the reference writes, judged by the true reward), inspect/epoch-0/ (the estimate before training),
         inspect/epoch-E/ (after training, with plots/ and report.html) and demo-summary.json.
-Run     repo demo [--train-pairs N] [--epochs E] [--no-compare-dpo]
+Run     repo demo [--train-pairs N] [--epochs E] [--compare-dpo]
 
 The summary compares each annotator's η̂ before training (the estimate) and after it with its measured reliability,
 scores the flags of both against the truth, and judges the policies by what they write: each one's win rate against

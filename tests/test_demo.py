@@ -17,7 +17,7 @@ from re_po.stages import demo
 def demo_run(tiny_llama, tmp_path_factory):
     workspace = tmp_path_factory.mktemp("demo")
     cfg = demo.DemoConfig(workspace=workspace, model=str(tiny_llama), train_pairs=12, heldout_pairs=16,
-                          generate_prompts=6, max_new_tokens=4, epochs=1, batch_size=8, lr=1e-3)
+                          generate_prompts=6, max_new_tokens=4, epochs=1, batch_size=8, lr=1e-3, compare_dpo=True)
     path = demo.run(cfg)
     return workspace, json.loads(path.read_text())
 

@@ -282,6 +282,9 @@ def test_an_unidentified_eta_gets_its_own_reason():
     assert mirrored["few"].startswith("the labels, taken together, are not told from their mirror image")
     assert reasons["twin"].startswith("its labels always meet the same other annotators'")
     assert estimate.unidentified_reasons(table.drop("identified"), labels, None) == {}
+    # read back from a table, with no word of the mirror: a standard error within the bound leaves only the mirror
+    within = estimate.unidentified_reasons(table.with_columns(eta_se=pl.Series([0.07, None, None])), labels, None)
+    assert within["few"].startswith("the labels, taken together, are not told from their mirror image")
 
 
 def test_the_report_counts_labels_and_pairs_and_says_each_reason(in_project):

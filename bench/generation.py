@@ -5,8 +5,9 @@ bench/build_generation_data.py): prompts are neutral starts of human-written sen
 continuations sampled from the reference (SmolLM2-135M-Instruct), the true reward is VADER's compound score of a
 continuation, and the labels come from simulated annotators whose noise is known (Bradley–Terry on the true reward,
 then flips: a careful one, a hasty one, a spammer, an adversary).
-Variants:  1label (one label on each of the 432 pairs, as UltraFeedback or HH-RLHF) | 3labels (three labels on each
-           of 144 of them, as MultiPref: the same 432 labels, so the same annotation budget and training steps)
+Variants:  1label (one label on each of the 432 pairs, as UltraFeedback or HH-RLHF) | 3labels (three on each, as
+           MultiPref: 1,296 labels, three times the steps) | 3labels-144 (three on each of 144 of them: the single
+           label's 432 labels, so the same annotation budget and training steps)
 Methods (one `repo train` run each, on the variant's labels unless said):
   dpo-true     DPO on the true labels (train-true.jsonl): the ceiling
   dpo          DPO on the noisy labels
@@ -49,7 +50,8 @@ from re_po.stages import configs, evaluate, generate, prepare_model, train
 DATA = SAMPLE_DIR / "continuations"
 # variant -> (its labels, how many of its pairs: 0 all). Three labels on 144 pairs are the single-label variant's
 # 432 labels: the same annotation budget and the same number of training steps.
-VARIANTS = {"1label": ("train-1label.jsonl", 0), "3labels": ("train-3labels.jsonl", 144)}
+VARIANTS = {"1label": ("train-1label.jsonl", 0), "3labels": ("train-3labels.jsonl", 0),
+            "3labels-144": ("train-3labels.jsonl", 144)}
 ALGORITHM_1 = {"robust_mode": str(configs.RobustMode.paper)}  # configs.ALGORITHM_1, by its name
 # method -> (loss, the --robust settings or None, which labels it trains on)
 METHODS = {

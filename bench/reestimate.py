@@ -54,7 +54,7 @@ def compare(run: Path, truth_col: str) -> dict[str, tuple]:
     orientation = torch.from_numpy(inputs.orientation).double()
 
     def per_pair(row_logit: np.ndarray) -> torch.Tensor:  # the mean over each pair's rows, in its reference order
-        return labels.per_pair(orientation * torch.from_numpy(row_logit).double()) / labels.per_pair(
+        return labels.per_pair(orientation * torch.tensor(row_logit, dtype=torch.float64)) / labels.per_pair(
             torch.ones_like(orientation))
 
     prior, first_visit = per_pair(rows[0]["z"].to_numpy()), per_pair(rows[1]["first_visit_z"].to_numpy())

@@ -42,9 +42,13 @@ def read_record(run: Path, made_by: str = "repo train") -> dict:
         raise FileNotFoundError(f"{run}: not a run folder of `repo train` ({CONFIG} missing); run `{made_by}` "
                                 "first, or name the run folder")
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except ValueError as err:
         raise ValueError(f"{path} is not a re-po run record: {err}") from err
+    if not (isinstance(record, dict) and all(isinstance(record.get(k), dict) for k in ("config", "cache_key"))):
+        raise ValueError(f"{path} is not a re-po run record (it holds no \"config\" and \"cache_key\" objects); "
+                         "train the run again, or name another run folder")
+    return record
 
 
 def epoch_file(run: Path, kind: str, epoch: int) -> Path:

@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from re_po.data import folders, run_folder, schema
+from re_po.data import folders, models, run_folder, schema
 from re_po.data.pairs import read_pairs
 from re_po.data.tables import truth_column
 from re_po.pipeline import losses
@@ -45,6 +45,9 @@ def run(cfg: EvaluateConfig) -> Path:
     final = run_dir / run_folder.FINAL
     if not (final / "config.json").exists():
         raise FileNotFoundError(f"{run_dir} has no trained policy in {final}; let `repo train` finish first")
+    broken = models.weight_file_error(final) or models.custom_code_error(final)  # before the reference is scored
+    if broken:
+        raise models.ModelError(broken)
     lengths = dict(  # as the run's cache was scored; a max_length given alone takes its own prompt length
         max_length=cfg.max_length or int(key["max_length"]),
         max_prompt_length=cfg.max_prompt_length or (int(key["max_prompt_length"]) if cfg.max_length is None else None),

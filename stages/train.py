@@ -588,9 +588,13 @@ def resumed_config(cfg: TrainConfig, given: set[str]) -> TrainConfig:
     taken = {name: value for name, value in saved.items() if name in declared}
     if "scores" in taken and not Path(taken["scores"]).exists():  # the run and its cache moved: the one given serves
         del taken["scores"]
-    if isinstance(taken.get("estimate"), dict):
-        taken["estimate"] = EstimateConfig(**taken["estimate"])
-    return replace(cfg, **taken)
+    try:
+        if isinstance(taken.get("estimate"), dict):
+            taken["estimate"] = EstimateConfig(**taken["estimate"])
+        return replace(cfg, **taken)
+    except TypeError as err:  # a setting of another shape or name than TrainConfig's: not this re-po's record
+        raise ValueError(f"{cfg.out_dir / run_folder.CONFIG}: its settings are not a run's of this re-po ({err}); "
+                         "start the run again without --resume, or in another folder") from err
 
 
 def _start_run_folder(cfg, out, world, key, policy, accelerator) -> None:

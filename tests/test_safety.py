@@ -491,3 +491,30 @@ def test_an_integer_setting_beyond_any_use_is_one_line(in_project, tmp_path):
     assert code == 2 and is_one_line_error(output), output
     assert "error: batch_size is 10000000000000000000000: larger than any count or size re-po can use" in output
     assert not (tmp_path / "run").exists()
+
+
+class Payload:
+    """A pickle that writes `marker` when unpickled."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('ran')",)
+
+
+def test_a_crafted_rng_state_file_is_refused_on_resume_and_runs_nothing(in_project, tmp_path):
+    """Was: accelerate's load_state swallowed the file's UnpicklingError ("Could not load random states", at info
+    level) and the run resumed, exit 0, with other random states than the ones it had saved."""
+    import pickle
+
+    run = tmp_path / "run"
+    code, output = repo("train", "--out", run, "--max-steps", "3", "--save-every", "1")
+    assert code == 0, output
+    step = run / "checkpoints" / "step-00000003"
+    (step / "random_states_0.pkl").write_bytes(pickle.dumps(Payload(tmp_path / "ran")))
+    code, output = repo("train", "--out", run, "--resume")
+    assert code == 2 and one_error_line(output), output
+    assert (f"error: checkpoint {step} cannot be restored (UnpicklingError: " in output
+            and "delete it to resume from an earlier one, or start the run again" in output)
+    assert not (tmp_path / "ran").exists()

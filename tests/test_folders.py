@@ -37,7 +37,7 @@ def test_claim_refuses_what_re_po_did_not_make(tmp_path):
     assert folders.claim(user, "run", made_by_older=lambda f: (f / "precious.txt").exists()) == user
 
     run = folders.claim(tmp_path / "run", "run")
-    with pytest.raises(folders.FolderError, match="is a re-po run folder, not a inspect folder"):
+    with pytest.raises(folders.FolderError, match="is a re-po run folder, not an inspect folder"):
         folders.check(run, "inspect")
     (tmp_path / "file").write_text("x")
     with pytest.raises(folders.FolderError, match="is a file"):

@@ -562,14 +562,15 @@ def run_case(number: int, c: Case, base: Path, root: Path) -> dict:
     for stray in ("/dev/null",):  # a device must stay one
         if not stat.S_ISCHR(os.stat(stray).st_mode):
             problems.append(f"{stray} replaced")
-    lines = [line for line in err.strip().splitlines() if line.strip() and "it/s]" not in line]  # no progress bars
-    last = lines[-1].strip() if lines else "(no stderr)"
+    lines = [line for line in err.strip().splitlines() if line.strip() and "it/s" not in line]  # no progress bars
+    last = lines[-1].strip() if lines else (out.strip().splitlines() or ["(no output)"])[-1]
     # re-po's refusals are `error: ...`; a flag's value that the parser itself refuses is click's `Error: ...` line,
     # under its Usage and Try lines
     error_lines = [line for line in (out + err).splitlines() if line.startswith(("error: ", "Error: "))]
-    if len(error_lines) == 1 and not last.startswith("error: "):  # the error, then lines of detail below it
+    if len(error_lines) == 1 and not last.lower().startswith("error: "):  # the error, then lines of detail below
         after = lines[len(lines) - 1 - lines[::-1].index(error_lines[0]):] if error_lines[0] in lines else []
         last = f"{error_lines[0]} (+{max(len(after) - 1, 0)} lines of detail)"
+    last = last.replace(str(d), "<case>").replace(str(root), "<tmp>")  # the same table from run to run
     ran = marker.exists()
     traceback = TRACEBACK in out + err
     refused = code not in (0, "timeout") and len(error_lines) == 1 and last.lower().startswith("error: ")

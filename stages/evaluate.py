@@ -34,7 +34,7 @@ def run(cfg: EvaluateConfig) -> Path:
     """Score the held-out pairs with the reference and the trained policy; returns evaluation.json."""
     run_dir, out = Path(cfg.run), Path(cfg.out)
     folders.check(out, "evaluate", _evaluated)
-    train_config = run_folder.read_record(run_dir)
+    train_config = run_folder.read_record(run_dir, need_key=True)
     key = train_config["cache_key"]
     folders.check_outputs({"--out": out, "--ref-out": cfg.ref_out},
                           {"the held-out data": cfg.data, "the run folder": run_dir, "the reference model": key["ref_model"]})

@@ -438,9 +438,13 @@ def test_a_run_record_of_another_shape_is_one_line(in_project, tmp_path):
                                                            tmp_path / "ev"], ["inspect-noise", run]):
             code, output = repo(*args)
             assert code == 2 and is_one_line_error(output), output
-            assert (f"error: {run / 'config.json'} is not a re-po run record (it holds no \"config\" and \"cache_key\" "
-                    "objects)") in output
+            assert (f"error: {run / 'config.json'} is not a re-po run record (no \"config\" object naming the run's "
+                    "\"scores\", or a \"cache_key\" that is no object)") in output
         assert listing(run) == before and not (tmp_path / "ev").exists()
+    (run / "config.json").write_text(json.dumps({"config": {"scores": "s"}}))  # no cache key: what evaluate reads
+    code, output = repo("evaluate", "pairs.jsonl", "--run", run, "--out", tmp_path / "ev")
+    assert code == 2 and is_one_line_error(output), output
+    assert f"error: {run / 'config.json'} names no cache key (the run's reference model and lengths)" in output
 
 
 def test_resume_with_settings_of_another_shape_is_one_line(in_project, tmp_path):

@@ -98,6 +98,7 @@ def load(accelerator: Accelerator, path: Path, state: TrainState, em, scheduler)
         raise FileNotFoundError(f"checkpoint {path} has no {' or '.join(missing)}: it was not written by this "
                                 "version of re-po (older ones pickled their state); start the run again")
     try:  # whatever is wrong with the files, say which checkpoint and what to do
+        _check_rng_states(path / f"random_states_{accelerator.process_index}.pkl")
         accelerator.load_state(str(path))
         record = json.loads((path / STATE_JSON).read_text())
         tensors = load_file(path / STATE_TENSORS)
@@ -108,6 +109,17 @@ def load(accelerator: Accelerator, path: Path, state: TrainState, em, scheduler)
     state.epoch, state.step_in_epoch, state.global_step = record["epoch"], record["step_in_epoch"], record["global_step"]
     em.load_state_dict({**record["em"], **tensors})
     scheduler.load_state_dict(record["scheduler"])
+
+
+def _check_rng_states(path: Path) -> None:
+    """Read a process's RNG states as accelerate's load_state does (weights-only), raising what it would meet:
+    load_state itself swallows any failure there and resumes with other random states, so a damaged or crafted file
+    would go unnoticed and the resumed run would silently differ."""
+    from accelerate.utils import load
+
+    states = load(path, map_location="cpu")
+    if not (isinstance(states, dict) and "torch_manual_seed" in states):
+        raise ValueError(f"{path.name} holds no random states")
 
 
 def _save_own_state(folder: Path, state: TrainState, em, scheduler) -> None:

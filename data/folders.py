@@ -89,7 +89,8 @@ def check(folder: Path, kind: str) -> None:
     if (folder / MARK).exists():
         found = _kind(folder)
         if found != kind:
-            raise FolderError(f"{folder} is a re-po {found} folder, not a {kind} folder: choose another path")
+            article = "an" if kind[:1] in "aeiou" else "a"
+            raise FolderError(f"{folder} is a re-po {found} folder, not {article} {kind} folder: choose another path")
         return
     # the mark's temporary file alone: a claim killed while marking the folder it had just made
     names = sorted(p.name for p in folder.iterdir() if p.name != f".{MARK}.tmp") if folder.is_dir() else []

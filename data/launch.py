@@ -81,9 +81,13 @@ def resumed_config(cfg, given: set[str]):
     taken = {name: value for name, value in saved.items() if name in declared}
     if "scores" in taken and not Path(taken["scores"]).exists():  # the run and its cache moved: the one given serves
         del taken["scores"]
-    if isinstance(taken.get("estimate"), dict):
-        taken["estimate"] = type(cfg.estimate)(**taken["estimate"])
-    return replace(cfg, **taken)
+    try:
+        if isinstance(taken.get("estimate"), dict):
+            taken["estimate"] = type(cfg.estimate)(**taken["estimate"])
+        return replace(cfg, **taken)
+    except TypeError as err:  # a setting of another shape or name than TrainConfig's: not this re-po's record
+        raise ValueError(f"{cfg.out_dir / run_folder.CONFIG}: its settings are not a run's of this re-po ({err}); "
+                         "start the run again without --resume, or in another folder") from err
 
 
 def start_run_folder(cfg, out: Path, world: int, key: dict, policy: str, accelerator: Accelerator) -> None:

@@ -8,6 +8,7 @@ from_pretrained without trust_remote_code; `.bin` weights are read weights-only 
 """
 import hashlib
 import importlib.metadata
+import json
 from pathlib import Path
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -77,6 +78,9 @@ def resolve_model(model: str) -> Path:
     if path.is_dir():
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"model folder {path} has no config.json; is it a transformers model?")
+        problem = custom_code_error(path)
+        if problem:
+            raise ModelError(problem)
         return path
     try:
         from huggingface_hub import snapshot_download
@@ -87,6 +91,27 @@ def resolve_model(model: str) -> Path:
             f"unknown model {model!r}: no such folder, and no Hugging Face hub model could be found "
             f"(the hub may be unreachable; pass a local folder, e.g. from `repo prepare-model`): {err}"
         ) from err
+
+
+def custom_code_error(folder: Path) -> str | None:
+    """What refuses a model whose architecture is only its folder's own code (config.json's auto_map, for a model_type
+    transformers does not know), or None. Such a folder would have transformers ask, on the terminal, whether to run
+    that code; re-po never runs it. An auto_map beside a known model_type is left to transformers, which loads its
+    own class for it and runs nothing of the folder's."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None  # transformers says what is wrong with it
+    if not (isinstance(config, dict) and config.get("auto_map")):
+        return None
+    from transformers import CONFIG_MAPPING
+
+    model_type = config.get("model_type")
+    if isinstance(model_type, str) and model_type in CONFIG_MAPPING:
+        return None
+    return (f"model folder {folder}: its config.json names the folder's own code (auto_map) for model type "
+            f"{model_type!r}, which transformers does not know; re-po never runs a model folder's code: convert the "
+            "model to an architecture transformers has, or choose another")
 
 
 def weights_sha(model_dir: Path) -> str:

@@ -277,8 +277,17 @@ def _read_file(path: Path, string_columns: set[str]) -> _RawShard:
             return _read_json(path)
         frame = _read_frame(str(path), fmt, string_columns)
     except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: cannot read it as {fmt}: {err}") from err
+        raise DataError(f"{path}: cannot read it as {fmt}: {_reader_error(err)}") from err
     return _RawShard(str(path), frame.height, frame.columns, frame=frame)
+
+
+def _reader_error(err: Exception) -> str:
+    """A reader's error in one line: polars' CSV errors run over many lines (the field's text, then hints on its own
+    options, which re-po sets), so only their first line is kept, or what an unclosed quote means."""
+    text = str(err).strip()
+    if "is not properly escaped" in text:
+        return 'a quoted field is never closed (an opening " without its closing one)'
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _read_frame(path: str, fmt: str, string_columns: set[str]) -> pl.DataFrame:

@@ -34,17 +34,27 @@ def is_run(folder: Path) -> bool:
     return (Path(folder) / CONFIG).is_file()
 
 
-def read_record(run: Path, made_by: str = "repo train") -> dict:
+def read_record(run: Path, made_by: str = "repo train", need_key: bool = False) -> dict:
     """config.json of a run: {"config": the TrainConfig's fields, "num_processes", "cache_key"}; `made_by` says
-    what to run when there is none."""
+    what to run when there is none. One of another shape is refused in one line, as is one without the cache key
+    where `need_key` (what reads the run's reference model and lengths from it)."""
     path = Path(run) / CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"{run}: not a run folder of `repo train` ({CONFIG} missing); run `{made_by}` "
                                 "first, or name the run folder")
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except ValueError as err:
         raise ValueError(f"{path} is not a re-po run record: {err}") from err
+    key = record.get("cache_key") if isinstance(record, dict) else None
+    if not (isinstance(record, dict) and isinstance(record.get("config"), dict)
+            and isinstance(record["config"].get("scores"), str) and (key is None or isinstance(key, dict))):
+        raise ValueError(f"{path} is not a re-po run record (no \"config\" object naming the run's \"scores\", or a "
+                         "\"cache_key\" that is no object); train the run again, or name another run folder")
+    if need_key and key is None:
+        raise ValueError(f"{path} names no cache key (the run's reference model and lengths): the run was trained by "
+                         "an older re-po; train it again")
+    return record
 
 
 def epoch_file(run: Path, kind: str, epoch: int) -> Path:

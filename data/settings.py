@@ -46,6 +46,9 @@ def members(hint: Any) -> tuple:
     return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
 
 
+MAX_INT = 2**53  # an integer setting beyond it is a typo: torch and numpy overflow on it with a traceback
+
+
 def coerce(config: Any) -> None:
     """Turn plain values into each field's declared type where that is a Path or an Enum (or one of them | None):
     what the Python API, a test or a JSON record passes as text. In place, on a frozen Config: call it first in
@@ -55,6 +58,8 @@ def coerce(config: Any) -> None:
         kind = next((m for m in members(hint) if m is Path or (isinstance(m, type) and issubclass(m, enum.Enum))), None)
         if value is not None and kind is not None and not isinstance(value, kind):
             object.__setattr__(config, name, kind(value))
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+            raise ValueError(f"{name} is {value}: larger than any count or size re-po can use (at most 2**53)")
 
 
 def field_default(f: dataclasses.Field) -> Any:

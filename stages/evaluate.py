@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from re_po.data import folders, run_folder, schema
+from re_po.data import folders, models, run_folder, schema
 from re_po.data import scoring as score
 from re_po.data.pairs import read_pairs
 from re_po.data.tables import truth_column
@@ -34,7 +34,7 @@ def run(cfg: EvaluateConfig) -> Path:
     """Score the held-out pairs with the reference and the trained policy; returns evaluation.json."""
     run_dir, out = Path(cfg.run), Path(cfg.out)
     folders.check(out, "evaluate")
-    train_config = run_folder.read_record(run_dir)
+    train_config = run_folder.read_record(run_dir, need_key=True)
     key = train_config["cache_key"]
     folders.check_outputs({"--out": out, "--ref-out": cfg.ref_out},
                           {"the held-out data": cfg.data, "the run folder": run_dir, "the reference model": key["ref_model"]})
@@ -45,6 +45,9 @@ def run(cfg: EvaluateConfig) -> Path:
     final = run_dir / run_folder.FINAL
     if not (final / "config.json").exists():
         raise FileNotFoundError(f"{run_dir} has no trained policy in {final}; let `repo train` finish first")
+    broken = models.weight_file_error(final) or models.custom_code_error(final)  # before the reference is scored
+    if broken:
+        raise models.ModelError(broken)
     lengths = dict(  # as the run's cache was scored; a max_length given alone takes its own prompt length
         max_length=cfg.max_length or int(key["max_length"]),
         max_prompt_length=cfg.max_prompt_length or (int(key["max_prompt_length"]) if cfg.max_length is None else None),

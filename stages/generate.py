@@ -246,7 +246,7 @@ def _models(cfg: GenerateConfig) -> tuple[str, str, int]:
         return cfg.policy, cfg.ref, cfg.max_prompt_length or DEFAULT_PROMPT_LENGTH
     if cfg.run is None:
         raise ValueError("name a run folder of `repo train` (--run), or both --policy and --ref")
-    record = run_folder.read_record(Path(cfg.run))
+    record = run_folder.read_record(Path(cfg.run), need_key=True)
     final = Path(cfg.run) / run_folder.FINAL
     if cfg.policy is None and not (final / "config.json").exists():
         raise FileNotFoundError(f"{cfg.run} has no trained policy in {final}; let `repo train` finish first, or "

@@ -36,7 +36,7 @@ def test_claim_refuses_what_re_po_did_not_make(tmp_path):
     assert not (user / folders.MARK).exists() and (user / "precious.txt").read_text() == "mine"
 
     run = folders.claim(tmp_path / "run", "run")
-    with pytest.raises(folders.FolderError, match="is a re-po run folder, not a inspect folder"):
+    with pytest.raises(folders.FolderError, match="is a re-po run folder, not an inspect folder"):
         folders.check(run, "inspect")
     (tmp_path / "file").write_text("x")
     with pytest.raises(folders.FolderError, match="is a file"):

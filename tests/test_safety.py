@@ -410,3 +410,118 @@ def test_train_needs_no_data_table(tmp_path, monkeypatch):
     code, output = repo("score")  # what reads the dataset asks for it
     assert code == 2 and is_one_line_error(output)
     assert "give data (repo.toml's data.path): on the command line, or in" in output
+
+
+# ---- the hostile-input sweep (bench/hostile_inputs.py): what it found ---------------------------------------------
+
+@pytest.mark.parametrize("text, message", [
+    ('prompt,chosen,rejected\n"the cat,sat,ran\nhello,world,sky\n',
+     'cannot read it as csv: a quoted field is never closed (an opening " without its closing one)'),
+    ("prompt,chosen,rejected\nthe cat,sat,ran\nhello,world,sky,extra\n",
+     "cannot read it as csv: found more fields than defined in 'Schema'"),
+])
+def test_a_malformed_csv_is_one_line(tiny_llama, tmp_path, monkeypatch, text, message):
+    """Was: polars' error of many lines (the field's text, then hints on reader options re-po sets itself)."""
+    (tmp_path / "bad.csv").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    code, output = repo("score", "bad.csv", "--model", tiny_llama, "--out", "c", "--no-embeddings")
+    assert code == 2 and is_one_line_error(output), output
+    assert f"error: bad.csv: {message}" in output and not (tmp_path / "c").exists()
+
+
+def test_a_run_record_of_another_shape_is_one_line(in_project, tmp_path):
+    """Was: `TypeError: list indices must be integers or slices, not str`, a traceback, for a config.json holding a
+    JSON list (train --resume), and a KeyError for one without the cache key (evaluate)."""
+    run = tmp_path / "run"
+    shutil.copytree(in_project / "workspace" / "train", run)
+    for record in ("[1, 2]", json.dumps({"config": {}})):
+        (run / "config.json").write_text(record)
+        before = listing(run)
+        for args in (["train", "--out", run, "--resume"], ["evaluate", "pairs.jsonl", "--run", run, "--out",
+                                                           tmp_path / "ev"], ["inspect-noise", run]):
+            code, output = repo(*args)
+            assert code == 2 and is_one_line_error(output), output
+            assert (f"error: {run / 'config.json'} is not a re-po run record (no \"config\" object naming the run's "
+                    "\"scores\", or a \"cache_key\" that is no object)") in output
+        assert listing(run) == before and not (tmp_path / "ev").exists()
+    (run / "config.json").write_text(json.dumps({"config": {"scores": "s"}}))  # no cache key: what evaluate reads
+    code, output = repo("evaluate", "pairs.jsonl", "--run", run, "--out", tmp_path / "ev")
+    assert code == 2 and is_one_line_error(output), output
+    assert f"error: {run / 'config.json'} names no cache key (the run's reference model and lengths)" in output
+
+
+def test_resume_with_settings_of_another_shape_is_one_line(in_project, tmp_path):
+    """Was: a TypeError traceback where the run's [estimate] settings hold a name TrainConfig does not have."""
+    run = tmp_path / "run"
+    shutil.copytree(in_project / "workspace" / "train", run)
+    record = json.loads((run / "config.json").read_text())
+    record["config"]["estimate"] = {"bogus": 1}
+    (run / "config.json").write_text(json.dumps(record))
+    code, output = repo("train", "--out", run, "--resume")
+    assert code == 2 and is_one_line_error(output), output
+    assert f"error: {run / 'config.json'}: its settings are not a run's of this re-po" in output
+
+
+def test_a_model_of_its_own_code_is_refused_without_a_prompt(in_project, tiny_llama, tmp_path, monkeypatch):
+    """Was: transformers asked on the terminal "Do you wish to run the custom code? [y/N]", then, on no answer, an
+    error of several lines telling to pass trust_remote_code=True, which re-po has no flag for."""
+    model = Path(shutil.copytree(tiny_llama, tmp_path / "model"))
+    (model / "evil.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').write('ran')\nclass Evil:\n    pass\n")
+    config = json.loads((model / "config.json").read_text())
+    config.update(model_type="evil-arch", auto_map={"AutoConfig": "evil.Evil", "AutoModelForCausalLM": "evil.Evil"})
+    (model / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr("builtins.input", lambda *a: pytest.fail("asked on the terminal"))
+    for args in (["score", "pairs.jsonl", "--model", model, "--out", tmp_path / "c"],
+                 ["train", "--policy", model, "--out", tmp_path / "run"]):
+        code, output = repo(*args)
+        assert code == 2 and is_one_line_error(output), output
+        assert (f"error: model folder {model}: its config.json names the folder's own code (auto_map) for model type "
+                "'evil-arch', which transformers does not know; re-po never runs a model folder's code") in output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_evaluate_refuses_a_broken_policy_before_scoring(in_project, tmp_path, monkeypatch):
+    """Was: the reference scored every held-out pair into --out, then the refusal of final/'s weights."""
+    run = Path(shutil.copytree(in_project / "workspace" / "train", tmp_path / "run"))
+    (run / "final" / "model.safetensors").unlink()
+    (run / "final" / "pytorch_model.bin").write_bytes(b"not a pickle of tensors")
+    monkeypatch.setattr("re_po.data.scoring.run", lambda cfg: pytest.fail("scored before refusing"))
+    code, output = repo("evaluate", "pairs.jsonl", "--run", run, "--out", tmp_path / "ev")
+    assert code == 2 and is_one_line_error(output), output
+    assert f"error: model folder {run / 'final'}: pytorch_model.bin is not a weights-only pickle" in output
+    assert not (tmp_path / "ev").exists()
+
+
+def test_an_integer_setting_beyond_any_use_is_one_line(in_project, tmp_path):
+    """Was: `--batch-size 10000000000000000000000` trained until torch's `full()` overflowed, with a traceback."""
+    code, output = repo("train", "--out", tmp_path / "run", "--batch-size", "1" + "0" * 22)
+    assert code == 2 and is_one_line_error(output), output
+    assert "error: batch_size is 10000000000000000000000: larger than any count or size re-po can use" in output
+    assert not (tmp_path / "run").exists()
+
+
+class Payload:
+    """A pickle that writes `marker` when unpickled."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('ran')",)
+
+
+def test_a_crafted_rng_state_file_is_refused_on_resume_and_runs_nothing(in_project, tmp_path):
+    """Was: accelerate's load_state swallowed the file's UnpicklingError ("Could not load random states", at info
+    level) and the run resumed, exit 0, with other random states than the ones it had saved."""
+    import pickle
+
+    run = tmp_path / "run"
+    code, output = repo("train", "--out", run, "--max-steps", "3", "--save-every", "1")
+    assert code == 0, output
+    step = run / "checkpoints" / "step-00000003"
+    (step / "random_states_0.pkl").write_bytes(pickle.dumps(Payload(tmp_path / "ran")))
+    code, output = repo("train", "--out", run, "--resume")
+    assert code == 2 and one_error_line(output), output
+    assert (f"error: checkpoint {step} cannot be restored (UnpicklingError: " in output
+            and "delete it to resume from an earlier one, or start the run again" in output)
+    assert not (tmp_path / "ran").exists()

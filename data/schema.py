@@ -36,6 +36,7 @@ CACHE_KEY_FIELDS = (
     "backend_version",  # transformers or vllm version
     "dataset_sha",
     "embed_layers",  # the layers whose mean-pooled hidden states are stored, e.g. "15,30"; "" for none
+    "embed_projection",  # pipeline/projection.describe: the seeded projection of those states; "" for full width
 )
 SCORE_COLUMNS = pl.Schema(
     {
@@ -54,7 +55,8 @@ SCORE_COLUMNS = pl.Schema(
 )
 TOKEN_ID_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")  # the token ids of each part, as scored
 # Per layer l of embed_layers: the hidden state mean-pooled over the prompt's / each response's tokens, (H,) float16
-# (data for the noise estimator, pipeline/reliability.py: a float32 mean rounded once; ample for a linear probe).
+# (data for the noise estimator, pipeline/reliability.py: a float32 mean rounded once; ample for a linear probe),
+# or, where the key's embed_projection names one, that mean times its seeded matrix (k,) (pipeline/projection.py).
 EMBEDDING_DTYPE = pl.Float16
 
 
@@ -93,8 +95,9 @@ ENTRY_FIELDS = {"truncated": parts.is_count,
 
 
 def make_key(**fields: object) -> dict:
-    """The cache key, checked to have exactly CACHE_KEY_FIELDS (schema_version filled in)."""
-    key = {"schema_version": SCHEMA_VERSION, **fields}
+    """The cache key, checked to have exactly CACHE_KEY_FIELDS (schema_version filled in; embed_projection "" unless
+    given: full-width states, or none)."""
+    key = {"schema_version": SCHEMA_VERSION, "embed_projection": "", **fields}
     if set(key) != set(CACHE_KEY_FIELDS):
         missing, extra = set(CACHE_KEY_FIELDS) - set(key), set(key) - set(CACHE_KEY_FIELDS)
         raise ValueError(f"cache key fields wrong: missing {sorted(missing)}, unknown {sorted(extra)}")

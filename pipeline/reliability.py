@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -119,6 +120,11 @@ def _principal_directions(x: Tensor, count: int) -> Tensor:
         # of one prompt, pooled in float16): the same directions from the (G, G) side, v = xᵀu / √λ
         values, u = _eigh(x @ x.T)
         vectors = x.T @ u / values.clamp(min=torch.finfo(values.dtype).tiny).sqrt()
+    return _top_directions(values, vectors, count)
+
+
+def _top_directions(values: Tensor, vectors: Tensor, count: int) -> Tensor:
+    """The `count` leading eigenvectors of an ascending eigh (values, vectors) above rounding, signed as above."""
     values, vectors = values.flip(0), vectors.flip(1)
     keep = min(count, int((values > values[0].clamp(min=0) * 1e-10).sum())) if values.numel() and values[0] > 0 else 0
     vectors = vectors[:, :keep]
@@ -492,3 +498,224 @@ def _log_loss(scores: Tensor, target: Tensor, weight: Tensor) -> Tensor:
     """Weighted mean log-loss of logits `scores` for soft targets."""
     losses = target * torch.nn.functional.softplus(-scores) + (1 - target) * torch.nn.functional.softplus(scores)
     return (weight * losses).sum() / weight.sum()
+
+
+# ---- the same estimator over chunks of pairs: memory flat in their number (issue 26, item 3) -----------------------
+# `estimate_streamed` gives `estimate` on the probe's candidates, computed without ever holding a (G, D) matrix:
+# the probe's features are linear maps of each pair's states, fixed by sums over all pairs (dᵀd, Σp, pᵀp: one pass),
+# and recomputed chunk by chunk at every pass; each Newton step of the probe is one pass summing the objective, its
+# gradient and curvature XᵀCX over the chunks. What stays in memory is O(D²) and the (G,)/(N,) vectors of the EM.
+
+# One chunk: per layer (first, second, prompt) states (B, E_l) of B consecutive pairs (the reference order's
+# responses), in pair order; a Chunks callable starts a new pass over all of them each time it is called.
+Chunk = dict[int, tuple[Tensor, Tensor, Tensor]]
+Chunks = Callable[[], Iterator[Chunk]]
+
+
+@dataclass(frozen=True)
+class FeatureMap:
+    """probe_features as a fixed linear map, from sums over all pairs (feature_map): the columns of the states it
+    takes, the per-dimension RMS of d, the principal directions and their RMS, and the prompt's."""
+
+    columns: Tensor  # (E,) which columns of the layers' states side by side
+    rms: Tensor  # (E,)
+    directions: Tensor  # (E, c)
+    reduced_rms: Tensor  # (c,)
+    prompt_mean: Tensor | None  # (E,)
+    prompt_directions: Tensor | None  # (E, m)
+    prompt_rms: Tensor | None  # (m,)
+
+    def __call__(self, first: Tensor, second: Tensor, prompt: Tensor) -> Tensor:
+        """(B, D) features of B pairs, as probe_features gives them over all pairs."""
+        d = first.double()[:, self.columns] - second.double()[:, self.columns]
+        reduced = (d / self.rms) @ self.directions / self.reduced_rms
+        if self.prompt_directions is None:
+            return reduced
+        u = (prompt.double()[:, self.columns] - self.prompt_mean) @ self.prompt_directions / self.prompt_rms
+        return torch.cat([reduced] + [reduced * u[:, c: c + 1] for c in range(u.shape[1])], dim=1)
+
+
+@dataclass
+class StateSums:
+    """Σ over pairs of dᵀd, p and pᵀp (d = first − second, p = prompt, layers side by side), float64."""
+
+    count: int
+    d_gram: Tensor
+    prompt_sum: Tensor
+    prompt_gram: Tensor
+
+
+def state_sums(chunks: Chunks) -> StateSums:
+    """One pass: the sums every candidate's FeatureMap is fixed by."""
+    sums = None
+    for chunk in chunks():
+        first, second, prompt = (torch.cat([chunk[layer][side].double() for layer in chunk], 1) for side in range(3))
+        d = first - second
+        if sums is None:
+            width = d.shape[1]
+            sums = StateSums(0, torch.zeros(width, width, dtype=torch.float64), torch.zeros(width, dtype=torch.float64),
+                             torch.zeros(width, width, dtype=torch.float64))
+        sums.count += d.shape[0]
+        sums.d_gram += d.T @ d
+        sums.prompt_sum += prompt.sum(0)
+        sums.prompt_gram += prompt.T @ prompt
+    if sums is None:
+        raise ValueError("no pairs to estimate on")
+    return sums
+
+
+def feature_map(sums: StateSums, columns: Tensor, components: int = 64, prompt_components: int = 8) -> FeatureMap:
+    """probe_features' map on `columns` of the states, from the sums alone (the same maths, no (G, E) matrix):
+    RMS² = diag(dᵀd)/G; the directions are the eigenvectors of the RMS-scaled dᵀd; the prompt's those of
+    Σ(p − p̄)(p − p̄)ᵀ = pᵀp − G·p̄p̄ᵀ."""
+    g = sums.count
+    gram = sums.d_gram[columns][:, columns]
+    rms = (gram.diagonal() / g).sqrt().clamp(min=1e-12)
+    scaled = gram / rms[:, None] / rms[None, :]
+    directions = _top_directions(*_eigh(scaled), components)
+    reduced_rms = ((directions * (scaled @ directions)).sum(0) / g).sqrt().clamp(min=1e-12)
+    if prompt_components == 0:
+        return FeatureMap(columns, rms, directions, reduced_rms, None, None, None)
+    mean = sums.prompt_sum[columns] / g
+    centred = sums.prompt_gram[columns][:, columns] - g * torch.outer(mean, mean)
+    prompt_directions = _top_directions(*_eigh(centred), prompt_components)
+    if prompt_directions.shape[1] == 0:
+        return FeatureMap(columns, rms, directions, reduced_rms, None, None, None)
+    prompt_rms = ((prompt_directions * (centred @ prompt_directions)).sum(0) / g).sqrt()
+    return FeatureMap(columns, rms, directions, reduced_rms, mean, prompt_directions, prompt_rms)
+
+
+def candidate_maps(chunks: Chunks, widths: dict[int, int], components: int = 64, prompt_components: int = 8
+                   ) -> dict[str, FeatureMap]:
+    """stages/estimate.probe_candidates' candidates as maps: each layer alone, and all of them side by side.
+    widths: layer -> its states' width, in the chunks' layer order."""
+    sums = state_sums(chunks)
+    starts = dict(zip(widths, torch.tensor([0, *widths.values()]).cumsum(0).tolist()))
+    maps = {f"layer {layer}": feature_map(sums, torch.arange(starts[layer], starts[layer] + width), components,
+                                          prompt_components) for layer, width in widths.items()}
+    if len(widths) > 1:
+        maps["layers " + "+".join(map(str, widths))] = feature_map(sums, torch.arange(sum(widths.values())),
+                                                                   components, prompt_components)
+    return maps
+
+
+def _features(chunks: Chunks, features: FeatureMap) -> Iterator[tuple[int, Tensor]]:
+    """(offset of the chunk's first pair, its (B, D) features) for every chunk, in pair order."""
+    offset = 0
+    for chunk in chunks():
+        first, second, prompt = (torch.cat([chunk[layer][side] for layer in chunk], 1) for side in range(3))
+        x = features(first, second, prompt)
+        yield offset, x
+        offset += x.shape[0]
+
+
+def fit_logistic_streamed(batches: Callable[[], Iterator[tuple[Tensor, Tensor, Tensor]]], dim: int, ridge: float,
+                          iterations: int = 50, start: Tensor | None = None) -> Tensor:
+    """fit_logistic over batches (x (B, D), target (B,), weight (B,)) of the rows: the same Newton steps and step
+    halving, each trial point one pass that sums the objective and (for the next step, should it be accepted) the
+    gradient and the curvature XᵀCX (float32 per batch, summed in float64)."""
+    beta = torch.zeros(dim, dtype=torch.float64) if start is None else start.double()
+    eye = torch.eye(dim, dtype=torch.float64)
+
+    def one_pass(b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        value, gradient, hessian = ridge / 2 * b.dot(b), ridge * b, ridge * eye
+        for x, target, weight in batches():
+            x, target, weight = x.double(), target.double(), weight.double()
+            margin = x @ b
+            value = value + (weight * (target * torch.nn.functional.softplus(-margin)
+                                       + (1 - target) * torch.nn.functional.softplus(margin))).sum()
+            p = torch.sigmoid(margin)
+            gradient = gradient + x.T @ (weight * (p - target))
+            single = x.float()
+            hessian = hessian + ((single.T * (weight * p * (1 - p)).float()) @ single).double()
+        return value, gradient, hessian
+
+    value, gradient, hessian = one_pass(beta)
+    for _ in range(iterations):
+        step = torch.linalg.solve(hessian, gradient)
+        size = 1.0
+        while True:
+            candidate = beta - size * step
+            new_value, new_gradient, new_hessian = one_pass(candidate)
+            if new_value <= value or size < 1e-8:
+                break
+            size /= 2
+        improvement = float(value - new_value)
+        beta, value, gradient, hessian = candidate, new_value, new_gradient, new_hessian
+        if improvement <= 1e-12 * max(1.0, abs(float(value))):
+            break
+    return beta
+
+
+def crossfit_probe_streamed(chunks: Chunks, features: FeatureMap, target: Tensor, weight: Tensor, folds: Tensor,
+                            inner_folds: int = 3, lambdas: tuple[float, ...] = LAMBDAS, seed: int = 0,
+                            tune_pairs: int | None = TUNE_PAIRS) -> tuple[Tensor, Tensor]:
+    """crossfit_probe on the features of `chunks`: the ridge of each fold chosen on its draw of `tune_pairs` (gathered
+    in one pass: (tune_pairs, D) in memory), the fold's probe fitted over the chunks, every fold's out-of-fold
+    scores in one last pass."""
+    num_folds = int(folds.max()) + 1
+    chosen = torch.zeros(num_folds, dtype=torch.float64)
+    betas = []
+    for f in range(num_folds):
+        train = folds != f
+        total = float(weight[train].sum())
+        tune = torch.nonzero(train).squeeze(1)
+        if tune_pairs is not None and tune.numel() > tune_pairs:
+            draw = torch.randperm(tune.numel(), generator=torch.Generator().manual_seed(seed + 1 + f))
+            tune = tune[draw[:tune_pairs]]
+        x_tune = _gather(chunks, features, tune)
+        inner = folds_of(tune.numel(), inner_folds, seed + 1 + f)
+        per_unit = _choose_ridge(x_tune, target[tune], weight[tune], inner, lambdas)
+        chosen[f] = per_unit * float(weight[tune].sum()) / total
+        del x_tune
+
+        def batches(f: int = f) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+            for offset, x in _features(chunks, features):
+                rows = slice(offset, offset + x.shape[0])
+                keep = folds[rows] != f
+                yield x[keep], target[rows][keep], weight[rows][keep]
+
+        dim = features.directions.shape[1] * (1 + (0 if features.prompt_directions is None
+                                                   else features.prompt_directions.shape[1]))
+        betas.append(fit_logistic_streamed(batches, dim, float(chosen[f]) * total))
+    scores = torch.zeros(folds.numel(), dtype=torch.float64)
+    stacked = torch.stack(betas, 1)  # (D, F)
+    for offset, x in _features(chunks, features):
+        rows = slice(offset, offset + x.shape[0])
+        scores[rows] = (x.double() @ stacked).gather(1, folds[rows][:, None]).squeeze(1)
+    return scores, chosen
+
+
+def _gather(chunks: Chunks, features: FeatureMap, rows: Tensor) -> Tensor:
+    """(R, D) the features of pairs `rows` (in that order), in one pass."""
+    order = torch.argsort(rows)
+    wanted = rows[order]
+    parts, position = [], 0
+    for offset, x in _features(chunks, features):
+        end = int(torch.searchsorted(wanted, offset + x.shape[0]))
+        parts.append(x[wanted[position:end] - offset])
+        position = end
+    gathered = torch.cat(parts)
+    out = torch.empty_like(gathered)
+    out[order] = gathered
+    return out
+
+
+def estimate_streamed(labels: Labels, chunks: Chunks, widths: dict[int, int], components: int = 64,
+                      prompt_components: int = 8, eta0: float = 0.9, num_folds: int = 5, seed: int = 0,
+                      max_se: float = MAX_SE, tune_pairs: int | None = TUNE_PAIRS) -> Estimate:
+    """`estimate` with the probe on stages/estimate.probe_candidates' candidates, from states read chunk by chunk
+    (`chunks`: pairs in order; widths: layer -> width): the same result up to the order of float sums."""
+    target, weight = observed_targets(labels)
+    maps = candidate_maps(chunks, widths, components, prompt_components)
+    folds = folds_of(labels.num_pairs, num_folds, seed)
+    fitted = {name: crossfit_probe_streamed(chunks, features, target, weight, folds, seed=seed,
+                                            tune_pairs=tune_pairs)[0] for name, features in maps.items()}
+    log_loss = {name: float(_log_loss(scores, target, weight)) for name, scores in fitted.items()}
+    best = min(log_loss, key=log_loss.__getitem__)
+    scores = calibrate_to_labels(fitted[best], target, weight, folds)
+    if not beats_chance(scores, target, weight, folds, calibrated=True):
+        result = dataclasses.replace(fit_reliability(labels, None, eta0, max_se=max_se), model_at_chance=True)
+    else:
+        result = fit_reliability(labels, scores, eta0, max_se=max_se)
+    return dataclasses.replace(result, features=best, log_loss=log_loss)

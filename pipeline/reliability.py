@@ -44,6 +44,7 @@ MAX_SE = 0.1  # an η whose standard error is larger is not identified by the da
 # Cross-fitting needs this many pairs per fold: with fewer, each fold's probe is fit on a handful of pairs (and the
 # inner folds that choose its ridge on fewer still); `estimate` then serves without the probe (probe_fits).
 MIN_PAIRS_PER_FOLD = 2
+CURVATURE_ROWS = 65_536  # the streamed probe sums its Newton curvature on a draw of about this many rows
 
 
 @dataclass(frozen=True)
@@ -610,21 +611,26 @@ def _features(chunks: Chunks, features: FeatureMap) -> Iterator[tuple[int, Tenso
 
 
 def fit_logistic_streamed(batches: Callable[[], Iterator[tuple[Tensor, Tensor, Tensor]]], dim: int, ridge: float,
-                          iterations: int = 50, start: Tensor | None = None, slow: float = 0.05) -> Tensor:
+                          iterations: int = 50, start: Tensor | None = None, slow: float = 0.05,
+                          rows: int | None = None, curvature_rows: int | None = CURVATURE_ROWS) -> Tensor:
     """fit_logistic's minimum over batches (x (B, D), target (B,), weight (B,)) of the rows, each trial point one pass
     over them summing the objective and the gradient. The curvature XᵀCX (float32 per batch, summed in float64),
     the G·D² bulk of a pass, is summed at the start, after a step that had to be halved, and after a step that
     improved the objective by more than `slow` × the step before (Newton's quadratic convergence makes that ratio
-    tiny; a stale curvature, not); the steps between reuse the last one (a chord method: any positive definite matrix gives a descent
+    tiny; a stale curvature, not); the steps between reuse the last one. Where there are more than `curvature_rows`
+    of the `rows`, the curvature is summed on a seeded draw of about that many, scaled up (subsampled Newton: the
+    gradient and the objective stay exact, so the minimum is the same; the curvature only chooses the direction) (a chord method: any positive definite matrix gives a descent
     direction, and near the minimum the last curvature is close to the true one, so each step still cuts the
     distance to it by a large factor). Stops when a step improves the objective by less than 1e-12 of it (as
     fit_logistic) and moves β by less than 1e-9 of its norm: the same unique minimum, for a fraction of the cost."""
     beta = torch.zeros(dim, dtype=torch.float64) if start is None else start.double()
     eye = torch.eye(dim, dtype=torch.float64)
+    share = 1.0 if rows is None or curvature_rows is None else min(1.0, curvature_rows / max(rows, 1))
 
     def one_pass(b: Tensor, with_curvature: bool) -> tuple[Tensor, Tensor, Tensor | None]:
         value, gradient = ridge / 2 * b.dot(b), ridge * b
-        hessian = ridge * eye if with_curvature else None
+        hessian = torch.zeros(dim, dim, dtype=torch.float64) if with_curvature else None
+        draw = torch.Generator().manual_seed(0)  # the same rows at every pass
         for x, target, weight in batches():
             x, target, weight = x.double(), target.double(), weight.double()
             margin = x @ b
@@ -633,9 +639,13 @@ def fit_logistic_streamed(batches: Callable[[], Iterator[tuple[Tensor, Tensor, T
             p = torch.sigmoid(margin)
             gradient = gradient + x.T @ (weight * (p - target))
             if with_curvature:
+                curvature = weight * p * (1 - p)
+                if share < 1:
+                    kept = torch.rand(x.shape[0], generator=draw, dtype=torch.float64) < share
+                    x, curvature = x[kept], curvature[kept] / share
                 single = x.float()
-                hessian = hessian + ((single.T * (weight * p * (1 - p)).float()) @ single).double()
-        return value, gradient, hessian
+                hessian = hessian + ((single.T * curvature.float()) @ single).double()
+        return value, gradient, None if hessian is None else hessian + ridge * eye
 
     value, gradient, hessian = one_pass(beta, True)
     fresh, last_improvement = True, math.inf
@@ -693,7 +703,8 @@ def crossfit_probe_streamed(chunks: Chunks, features: FeatureMap, target: Tensor
                                                    else features.prompt_directions.shape[1]))
         # from the last fold's β: the folds share most of their pairs, so it is near this one's minimum (unique:
         # only the number of passes changes, each a pass over all the chunks)
-        betas.append(fit_logistic_streamed(batches, dim, float(chosen[f]) * total, start=betas[-1] if betas else None))
+        betas.append(fit_logistic_streamed(batches, dim, float(chosen[f]) * total, start=betas[-1] if betas else None,
+                                           rows=int(train.sum())))
     scores = torch.zeros(folds.numel(), dtype=torch.float64)
     stacked = torch.stack(betas, 1)  # (D, F)
     for offset, x in _features(chunks, features):

@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--no-cost", action="store_true", help="skip the stage-one and training timings")
     parser.add_argument("--cost-only", action="store_true", help="only the timings (after a run without them)")
     parser.add_argument("--widths", type=int, nargs="+", help="the projected widths to compare (0: full width)")
+    parser.add_argument("--scenarios", nargs="+", help="--widths: only these scenarios (by name)")
     args = parser.parse_args()
     print(f"load average at start: {os.getloadavg()[0]:.2f} (2 cores)", file=sys.stderr)
     model = str(prepare_model.ensure_default_model())
@@ -74,7 +75,7 @@ def main() -> None:
     cache = args.scores or score_all(model, args.out)
     frame, key = schema.read_scores(cache)
     if args.widths:
-        results = widths(frame, key, args.widths)
+        results = widths(frame, key, args.widths, args.scenarios)
         (args.out / "widths.json").write_text(json.dumps(results, indent=1))
         print(widths_markdown(results))
         return
@@ -123,14 +124,14 @@ def bytes_per_row(frame: pl.DataFrame) -> float:
     return buffer.getvalue().size / frame.height
 
 
-def widths(frame: pl.DataFrame, key: dict, chosen: list[int]) -> list[dict]:
-    """Every probe scenario of main (not the agreement alone: it reads no state) at each width."""
+def widths(frame: pl.DataFrame, key: dict, chosen: list[int], names: list[str] | None = None) -> list[dict]:
+    """Every probe scenario of main (not the agreement alone: it reads no state), or those `names`, at each width."""
     rows = []
     for width in chosen:
         at, at_key = projected(frame, key, width)
-        names = schema.stored_embedding_columns(at_key)
-        shown = at.schema[names[0]].size
-        sizes = {"bytes_per_row": bytes_per_row(at), "state_bytes_per_row": bytes_per_row(at.select(names))}
+        columns = schema.stored_embedding_columns(at_key)
+        shown = at.schema[columns[0]].size
+        sizes = {"bytes_per_row": bytes_per_row(at), "state_bytes_per_row": bytes_per_row(at.select(columns))}
         print(f"width {shown}: {sizes}, load {os.getloadavg()[0]:.2f}", file=sys.stderr, flush=True)
         cases = [("real", at)]
         for rate in (0.2, 0.4):
@@ -139,6 +140,8 @@ def widths(frame: pl.DataFrame, key: dict, chosen: list[int]) -> list[dict]:
         single = at.unique("pair_id", keep="first", maintain_order=True)
         cases += [("one label per pair", single), ("3 synthetic annotators", three_annotators(single))]
         for name, cached in cases:
+            if names and name not in names:
+                continue
             rows.append({"width": shown, **sizes, **scenario(name, cached, at_key, estimate.EstimateConfig())})
     return rows
 

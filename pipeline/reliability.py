@@ -610,122 +610,135 @@ def _features(chunks: Chunks, features: FeatureMap) -> Iterator[tuple[int, Tenso
         offset += x.shape[0]
 
 
-def fit_logistic_streamed(batches: Callable[[], Iterator[tuple[Tensor, Tensor, Tensor]]], dim: int, ridge: float,
-                          iterations: int = 50, start: Tensor | None = None, slow: float = 0.05,
-                          rows: int | None = None, curvature_rows: int | None = CURVATURE_ROWS) -> Tensor:
-    """fit_logistic's minimum over batches (x (B, D), target (B,), weight (B,)) of the rows, each trial point one pass
-    over them summing the objective and the gradient. The curvature XᵀCX (float32 per batch, summed in float64),
-    the G·D² bulk of a pass, is summed at the start, after a step that had to be halved, and after a step that
-    improved the objective by more than `slow` × the step before (Newton's quadratic convergence makes that ratio
-    tiny; a stale curvature, not); the steps between reuse the last one. Where there are more than `curvature_rows`
-    of the `rows`, the curvature is summed on a seeded draw of about that many, scaled up (subsampled Newton: the
-    gradient and the objective stay exact, so the minimum is the same; the curvature only chooses the direction) (a chord method: any positive definite matrix gives a descent
-    direction, and near the minimum the last curvature is close to the true one, so each step still cuts the
-    distance to it by a large factor). Stops when a step improves the objective by less than 1e-12 of it (as
-    fit_logistic) and moves β by less than 1e-9 of its norm: the same unique minimum, for a fraction of the cost."""
-    beta = torch.zeros(dim, dtype=torch.float64) if start is None else start.double()
+Batches = Callable[[], Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]]  # x (B, D), target, weight (B,), member (B, F)
+
+
+def fit_logistic_streamed(batches: Batches, dim: int, ridge: Tensor, iterations: int = 50, slow: float = 0.05,
+                          rows: Tensor | None = None, curvature_rows: int | None = CURVATURE_ROWS) -> Tensor:
+    """(D, F): F of fit_logistic's minima at once, problem f on the rows whose `member[:, f]` is true (the
+    cross-fitting folds: fold f's probe on the rows of every other fold), over batches (x (B, D), target (B,),
+    weight (B,), member (B, F) bool) of the rows, with ridge (F,). Each pass over the batches sums, for every
+    problem still moving, the objective and the gradient at its trial point: one pass serves all F, so the
+    features of a batch are made once for all of them.
+
+    The curvature XᵀCX (float32 per batch, summed in float64), the G·D² bulk of a pass, is summed for a problem at
+    its start, after a step that had to be halved, and after a step that improved its objective by more than
+    `slow` × the step before (Newton's quadratic convergence makes that ratio tiny; a stale curvature, not); its
+    steps between reuse the last one (a chord method). Where a problem has more than `curvature_rows` of its
+    `rows` (F,), its curvature is summed on a seeded draw of about that many, scaled up (subsampled Newton). Any
+    positive definite curvature gives a descent direction and the objective and gradient stay exact, so the
+    minimum is fit_logistic's; it stops when a step improves the objective by less than 1e-12 of it (as
+    fit_logistic) and moves β by less than 1e-9 of its norm (a chord step converges linearly, not quadratically:
+    the objective flattens before β settles)."""
+    ridge = ridge.double()
+    count = ridge.numel()
+    share = (torch.ones(count, dtype=torch.float64) if rows is None or curvature_rows is None
+             else (curvature_rows / rows.double().clamp(min=1)).clamp(max=1.0))
     eye = torch.eye(dim, dtype=torch.float64)
-    share = 1.0 if rows is None or curvature_rows is None else min(1.0, curvature_rows / max(rows, 1))
 
-    def one_pass(b: Tensor, with_curvature: bool) -> tuple[Tensor, Tensor, Tensor | None]:
-        value, gradient = ridge / 2 * b.dot(b), ridge * b
-        hessian = torch.zeros(dim, dim, dtype=torch.float64) if with_curvature else None
+    def one_pass(betas: Tensor, active: list[int], curvature: list[int]):
+        values = ridge[active] / 2 * betas[:, active].square().sum(0)
+        gradients = ridge[active] * betas[:, active]
+        hessians = {f: torch.zeros(dim, dim, dtype=torch.float64) for f in curvature}
         draw = torch.Generator().manual_seed(0)  # the same rows at every pass
-        for x, target, weight in batches():
-            x, target, weight = x.double(), target.double(), weight.double()
-            margin = x @ b
-            value = value + (weight * (target * torch.nn.functional.softplus(-margin)
-                                       + (1 - target) * torch.nn.functional.softplus(margin))).sum()
+        for x, target, weight, member in batches():
+            x, target = x.double(), target.double()
+            uniform = torch.rand(x.shape[0], generator=draw, dtype=torch.float64)
+            margin = x @ betas[:, active]  # (B, A)
+            weights = weight.double()[:, None] * member[:, active].double()
+            values = values + (weights * (target[:, None] * torch.nn.functional.softplus(-margin)
+                                          + (1 - target[:, None]) * torch.nn.functional.softplus(margin))).sum(0)
             p = torch.sigmoid(margin)
-            gradient = gradient + x.T @ (weight * (p - target))
-            if with_curvature:
-                curvature = weight * p * (1 - p)
-                if share < 1:
-                    kept = torch.rand(x.shape[0], generator=draw, dtype=torch.float64) < share
-                    x, curvature = x[kept], curvature[kept] / share
-                single = x.float()
-                hessian = hessian + ((single.T * curvature.float()) @ single).double()
-        return value, gradient, None if hessian is None else hessian + ridge * eye
+            gradients = gradients + x.T @ (weights * (p - target[:, None]))
+            for f in curvature:
+                a = active.index(f)
+                kept = (uniform < share[f]) & (weights[:, a] > 0)
+                single = x[kept].float()
+                c = (weights[kept, a] * p[kept, a] * (1 - p[kept, a]) / share[f]).float()
+                hessians[f] += ((single.T * c) @ single).double()
+        return ({f: values[i] for i, f in enumerate(active)}, {f: gradients[:, i] for i, f in enumerate(active)},
+                {f: h + ridge[f] * eye for f, h in hessians.items()})
 
-    value, gradient, hessian = one_pass(beta, True)
-    fresh, last_improvement = True, math.inf
-    for _ in range(iterations):
-        step = torch.linalg.solve(hessian, gradient)
-        size = 1.0
-        while True:
-            candidate = beta - size * step
-            new_value, new_gradient, new_hessian = one_pass(candidate, fresh)
-            if new_value <= value or size < 1e-8:
-                break
-            size, fresh = size / 2, True
-        improvement, moved = float(value - new_value), float((candidate - beta).norm())
-        # the next trial point sums the curvature where the last one converged slowly or had to be halved
-        fresh = size < 1.0 or improvement > slow * last_improvement
-        last_improvement = improvement
-        beta, value, gradient = candidate, new_value, new_gradient
-        hessian = hessian if new_hessian is None else new_hessian
-        # a chord step converges linearly, not quadratically: the objective flattens before β settles, so it also
-        # waits for β to stop moving (an exact Newton step there is already that close)
-        if improvement <= 1e-12 * max(1.0, abs(float(value))) and moved <= 1e-9 * (1 + float(beta.norm())):
-            break
-    return beta
+    betas = torch.zeros(dim, count, dtype=torch.float64)
+    problems = list(range(count))
+    value, gradient, hessian = one_pass(betas, problems, problems)
+    step = {f: torch.linalg.solve(hessian[f], gradient[f]) for f in problems}
+    size, fresh, last, steps = dict.fromkeys(problems, 1.0), dict.fromkeys(problems, True), \
+        dict.fromkeys(problems, math.inf), dict.fromkeys(problems, 0)
+    trial = betas.clone()
+    active = [f for f in problems if steps[f] < iterations]
+    while active:
+        for f in active:
+            trial[:, f] = betas[:, f] - size[f] * step[f]
+        new_value, new_gradient, new_hessian = one_pass(trial, active, [f for f in active if fresh[f]])
+        for f in list(active):
+            if not (new_value[f] <= value[f] or size[f] < 1e-8):
+                size[f], fresh[f] = size[f] / 2, True  # halve, and sum the curvature there
+                continue
+            improvement, moved = float(value[f] - new_value[f]), float((trial[:, f] - betas[:, f]).norm())
+            betas[:, f], value[f], gradient[f] = trial[:, f], new_value[f], new_gradient[f]
+            hessian[f] = new_hessian.get(f, hessian[f])
+            fresh[f] = size[f] < 1.0 or improvement > slow * last[f]
+            last[f], steps[f] = improvement, steps[f] + 1
+            if (improvement <= 1e-12 * max(1.0, abs(float(value[f])))
+                    and moved <= 1e-9 * (1 + float(betas[:, f].norm()))) or steps[f] >= iterations:
+                active.remove(f)
+            else:
+                step[f], size[f] = torch.linalg.solve(hessian[f], gradient[f]), 1.0
+    return betas
 
 
 def crossfit_probe_streamed(chunks: Chunks, features: FeatureMap, target: Tensor, weight: Tensor, folds: Tensor,
                             inner_folds: int = 3, lambdas: tuple[float, ...] = LAMBDAS, seed: int = 0,
-                            tune_pairs: int | None = TUNE_PAIRS) -> tuple[Tensor, Tensor]:
-    """crossfit_probe on the features of `chunks`: the ridge of each fold chosen on its draw of `tune_pairs` (gathered
-    in one pass: (tune_pairs, D) in memory), the fold's probe fitted over the chunks (from the previous fold's β),
-    every fold's out-of-fold scores in one last pass."""
+                            tune_pairs: int | None = TUNE_PAIRS, curvature_rows: int | None = CURVATURE_ROWS
+                            ) -> tuple[Tensor, Tensor]:
+    """crossfit_probe on the features of `chunks`: each fold's ridge chosen on its draw of `tune_pairs` (the draws
+    of all folds gathered in one pass: at most folds × tune_pairs rows of D in memory), every fold's probe fitted
+    at once over the chunks (fit_logistic_streamed), every fold's out-of-fold scores in one last pass."""
     num_folds = int(folds.max()) + 1
     chosen = torch.zeros(num_folds, dtype=torch.float64)
-    betas = []
+    totals = torch.tensor([float(weight[folds != f].sum()) for f in range(num_folds)], dtype=torch.float64)
+    draws = []
     for f in range(num_folds):
-        train = folds != f
-        total = float(weight[train].sum())
-        tune = torch.nonzero(train).squeeze(1)
+        tune = torch.nonzero(folds != f).squeeze(1)
         if tune_pairs is not None and tune.numel() > tune_pairs:
             draw = torch.randperm(tune.numel(), generator=torch.Generator().manual_seed(seed + 1 + f))
             tune = tune[draw[:tune_pairs]]
-        x_tune = _gather(chunks, features, tune)
+        draws.append(tune)
+    union = torch.unique(torch.cat(draws))  # sorted
+    x_union = _gather(chunks, features, union)
+    for f, tune in enumerate(draws):
+        x_tune = x_union[torch.searchsorted(union, tune)]
         inner = folds_of(tune.numel(), inner_folds, seed + 1 + f)
         per_unit = _choose_ridge(x_tune, target[tune], weight[tune], inner, lambdas)
-        chosen[f] = per_unit * float(weight[tune].sum()) / total
-        del x_tune
+        chosen[f] = per_unit * float(weight[tune].sum()) / totals[f]
+    del x_union, x_tune
+    fold_ids = torch.arange(num_folds)
 
-        def batches(f: int = f) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-            for offset, x in _features(chunks, features):
-                rows = slice(offset, offset + x.shape[0])
-                keep = folds[rows] != f
-                yield x[keep], target[rows][keep], weight[rows][keep]
+    def batches() -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
+        for offset, x in _features(chunks, features):
+            rows = slice(offset, offset + x.shape[0])
+            yield x, target[rows], weight[rows], folds[rows][:, None] != fold_ids[None, :]
 
-        dim = features.directions.shape[1] * (1 + (0 if features.prompt_directions is None
-                                                   else features.prompt_directions.shape[1]))
-        # from the last fold's β: the folds share most of their pairs, so it is near this one's minimum (unique:
-        # only the number of passes changes, each a pass over all the chunks)
-        betas.append(fit_logistic_streamed(batches, dim, float(chosen[f]) * total, start=betas[-1] if betas else None,
-                                           rows=int(train.sum())))
+    dim = features.directions.shape[1] * (1 + (0 if features.prompt_directions is None
+                                               else features.prompt_directions.shape[1]))
+    rows = torch.tensor([int((folds != f).sum()) for f in range(num_folds)])
+    betas = fit_logistic_streamed(batches, dim, chosen * totals, rows=rows, curvature_rows=curvature_rows)
     scores = torch.zeros(folds.numel(), dtype=torch.float64)
-    stacked = torch.stack(betas, 1)  # (D, F)
     for offset, x in _features(chunks, features):
         rows = slice(offset, offset + x.shape[0])
-        scores[rows] = (x.double() @ stacked).gather(1, folds[rows][:, None]).squeeze(1)
+        scores[rows] = (x.double() @ betas).gather(1, folds[rows][:, None]).squeeze(1)
     return scores, chosen
 
 
 def _gather(chunks: Chunks, features: FeatureMap, rows: Tensor) -> Tensor:
-    """(R, D) the features of pairs `rows` (in that order), in one pass."""
-    order = torch.argsort(rows)
-    wanted = rows[order]
+    """(R, D) the features of pairs `rows` (sorted, distinct), in one pass."""
     parts, position = [], 0
     for offset, x in _features(chunks, features):
-        end = int(torch.searchsorted(wanted, offset + x.shape[0]))
-        parts.append(x[wanted[position:end] - offset])
+        end = int(torch.searchsorted(rows, offset + x.shape[0]))
+        parts.append(x[rows[position:end] - offset])
         position = end
-    gathered = torch.cat(parts)
-    out = torch.empty_like(gathered)
-    out[order] = gathered
-    return out
+    return torch.cat(parts)
 
 
 def estimate_streamed(labels: Labels, chunks: Chunks, widths: dict[int, int], components: int = 64,

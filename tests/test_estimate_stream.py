@@ -48,21 +48,27 @@ def test_the_feature_maps_from_sums_are_probe_features_on_all_pairs():
 
 
 @pytest.mark.parametrize("curvature_rows", [None, 250])
-def test_the_streamed_newton_fit_is_fit_logistic(curvature_rows):
-    """The same minimum with the curvature summed on every row, or on a draw of about 250 of the 500 (subsampled Newton:
-    the gradient stays exact)."""
+def test_the_streamed_newton_fits_are_fit_logistic_on_each_fold(curvature_rows):
+    """Three problems at once, each on the rows of the other two folds (cross-fitting), with the curvature summed on
+    every row or on a draw of about 250 of each problem's rows (subsampled Newton: the gradient stays exact): each
+    is fit_logistic's minimum on its rows."""
     g = torch.Generator().manual_seed(3)
-    x = torch.randn(500, 12, generator=g, dtype=torch.float64)
-    target = (torch.rand(500, generator=g, dtype=torch.float64) < torch.sigmoid(x[:, 0] * 2)).double()
-    weight = torch.rand(500, generator=g, dtype=torch.float64) + 0.5
+    x = torch.randn(600, 12, generator=g, dtype=torch.float64)
+    target = (torch.rand(600, generator=g, dtype=torch.float64) < torch.sigmoid(x[:, 0] * 2)).double()
+    weight = torch.rand(600, generator=g, dtype=torch.float64) + 0.5
+    folds = reliability.folds_of(600, 3, seed=0)
+    member = folds[:, None] != torch.arange(3)[None, :]
 
     def batches():
-        for start in range(0, 500, 64):
-            yield x[start:start + 64], target[start:start + 64], weight[start:start + 64]
+        for start in range(0, 600, 64):
+            rows = slice(start, start + 64)
+            yield x[rows], target[rows], weight[rows], member[rows]
 
-    expected = reliability.fit_logistic(x, target, weight, 3.0)
-    fitted = reliability.fit_logistic_streamed(batches, 12, 3.0, rows=500, curvature_rows=curvature_rows)
-    assert torch.allclose(fitted, expected, rtol=1e-8, atol=1e-10)
+    ridge = torch.tensor([3.0, 0.5, 30.0], dtype=torch.float64)
+    fitted = reliability.fit_logistic_streamed(batches, 12, ridge, rows=member.sum(0), curvature_rows=curvature_rows)
+    for f in range(3):
+        expected = reliability.fit_logistic(x[member[:, f]], target[member[:, f]], weight[member[:, f]], float(ridge[f]))
+        assert torch.allclose(fitted[:, f], expected, rtol=1e-7, atol=1e-9), f  # fit_logistic stops within ~1e-8
 
 
 def test_the_streamed_estimate_is_the_estimate_with_the_ridge_drawn_too():

@@ -66,7 +66,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("workspace/bench-estimate"))
     parser.add_argument("--no-cost", action="store_true", help="skip the stage-one and training timings")
     parser.add_argument("--cost-only", action="store_true", help="only the timings (after a run without them)")
-    parser.add_argument("--widths", type=int, nargs="+", help="the projected widths to compare (0: full width)")
+    parser.add_argument("--widths", nargs="+", help="the projected widths to compare (0: full width; 128s: "
+                                                    "scaled by the first part's RMS first)")
     parser.add_argument("--scenarios", nargs="+", help="--widths: only these scenarios (by name)")
     args = parser.parse_args()
     print(f"load average at start: {os.getloadavg()[0]:.2f} (2 cores)", file=sys.stderr)
@@ -104,17 +105,25 @@ def main() -> None:
     print(markdown(results))
 
 
-def projected(frame: pl.DataFrame, key: dict, width: int) -> tuple[pl.DataFrame, dict]:
-    """The cache rows with every stored state projected to `width` as `repo score --embed-width` does, and its key."""
+def projected(frame: pl.DataFrame, key: dict, width: int, scaled: bool = False) -> tuple[pl.DataFrame, dict]:
+    """The cache rows with every stored state projected to `width` as `repo score --embed-width` does, and its key.
+    scaled (a variant `repo score` does not have): each layer's states first divided, dimension by dimension, by
+    the RMS of chosen − rejected over the first part's 2,048 rows (a sketch fitted on the first part)."""
     names = schema.stored_embedding_columns(key)
     hidden = frame.schema[names[0]].size
     if key["embed_projection"] or not projection.projects(hidden, width):
         return frame, key
     matrix = projection.matrix(hidden, width)
     kind = pl.Array(schema.EMBEDDING_DTYPE, width)
-    columns = [pl.Series(name, (frame[name].to_numpy().astype(np.float32) @ matrix).astype(np.float16), dtype=kind)
-               for name in names]
-    return frame.with_columns(columns), {**key, "embed_projection": projection.describe(hidden, width)}
+    columns = []
+    for layer in schema.embed_layers(key):
+        prompt, chosen, rejected = schema.embedding_columns(layer)
+        d = frame[chosen].head(2048).to_numpy().astype(np.float64) - frame[rejected].head(2048).to_numpy()
+        rms = np.sqrt(np.mean(d ** 2, axis=0)).clip(min=1e-6) if scaled else np.ones(hidden)
+        columns += [pl.Series(name, ((frame[name].to_numpy().astype(np.float32) / rms.astype(np.float32)) @ matrix
+                                     ).astype(np.float16), dtype=kind) for name in (prompt, chosen, rejected)]
+    described = projection.describe(hidden, width) + (" scaled by the first part's RMS" if scaled else "")
+    return frame.with_columns(columns), {**key, "embed_projection": described}
 
 
 def bytes_per_row(frame: pl.DataFrame) -> float:
@@ -124,13 +133,13 @@ def bytes_per_row(frame: pl.DataFrame) -> float:
     return buffer.getvalue().size / frame.height
 
 
-def widths(frame: pl.DataFrame, key: dict, chosen: list[int], names: list[str] | None = None) -> list[dict]:
+def widths(frame: pl.DataFrame, key: dict, chosen: list[str], names: list[str] | None = None) -> list[dict]:
     """Every probe scenario of main (not the agreement alone: it reads no state), or those `names`, at each width."""
     rows = []
-    for width in chosen:
-        at, at_key = projected(frame, key, width)
+    for spec in chosen:
+        at, at_key = projected(frame, key, int(spec.rstrip("s")), scaled=spec.endswith("s"))
         columns = schema.stored_embedding_columns(at_key)
-        shown = at.schema[columns[0]].size
+        shown = f"{at.schema[columns[0]].size}{'s' if spec.endswith('s') else ''}"
         sizes = {"bytes_per_row": bytes_per_row(at), "state_bytes_per_row": bytes_per_row(at.select(columns))}
         print(f"width {shown}: {sizes}, load {os.getloadavg()[0]:.2f}", file=sys.stderr, flush=True)
         cases = [("real", at)]
@@ -149,13 +158,13 @@ def widths(frame: pl.DataFrame, key: dict, chosen: list[int], names: list[str] |
 def widths_markdown(rows: list[dict]) -> str:
     lines = ["| scenario | width | max abs(η̂ − measured) | flag ROC-AUC | model accuracy | seconds |",
              "|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["scenario"], -r["width"])):
+    for r in sorted(rows, key=lambda r: (r["scenario"], -int(str(r["width"]).rstrip("s")), str(r["width"]))):
         accuracy = "–" if r["model_accuracy"] is None else f"{r['model_accuracy']:.3f}"
         lines.append(f"| {r['scenario']} | {r['width']} | {r['max_abs_error']:.3f} | {r['roc_auc']:.3f} | {accuracy} | "
                      f"{r['seconds']:.1f} |")
     sizes = {r["width"]: (r["bytes_per_row"], r["state_bytes_per_row"]) for r in rows}
     lines += ["", "| width | cache bytes/row | of which the states |", "|---|---|---|"]
-    lines += [f"| {w} | {b:,.0f} | {e:,.0f} |" for w, (b, e) in sorted(sizes.items(), reverse=True)]
+    lines += [f"| {w} | {b:,.0f} | {e:,.0f} |" for w, (b, e) in sizes.items()]
     return "\n".join(lines)
 
 

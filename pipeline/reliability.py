@@ -673,6 +673,9 @@ def fit_logistic_streamed(batches: Batches, dim: int, ridge: Tensor, iterations:
         new_value, new_gradient, new_hessian = one_pass(trial, active, [f for f in active if fresh[f]])
         for f in list(active):
             if not (new_value[f] <= value[f] or size[f] < 1e-8):
+                if float(gradient[f] @ step[f]) <= 2e-13 * max(1.0, abs(float(value[f]))):
+                    active.remove(f)  # the step's predicted decrease is below the objective's rounding: converged
+                    continue
                 size[f], fresh[f] = size[f] / 2, True  # halve, and sum the curvature there
                 continue
             improvement, moved = float(value[f] - new_value[f]), float((trial[:, f] - betas[:, f]).norm())

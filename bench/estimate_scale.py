@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--streamed", action="store_true", help="caches on disk, the streamed estimate (issue 26)")
     parser.add_argument("--whole-up-to", type=int, default=100000, help="--streamed: also the in-memory estimate "
                                                                         "up to this size")
+    parser.add_argument("--modes", nargs="+", default=["streamed", "whole"], help="--streamed: which estimates")
     parser.add_argument("--out", type=Path, default=None, help="--streamed: where the caches go (a temporary "
                                                                  "folder by default, removed after each size)")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: one estimate, in its own process
@@ -185,7 +186,7 @@ def streamed(args) -> None:
         folder = root / f"cache-{size}"
         made, size_bytes = write_cache(folder, size, seed=size)
         print(f"{size:,} pairs: cache written in {made:.0f} s, load {os.getloadavg()[0]:.2f}", file=sys.stderr)
-        modes = ["streamed"] + (["whole"] if size <= args.whole_up_to else [])
+        modes = [m for m in args.modes if m == "streamed" or size <= args.whole_up_to]
         for mode in modes:
             result = child.run(__file__, {"cache": str(folder), "mode": mode, "threads": torch.get_num_threads()},
                                f"{mode} estimate of {size}")

@@ -44,7 +44,7 @@ MAX_SE = 0.1  # an η whose standard error is larger is not identified by the da
 # Cross-fitting needs this many pairs per fold: with fewer, each fold's probe is fit on a handful of pairs (and the
 # inner folds that choose its ridge on fewer still); `estimate` then serves without the probe (probe_fits).
 MIN_PAIRS_PER_FOLD = 2
-CURVATURE_ROWS = 65_536  # the streamed probe sums its Newton curvature on a draw of about this many rows
+CURVATURE_ROWS = 32_768  # the streamed probe sums its Newton curvature on a draw of about this many rows
 
 
 @dataclass(frozen=True)
@@ -614,7 +614,8 @@ Batches = Callable[[], Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]]  # x (B,
 
 
 def fit_logistic_streamed(batches: Batches, dim: int, ridge: Tensor, iterations: int = 50, slow: float = 0.05,
-                          rows: Tensor | None = None, curvature_rows: int | None = CURVATURE_ROWS) -> Tensor:
+                          rows: Tensor | None = None, curvature_rows: int | None = CURVATURE_ROWS,
+                          start: Tensor | None = None) -> Tensor:
     """(D, F): F of fit_logistic's minima at once, problem f on the rows whose `member[:, f]` is true (the
     cross-fitting folds: fold f's probe on the rows of every other fold), over batches (x (B, D), target (B,),
     weight (B,), member (B, F) bool) of the rows, with ridge (F,). Each pass over the batches sums, for every
@@ -625,7 +626,8 @@ def fit_logistic_streamed(batches: Batches, dim: int, ridge: Tensor, iterations:
     its start, after a step that had to be halved, and after a step that improved its objective by more than
     `slow` × the step before (Newton's quadratic convergence makes that ratio tiny; a stale curvature, not); its
     steps between reuse the last one (a chord method). Where a problem has more than `curvature_rows` of its
-    `rows` (F,), its curvature is summed on a seeded draw of about that many, scaled up (subsampled Newton). Any
+    `rows` (F,), its curvature is summed on a seeded draw of about that many, scaled up (subsampled Newton). From
+    `start` (D, F), or 0. Any
     positive definite curvature gives a descent direction and the objective and gradient stay exact, so the
     minimum is fit_logistic's; it stops when a step improves the objective by less than 1e-12 of it (as
     fit_logistic) and moves β by less than 1e-9 of its norm (a chord step converges linearly, not quadratically:
@@ -659,7 +661,7 @@ def fit_logistic_streamed(batches: Batches, dim: int, ridge: Tensor, iterations:
         return ({f: values[i] for i, f in enumerate(active)}, {f: gradients[:, i] for i, f in enumerate(active)},
                 {f: h + ridge[f] * eye for f, h in hessians.items()})
 
-    betas = torch.zeros(dim, count, dtype=torch.float64)
+    betas = torch.zeros(dim, count, dtype=torch.float64) if start is None else start.double().clone()
     problems = list(range(count))
     value, gradient, hessian = one_pass(betas, problems, problems)
     step = {f: torch.linalg.solve(hessian[f], gradient[f]) for f in problems}
@@ -697,7 +699,8 @@ def crossfit_probe_streamed(chunks: Chunks, features: FeatureMap, target: Tensor
                             ) -> tuple[Tensor, Tensor]:
     """crossfit_probe on the features of `chunks`: each fold's ridge chosen on its draw of `tune_pairs` (the draws
     of all folds gathered in one pass: at most folds × tune_pairs rows of D in memory), every fold's probe fitted
-    at once over the chunks (fit_logistic_streamed), every fold's out-of-fold scores in one last pass."""
+    at once over the chunks (fit_logistic_streamed, from the probe fitted on its draw), every fold's out-of-fold
+    scores in one last pass."""
     num_folds = int(folds.max()) + 1
     chosen = torch.zeros(num_folds, dtype=torch.float64)
     totals = torch.tensor([float(weight[folds != f].sum()) for f in range(num_folds)], dtype=torch.float64)
@@ -710,11 +713,14 @@ def crossfit_probe_streamed(chunks: Chunks, features: FeatureMap, target: Tensor
         draws.append(tune)
     union = torch.unique(torch.cat(draws))  # sorted
     x_union = _gather(chunks, features, union)
+    starts = []
     for f, tune in enumerate(draws):
         x_tune = x_union[torch.searchsorted(union, tune)]
         inner = folds_of(tune.numel(), inner_folds, seed + 1 + f)
         per_unit = _choose_ridge(x_tune, target[tune], weight[tune], inner, lambdas)
         chosen[f] = per_unit * float(weight[tune].sum()) / totals[f]
+        # the streamed fit starts from the probe on the draw (the same ridge): near its minimum, in memory
+        starts.append(fit_logistic(x_tune, target[tune], weight[tune], float(chosen[f] * totals[f])))
     del x_union, x_tune
     fold_ids = torch.arange(num_folds)
 
@@ -726,7 +732,8 @@ def crossfit_probe_streamed(chunks: Chunks, features: FeatureMap, target: Tensor
     dim = features.directions.shape[1] * (1 + (0 if features.prompt_directions is None
                                                else features.prompt_directions.shape[1]))
     rows = torch.tensor([int((folds != f).sum()) for f in range(num_folds)])
-    betas = fit_logistic_streamed(batches, dim, chosen * totals, rows=rows, curvature_rows=curvature_rows)
+    betas = fit_logistic_streamed(batches, dim, chosen * totals, rows=rows, curvature_rows=curvature_rows,
+                                  start=torch.stack(starts, 1))
     scores = torch.zeros(folds.numel(), dtype=torch.float64)
     for offset, x in _features(chunks, features):
         rows = slice(offset, offset + x.shape[0])

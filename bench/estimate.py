@@ -25,6 +25,12 @@ on a few steps). Nothing here is tuned on a truth column; the estimator's settin
 
     .venv/bin/python bench/estimate.py                   # scores into workspace/bench-estimate first (~8 min)
     .venv/bin/python bench/estimate.py --scores DIR      # reuse a cache of all bundled pairs
+
+--widths 0 128 64 (issue 26, item 2; with --scores, a cache scored at full width: `repo score --embed-width 0`):
+the scenarios again with the cache's states projected to each width as `repo score --embed-width W` stores
+them (the float16 states times pipeline/projection.matrix, rounded to float16 again: the scorer projects the
+float32 means before their one rounding, a difference of float16 rounding), side by side with the full width (0),
+and the cache's bytes per row on disk (all columns, and the states alone) at each.
 """
 
 import argparse
@@ -37,6 +43,8 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from re_po.data import noise_inputs, schema
@@ -44,7 +52,7 @@ from re_po.data import scoring as score
 from re_po.data.columns import TRUTH
 from re_po.data.project import SAMPLE_HELDOUT, SAMPLE_TRAIN
 from re_po.data.tables import swap_where, swapped_column_pairs, write_table
-from re_po.pipeline import estimate, noise_metrics, reliability
+from re_po.pipeline import estimate, noise_metrics, projection, reliability
 from re_po.stages import make_noisy, prepare_model, train
 
 SAMPLE = SAMPLE_TRAIN.parent
@@ -59,12 +67,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("workspace/bench-estimate"))
     parser.add_argument("--no-cost", action="store_true", help="skip the stage-one and training timings")
     parser.add_argument("--cost-only", action="store_true", help="only the timings (after a run without them)")
+    parser.add_argument("--widths", nargs="+", help="the projected widths to compare (0: full width; 128s: "
+                                                    "scaled by the first part's RMS first)")
+    parser.add_argument("--scenarios", nargs="+", help="--widths: only these scenarios (by name)")
     args = parser.parse_args()
     print(f"load average at start: {os.getloadavg()[0]:.2f} (2 cores)", file=sys.stderr)
     model = str(prepare_model.ensure_default_model())
     args.out.mkdir(parents=True, exist_ok=True)
     cache = args.scores or score_all(model, args.out)
     frame, key = schema.read_scores(cache)
+    if args.widths:
+        results = widths(frame, key, args.widths, args.scenarios)
+        (args.out / "widths.json").write_text(json.dumps(results, indent=1))
+        print(widths_markdown(results))
+        return
     if args.cost_only:
         previous = json.loads((args.out / "results.json").read_text())
         previous["flip_check"] = check_flips_match_a_rescore(model, args.out)
@@ -88,6 +104,69 @@ def main() -> None:
         results["cost"] = cost(model, args.out, rows[0]["seconds"], frame.height)
         (args.out / "results.json").write_text(json.dumps(results, indent=1))
     print(markdown(results))
+
+
+def projected(frame: pl.DataFrame, key: dict, width: int, scaled: bool = False) -> tuple[pl.DataFrame, dict]:
+    """The cache rows with every stored state projected to `width` as `repo score --embed-width` does, and its key.
+    scaled (a variant `repo score` does not have): each layer's states first divided, dimension by dimension, by
+    the RMS of chosen − rejected over the first part's 2,048 rows (a sketch fitted on the first part)."""
+    names = schema.stored_embedding_columns(key)
+    hidden = frame.schema[names[0]].size
+    if key["embed_projection"] or not projection.projects(hidden, width):
+        return frame, key
+    matrix = projection.matrix(hidden, width)
+    kind = pl.Array(schema.EMBEDDING_DTYPE, width)
+    columns = []
+    for layer in schema.embed_layers(key):
+        prompt, chosen, rejected = schema.embedding_columns(layer)
+        d = frame[chosen].head(2048).to_numpy().astype(np.float64) - frame[rejected].head(2048).to_numpy()
+        rms = np.sqrt(np.mean(d ** 2, axis=0)).clip(min=1e-6) if scaled else np.ones(hidden)
+        columns += [pl.Series(name, ((frame[name].to_numpy().astype(np.float32) / rms.astype(np.float32)) @ matrix
+                                     ).astype(np.float16), dtype=kind) for name in (prompt, chosen, rejected)]
+    described = projection.describe(hidden, width) + (" scaled by the first part's RMS" if scaled else "")
+    return frame.with_columns(columns), {**key, "embed_projection": described}
+
+
+def bytes_per_row(frame: pl.DataFrame) -> float:
+    """Bytes per row of `frame` written as a cache part is (pyarrow's Parquet writer, its defaults)."""
+    buffer = pa.BufferOutputStream()
+    pq.write_table(frame.to_arrow(), buffer)
+    return buffer.getvalue().size / frame.height
+
+
+def widths(frame: pl.DataFrame, key: dict, chosen: list[str], names: list[str] | None = None) -> list[dict]:
+    """Every probe scenario of main (not the agreement alone: it reads no state), or those `names`, at each width."""
+    rows = []
+    for spec in chosen:
+        at, at_key = projected(frame, key, int(spec.rstrip("s")), scaled=spec.endswith("s"))
+        columns = schema.stored_embedding_columns(at_key)
+        shown = f"{at.schema[columns[0]].size}{'s' if spec.endswith('s') else ''}"
+        sizes = {"bytes_per_row": bytes_per_row(at), "state_bytes_per_row": bytes_per_row(at.select(columns))}
+        print(f"width {shown}: {sizes}, load {os.getloadavg()[0]:.2f}", file=sys.stderr, flush=True)
+        cases = [("real", at)]
+        for rate in (0.2, 0.4):
+            cases.append((f"+{rate:.0%}", flip_rows(at, make_noisy.choose_flips(
+                at["annotator"].to_list(), dict.fromkeys(at["annotator"].unique().to_list(), rate), 0))))
+        single = at.unique("pair_id", keep="first", maintain_order=True)
+        cases += [("one label per pair", single), ("3 synthetic annotators", three_annotators(single))]
+        for name, cached in cases:
+            if names and name not in names:
+                continue
+            rows.append({"width": shown, **sizes, **scenario(name, cached, at_key, estimate.EstimateConfig())})
+    return rows
+
+
+def widths_markdown(rows: list[dict]) -> str:
+    lines = ["| scenario | width | max abs(η̂ − measured) | flag ROC-AUC | model accuracy | seconds |",
+             "|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["scenario"], -int(str(r["width"]).rstrip("s")), str(r["width"]))):
+        accuracy = "–" if r["model_accuracy"] is None else f"{r['model_accuracy']:.3f}"
+        lines.append(f"| {r['scenario']} | {r['width']} | {r['max_abs_error']:.3f} | {r['roc_auc']:.3f} | {accuracy} | "
+                     f"{r['seconds']:.1f} |")
+    sizes = {r["width"]: (r["bytes_per_row"], r["state_bytes_per_row"]) for r in rows}
+    lines += ["", "| width | cache bytes/row | of which the states |", "|---|---|---|"]
+    lines += [f"| {w} | {b:,.0f} | {e:,.0f} |" for w, (b, e) in sizes.items()]
+    return "\n".join(lines)
 
 
 def score_all(model: str, out: Path) -> Path:

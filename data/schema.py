@@ -14,6 +14,7 @@ changed since it was written refused naming it). This module adds what makes the
 the columns of every part, the rows each part rejected, and the rejects file.
 """
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
@@ -36,6 +37,7 @@ CACHE_KEY_FIELDS = (
     "backend_version",  # transformers or vllm version
     "dataset_sha",
     "embed_layers",  # the layers whose mean-pooled hidden states are stored, e.g. "15,30"; "" for none
+    "embed_projection",  # pipeline/projection.describe: the seeded projection of those states; "" for full width
 )
 SCORE_COLUMNS = pl.Schema(
     {
@@ -54,7 +56,8 @@ SCORE_COLUMNS = pl.Schema(
 )
 TOKEN_ID_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")  # the token ids of each part, as scored
 # Per layer l of embed_layers: the hidden state mean-pooled over the prompt's / each response's tokens, (H,) float16
-# (data for the noise estimator, pipeline/reliability.py: a float32 mean rounded once; ample for a linear probe).
+# (data for the noise estimator, pipeline/reliability.py: a float32 mean rounded once; ample for a linear probe),
+# or, where the key's embed_projection names one, that mean times its seeded matrix (k,) (pipeline/projection.py).
 EMBEDDING_DTYPE = pl.Float16
 
 
@@ -93,8 +96,9 @@ ENTRY_FIELDS = {"truncated": parts.is_count,
 
 
 def make_key(**fields: object) -> dict:
-    """The cache key, checked to have exactly CACHE_KEY_FIELDS (schema_version filled in)."""
-    key = {"schema_version": SCHEMA_VERSION, **fields}
+    """The cache key, checked to have exactly CACHE_KEY_FIELDS (schema_version filled in; embed_projection "" unless
+    given: full-width states, or none)."""
+    key = {"schema_version": SCHEMA_VERSION, "embed_projection": "", **fields}
     if set(key) != set(CACHE_KEY_FIELDS):
         missing, extra = set(CACHE_KEY_FIELDS) - set(key), set(key) - set(CACHE_KEY_FIELDS)
         raise ValueError(f"cache key fields wrong: missing {sorted(missing)}, unknown {sorted(extra)}")
@@ -138,6 +142,31 @@ def read_scores(folder: str | Path, expect: dict | None = None) -> tuple[pl.Data
     showing both keys. Values are compared as strings, so a Path and its str agree.
     """
     folder = Path(folder)
+    manifest = _complete_manifest(folder, expect)
+    frames = [_read_part(folder, name, manifest) for name in sorted(manifest.parts)]
+    try:
+        df = pl.concat(frames, how="vertical") if frames else _empty_scores()
+    except pl.exceptions.PolarsError as err:
+        raise CacheError(f"score cache {folder}: its parts do not hold the same columns ({err}); they were not "
+                         f"written by one `repo score` run; {RESCORE}") from err
+    repeated = df["row_id"].filter(df["row_id"].is_duplicated())
+    if repeated.len():
+        raise CacheError(f"score cache {folder} holds row_id {repeated[0]} more than once: its parts were not written "
+                         f"by one `repo score` run; {RESCORE}")
+    return df.sort("row_id"), manifest.key
+
+
+def read_score_parts(folder: str | Path, expect: dict | None = None) -> tuple[dict, Iterator[pl.DataFrame]]:
+    """The key of a complete cache and its parts one at a time, in part order (each checked as read_scores checks
+    it): for readers whose memory must not grow with the rows (the streamed noise estimate). The rows are in input
+    order, so row_id rises within and across parts; the reader checks that where it relies on it."""
+    folder = Path(folder)
+    manifest = _complete_manifest(folder, expect)
+    return manifest.key, (_read_part(folder, name, manifest) for name in sorted(manifest.parts))
+
+
+def _complete_manifest(folder: Path, expect: dict | None) -> parts.Manifest:
+    """The manifest of a complete cache whose key has `expect`'s values (read_scores)."""
     manifest = parts.read_manifest(folder, WHAT, ENTRY_FIELDS)
     if manifest is None:
         raise CacheError(f"no score cache in {folder} ({MANIFEST} missing); run `repo score` first")
@@ -154,17 +183,7 @@ def read_scores(folder: str | Path, expect: dict | None = None) -> tuple[pl.Data
         if parts.differing(manifest.key, expect):
             raise CacheError(f"score cache {folder} does not match.\n"
                              f"{parts.show_keys(manifest.key, expect, 'expected')}")
-    frames = [_read_part(folder, name, manifest) for name in sorted(manifest.parts)]
-    try:
-        df = pl.concat(frames, how="vertical") if frames else _empty_scores()
-    except pl.exceptions.PolarsError as err:
-        raise CacheError(f"score cache {folder}: its parts do not hold the same columns ({err}); they were not "
-                         f"written by one `repo score` run; {RESCORE}") from err
-    repeated = df["row_id"].filter(df["row_id"].is_duplicated())
-    if repeated.len():
-        raise CacheError(f"score cache {folder} holds row_id {repeated[0]} more than once: its parts were not written "
-                         f"by one `repo score` run; {RESCORE}")
-    return df.sort("row_id"), manifest.key
+    return manifest
 
 
 def _read_part(folder: Path, name: str, manifest: parts.Manifest) -> pl.DataFrame:

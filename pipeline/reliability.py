@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +44,7 @@ MAX_SE = 0.1  # an η whose standard error is larger is not identified by the da
 # Cross-fitting needs this many pairs per fold: with fewer, each fold's probe is fit on a handful of pairs (and the
 # inner folds that choose its ridge on fewer still); `estimate` then serves without the probe (probe_fits).
 MIN_PAIRS_PER_FOLD = 2
+CURVATURE_ROWS = 32_768  # the streamed probe sums its Newton curvature on a draw of about this many rows
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,11 @@ def _principal_directions(x: Tensor, count: int) -> Tensor:
         # of one prompt, pooled in float16): the same directions from the (G, G) side, v = xᵀu / √λ
         values, u = _eigh(x @ x.T)
         vectors = x.T @ u / values.clamp(min=torch.finfo(values.dtype).tiny).sqrt()
+    return _top_directions(values, vectors, count)
+
+
+def _top_directions(values: Tensor, vectors: Tensor, count: int) -> Tensor:
+    """The `count` leading eigenvectors of an ascending eigh (values, vectors) above rounding, signed as above."""
     values, vectors = values.flip(0), vectors.flip(1)
     keep = min(count, int((values > values[0].clamp(min=0) * 1e-10).sum())) if values.numel() and values[0] > 0 else 0
     vectors = vectors[:, :keep]
@@ -492,3 +499,273 @@ def _log_loss(scores: Tensor, target: Tensor, weight: Tensor) -> Tensor:
     """Weighted mean log-loss of logits `scores` for soft targets."""
     losses = target * torch.nn.functional.softplus(-scores) + (1 - target) * torch.nn.functional.softplus(scores)
     return (weight * losses).sum() / weight.sum()
+
+
+# ---- the same estimator over chunks of pairs: memory flat in their number (issue 26, item 3) -----------------------
+# `estimate_streamed` gives `estimate` on the probe's candidates, computed without ever holding a (G, D) matrix:
+# the probe's features are linear maps of each pair's states, fixed by sums over all pairs (dᵀd, Σp, pᵀp: one pass),
+# and recomputed chunk by chunk at every pass; each Newton step of the probe is one pass summing the objective, its
+# gradient and curvature XᵀCX over the chunks. What stays in memory is O(D²) and the (G,)/(N,) vectors of the EM.
+
+# One chunk: per layer (first, second, prompt) states (B, E_l) of B consecutive pairs (the reference order's
+# responses), in pair order; a Chunks callable starts a new pass over all of them each time it is called.
+Chunk = dict[int, tuple[Tensor, Tensor, Tensor]]
+Chunks = Callable[[], Iterator[Chunk]]
+
+
+@dataclass(frozen=True)
+class FeatureMap:
+    """probe_features as a fixed linear map, from sums over all pairs (feature_map): the columns of the states it
+    takes, the per-dimension RMS of d, the principal directions and their RMS, and the prompt's."""
+
+    columns: Tensor  # (E,) which columns of the layers' states side by side
+    rms: Tensor  # (E,)
+    directions: Tensor  # (E, c)
+    reduced_rms: Tensor  # (c,)
+    prompt_mean: Tensor | None  # (E,)
+    prompt_directions: Tensor | None  # (E, m)
+    prompt_rms: Tensor | None  # (m,)
+
+    def __call__(self, first: Tensor, second: Tensor, prompt: Tensor) -> Tensor:
+        """(B, D) features of B pairs, as probe_features gives them over all pairs."""
+        d = first.double()[:, self.columns] - second.double()[:, self.columns]
+        reduced = (d / self.rms) @ self.directions / self.reduced_rms
+        if self.prompt_directions is None:
+            return reduced
+        u = (prompt.double()[:, self.columns] - self.prompt_mean) @ self.prompt_directions / self.prompt_rms
+        return torch.cat([reduced] + [reduced * u[:, c: c + 1] for c in range(u.shape[1])], dim=1)
+
+
+@dataclass
+class StateSums:
+    """Σ over pairs of dᵀd, p and pᵀp (d = first − second, p = prompt, layers side by side), float64."""
+
+    count: int
+    d_gram: Tensor
+    prompt_sum: Tensor
+    prompt_gram: Tensor
+
+
+def state_sums(chunks: Chunks) -> StateSums:
+    """One pass: the sums every candidate's FeatureMap is fixed by."""
+    sums = None
+    for chunk in chunks():
+        first, second, prompt = (torch.cat([chunk[layer][side].double() for layer in chunk], 1) for side in range(3))
+        d = first - second
+        if sums is None:
+            width = d.shape[1]
+            sums = StateSums(0, torch.zeros(width, width, dtype=torch.float64), torch.zeros(width, dtype=torch.float64),
+                             torch.zeros(width, width, dtype=torch.float64))
+        sums.count += d.shape[0]
+        sums.d_gram += d.T @ d
+        sums.prompt_sum += prompt.sum(0)
+        sums.prompt_gram += prompt.T @ prompt
+    if sums is None:
+        raise ValueError("no pairs to estimate on")
+    return sums
+
+
+def feature_map(sums: StateSums, columns: Tensor, components: int = 64, prompt_components: int = 8) -> FeatureMap:
+    """probe_features' map on `columns` of the states, from the sums alone (the same maths, no (G, E) matrix):
+    RMS² = diag(dᵀd)/G; the directions are the eigenvectors of the RMS-scaled dᵀd; the prompt's those of
+    Σ(p − p̄)(p − p̄)ᵀ = pᵀp − G·p̄p̄ᵀ."""
+    g = sums.count
+    gram = sums.d_gram[columns][:, columns]
+    rms = (gram.diagonal() / g).sqrt().clamp(min=1e-12)
+    scaled = gram / rms[:, None] / rms[None, :]
+    directions = _top_directions(*_eigh(scaled), components)
+    reduced_rms = ((directions * (scaled @ directions)).sum(0) / g).sqrt().clamp(min=1e-12)
+    if prompt_components == 0:
+        return FeatureMap(columns, rms, directions, reduced_rms, None, None, None)
+    mean = sums.prompt_sum[columns] / g
+    centred = sums.prompt_gram[columns][:, columns] - g * torch.outer(mean, mean)
+    prompt_directions = _top_directions(*_eigh(centred), prompt_components)
+    if prompt_directions.shape[1] == 0:
+        return FeatureMap(columns, rms, directions, reduced_rms, None, None, None)
+    prompt_rms = ((prompt_directions * (centred @ prompt_directions)).sum(0) / g).sqrt()
+    return FeatureMap(columns, rms, directions, reduced_rms, mean, prompt_directions, prompt_rms)
+
+
+def candidate_maps(chunks: Chunks, widths: dict[int, int], components: int = 64, prompt_components: int = 8
+                   ) -> dict[str, FeatureMap]:
+    """pipeline/estimate.probe_candidates' candidates as maps: each layer alone, and all of them side by side.
+    widths: layer -> its states' width, in the chunks' layer order."""
+    sums = state_sums(chunks)
+    starts = dict(zip(widths, torch.tensor([0, *widths.values()]).cumsum(0).tolist()))
+    maps = {f"layer {layer}": feature_map(sums, torch.arange(starts[layer], starts[layer] + width), components,
+                                          prompt_components) for layer, width in widths.items()}
+    if len(widths) > 1:
+        maps["layers " + "+".join(map(str, widths))] = feature_map(sums, torch.arange(sum(widths.values())),
+                                                                   components, prompt_components)
+    return maps
+
+
+def _features(chunks: Chunks, features: FeatureMap) -> Iterator[tuple[int, Tensor]]:
+    """(offset of the chunk's first pair, its (B, D) features) for every chunk, in pair order."""
+    offset = 0
+    for chunk in chunks():
+        first, second, prompt = (torch.cat([chunk[layer][side] for layer in chunk], 1) for side in range(3))
+        x = features(first, second, prompt)
+        yield offset, x
+        offset += x.shape[0]
+
+
+Batches = Callable[[], Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]]  # x (B, D), target, weight (B,), member (B, F)
+
+
+def fit_logistic_streamed(batches: Batches, dim: int, ridge: Tensor, iterations: int = 50, slow: float = 0.05,
+                          rows: Tensor | None = None, curvature_rows: int | None = CURVATURE_ROWS,
+                          start: Tensor | None = None) -> Tensor:
+    """(D, F): F of fit_logistic's minima at once, problem f on the rows whose `member[:, f]` is true (the
+    cross-fitting folds: fold f's probe on the rows of every other fold), over batches (x (B, D), target (B,),
+    weight (B,), member (B, F) bool) of the rows, with ridge (F,). Each pass over the batches sums, for every
+    problem still moving, the objective and the gradient at its trial point: one pass serves all F, so the
+    features of a batch are made once for all of them.
+
+    The curvature XᵀCX (float32 per batch, summed in float64), the G·D² bulk of a pass, is summed for a problem at
+    its start, after a step that had to be halved, and after a step that improved its objective by more than
+    `slow` × the step before (Newton's quadratic convergence makes that ratio tiny; a stale curvature, not); its
+    steps between reuse the last one (a chord method). Where a problem has more than `curvature_rows` of its
+    `rows` (F,), its curvature is summed on a seeded draw of about that many, scaled up (subsampled Newton). From
+    `start` (D, F), or 0. Any
+    positive definite curvature gives a descent direction and the objective and gradient stay exact, so the
+    minimum is fit_logistic's; it stops when a step improves the objective by less than 1e-12 of it (as
+    fit_logistic) and moves β by less than 1e-9 of its norm (a chord step converges linearly, not quadratically:
+    the objective flattens before β settles)."""
+    ridge = ridge.double()
+    count = ridge.numel()
+    share = (torch.ones(count, dtype=torch.float64) if rows is None or curvature_rows is None
+             else (curvature_rows / rows.double().clamp(min=1)).clamp(max=1.0))
+    eye = torch.eye(dim, dtype=torch.float64)
+
+    def one_pass(betas: Tensor, active: list[int], curvature: list[int]):
+        values = ridge[active] / 2 * betas[:, active].square().sum(0)
+        gradients = ridge[active] * betas[:, active]
+        hessians = {f: torch.zeros(dim, dim, dtype=torch.float64) for f in curvature}
+        draw = torch.Generator().manual_seed(0)  # the same rows at every pass
+        for x, target, weight, member in batches():
+            x, target = x.double(), target.double()
+            uniform = torch.rand(x.shape[0], generator=draw, dtype=torch.float64)
+            margin = x @ betas[:, active]  # (B, A)
+            weights = weight.double()[:, None] * member[:, active].double()
+            values = values + (weights * (target[:, None] * torch.nn.functional.softplus(-margin)
+                                          + (1 - target[:, None]) * torch.nn.functional.softplus(margin))).sum(0)
+            p = torch.sigmoid(margin)
+            gradients = gradients + x.T @ (weights * (p - target[:, None]))
+            for f in curvature:
+                a = active.index(f)
+                kept = (uniform < share[f]) & (weights[:, a] > 0)
+                single = x[kept].float()
+                c = (weights[kept, a] * p[kept, a] * (1 - p[kept, a]) / share[f]).float()
+                hessians[f] += ((single.T * c) @ single).double()
+        return ({f: values[i] for i, f in enumerate(active)}, {f: gradients[:, i] for i, f in enumerate(active)},
+                {f: h + ridge[f] * eye for f, h in hessians.items()})
+
+    betas = torch.zeros(dim, count, dtype=torch.float64) if start is None else start.double().clone()
+    problems = list(range(count))
+    value, gradient, hessian = one_pass(betas, problems, problems)
+    step = {f: torch.linalg.solve(hessian[f], gradient[f]) for f in problems}
+    size, fresh, last, steps = dict.fromkeys(problems, 1.0), dict.fromkeys(problems, True), \
+        dict.fromkeys(problems, math.inf), dict.fromkeys(problems, 0)
+    trial = betas.clone()
+    active = [f for f in problems if steps[f] < iterations]
+    while active:
+        for f in active:
+            trial[:, f] = betas[:, f] - size[f] * step[f]
+        new_value, new_gradient, new_hessian = one_pass(trial, active, [f for f in active if fresh[f]])
+        for f in list(active):
+            if not (new_value[f] <= value[f] or size[f] < 1e-8):
+                if float(gradient[f] @ step[f]) <= 2e-13 * max(1.0, abs(float(value[f]))):
+                    active.remove(f)  # the step's predicted decrease is below the objective's rounding: converged
+                    continue
+                size[f], fresh[f] = size[f] / 2, True  # halve, and sum the curvature there
+                continue
+            improvement, moved = float(value[f] - new_value[f]), float((trial[:, f] - betas[:, f]).norm())
+            betas[:, f], value[f], gradient[f] = trial[:, f], new_value[f], new_gradient[f]
+            hessian[f] = new_hessian.get(f, hessian[f])
+            fresh[f] = size[f] < 1.0 or improvement > slow * last[f]
+            last[f], steps[f] = improvement, steps[f] + 1
+            if (improvement <= 1e-12 * max(1.0, abs(float(value[f])))
+                    and moved <= 1e-9 * (1 + float(betas[:, f].norm()))) or steps[f] >= iterations:
+                active.remove(f)
+            else:
+                step[f], size[f] = torch.linalg.solve(hessian[f], gradient[f]), 1.0
+    return betas
+
+
+def crossfit_probe_streamed(chunks: Chunks, features: FeatureMap, target: Tensor, weight: Tensor, folds: Tensor,
+                            inner_folds: int = 3, lambdas: tuple[float, ...] = LAMBDAS, seed: int = 0,
+                            tune_pairs: int | None = TUNE_PAIRS, curvature_rows: int | None = CURVATURE_ROWS
+                            ) -> tuple[Tensor, Tensor]:
+    """crossfit_probe on the features of `chunks`: each fold's ridge chosen on its draw of `tune_pairs` (the draws
+    of all folds gathered in one pass: at most folds × tune_pairs rows of D in memory), every fold's probe fitted
+    at once over the chunks (fit_logistic_streamed, from the probe fitted on its draw), every fold's out-of-fold
+    scores in one last pass."""
+    num_folds = int(folds.max()) + 1
+    chosen = torch.zeros(num_folds, dtype=torch.float64)
+    totals = torch.tensor([float(weight[folds != f].sum()) for f in range(num_folds)], dtype=torch.float64)
+    draws = []
+    for f in range(num_folds):
+        tune = torch.nonzero(folds != f).squeeze(1)
+        if tune_pairs is not None and tune.numel() > tune_pairs:
+            draw = torch.randperm(tune.numel(), generator=torch.Generator().manual_seed(seed + 1 + f))
+            tune = tune[draw[:tune_pairs]]
+        draws.append(tune)
+    union = torch.unique(torch.cat(draws))  # sorted
+    x_union = _gather(chunks, features, union)
+    starts = []
+    for f, tune in enumerate(draws):
+        x_tune = x_union[torch.searchsorted(union, tune)]
+        inner = folds_of(tune.numel(), inner_folds, seed + 1 + f)
+        per_unit = _choose_ridge(x_tune, target[tune], weight[tune], inner, lambdas)
+        chosen[f] = per_unit * float(weight[tune].sum()) / totals[f]
+        # the streamed fit starts from the probe on the draw (the same ridge): near its minimum, in memory
+        starts.append(fit_logistic(x_tune, target[tune], weight[tune], float(chosen[f] * totals[f])))
+    del x_union, x_tune
+    fold_ids = torch.arange(num_folds)
+
+    def batches() -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
+        for offset, x in _features(chunks, features):
+            rows = slice(offset, offset + x.shape[0])
+            yield x, target[rows], weight[rows], folds[rows][:, None] != fold_ids[None, :]
+
+    dim = features.directions.shape[1] * (1 + (0 if features.prompt_directions is None
+                                               else features.prompt_directions.shape[1]))
+    rows = torch.tensor([int((folds != f).sum()) for f in range(num_folds)])
+    betas = fit_logistic_streamed(batches, dim, chosen * totals, rows=rows, curvature_rows=curvature_rows,
+                                  start=torch.stack(starts, 1))
+    scores = torch.zeros(folds.numel(), dtype=torch.float64)
+    for offset, x in _features(chunks, features):
+        rows = slice(offset, offset + x.shape[0])
+        scores[rows] = (x.double() @ betas).gather(1, folds[rows][:, None]).squeeze(1)
+    return scores, chosen
+
+
+def _gather(chunks: Chunks, features: FeatureMap, rows: Tensor) -> Tensor:
+    """(R, D) the features of pairs `rows` (sorted, distinct), in one pass."""
+    parts, position = [], 0
+    for offset, x in _features(chunks, features):
+        end = int(torch.searchsorted(rows, offset + x.shape[0]))
+        parts.append(x[rows[position:end] - offset])
+        position = end
+    return torch.cat(parts)
+
+
+def estimate_streamed(labels: Labels, chunks: Chunks, widths: dict[int, int], components: int = 64,
+                      prompt_components: int = 8, eta0: float = 0.9, num_folds: int = 5, seed: int = 0,
+                      max_se: float = MAX_SE, tune_pairs: int | None = TUNE_PAIRS) -> Estimate:
+    """`estimate` with the probe on pipeline/estimate.probe_candidates' candidates, from states read chunk by chunk
+    (`chunks`: pairs in order; widths: layer -> width): the same result up to the order of float sums."""
+    target, weight = observed_targets(labels)
+    maps = candidate_maps(chunks, widths, components, prompt_components)
+    folds = folds_of(labels.num_pairs, num_folds, seed)
+    fitted = {name: crossfit_probe_streamed(chunks, features, target, weight, folds, seed=seed,
+                                            tune_pairs=tune_pairs)[0] for name, features in maps.items()}
+    log_loss = {name: float(_log_loss(scores, target, weight)) for name, scores in fitted.items()}
+    best = min(log_loss, key=log_loss.__getitem__)
+    scores = calibrate_to_labels(fitted[best], target, weight, folds)
+    if not beats_chance(scores, target, weight, folds, calibrated=True):
+        result = dataclasses.replace(fit_reliability(labels, None, eta0, max_se=max_se), model_at_chance=True)
+    else:
+        result = fit_reliability(labels, scores, eta0, max_se=max_se)
+    return dataclasses.replace(result, features=best, log_loss=log_loss)

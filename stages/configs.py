@@ -62,6 +62,9 @@ class ScoreConfig:
     embeddings: bool = setting(True, "Store mean-pooled hidden states for the noise estimate (inspect-noise on "
                                      "the cache).")
     embed_layers: str = setting("middle,last", "Layers to pool: numbers 1..L, middle, last.")  # middle = L // 2
+    # pipeline/projection.py: the cache's bytes per row stay flat in the model's width (issue 26)
+    embed_width: int = setting(128, "Project the pooled states to this width (a seeded Gaussian projection, in "
+                                    "the cache key); 0: the model's full width.")
     on_bad_row: str = setting("error", "error, or skip (to rejects.jsonl).")
     columns: Columns = setting(factory=Columns, section="data")  # repo.toml [data], or the --*-col flags
     tensor_parallel_size: int = setting(1, "vllm: GPUs per model.")
@@ -88,6 +91,8 @@ class ScoreConfig:
             raise ValueError(f"max_model_len ({self.max_model_len}) must exceed max_length ({self.max_length})")
         if self.part_size < 1 or self.batch_tokens < 1:
             raise ValueError("part_size and batch_tokens must be positive")
+        if self.embed_width < 0:
+            raise ValueError(f"embed_width must be 0 (full width) or positive, not {self.embed_width}")
 
 
 # ---- the noise estimate (`repo inspect-noise SCORES`, `repo train --robust`) ---------------------------------------

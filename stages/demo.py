@@ -114,7 +114,7 @@ def _inspect(run_dir: Path, out_dir: Path, truth_col: str, epoch: int | None = N
 
 
 def _annotators(noise: dict) -> list[dict]:
-    keys = ("annotator", "labels", "eta", "accuracy", "eta_abs_error", "flagged")
+    keys = ("annotator", "labels", "eta", "identified", "accuracy", "eta_abs_error", "flagged")
     return [{k: a.get(k) for k in keys} for a in noise["annotators"]]
 
 
@@ -128,15 +128,17 @@ def format_summary(summary: dict) -> str:
         "=" * 78,
         "annotator reliability: η̂ before training (the estimate) and after it (the EM), against the reliability",
         f"measured on the truth; {summary['train_labels']} training labels of {summary['train_pairs']} pairs",
-        f"  {'annotator':<14}{'labels':>7}{'measured':>10}{'η̂ before':>10}{'|error|':>9}"
-        f"{'η̂ after':>10}{'|error|':>9}{'flagged':>9}",
+        f"  {'annotator':<14}{'labels':>7}{'measured':>10}{'η̂ before':>12}{'|error|':>9}"
+        f"{'η̂ after':>12}{'|error|':>9}{'flagged':>9}",
     ]
     for a in summary["annotators"]:
         b = eta_before[a["annotator"]]
         lines.append(
-            f"  {a['annotator']:<14}{a['labels']:>7}{_num(a['accuracy']):>10}{b['eta']:>10.3f}"
-            f"{_num(b['eta_abs_error']):>9}{a['eta']:>10.3f}{_num(a['eta_abs_error']):>9}{a['flagged']:>9}"
+            f"  {a['annotator']:<14}{a['labels']:>7}{_num(a['accuracy']):>10}{_eta(b):>12}"
+            f"{_num(b['eta_abs_error']):>9}{_eta(a):>12}{_num(a['eta_abs_error']):>9}{a['flagged']:>9}"
         )
+    if any(b.get("identified") is False for b in before["annotators"]):
+        lines.append("  n/i: the data do not identify this η (inspect/epoch-0/report.txt says why): it stays at eta0")
     for when, flags in (("before", before["flags"]), ("after", summary["flags"])):
         if flags:
             lines.append(
@@ -169,6 +171,11 @@ def _generation_lines(by_method: dict) -> list[str]:
                      f"mean reward {g['reward_policy']:.3f} (reference {g['reward_reference']:.3f}), "
                      f"KL {g['kl']:.2f} nats")
     return lines
+
+
+def _eta(annotator: dict) -> str:
+    """η̂, or η0 marked n/i where the estimate did not identify it (training holds it there)."""
+    return f"{annotator['eta']:.3f}{' n/i' if annotator.get('identified') is False else ''}"
 
 
 def _num(value: float | None) -> str:

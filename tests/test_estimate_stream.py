@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from re_po.data import noise_inputs, schema
-from re_po.pipeline import reliability
-from re_po.pipeline import estimate
+from re_po.pipeline import estimate, reliability
 from re_po.stages.configs import EstimateConfig
 
 

@@ -8,8 +8,8 @@ import torch
 from test_score import peaky_model_dir, score_config, write_pairs  # noqa: F401 (a fixture)
 
 from re_po.data import parts, schema
-from re_po.pipeline import projection
 from re_po.data.scoring import run
+from re_po.pipeline import projection
 
 
 def test_distances_and_inner_products_stay_within_the_johnson_lindenstrauss_bound():

@@ -14,7 +14,7 @@ A pair's first-visit margin is the mean over its rows of the margin of the pair'
 labels per pair only the first row visited is free of the pair's own labels (the others were visited after the
 policy trained on it), so there the figure overstates what the margins know out of sample.
 
-    .venv/bin/python bench/reestimate.py RUN [RUN ...]
+    .venv/bin/python bench/reestimate.py RUN [RUN ...] [--scores CACHE]
 """
 import argparse
 from pathlib import Path
@@ -32,18 +32,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--truth-col", default=TRUTH)
+    parser.add_argument("--scores", type=Path, help="the runs' score cache, where it moved since (default: as recorded)")
     args = parser.parse_args()
     print("| run | evidence | max abs(η̂ − measured) | flag ROC-AUC | η̂ per annotator (measured) |\n|---|---|---|---|---|")
     for run in args.runs:
-        for name, (eta, w, annotators, measured, wrong) in compare(run, args.truth_col).items():
+        for name, (eta, w, annotators, measured, wrong) in compare(run, args.truth_col, args.scores).items():
             errors = {a: abs(eta[k] - measured[a]) for k, a in enumerate(annotators)}
             etas = ", ".join(f"{a} {eta[k]:.3f} ({measured[a]:.3f})" for k, a in enumerate(annotators))
             print(f"| {run} | {name} | {max(errors.values()):.3f} | {roc_auc(1 - w, wrong):.3f} | {etas} |")
 
 
-def compare(run: Path, truth_col: str) -> dict[str, tuple]:
+def compare(run: Path, truth_col: str, cache: Path | None = None) -> dict[str, tuple]:
     """evidence name -> (η̂ (K,), w (N,), annotator names, measured reliability by name, wrong (N,) bool)."""
-    cache = Path(run_folder.read_record(run)["config"]["scores"])
+    cache = cache or Path(run_folder.read_record(run)["config"]["scores"])
     frame, key = schema.read_scores(cache)
     inputs = noise_inputs.read_inputs(frame, key, str(cache), embeddings=False)
     labels = estimate.labels_of(inputs)

@@ -80,6 +80,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=2, help="samples per prompt and side")
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--model", help="model folder (default: SmolLM2-135M-Instruct, prepared locally)")
+    parser.add_argument("--embed-width", type=int, default=128, help="repo score --embed-width (0: full width)")
     parser.add_argument("--out", type=Path, default=Path("workspace/bench-generation"))
     args = parser.parse_args()
 
@@ -87,11 +88,13 @@ def main() -> None:
     out = args.out
     results = _load(out / "results.json")
     started = time.perf_counter()
-    true_cache = score.run(score.ScoreConfig(data=str(DATA / "train-true.jsonl"), model=model,
+    scoring = {"embed_width": args.embed_width}
+    true_cache = score.run(score.ScoreConfig(data=str(DATA / "train-true.jsonl"), model=model, **scoring,
                                              out=out / "scores" / "true"))
     for variant in args.variants:
         labels = variant_labels(variant, out / "data")
-        noisy_cache = score.run(score.ScoreConfig(data=str(labels), model=model, out=out / "scores" / variant))
+        noisy_cache = score.run(score.ScoreConfig(data=str(labels), model=model, out=out / "scores" / variant,
+                                                  **scoring))
         flip_rate = float(pl.read_ndjson(labels)[TRUTH].mean())
         for method in args.methods:
             for seed in args.seeds:
@@ -130,7 +133,8 @@ def one_run(variant: str, method: str, seed: int, labels: Path, noisy_cache: Pat
     if data == "clean":  # the estimate of the noisy cache flags labels; DPO trains on the rest
         clean = folder / "clean.jsonl"
         record.update(noise_record(noisy_cache, folder / "estimate", export_clean=clean, data=str(labels)))
-        cache = score.run(score.ScoreConfig(data=str(clean), model=model, out=folder / "scores"))
+        cache = score.run(score.ScoreConfig(data=str(clean), model=model, out=folder / "scores",
+                                            embed_width=args.embed_width))
     epsilon = min(flip_rate, 0.45)  # the baselines' ε: the true flip rate (an oracle)
     extra = {"cdpo": {"label_smoothing": epsilon}, "rdpo": {"flip_rate": epsilon}}.get(loss, {})
     run_dir = train.run(train.TrainConfig(

@@ -45,6 +45,7 @@ from re_po.data.atomic import atomic_write_text
 from re_po.data.columns import TRUTH
 from re_po.data.noise_plots import new_figure, save_figure
 from re_po.data.project import SAMPLE_DIR
+from re_po.data.tables import read_table, sample_pairs, write_table
 from re_po.stages import configs, evaluate, generate, prepare_model, train
 
 DATA = SAMPLE_DIR / "continuations"
@@ -116,11 +117,9 @@ def variant_labels(variant: str, folder: Path) -> Path:
     name, count = VARIANTS[variant]
     if not count:
         return DATA / name
-    rows = pl.read_ndjson(DATA / name)
-    drawn = rows["pair_id"].unique(maintain_order=True).sample(count, seed=0)
     path = folder / f"{variant}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, rows.filter(pl.col("pair_id").is_in(drawn.implode())).write_ndjson())
+    write_table(sample_pairs(read_table(DATA / name), count), path)
     return path
 
 

@@ -93,6 +93,15 @@ def truth_column(df: pl.DataFrame, name: str, source: str | Path, absent_is_fals
     return parsed.alias(name)
 
 
+def sample_pairs(df: pl.DataFrame, n: int, seed: int = 0) -> pl.DataFrame:
+    """n pairs (by pair_id) drawn with a fixed seed, with all their labels, kept in input order (all rows when n is
+    0 or not fewer than the pairs)."""
+    pairs = df["pair_id"].unique(maintain_order=True)
+    if n <= 0 or n >= pairs.len():
+        return df
+    return df.filter(pl.col("pair_id").is_in(pairs.sample(n, seed=seed).implode()))
+
+
 def sample_rows(df: pl.DataFrame, n: int, seed: int = 0) -> pl.DataFrame:
     """n rows drawn with a fixed seed, kept in their input order (all rows when n is 0 or more than there are)."""
     if n <= 0 or n >= df.height:

@@ -27,7 +27,7 @@ import polars as pl
 
 from re_po.data import checkpoint, folders, run_folder
 from re_po.data import scoring as score
-from re_po.data.tables import read_table, write_table
+from re_po.data.tables import read_table, sample_pairs, write_table
 from re_po.pipeline import generation_metrics
 from re_po.stages import evaluate, generate, inspect_noise, prepare_model, train
 from re_po.stages.configs import DemoConfig, GenerateConfig
@@ -183,15 +183,11 @@ def _num(value: float | None) -> str:
 
 
 def _sample_pairs(source: Path, n: int, dest: Path) -> Path:
-    """`source` itself, or n of its pairs with all their labels, drawn with a fixed seed and kept in input order,
-    written to `dest`."""
+    """`source` itself, or n of its pairs with all their labels (tables.sample_pairs), written to `dest`."""
     if n <= 0:
         return Path(source)
-    rows = read_table(Path(source))
-    pairs = rows["pair_id"].unique(maintain_order=True)
-    drawn = pairs.sample(n, seed=0) if pairs.len() > n else pairs
     dest.parent.mkdir(parents=True, exist_ok=True)
-    write_table(rows.filter(pl.col("pair_id").is_in(drawn.implode())), dest)
+    write_table(sample_pairs(read_table(Path(source)), n), dest)
     return dest
 
 

@@ -341,3 +341,14 @@ def test_one_annotator_labelling_one_pair_twice_is_refused_naming_both_rows(tmp_
     read = read_pairs(tmp_path / "pairs.jsonl", on_bad_row="skip")
     assert read.table["row_id"].to_list() == [0, 1] and [r.row_id for r in read.rejects] == [2]
     assert read.repeated_labels == 0
+
+
+def test_sample_pairs_keeps_every_label_of_the_pairs_drawn_in_input_order():
+    """tables.sample_pairs against a draw made by hand: whole pairs, their rows in input order, seeded."""
+    from re_po.data.tables import sample_pairs
+    df = pl.DataFrame({"pair_id": ["a", "b", "a", "c", "d", "b", "c"], "row": range(7)})
+    drawn = sample_pairs(df, 2, seed=3)
+    chosen = set(df["pair_id"].unique(maintain_order=True).sample(2, seed=3))
+    assert drawn["row"].to_list() == [r for p, r in zip(df["pair_id"], df["row"]) if p in chosen]
+    assert set(drawn["pair_id"]) == chosen and drawn.equals(sample_pairs(df, 2, seed=3))
+    assert sample_pairs(df, 0).equals(df) and sample_pairs(df, 4).equals(df)

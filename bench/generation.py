@@ -126,7 +126,8 @@ def variant_labels(variant: str, folder: Path) -> Path:
 def one_run(variant: str, method: str, seed: int, labels: Path, noisy_cache: Path, true_cache: Path,
             flip_rate: float, folder: Path, out: Path, model: str, args) -> dict:
     loss, robust, data = METHODS[method]
-    record = {"variant": "true" if data == "true" else variant, "method": method, "seed": seed, "train_flip_rate": flip_rate}
+    record = {"variant": "true" if data == "true" else variant, "method": method, "seed": seed,
+              "train_flip_rate": flip_rate, "epochs": args.epochs, "lr": args.lr}
     started = time.perf_counter()
     cache = {"true": true_cache, "noisy": noisy_cache}.get(data)
     if data == "clean":  # the estimate of the noisy cache flags labels; DPO trains on the rest

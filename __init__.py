@@ -60,8 +60,7 @@ def estimate_noise(scores: str | Path, cfg: EstimateConfig | None = None):
     """The noise estimate of a score cache before any training, written nowhere: a NoiseEstimate whose
     `annotators` (annotator, eta, eta_se, identified) and `posteriors` (row_id, pair_id, annotator, z, p, w) are
     polars DataFrames."""
-    from re_po.data import schema
-    from re_po.pipeline import estimate
+    from re_po.data import estimate, schema
 
     cached, key = schema.read_scores(scores)
     return estimate.run(cfg or EstimateConfig(), cached, key, str(scores))

@@ -47,12 +47,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from re_po.data import noise_inputs, schema
+from re_po.data import estimate, noise_inputs, schema
 from re_po.data import scoring as score
 from re_po.data.columns import TRUTH
 from re_po.data.project import SAMPLE_HELDOUT, SAMPLE_TRAIN
 from re_po.data.tables import swap_where, swapped_column_pairs, write_table
-from re_po.pipeline import estimate, noise_metrics, projection, reliability
+from re_po.pipeline import noise_metrics, projection, reliability
 from re_po.stages import make_noisy, prepare_model, train
 
 SAMPLE = SAMPLE_TRAIN.parent

@@ -2,7 +2,7 @@
 quality: `reliability.estimate` on 2k to 100k generated pairs, with the default `tune_pairs` and without a limit,
 side by side on the same inputs.
 
-Inputs are made the way stage one gives them (pipeline/estimate.probe_candidates over two layers of the reference
+Inputs are made the way stage one gives them (data/estimate.probe_candidates over two layers of the reference
 model's pooled states, hidden size 576 as SmolLM2-135M, 64 principal directions × 9 prompt interactions = 576
 features): low-rank response states with a planted preference direction whose sign follows the prompt, three annotators
 who flip 5% / 15% / 30% of their labels, one label per pair. Per size and setting: seconds, milliseconds per
@@ -13,8 +13,8 @@ Run on a quiet machine:  .venv/bin/python bench/estimate_scale.py [--sizes 2000 
 --streamed (issue 26, item 3): the same generator written as a score cache on disk (parts of 2,048 rows, as
 `repo score` writes them; the states as a projected cache holds them: the 576-wide latent part times the cache's
 seeded projection to 128, plus N(0, 1) noise drawn at that width, which is what iid noise projected by it is in
-law), then the estimate in a child process of its own, streamed (pipeline/estimate.run_streamed) and, up to
---whole-up-to, in memory (schema.read_scores + pipeline/estimate.run), each with its seconds and peak RSS:
+law), then the estimate in a child process of its own, streamed (data/estimate.run_streamed) and, up to
+--whole-up-to, in memory (schema.read_scores + data/estimate.run), each with its seconds and peak RSS:
     .venv/bin/python bench/estimate_scale.py --streamed --sizes 1000 100000 1000000 [--whole-up-to 100000]
 """
 
@@ -32,9 +32,9 @@ import numpy as np
 import polars as pl
 import torch
 
-from re_po.data import schema
+from re_po.data import estimate, schema
 from re_po.data.noise_inputs import NoiseInputs
-from re_po.pipeline import estimate, noise_metrics, projection, reliability
+from re_po.pipeline import noise_metrics, projection, reliability
 from re_po.stages.configs import EstimateConfig
 
 HIDDEN, LATENT, LAYERS, FLIPS = 576, 16, 2, (0.05, 0.15, 0.30)

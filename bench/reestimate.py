@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from re_po.data import noise_inputs, run_folder, schema
+from re_po.data import estimate, noise_inputs, run_folder, schema
 from re_po.data.columns import TRUTH
-from re_po.pipeline import estimate, reliability
+from re_po.pipeline import reliability
 from re_po.pipeline.noise_metrics import annotator_accuracy, roc_auc
 
 

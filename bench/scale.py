@@ -89,7 +89,7 @@ def child_score(spec: dict) -> dict:
 
 
 def child_train(spec: dict) -> dict:
-    from re_po.pipeline import estimate
+    from re_po.data import estimate
     from re_po.stages import train
 
     timed = {}

@@ -1,5 +1,5 @@
 """Epoch 0 of a `repo train --robust` run: the noise estimate of its score cache before any training
-(pipeline/estimate.py, method.md §9), or, for --resume, the one the run wrote.
+(data/estimate.py, method.md §9), or, for --resume, the one the run wrote.
 
 Reads   the score cache (and --estimate-with's), or <run>/posteriors/epoch-0000.parquet and
         <run>/annotators/epoch-0000.parquet on resume.
@@ -12,10 +12,9 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from re_po.data import run_folder, schema
+from re_po.data import estimate, run_folder, schema
 from re_po.data.noise_inputs import NoiseInputError
 from re_po.data.pair_table import PairTable
-from re_po.pipeline import estimate
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ pipeline/reliability.py.
   reference order's first and second response and of the prompt.
 - Prior: a user's column of log-odds that each row's observed order is right, turned into the reference order's.
 read_streamed gives the same from the cache's parts one at a time, the states left in a scratch folder, for an
-estimate whose memory does not grow with the pairs (pipeline/estimate.run_streamed).
+estimate whose memory does not grow with the pairs (data/estimate.run_streamed).
 """
 
 from __future__ import annotations

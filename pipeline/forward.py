@@ -8,13 +8,16 @@ gathers. Pure torch on a PairTable (data/pair_table.py): reads and writes no fil
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
-from re_po.data.pair_table import PairTable
 from re_po.pipeline import logprobs, losses, train_metrics
 from re_po.pipeline.choices import LossSpec
 from re_po.pipeline.losses import PairLogps
+
+if TYPE_CHECKING:  # the rows' container, named in annotations only: pipeline/ imports nothing that reads files
+    from re_po.data.pair_table import PairTable
 
 EVAL_BATCH = 32  # held-out pairs per no-grad forward (packed, so their lengths need no sorting)
 RECORD = ("row", "loss", "z", "w", "logps_chosen", "logps_rejected", "rewards_chosen", "rewards_rejected")

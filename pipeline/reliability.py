@@ -588,7 +588,7 @@ def feature_map(sums: StateSums, columns: Tensor, components: int = 64, prompt_c
 
 def candidate_maps(chunks: Chunks, widths: dict[int, int], components: int = 64, prompt_components: int = 8
                    ) -> dict[str, FeatureMap]:
-    """pipeline/estimate.probe_candidates' candidates as maps: each layer alone, and all of them side by side.
+    """data/estimate.probe_candidates' candidates as maps: each layer alone, and all of them side by side.
     widths: layer -> its states' width, in the chunks' layer order."""
     sums = state_sums(chunks)
     starts = dict(zip(widths, torch.tensor([0, *widths.values()]).cumsum(0).tolist()))
@@ -754,7 +754,7 @@ def _gather(chunks: Chunks, features: FeatureMap, rows: Tensor) -> Tensor:
 def estimate_streamed(labels: Labels, chunks: Chunks, widths: dict[int, int], components: int = 64,
                       prompt_components: int = 8, eta0: float = 0.9, num_folds: int = 5, seed: int = 0,
                       max_se: float = MAX_SE, tune_pairs: int | None = TUNE_PAIRS) -> Estimate:
-    """`estimate` with the probe on pipeline/estimate.probe_candidates' candidates, from states read chunk by chunk
+    """`estimate` with the probe on data/estimate.probe_candidates' candidates, from states read chunk by chunk
     (`chunks`: pairs in order; widths: layer -> width): the same result up to the order of float sums."""
     target, weight = observed_targets(labels)
     maps = candidate_maps(chunks, widths, components, prompt_components)

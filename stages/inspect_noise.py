@@ -4,7 +4,7 @@ Reads either
 - the run folder of `repo train --robust` (data/run_folder.py): posteriors/epoch-000K.parquet and
   annotators/epoch-000K.parquet of the inspected epoch (default: the last), eta_steps.parquet (plots),
   config.json (names the score cache); or
-- a score cache of `repo score`, before any training: the noise estimate of pipeline/estimate.py (a cross-fitted
+- a score cache of `repo score`, before any training: the noise estimate of data/estimate.py (a cross-fitted
   probe on the reference model's embeddings, or --prior-col, then EM with one true order per pair), written to
   out_dir as posteriors.parquet and annotators.parquet (epoch 0).
 The posteriors are joined on row_id with the score cache (data/schema.read_scores), which carries the pair texts
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from re_po.data import folders, noise_plots, noise_report, review, run_folder, schema
+from re_po.data import estimate, folders, noise_plots, noise_report, review, run_folder, schema
 from re_po.data.atomic import atomic_write_text
 from re_po.data.columns import TRUTH, Columns, table_format
 from re_po.data.pairs import pair_values, read_pairs
@@ -43,7 +43,7 @@ from re_po.data.tables import (
     truth_column,
     write_table,
 )
-from re_po.pipeline import estimate, noise_metrics
+from re_po.pipeline import noise_metrics
 from re_po.stages.configs import CleanAction, InspectConfig
 
 EXCERPT_CHARS = 100

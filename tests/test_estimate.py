@@ -1,4 +1,4 @@
-"""`repo inspect-noise SCORES`: the noise estimate before training, from a score cache (pipeline/estimate.py)."""
+"""`repo inspect-noise SCORES`: the noise estimate before training, from a score cache (data/estimate.py)."""
 import json
 import random
 from pathlib import Path

@@ -5,8 +5,8 @@ import polars as pl
 import pytest
 import torch
 
-from re_po.data import noise_inputs, schema
-from re_po.pipeline import estimate, reliability
+from re_po.data import estimate, noise_inputs, schema
+from re_po.pipeline import reliability
 from re_po.stages.configs import EstimateConfig
 
 

@@ -23,6 +23,31 @@ def test_stages_import_no_stage_but_their_settings():
     assert not found, found
 
 
+def test_pipeline_is_pure_math():
+    """pipeline/ reads and writes no file: it imports neither data/ nor stages/ (a type named in annotations
+    aside) nor a module that touches the file system."""
+    io_modules = {"os", "pathlib", "tempfile", "shutil", "io", "pickle", "json"}
+    found = []
+    for path in sorted((REPO / "pipeline").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                       and ast.unparse(node.test) == "TYPE_CHECKING" for n in ast.walk(node)}
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
+            if isinstance(node, ast.ImportFrom) and node.module:
+                modules = [node.module]
+            elif isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "open":
+                modules = ["open()"]
+            else:
+                continue
+            found += [f"{path.name}: {m}" for m in modules if m == "open()" or m.split(".")[0] in io_modules
+                      or m.startswith(("re_po.data", "re_po.stages"))]
+    assert not found, found
+
+
 def test_the_training_stage_and_its_loop_fit_on_a_page():
     text = (REPO / "stages" / "train.py").read_text()
     assert len(text.splitlines()) <= 350

@@ -16,8 +16,7 @@ from conftest import WORDS, is_one_line_error
 from typer.testing import CliRunner
 
 from re_po import cli
-from re_po.data import parts, schema
-from re_po.pipeline import estimate
+from re_po.data import estimate, parts, schema
 from re_po.stages.configs import ScoreConfig
 
 runner = CliRunner()

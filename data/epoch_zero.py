@@ -1,7 +1,7 @@
 """Epoch 0 of a `repo train --robust` run: the noise estimate of its score cache before any training
 (data/estimate.py, method.md §9), or, for --resume, the one the run wrote.
 
-Reads   the score cache (and --estimate-with's), or <run>/posteriors/epoch-0000.parquet and
+Reads   the score cache part by part (whole with --estimate-with or a prior column), or <run>/posteriors/epoch-0000.parquet and
         <run>/annotators/epoch-0000.parquet on resume.
 Returns EpochZero; the caller writes it as epoch 0 (data/train_log.Logger.epoch_tables).
 """
@@ -37,20 +37,8 @@ def read_or_estimate(pairs: PairTable, out: Path, resume: bool, scores: Path, es
         found = dict(run_folder.read_epoch(out, run_folder.ANNOTATORS, 0).select("annotator", "identified").iter_rows())
         return EpochZero(torch.tensor(saved.sort("row_id")["z"].to_numpy(), dtype=torch.float64), None, None,
                          torch.tensor([found[a] for a in pairs.annotators]), None, True)
-    frame, key = schema.read_scores(scores)
-    sources = [str(scores)]
-    if estimate_with is not None:  # more pairs to learn the probe from; their rows go after the cache's
-        extra, extra_key = schema.read_scores(estimate_with)
-        differing = [f for f in ("weights_sha", "tokenizer_sha", "embed_layers") if extra_key.get(f) != key.get(f)]
-        if differing:
-            raise schema.CacheError(f"--estimate-with {estimate_with} was scored differently from {scores} "
-                                    f"({', '.join(differing)}); score both with the same model and options")
-        offset = int(frame["row_id"].max()) + 1
-        shared = [c for c in frame.columns if c in extra.columns]
-        frame = pl.concat([frame.select(shared), extra.select(shared).with_columns(pl.col("row_id") + offset)])
-        sources.append(str(estimate_with))
     try:
-        found = estimate.run(cfg, frame, key, " + ".join(sources))
+        found = _estimate(scores, estimate_with, cfg)
     except NoiseInputError as err:  # say how training can go on, in train's own terms
         raise NoiseInputError(f"{err}.\n`repo train --robust` estimates the noise first: in repo.toml set [estimate] "
                               "probe = false (the labels' agreement alone) or prior_col = COLUMN, or train the "
@@ -65,3 +53,23 @@ def read_or_estimate(pairs: PairTable, out: Path, resume: bool, scores: Path, es
     return EpochZero(z, w, torch.tensor([of[a]["eta"] for a in pairs.annotators], dtype=torch.float64),
                      torch.tensor([of[a]["identified"] for a in pairs.annotators]),
                      [of[a]["eta_se"] for a in pairs.annotators], False)
+
+
+def _estimate(scores: Path, estimate_with: Path | None, cfg) -> estimate.NoiseEstimate:
+    """The estimate of the cache, read part by part (memory flat in the pairs); read whole where a --prior-col or
+    --estimate-with's pairs join it."""
+    if estimate_with is None and cfg.prior_col is None:
+        return estimate.run_streamed(cfg, scores, str(scores))
+    frame, key = schema.read_scores(scores)
+    sources = [str(scores)]
+    if estimate_with is not None:  # more pairs to learn the probe from; their rows go after the cache's
+        extra, extra_key = schema.read_scores(estimate_with)
+        differing = [f for f in ("weights_sha", "tokenizer_sha", "embed_layers") if extra_key.get(f) != key.get(f)]
+        if differing:
+            raise schema.CacheError(f"--estimate-with {estimate_with} was scored differently from {scores} "
+                                    f"({', '.join(differing)}); score both with the same model and options")
+        offset = int(frame["row_id"].max()) + 1
+        shared = [c for c in frame.columns if c in extra.columns]
+        frame = pl.concat([frame.select(shared), extra.select(shared).with_columns(pl.col("row_id") + offset)])
+        sources.append(str(estimate_with))
+    return estimate.run(cfg, frame, key, " + ".join(sources))

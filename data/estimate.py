@@ -46,12 +46,7 @@ def run(cfg: EstimateConfig, frame: pl.DataFrame, key: dict, source: str) -> Noi
     inputs = noise_inputs.read_inputs(frame, key, source, cfg.prior_col, embeddings=cfg.probe)
     labels = labels_of(inputs)
     prior = None if inputs.prior is None else torch.from_numpy(inputs.prior)
-    too_few = bool(inputs.embeddings) and not reliability.probe_fits(inputs.num_pairs, cfg.folds)
-    if too_few:
-        print(f"warning: {inputs.num_pairs} pairs are too few for the probe's {cfg.folds}-fold cross-fitting (it "
-              f"needs {reliability.MIN_PAIRS_PER_FOLD * cfg.folds}): the estimate uses the labels' agreement alone, "
-              "as with --no-probe; more pairs, fewer folds ([estimate] folds) or --prior-col bring a model back",
-              file=sys.stderr)
+    too_few = too_few_for_probe(bool(inputs.embeddings), inputs.num_pairs, cfg)
     candidates = None if too_few else probe_candidates(inputs, cfg)
     result = reliability.estimate(labels, candidates, prior, cfg.eta0, cfg.folds, cfg.seed)
     model = (f"probe on {result.features}" if result.features else
@@ -59,6 +54,17 @@ def run(cfg: EstimateConfig, frame: pl.DataFrame, key: dict, source: str) -> Noi
              f"none (agreement alone: {inputs.num_pairs} pairs are too few for the probe)" if too_few else
              "none (agreement alone)")
     return _tables(cfg, result, model, frame.select("row_id", "pair_id", "annotator"), inputs.annotators, started)
+
+
+def too_few_for_probe(has_states: bool, num_pairs: int, cfg: EstimateConfig) -> bool:
+    """Whether the probe cannot be cross-fitted on these pairs (said on stderr, with what brings a model back)."""
+    too_few = has_states and not reliability.probe_fits(num_pairs, cfg.folds)
+    if too_few:
+        print(f"warning: {num_pairs} pairs are too few for the probe's {cfg.folds}-fold cross-fitting (it "
+              f"needs {reliability.MIN_PAIRS_PER_FOLD * cfg.folds}): the estimate uses the labels' agreement alone, "
+              "as with --no-probe; more pairs, fewer folds ([estimate] folds) or --prior-col bring a model back",
+              file=sys.stderr)
+    return too_few
 
 
 def _tables(cfg: EstimateConfig, result: reliability.Estimate, model: str, rows: pl.DataFrame, names: list[str],
@@ -145,7 +151,7 @@ def run_streamed(cfg: EstimateConfig, folder: Path, source: str) -> NoiseEstimat
         streamed = noise_inputs.read_streamed(folder, Path(scratch), source, embeddings=cfg.probe)
         inputs = streamed.labels
         labels = labels_of(inputs)
-        too_few = bool(streamed.widths) and not reliability.probe_fits(inputs.num_pairs, cfg.folds)
+        too_few = too_few_for_probe(bool(streamed.widths), inputs.num_pairs, cfg)
         if streamed.widths and not too_few:
             def chunks():
                 return ({layer: tuple(torch.from_numpy(part) for part in parts) for layer, parts in chunk.items()}

@@ -48,7 +48,7 @@ class PairTable:
     @classmethod
     def read(cls, folder: str | Path, with_reference: bool) -> "PairTable":
         """Read a complete cache; with_reference: the reference log-probs must be there and finite for every row."""
-        df, key = schema.read_scores(folder)
+        df, key = schema.read_scores(folder, embeddings=False)  # the noise estimate reads its states itself
         if df.height == 0:
             raise ValueError(f"score cache {folder} holds no pairs")
         refs = None

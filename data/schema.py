@@ -135,17 +135,22 @@ def finish_cache(folder: Path, manifest: parts.Manifest, rejects: list[dict]) ->
     parts.finish(folder, manifest)
 
 
-def read_scores(folder: str | Path, expect: dict | None = None) -> tuple[pl.DataFrame, dict]:
+def read_scores(folder: str | Path, expect: dict | None = None, embeddings: bool = True, token_ids: bool = True
+                ) -> tuple[pl.DataFrame, dict]:
     """All scored rows of a complete cache, sorted by row_id, and its cache key.
 
     expect: key fields the caller relies on (e.g. ref_model, max_length); any difference is refused,
     showing both keys. Values are compared as strings, so a Path and its str agree.
+    embeddings, token_ids: False drops those columns part by part, as read (the bulk of a row: a reader that does
+    not need them holds a fraction of the cache).
     """
     folder = Path(folder)
     manifest = _complete_manifest(folder, expect)
-    frames = [_read_part(folder, name, manifest) for name in sorted(manifest.parts)]
+    dropped = [*([] if embeddings else stored_embedding_columns(manifest.key)),
+               *([] if token_ids else TOKEN_ID_COLUMNS)]
+    frames = [_read_part(folder, name, manifest).drop(dropped) for name in sorted(manifest.parts)]
     try:
-        df = pl.concat(frames, how="vertical") if frames else _empty_scores()
+        df = pl.concat(frames, how="vertical") if frames else _empty_scores().drop(dropped, strict=False)
     except pl.exceptions.PolarsError as err:
         raise CacheError(f"score cache {folder}: its parts do not hold the same columns ({err}); they were not "
                          f"written by one `repo score` run; {RESCORE}") from err

@@ -7,8 +7,9 @@ Reads either
 - a score cache of `repo score`, before any training: the noise estimate of data/estimate.py (a cross-fitted
   probe on the reference model's embeddings, or --prior-col, then EM with one true order per pair), written to
   out_dir as posteriors.parquet and annotators.parquet (epoch 0).
-The posteriors are joined on row_id with the score cache (data/schema.read_scores), which carries the pair texts
-and every input column.
+The posteriors are joined on row_id with the score cache (data/schema.read_scores, without its embeddings and token
+ids), which carries the pair texts and every input column. The estimate reads the cache part by part
+(data/estimate.run_streamed: memory flat in the pairs), or whole for a --prior-col.
 
 Writes into out_dir: report.txt (also printed) and summary.json. On request: --dump FILE (the flagged
 pairs, every column but the token ids), --export-clean FILE (the input dataset with the flagged pairs
@@ -74,12 +75,12 @@ def report(cfg: InspectConfig, record: dict | None, epoch: int, scores_dir: Path
                                   "summary": str(cfg.out_dir / "summary.json")}
     if record is None:
         epochs = [0]
-        cached, cache_key = schema.read_scores(scores_dir)
-        found = estimate.run(cfg.estimate, cached, cache_key, str(scores_dir))
+        found = estimate_cache(cfg, scores_dir)
+        cached, cache_key = schema.read_scores(scores_dir, embeddings=False, token_ids=False)
         posteriors, eta = found.posteriors, found.annotators
         outputs["posteriors"] = str(cfg.out_dir / "posteriors.parquet")
         outputs["annotators"] = str(cfg.out_dir / "annotators.parquet")
-        pairs = join_rows(posteriors, cached, cache_key, scores_dir)
+        pairs = join_rows(posteriors, cached, scores_dir)
         source = {"model": found.model, "seconds": round(found.seconds, 3), "probe_log_loss": found.log_loss}
     else:
         epochs = run_folder.epochs_written(cfg.run, run_folder.POSTERIORS)
@@ -98,7 +99,7 @@ def report(cfg: InspectConfig, record: dict | None, epoch: int, scores_dir: Path
 
     flagged = pairs.filter("flagged")
     if cfg.dump is not None:
-        outputs["dump"] = str(write_dump(flagged.drop(schema.TOKEN_ID_COLUMNS, strict=False), cfg.dump))  # no ids
+        outputs["dump"] = str(write_dump(flagged, cfg.dump))
     if cfg.export_clean is not None:
         outputs["export_clean"] = str(export_clean(cfg, set(flagged["row_id"]), cache_key, truth_col, scores_dir))
     if cfg.plots is not None:
@@ -179,13 +180,22 @@ def join_scores(posteriors: pl.DataFrame, scores_dir: Path, run_key: dict | None
 
     run_key: the key of the cache the run was trained on; another cache is refused, showing both keys.
     """
-    cached, key = schema.read_scores(scores_dir, expect=run_key)
-    return join_rows(posteriors, cached, key, scores_dir), key
+    cached, key = schema.read_scores(scores_dir, expect=run_key, embeddings=False, token_ids=False)
+    return join_rows(posteriors, cached, scores_dir), key
 
 
-def join_rows(posteriors: pl.DataFrame, cached: pl.DataFrame, key: dict, scores_dir: Path) -> pl.DataFrame:
-    """Posteriors and cache rows (less the embeddings) joined on row_id; refused unless they hold the same rows."""
-    cached = cached.drop("pair_id", "annotator", *schema.stored_embedding_columns(key))  # the posteriors carry both
+def estimate_cache(cfg: InspectConfig, scores_dir: Path) -> estimate.NoiseEstimate:
+    """The estimate of a score cache, read part by part (memory flat in the pairs), or whole for a --prior-col."""
+    if cfg.estimate.prior_col is None:
+        return estimate.run_streamed(cfg.estimate, scores_dir, str(scores_dir))
+    cached, cache_key = schema.read_scores(scores_dir)
+    return estimate.run(cfg.estimate, cached, cache_key, str(scores_dir))
+
+
+def join_rows(posteriors: pl.DataFrame, cached: pl.DataFrame, scores_dir: Path) -> pl.DataFrame:
+    """Posteriors and cache rows (read without their embeddings and token ids) joined on row_id; refused unless they
+    hold the same rows."""
+    cached = cached.drop("pair_id", "annotator")  # the posteriors carry both
     joined = posteriors.join(cached, on="row_id", how="inner")
     if joined.height != posteriors.height or joined.height != cached.height:
         raise ValueError(
@@ -212,8 +222,7 @@ def resolve_truth_col(name: str | None, pairs: pl.DataFrame) -> str | None:
     if name is None:
         return TRUTH if TRUTH in pairs.columns else None
     if name not in pairs.columns:
-        there = [c for c in pairs.columns if c not in schema.TOKEN_ID_COLUMNS]
-        raise ValueError(f"truth column {name!r} is not in the data; the columns are: {', '.join(there)}")
+        raise ValueError(f"truth column {name!r} is not in the data; the columns are: {', '.join(pairs.columns)}")
     return name
 
 

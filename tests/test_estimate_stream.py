@@ -94,8 +94,8 @@ def test_the_streamed_estimate_is_the_estimate_with_the_ridge_drawn_too():
 
 
 def write_cache(folder, states, rows, part_size: int) -> None:
-    """A score cache of `rows` (pair, annotator, orientation per row) over the pairs of `states`: token ids that
-    name the pair, chosen and rejected states in the row's own order."""
+    """A score cache of `rows` (pair, annotator, orientation per row) over the pairs of `states`: token ids and texts
+    that name the pair, chosen and rejected states in the row's own order."""
     pair, annotator, orientation = (np.asarray(c) for c in zip(*rows))
     swap = orientation < 0
     frame = pl.DataFrame({
@@ -107,7 +107,9 @@ def write_cache(folder, states, rows, part_size: int) -> None:
         "ref_chosen_logps": np.zeros(len(pair)), "ref_rejected_logps": np.zeros(len(pair)),
         "chosen_len": pl.Series([1] * len(pair), dtype=pl.Int32), "rejected_len": pl.Series([1] * len(pair),
                                                                                             dtype=pl.Int32),
-        "truncated": [False] * len(pair)})
+        "truncated": [False] * len(pair), "prompt": [f"prompt {g}" for g in pair],
+        "chosen": [f"answer {2 * g + s}" for g, s in zip(pair, swap)],
+        "rejected": [f"answer {2 * g + 1 - s}" for g, s in zip(pair, swap)]})
     for layer, (first, second, prompt) in states.items():
         chosen = np.where(swap[:, None], second[pair], first[pair])
         rejected = np.where(swap[:, None], first[pair], second[pair])
@@ -171,3 +173,33 @@ def test_a_pair_id_shared_by_other_responses_is_named_when_streamed(tmp_path):
     schema.finish_cache(other, manifest, [])
     with pytest.raises(noise_inputs.NoiseInputError, match=r"row_id 20 and row_id 3 share pair_id 'p3'"):
         noise_inputs.read_streamed(other, tmp_path, "cache")
+
+
+def test_inspect_noise_and_train_estimate_a_cache_without_reading_its_states_whole(tmp_path, monkeypatch):
+    """`repo inspect-noise SCORES` and `repo train --robust` (epoch 0) take the streamed estimate: no reader holds
+    every row's states at once (schema.read_scores is asked for the rows without them), and the posteriors are the
+    estimate's on the whole cache."""
+    from re_po.data import epoch_zero
+    from re_po.data.pair_table import PairTable
+    from re_po.stages import inspect_noise
+    from re_po.stages.configs import InspectConfig
+
+    states, _ = planted_states(240, seed=4)
+    cache = tmp_path / "scores"
+    write_cache(cache, states, several_labels(240), part_size=50)
+    cfg = EstimateConfig(components=8, prompt_components=3)
+    whole = estimate.run(cfg, *schema.read_scores(cache), "cache")
+    read_whole, read_scores = [], schema.read_scores
+
+    def recording(folder, expect=None, embeddings=True, token_ids=True):
+        read_whole.append(embeddings)
+        return read_scores(folder, expect, embeddings, token_ids)
+    monkeypatch.setattr(schema, "read_scores", recording)
+
+    out = inspect_noise.run(InspectConfig(run=cache, out_dir=tmp_path / "inspect", estimate=cfg))
+    posteriors = pl.read_parquet(out / "posteriors.parquet")
+    zero = epoch_zero.read_or_estimate(PairTable.read(cache, with_reference=True), tmp_path / "run", False, cache,
+                                       None, cfg, "--robust-mode paper")
+    assert read_whole and not any(read_whole)
+    for found in (posteriors["w"].to_numpy(), zero.w.numpy()):
+        assert np.allclose(found, whole.posteriors["w"].to_numpy(), rtol=0, atol=1e-7)

@@ -21,13 +21,13 @@ import torch
 from conftest import WORDS, is_one_line_error, subprocess_env
 from safetensors.torch import load_file
 
-from re_po.data import checkpoint, run_folder, schema
+from re_po.data import checkpoint, estimate, run_folder, schema
 from re_po.data import launch as launching
 from re_po.data.noise_inputs import NoiseInputError
 from re_po.data.pair_table import PairTable
 from re_po.data.scoring import ScoreConfig
 from re_po.data.scoring import run as score
-from re_po.pipeline import batching, estimate, losses, reliability
+from re_po.pipeline import batching, losses, reliability
 from re_po.pipeline.choices import LossSpec
 from re_po.pipeline.losses import PairLogps
 from re_po.stages import evaluate, train

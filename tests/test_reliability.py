@@ -128,6 +128,11 @@ def test_em_reaches_the_maximum_of_the_marginal_likelihood():
 
 def marginal_log_likelihood(labels: Labels, eta: torch.Tensor, model_logit: torch.Tensor) -> torch.Tensor:
     """Σ_g log Σ_t P(t)·Π_j P(label j | t), written out directly."""
+    return pair_log_likelihoods(labels, eta, model_logit).sum()
+
+
+def pair_log_likelihoods(labels: Labels, eta: torch.Tensor, model_logit: torch.Tensor) -> torch.Tensor:
+    """(G,) log Σ_t P(t)·Π_j P(label j | t) of each pair."""
     right = torch.log(eta)[labels.annotator]
     wrong = torch.log1p(-eta)[labels.annotator]
     states_ref = labels.orientation == 1
@@ -136,7 +141,7 @@ def marginal_log_likelihood(labels: Labels, eta: torch.Tensor, model_logit: torc
     log_if_rev = torch.zeros(labels.num_pairs, dtype=torch.float64).index_add(
         0, labels.pair, torch.where(states_ref, wrong, right))
     return torch.logaddexp(torch.nn.functional.logsigmoid(model_logit) + log_if_ref,
-                           torch.nn.functional.logsigmoid(-model_logit) + log_if_rev).sum()
+                           torch.nn.functional.logsigmoid(-model_logit) + log_if_rev)
 
 
 def test_standard_errors_match_the_observed_information():
@@ -149,6 +154,25 @@ def test_standard_errors_match_the_observed_information():
         lambda p: marginal_log_likelihood(labels, p[:2], p[2] * ref_logit), point)
     observed = torch.linalg.inv(-hessian).diagonal()[:2].sqrt()
     torch.testing.assert_close(result.eta_se, observed, rtol=0.15, atol=0)
+
+
+@pytest.mark.parametrize("block", [reliability.SCORE_BLOCK, 64])
+def test_the_information_of_many_annotators_is_the_outer_products_of_autograd_scores(block, monkeypatch):
+    """eta_covariance (the (pairs × (K + F)) score summed a block of pairs at a time) against autograd: the per-pair
+    gradients of log P_g in (η, a_f) as a dense Jacobian, Σ_g ∇∇ᵀ inverted; twelve annotators, two labels per pair,
+    three scale groups; the pairs in one block and in blocks of 64 (the last one short)."""
+    monkeypatch.setattr(reliability, "SCORE_BLOCK", block)
+    k, groups_count = 12, 3
+    etas = torch.linspace(0.6, 0.95, k).tolist()
+    margins = torch.randn(600, generator=torch.Generator().manual_seed(31), dtype=torch.float64) * 2
+    labels, ref_logit, _ = simulate(600, etas, labels_per_pair=2, margins=margins, seed=32)
+    groups = torch.arange(600) % groups_count
+    eta, scale = torch.tensor(etas, dtype=torch.float64), torch.tensor([0.7, 1.0, 1.3], dtype=torch.float64)
+    jacobian = torch.autograd.functional.jacobian(
+        lambda p: pair_log_likelihoods(labels, p[:k], p[k:][groups] * ref_logit), torch.cat([eta, scale]))
+    expected = torch.linalg.inv(jacobian.T @ jacobian)[:k, :k]
+    found = reliability.eta_covariance(labels, eta, ref_logit, scale, groups, with_scale=True)
+    torch.testing.assert_close(found, expected, rtol=1e-9, atol=1e-12)
 
 
 def test_an_annotator_the_data_do_not_inform_leaves_the_others_standard_errors_alone():

@@ -14,7 +14,6 @@ out of fold, then EM over η and the probe's per-fold scales with one true order
 from __future__ import annotations
 
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from re_po.data import noise_inputs
+from re_po.data import folders, noise_inputs
 from re_po.pipeline import reliability
 
 if TYPE_CHECKING:  # the settings are declared with the commands' (plain Python; nothing of it runs here)
@@ -147,8 +146,8 @@ def run_streamed(cfg: EstimateConfig, folder: Path, source: str) -> NoiseEstimat
     if cfg.prior_col is not None:
         raise noise_inputs.NoiseInputError("the streamed estimate takes no --prior-col; read the cache whole (run)")
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="re-po-estimate-") as scratch:
-        streamed = noise_inputs.read_streamed(folder, Path(scratch), source, embeddings=cfg.probe)
+    with folders.scratch("estimate") as scratch:
+        streamed = noise_inputs.read_streamed(folder, scratch, source, embeddings=cfg.probe)
         inputs = streamed.labels
         labels = labels_of(inputs)
         too_few = too_few_for_probe(bool(streamed.widths), inputs.num_pairs, cfg)

@@ -10,7 +10,10 @@ without it is not re-po's.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -151,3 +154,34 @@ def first_missing(path: Path) -> Path | None:
     while path.parent != path and not (path.parent.exists() or path.parent.is_symlink()):
         path = path.parent
     return path
+
+
+SCRATCH_PREFIX = "re-po-scratch-"
+
+
+@contextmanager
+def scratch(purpose: str) -> Iterator[Path]:
+    """A scratch folder in the system's temporary folder, removed when the block ends; first the ones that a killed
+    re-po process left (SIGKILL skips the removal): marked "scratch", made on this host by a process that is gone."""
+    root, host = Path(tempfile.gettempdir()), socket.gethostname()
+    for left in root.glob(f"{SCRATCH_PREFIX}*"):
+        try:
+            mark = json.loads((left / MARK).read_text())
+            gone = mark["kind"] == "scratch" and mark["host"] == host and not _alive(int(mark["pid"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a scratch folder re-po marked: left alone
+        if gone:
+            shutil.rmtree(left, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{purpose}-", dir=root) as made:
+        atomic_write_text(Path(made) / MARK, json.dumps({"kind": "scratch", "host": host, "pid": os.getpid()}) + "\n")
+        yield Path(made)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

@@ -2,6 +2,13 @@
 refusal is one line. The rule itself (data/folders.py), then each command that writes a folder."""
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 from conftest import is_one_line_error
@@ -192,3 +199,30 @@ def test_no_output_goes_inside_a_score_cache_or_a_run_it_does_not_read(tmp_path,
         assert f"error: --out {inside} is inside {what} {inside.parent}, whose files re-po accounts for" in result.output
     assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before
     assert folders.inside_managed(run / "eval") is None  # the run's own part: train scores --eval-data there
+
+
+def test_a_scratch_folder_left_by_a_killed_process_is_removed_by_the_next_one(tmp_path, monkeypatch):
+    """SIGKILL skips a scratch folder's removal; the next `folders.scratch` removes it (marked "scratch", this host,
+    its process gone) and leaves alone a live process's, another host's, and a folder without re-po's mark."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys, tempfile, time; tempfile.tempdir = sys.argv[1]\n"
+         "from re_po.data import folders\nwith folders.scratch('estimate') as s:\n"
+         "    (s / 'states-00000.npz').write_bytes(b'x'); print(s, flush=True); time.sleep(60)", str(tmp_path)],
+        stdout=subprocess.PIPE, text=True)
+    killed = Path(child.stdout.readline().strip())
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert (killed / "states-00000.npz").exists()  # what SIGKILL leaves
+    keep = {}
+    for name, mark in {"live": {"pid": os.getpid()}, "other-host": {"host": "elsewhere", "pid": child.pid},
+                       "unmarked": None}.items():
+        keep[name] = tmp_path / f"{folders.SCRATCH_PREFIX}{name}"
+        keep[name].mkdir()
+        if mark is not None:
+            (keep[name] / folders.MARK).write_text(json.dumps({"kind": "scratch", "host": socket.gethostname(),
+                                                               **mark}))
+    with folders.scratch("estimate") as made:
+        assert made.parent == tmp_path and made.is_dir()
+    assert not killed.exists() and not made.exists()
+    assert all(folder.is_dir() for folder in keep.values())

@@ -57,13 +57,14 @@ def read_or_estimate(pairs: PairTable, out: Path, resume: bool, scores: Path, es
 
 def _estimate(scores: Path, estimate_with: Path | None, cfg) -> estimate.NoiseEstimate:
     """The estimate of the cache, read part by part (memory flat in the pairs); read whole where a --prior-col or
-    --estimate-with's pairs join it."""
+    --estimate-with's pairs join it (without the states where a prior column is the model)."""
     if estimate_with is None and cfg.prior_col is None:
         return estimate.run_streamed(cfg, scores, str(scores))
-    frame, key = schema.read_scores(scores)
+    states = cfg.prior_col is None  # a prior column is the model: the states stay on disk
+    frame, key = schema.read_scores(scores, embeddings=states)
     sources = [str(scores)]
     if estimate_with is not None:  # more pairs to learn the probe from; their rows go after the cache's
-        extra, extra_key = schema.read_scores(estimate_with)
+        extra, extra_key = schema.read_scores(estimate_with, embeddings=states)
         differing = [f for f in ("weights_sha", "tokenizer_sha", "embed_layers") if extra_key.get(f) != key.get(f)]
         if differing:
             raise schema.CacheError(f"--estimate-with {estimate_with} was scored differently from {scores} "

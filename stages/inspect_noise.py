@@ -185,10 +185,11 @@ def join_scores(posteriors: pl.DataFrame, scores_dir: Path, run_key: dict | None
 
 
 def estimate_cache(cfg: InspectConfig, scores_dir: Path) -> estimate.NoiseEstimate:
-    """The estimate of a score cache, read part by part (memory flat in the pairs), or whole for a --prior-col."""
+    """The estimate of a score cache, read part by part (memory flat in the pairs), or, for a --prior-col, whole
+    but without its states."""
     if cfg.estimate.prior_col is None:
         return estimate.run_streamed(cfg.estimate, scores_dir, str(scores_dir))
-    cached, cache_key = schema.read_scores(scores_dir)
+    cached, cache_key = schema.read_scores(scores_dir, embeddings=False)  # the column is the model, not the states
     return estimate.run(cfg.estimate, cached, cache_key, str(scores_dir))
 
 

@@ -14,8 +14,10 @@ Run on a quiet machine:  .venv/bin/python bench/estimate_scale.py [--sizes 2000 
 `repo score` writes them; the states as a projected cache holds them: the 576-wide latent part times the cache's
 seeded projection to 128, plus N(0, 1) noise drawn at that width, which is what iid noise projected by it is in
 law), then the estimate in a child process of its own, streamed (data/estimate.run_streamed) and, up to
---whole-up-to, in memory (schema.read_scores + data/estimate.run), each with its seconds and peak RSS:
+--whole-up-to, in memory (schema.read_scores + data/estimate.run), and with `--modes inspect` the whole `repo
+inspect-noise CACHE` command (estimate, join, report), each with its seconds and peak RSS:
     .venv/bin/python bench/estimate_scale.py --streamed --sizes 1000 100000 1000000 [--whole-up-to 100000]
+    .venv/bin/python bench/estimate_scale.py --streamed --sizes 100000 --modes whole inspect
 """
 
 import argparse
@@ -35,7 +37,8 @@ import torch
 from re_po.data import estimate, schema
 from re_po.data.noise_inputs import NoiseInputs
 from re_po.pipeline import noise_metrics, projection, reliability
-from re_po.stages.configs import EstimateConfig
+from re_po.stages import inspect_noise
+from re_po.stages.configs import EstimateConfig, InspectConfig
 
 HIDDEN, LATENT, LAYERS, FLIPS = 576, 16, 2, (0.05, 0.15, 0.30)
 
@@ -48,7 +51,8 @@ def main() -> None:
     parser.add_argument("--streamed", action="store_true", help="caches on disk, the streamed estimate (issue 26)")
     parser.add_argument("--whole-up-to", type=int, default=100000, help="--streamed: also the in-memory estimate "
                                                                         "up to this size")
-    parser.add_argument("--modes", nargs="+", default=["streamed", "whole"], help="--streamed: which estimates")
+    parser.add_argument("--modes", nargs="+", default=["streamed", "whole"], choices=["streamed", "whole", "inspect"],
+                        help="--streamed: which estimates (inspect: the whole `repo inspect-noise CACHE` command)")
     parser.add_argument("--out", type=Path, default=None, help="--streamed: where the caches go (a temporary "
                                                                  "folder by default, removed after each size)")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: one estimate, in its own process
@@ -140,7 +144,11 @@ def write_cache(folder: Path, pairs: int, seed: int) -> tuple[float, int]:
                                       dtype=pl.Array(pl.Int32, 1)).cast(ids),
             "ref_chosen_logps": np.zeros(n), "ref_rejected_logps": np.zeros(n),
             "chosen_len": pl.Series(np.ones(n, dtype=np.int32)), "rejected_len": pl.Series(np.ones(n, dtype=np.int32)),
-            "truncated": np.zeros(n, dtype=bool), TRUTH_COLUMN: wrong})
+            "truncated": np.zeros(n, dtype=bool), TRUTH_COLUMN: wrong,
+            # the texts a real cache carries (the input's columns), which inspect-noise reports
+            "prompt": [f"prompt {i}" for i in g], "chosen": [f"response {2 * i + (not c)}" for i, c in
+                                                            zip(g, chosen_is_first)],
+            "rejected": [f"response {2 * i + c}" for i, c in zip(g, chosen_is_first)]})
         for layer in range(1, LAYERS + 1):
             states = [(part @ to_hidden + rng.standard_normal((n, WIDTH))).astype(np.float16)
                       for part in (first, second, prompt_latent)]
@@ -159,6 +167,12 @@ def child_estimate(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     folder, cfg = Path(spec["cache"]), EstimateConfig()
     started = time.perf_counter()
+    if spec["mode"] == "inspect":  # the command, estimate and report: `repo inspect-noise CACHE`
+        out = inspect_noise.run(InspectConfig(run=folder, out_dir=folder.parent / "inspect", truth_col=TRUTH_COLUMN))
+        summary = json.loads((out / "summary.json").read_text())
+        return {"seconds": time.perf_counter() - started, "roc_auc": summary["truth"]["roc_auc"],
+                "max_abs_error": max(a["eta_abs_error"] for a in summary["annotators"]),
+                "model": summary["estimate"]["model"]}
     if spec["mode"] == "streamed":
         found = estimate.run_streamed(cfg, folder, "generated")
     else:
@@ -185,7 +199,7 @@ def streamed(args) -> None:
         folder = root / f"cache-{size}"
         made, size_bytes = write_cache(folder, size, seed=size)
         print(f"{size:,} pairs: cache written in {made:.0f} s, load {os.getloadavg()[0]:.2f}", file=sys.stderr)
-        modes = [m for m in args.modes if m == "streamed" or size <= args.whole_up_to]
+        modes = [m for m in args.modes if m != "whole" or size <= args.whole_up_to]
         for mode in modes:
             result = child.run(__file__, {"cache": str(folder), "mode": mode, "threads": torch.get_num_threads()},
                                f"{mode} estimate of {size}")

@@ -159,8 +159,8 @@ def one_run(variant: str, method: str, seed: int, labels: Path, noisy_cache: Pat
 
 def markdown(results: dict, args) -> str:
     """Mean ± standard deviation over seeds per variant and method."""
-    rows = ["| labels | method | seeds | win rate vs reference | mean true reward | KL (nats) | held-out accuracy "
-            "| max abs(η̂ − measured) | flag ROC-AUC | minutes/run |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| labels | method | epochs | seeds | win rate vs reference | mean true reward | KL (nats) | held-out accuracy "
+            "| max abs(η̂ − measured) | flag ROC-AUC | minutes/run |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for variant, method in [("true", "dpo-true")] + [(v, m) for v in args.variants for m in args.methods]:
         runs = [r for r in results.values() if (r["variant"], r["method"]) == (variant, method)]
         if runs:
@@ -170,7 +170,8 @@ def markdown(results: dict, args) -> str:
                 return _mean_sd(values) if values else "-"
 
             labels = "true labels" if method == "dpo-true" else f"{variant} ({runs[0]['train_flip_rate']:.0%} wrong)"
-            rows.append(f"| {labels} | {method} | {len(runs)} "
+            epochs = "/".join(sorted({str(r.get("epochs", "?")) for r in runs}))
+            rows.append(f"| {labels} | {method} | {epochs} | {len(runs)} "
                         f"| {column('win_rate')} | {column('reward')} | {column('kl')} | {column('heldout_accuracy')} "
                         f"| {column('eta_abs_error_max')} | {column('flag_auc')} "
                         f"| {statistics.mean(r['wall_seconds'] for r in runs) / 60:.1f} |")

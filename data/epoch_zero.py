@@ -1,8 +1,8 @@
 """Epoch 0 of a `repo train --robust` run: the noise estimate of its score cache before any training
 (data/estimate.py, method.md §9), or, for --resume, the one the run wrote.
 
-Reads   the score cache part by part (whole with --estimate-with or a prior column), or <run>/posteriors/epoch-0000.parquet and
-        <run>/annotators/epoch-0000.parquet on resume.
+Reads   the score cache part by part (whole with --estimate-with or a prior column), or on resume
+        <run>/posteriors/epoch-0000.parquet and <run>/annotators/epoch-0000.parquet.
 Returns EpochZero; the caller writes it as epoch 0 (data/train_log.Logger.epoch_tables).
 """
 import sys

@@ -18,7 +18,8 @@ Pure torch (float64): reads and writes nothing. Three pieces, used in this order
    calibration the data identifies: P(label | s) = (1 − η) + (2η − 1)·σ(a·s) saturates at η, not at 1). Iterated
    to convergence, which is allowed here because every s_g is out-of-sample (method.md §7.5 forbids it on margins
    of a policy trained on the same labels).
-   The standard errors come from the empirical Fisher information of the marginal likelihood over (η, a); an
+   The standard errors come from the empirical Fisher information of the marginal likelihood over (η, a), or, for
+   an η̂ at a bound, from its profile likelihood (profile_se); an
    annotator whose η the data do not identify (SE above `max_se`: single labels and a model at chance, or two
    annotators on every pair and nothing else) keeps η0, and the estimate says so.
 
@@ -303,7 +304,8 @@ def fit_reliability(labels: Labels, scores: Tensor | None, eta0: float = 0.9, fi
     Stops when no η_k and no a moves by more than `tol`, or when only the scales still move and the
     log-likelihood rises by less than `tol` × (1 + |log-likelihood|): where a probe separates the few pairs it
     scores, the scales' maximum is at infinity and they would grow until max_iter. Annotators whose η the data do not identify
-    (standard error > max_se) are reset to η0 and the posteriors recomputed.
+    (standard error > max_se; at a bound, the profile likelihood's: profile_se) are reset to η0 and the posteriors
+    recomputed.
     """
     if not 0.5 < eta0 < 1:
         raise ValueError(f"eta0 must be in (0.5, 1), got {eta0}")
@@ -312,13 +314,36 @@ def fit_reliability(labels: Labels, scores: Tensor | None, eta0: float = 0.9, fi
     num_groups = int(groups.max()) + 1
     scale = torch.full((num_groups,), 0.0 if scores is None else 1.0, dtype=torch.float64)
     eta = torch.full((labels.num_annotators,), eta0, dtype=torch.float64)
-    iterations, previous = 0, -math.inf
+    fit_scale = scores is not None and fit_scale
+    eta, scale, iterations = _em(labels, s, groups, eta, scale, fit_scale, tol, max_iter)
+    eta, scale = better_than_chance(labels, eta, scale)
+    covariance = eta_covariance(labels, eta, s, scale, groups, with_scale=fit_scale)
+    for k in torch.nonzero((eta > 1 - AT_BOUND) | (eta < AT_BOUND)).flatten().tolist():
+        if math.isfinite(float(covariance[k, k])):  # the information says nothing of an η at a bound: its profile does
+            covariance[k, :], covariance[:, k] = 0.0, 0.0
+            covariance[k, k] = profile_se(labels, s, groups, eta, scale, k, fit_scale, eta0) ** 2
+    se = covariance.diagonal().sqrt()
+    mirror = mirror_within_reach(labels, eta, covariance)
+    identified = (se <= max_se) & (not mirror)
+    eta = torch.where(identified, eta, torch.full_like(eta, eta0))
+    logit = scale[groups] * s
+    w = row_posteriors(labels, eta, logit)
+    z = labels.orientation.double() * logit[labels.pair]
+    return Estimate(eta, se, identified, w, z, scale, iterations, mirror_in_reach=mirror)
+
+
+def _em(labels: Labels, s: Tensor, groups: Tensor, eta: Tensor, scale: Tensor, fit_scale: bool, tol: float,
+        max_iter: int, held: int | None = None) -> tuple[Tensor, Tensor, int]:
+    """fit_reliability's EM from (η, a): (η, a, iterations) at convergence; `held`: an annotator whose η stays."""
+    num_groups, iterations, previous = scale.numel(), 0, -math.inf
     for iterations in range(1, max_iter + 1):
         logit = scale[groups] * s
         w = row_posteriors(labels, eta, logit)
         new_eta = mstep(eta, *annotator_sums(w, labels.annotator, labels.num_annotators))  # Eq. 6
+        if held is not None:
+            new_eta[held] = eta[held]
         new_scale = scale
-        if scores is not None and fit_scale:
+        if fit_scale:
             truth = torch.sigmoid(pair_log_odds(labels, eta, logit))  # posterior of each reference order
             new_scale = torch.tensor([_fit_scale(s[groups == f], truth[groups == f], float(scale[f]), signed=True)
                                       for f in range(num_groups)], dtype=torch.float64)
@@ -330,16 +355,38 @@ def fit_reliability(labels: Labels, scores: Tensor | None, eta0: float = 0.9, fi
         if eta_moved <= tol and likelihood - previous <= tol * (1 + abs(likelihood)):
             break  # only the scales still grow, for a likelihood that no longer does: a probe that separates
         previous = likelihood
-    eta, scale = better_than_chance(labels, eta, scale)
-    covariance = eta_covariance(labels, eta, s, scale, groups, with_scale=scores is not None and fit_scale)
-    se = covariance.diagonal().sqrt()
-    mirror = mirror_within_reach(labels, eta, covariance)
-    identified = (se <= max_se) & (not mirror)
-    eta = torch.where(identified, eta, torch.full_like(eta, eta0))
-    logit = scale[groups] * s
-    w = row_posteriors(labels, eta, logit)
-    z = labels.orientation.double() * logit[labels.pair]
-    return Estimate(eta, se, identified, w, z, scale, iterations, mirror_in_reach=mirror)
+    return eta, scale, iterations
+
+
+AT_BOUND = 0.01  # an η̂ this close to 0 or 1 is at a bound: its standard error comes from the profile likelihood
+PROFILE_STEP = 0.02  # the grid of η values on which that profile is computed
+PROFILE_TOL, PROFILE_ITER = 1e-6, 500  # the EM's precision at each point of the grid (the profile drops by 1.92)
+
+
+def profile_se(labels: Labels, s: Tensor, groups: Tensor, eta: Tensor, scale: Tensor, k: int, fit_scale: bool,
+               eta0: float) -> float:
+    """A standard error for η̂_k at a bound, where the Fisher information says nothing of its precision (it is not
+    a stationary point): the widest distance from η̂_k to an η_k on a grid over (0, 1) whose profile log-likelihood
+    (the other η and the scales fitted by the EM, from the estimate and from η0, keeping the readings better than
+    chance) is within 1.92 (χ²₁'s 95%, halved) of the estimate's, one grid step added (the interval's end lies
+    before the next point), over 1.96. The grid spans every value, so another maximum (another annotator taken for
+    the careful one) widens it instead of being missed (bench/eta_bound.py)."""
+    best = log_likelihood(labels, eta, scale[groups] * s)
+    counts = torch.bincount(labels.annotator, minlength=labels.num_annotators).double()
+    widest, warm = 0.0, (eta, scale)
+    for value in torch.arange(PROFILE_STEP, 1.0, PROFILE_STEP, dtype=torch.float64).tolist():
+        fits = []
+        for start_eta, start_scale in (warm, (torch.full_like(eta, eta0), torch.ones_like(scale) * (scale != 0))):
+            start_eta = start_eta.clone()
+            start_eta[k] = value
+            fitted = _em(labels, s, groups, start_eta, start_scale, fit_scale, PROFILE_TOL, PROFILE_ITER, held=k)
+            fits.append(fitted)
+        warm = fits[0][:2]
+        likelihoods = [log_likelihood(labels, e, a[groups] * s) for e, a, _ in fits
+                       if float((counts * (2 * e - 1)).sum()) >= 0]  # better than chance, as the estimate is
+        if likelihoods and max(likelihoods) >= best - 1.92:
+            widest = max(widest, abs(value - float(eta[k])))
+    return (widest + PROFILE_STEP) / 1.96
 
 
 def _fit_scale(s: Tensor, truth: Tensor, start: float, weight: Tensor | None = None, signed: bool = False,

@@ -144,6 +144,59 @@ def pair_log_likelihoods(labels: Labels, eta: torch.Tensor, model_logit: torch.T
                            torch.nn.functional.logsigmoid(-model_logit) + log_if_rev)
 
 
+def profile_log_likelihood(labels: Labels, k: int, held: float, start: torch.Tensor) -> float:
+    """max over the other annotators' η (L-BFGS on their logits, from `start`) of the marginal log-likelihood with
+    annotator k's η held at `held`; no model."""
+    others = [j for j in range(labels.num_annotators) if j != k]
+    logits = torch.logit(start[others].clamp(0.51, 0.99)).clone().requires_grad_()
+    no_model = torch.zeros(labels.num_pairs, dtype=torch.float64)
+
+    def eta_of(values: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.sigmoid(values[:k]), torch.tensor([held], dtype=torch.float64),
+                          torch.sigmoid(values[k:])])
+    optimizer = torch.optim.LBFGS([logits], max_iter=200, tolerance_grad=1e-10, line_search_fn="strong_wolfe")
+
+    def loss():
+        optimizer.zero_grad()
+        value = -marginal_log_likelihood(labels, eta_of(logits), no_model)
+        value.backward()
+        return value
+    optimizer.step(loss)
+    with torch.no_grad():
+        return float(marginal_log_likelihood(labels, eta_of(logits), no_model))
+
+
+def test_an_eta_at_the_bound_gets_its_standard_error_from_the_profile_likelihood():
+    """A careful annotator whose η̂ sits at the upper bound (a draw of bench/eta_bound.py, measured 0.957): the
+    information says nothing there, the profile does. Against L-BFGS's profile: the farthest grid point the
+    standard error stands for is inside the likelihood's 95% set (within 1.92), the next one is not, and the
+    measured accuracy is inside; the annotator is identified."""
+    labels, _, measured = simulate(600, [0.95, 0.8, 0.65], labels_per_pair=3, margins=None, seed=104)
+    result = reliability.fit_reliability(labels, None, tol=1e-12)
+    eta_hat, se = float(result.eta[0]), float(result.eta_se[0])
+    assert eta_hat > 1 - reliability.AT_BOUND and bool(result.identified[0]) and se <= reliability.MAX_SE
+    at_fit = float(marginal_log_likelihood(labels, result.eta, torch.zeros(600, dtype=torch.float64)))
+    farthest = eta_hat - 1.96 * se + reliability.PROFILE_STEP
+    assert at_fit - profile_log_likelihood(labels, 0, farthest, result.eta) < 1.92
+    assert at_fit - profile_log_likelihood(labels, 0, farthest - reliability.PROFILE_STEP, result.eta) > 1.92
+    assert at_fit - profile_log_likelihood(labels, 0, measured[0], result.eta) < 1.92
+
+
+def test_an_eta_at_the_bound_that_another_maximum_explains_is_not_identified():
+    """144 pairs, three of four annotators each (η 1.0 / 0.63 / 0.5 / 0.42): in this draw the EM puts the worst
+    annotator, not the careful one, at the bound. Its profile reaches the other maximum, so its standard error is
+    wide and it is not identified; nothing identified is more than 0.15 from its measured accuracy."""
+    labels, _, measured = simulate(144, [1.0, 0.63, 0.5, 0.42], labels_per_pair=3, margins=None, seed=1)
+    zero = torch.zeros(144, dtype=torch.float64)
+    raw, _, _ = reliability._em(labels, zero, torch.zeros(144, dtype=torch.long), torch.full((4,), 0.9, dtype=torch.float64),
+                                torch.zeros(1, dtype=torch.float64), False, 1e-10, 10_000)
+    assert float(raw[3]) > 1 - reliability.AT_BOUND and measured[3] < 0.5  # the premise: the wrong one at the bound
+    result = reliability.fit_reliability(labels, None)
+    assert not bool(result.identified[3]) and float(result.eta_se[3]) > reliability.MAX_SE
+    for k in torch.nonzero(result.identified).flatten().tolist():
+        assert abs(float(result.eta[k]) - measured[k]) <= 0.15
+
+
 def test_standard_errors_match_the_observed_information():
     """The empirical-Fisher SE agrees with the inverse Hessian of the marginal log-likelihood (to 15%)."""
     margins = torch.randn(4000, generator=torch.Generator().manual_seed(11), dtype=torch.float64) * 2

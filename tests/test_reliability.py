@@ -182,6 +182,23 @@ def test_an_eta_at_the_bound_gets_its_standard_error_from_the_profile_likelihood
     assert at_fit - profile_log_likelihood(labels, 0, measured[0], result.eta) < 1.92
 
 
+def test_the_profile_of_many_pairs_is_taken_on_a_draw_of_whole_pairs(monkeypatch):
+    """Beyond PROFILE_PAIRS the profile runs on a seeded draw of pairs: _pairs_subset keeps every label of the
+    drawn pairs and renumbers them in the draw's order (against a loop), and the careful annotator at the bound is
+    still identified with a draw of half the pairs."""
+    labels, _, _ = simulate(50, [0.9, 0.7, 0.6], labels_per_pair=2, margins=None, seed=3)
+    kept = torch.tensor([7, 3, 20])
+    subset = reliability._pairs_subset(labels, kept)
+    expected = [(int(a), kept.tolist().index(int(g)), int(o)) for a, g, o in
+                zip(labels.annotator, labels.pair, labels.orientation) if int(g) in kept.tolist()]
+    assert list(zip(subset.annotator.tolist(), subset.pair.tolist(), subset.orientation.tolist())) == expected
+    assert subset.num_pairs == 3
+    monkeypatch.setattr(reliability, "PROFILE_PAIRS", 300)
+    labels, _, _ = simulate(600, [0.95, 0.8, 0.65], labels_per_pair=3, margins=None, seed=104)
+    result = reliability.fit_reliability(labels, None)
+    assert float(result.eta[0]) > 1 - reliability.AT_BOUND and bool(result.identified[0])
+
+
 def test_an_eta_at_the_bound_that_another_maximum_explains_is_not_identified():
     """144 pairs, three of four annotators each (η 1.0 / 0.63 / 0.5 / 0.42): in this draw the EM puts the worst
     annotator, not the careful one, at the bound. Its profile reaches the other maximum, so its standard error is

@@ -48,10 +48,7 @@ def run(cfg: EstimateConfig, frame: pl.DataFrame, key: dict, source: str) -> Noi
     too_few = too_few_for_probe(bool(inputs.embeddings), inputs.num_pairs, cfg)
     candidates = None if too_few else probe_candidates(inputs, cfg)
     result = reliability.estimate(labels, candidates, prior, cfg.eta0, cfg.folds, cfg.seed)
-    model = (f"probe on {result.features}" if result.features else
-             f"prior column {cfg.prior_col}" if prior is not None else
-             f"none (agreement alone: {inputs.num_pairs} pairs are too few for the probe)" if too_few else
-             "none (agreement alone)")
+    model = _model_name(result, cfg.prior_col if prior is not None else None, too_few, inputs.num_pairs)
     return _tables(cfg, result, model, frame.select("row_id", "pair_id", "annotator"), inputs.annotators, started)
 
 
@@ -64,6 +61,14 @@ def too_few_for_probe(has_states: bool, num_pairs: int, cfg: EstimateConfig) -> 
               "as with --no-probe; more pairs, fewer folds ([estimate] folds) or --prior-col bring a model back",
               file=sys.stderr)
     return too_few
+
+
+def _model_name(result: reliability.Estimate, prior_col: str | None, too_few: bool, num_pairs: int) -> str:
+    """What served as the model (NoiseEstimate.model), before _tables says whether it was set aside."""
+    return (f"probe on {result.features}" if result.features else
+            f"prior column {prior_col}" if prior_col is not None else
+            f"none (agreement alone: {num_pairs} pairs are too few for the probe)" if too_few else
+            "none (agreement alone)")
 
 
 def _tables(cfg: EstimateConfig, result: reliability.Estimate, model: str, rows: pl.DataFrame, names: list[str],
@@ -160,7 +165,5 @@ def run_streamed(cfg: EstimateConfig, folder: Path, source: str) -> NoiseEstimat
                                                    cfg.prompt_components, cfg.eta0, cfg.folds, cfg.seed)
         else:
             result = reliability.estimate(labels, None, None, cfg.eta0, cfg.folds, cfg.seed)
-    model = (f"probe on {result.features}" if result.features else
-             f"none (agreement alone: {inputs.num_pairs} pairs are too few for the probe)" if too_few else
-             "none (agreement alone)")
+    model = _model_name(result, None, too_few, inputs.num_pairs)
     return _tables(cfg, result, model, streamed.rows, inputs.annotators, started)

@@ -528,6 +528,14 @@ def estimate(labels: Labels, candidates: dict[str, Tensor] | None = None, prior:
     folds = folds_of(labels.num_pairs, num_folds, seed)
     fitted = {name: crossfit_probe(x, target, weight, folds, seed=seed, tune_pairs=tune_pairs)[0]
               for name, x in candidates.items()}
+    return _from_probe(labels, fitted, target, weight, folds, eta0, max_se)
+
+
+def _from_probe(labels: Labels, fitted: dict[str, Tensor], target: Tensor, weight: Tensor, folds: Tensor,
+                eta0: float, max_se: float) -> Estimate:
+    """The EM on the candidate whose out-of-fold scores `fitted` predict the observed labels best, calibrated per
+    fold; on the labels' agreement alone where even that one does not beat chance (shared by estimate and
+    estimate_streamed)."""
     log_loss = {name: float(_log_loss(scores, target, weight)) for name, scores in fitted.items()}
     best = min(log_loss, key=log_loss.__getitem__)
     scores = calibrate_to_labels(fitted[best], target, weight, folds)
@@ -844,11 +852,4 @@ def estimate_streamed(labels: Labels, chunks: Chunks, widths: dict[int, int], co
     folds = folds_of(labels.num_pairs, num_folds, seed)
     fitted = {name: crossfit_probe_streamed(chunks, features, target, weight, folds, seed=seed,
                                             tune_pairs=tune_pairs)[0] for name, features in maps.items()}
-    log_loss = {name: float(_log_loss(scores, target, weight)) for name, scores in fitted.items()}
-    best = min(log_loss, key=log_loss.__getitem__)
-    scores = calibrate_to_labels(fitted[best], target, weight, folds)
-    if not beats_chance(scores, target, weight, folds, calibrated=True):
-        result = dataclasses.replace(fit_reliability(labels, None, eta0, max_se=max_se), model_at_chance=True)
-    else:
-        result = fit_reliability(labels, scores, eta0, max_se=max_se)
-    return dataclasses.replace(result, features=best, log_loss=log_loss)
+    return _from_probe(labels, fitted, target, weight, folds, eta0, max_se)

@@ -13,6 +13,7 @@ Methods (one `repo train` run each, on the variant's labels unless said):
   dpo          DPO on the noisy labels
   re-dpo       --robust as it defaults (the estimate first, then RE-DPO)
   re-dpo-alg1  the paper's Algorithm 1 (--robust-mode paper)
+  ipo          IPO on the noisy labels (what re-ipo wraps)
   re-ipo       --robust --loss ipo
   cdpo, rdpo   the baselines, told the variant's true flip rate (an oracle the robust methods lack)
   dpo-clean    DPO on `inspect-noise SCORES --export-clean`: the labels the estimate flags dropped
@@ -60,6 +61,7 @@ METHODS = {
     "dpo": ("dpo", None, "noisy"),
     "re-dpo": ("dpo", {}, "noisy"),
     "re-dpo-alg1": ("dpo", ALGORITHM_1, "noisy"),
+    "ipo": ("ipo", None, "noisy"),
     "re-ipo": ("ipo", {}, "noisy"),
     "cdpo": ("cdpo", None, "noisy"),
     "rdpo": ("rdpo", None, "noisy"),

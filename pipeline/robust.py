@@ -4,7 +4,7 @@ Pure torch: reads and writes nothing. `EM` holds all of it for one run: η, the 
 the E-step, the per-step and between-epoch updates and its share of the checkpoint; `Plain` is the same interface
 for a run without RE-PO. The training loop (stages/train.py) calls, per micro-batch,
 
-    z = em.logit(logps); w = em.weights(rows, z); per_pair = em.loss(logps, z, w)
+    z = em.logit(logps); w = em.weights(rows, z); per_pair = em.loss(rows, logps, z, w)
 
 after each optimizer step `em.after_step(rows, z, w, step, epoch)`, and after each epoch's no-grad pass over all
 rows `em.after_epoch(z, step, epoch)`. The functions below are the rules it applies. The estimator
@@ -52,6 +52,17 @@ def per_pair_loss(form: RobustForm, loss: LossSpec, logps: PairLogps, z: Tensor,
     return losses.weighted_loss(loss, logps, w)
 
 
+def resting_on_eta0(labels: Labels, prior: Tensor | None, held: Tensor | None) -> Tensor | None:
+    """(N,) bool: the rows whose posterior rests on η0 alone: a label alone on its pair, by an annotator the estimate
+    did not identify (`held`), with no model evidence for the pair (prior 0: the model was at chance, method.md §9
+    item 6). Their w is η0, a number no data chose, and w ≡ η0 is label smoothing; so they train with the base
+    loss, as without --robust (method.md §10). None where no row can be such (no prior, or nobody held)."""
+    if prior is None or held is None:
+        return None
+    alone = torch.bincount(labels.pair, minlength=labels.num_pairs)[labels.pair] == 1
+    return alone & held[labels.annotator] & (prior == 0)
+
+
 def after_step(eta: Tensor, w: Tensor, annotator: Tensor, update: EtaUpdate, alpha: float,
                held: Tensor | None = None) -> Tensor:
     """η after an optimizer step: the EMA of Eq. 7 on the global batch's w, when `update` has it and α > 0.
@@ -91,6 +102,8 @@ class EM:
             raise ValueError(f"E-step {rule} needs the estimate's prior logits")
         self.spec, self.rule, self.update, self.alpha, self.form, self.labels = loss, rule, update, alpha, form, labels
         self.eta, self.prior, self.held = eta, prior, held
+        # rows trained with the base loss: the prior rule only (with the policy's z in the E-step, w is not η0)
+        self.base_rows = resting_on_eta0(labels, prior, held) if rule is EStep.prior else None
         self.first_visit_z = torch.full((labels.annotator.numel(),), float("nan"), dtype=torch.float64)
         self.history: list[dict] = []  # {"step", "epoch", "event", "eta": (K,)}: η after every change
         self._others: Tensor | None = None  # the other labels' evidence under the η in force (§9), per row
@@ -111,9 +124,14 @@ class EM:
         return posterior(self.rule, z, None if self.prior is None else self.prior[rows], self._others[rows],
                          self.eta[self.labels.annotator[rows]])
 
-    def loss(self, logps: PairLogps, z: Tensor, w: Tensor) -> Tensor:
-        """The RE-PO loss of each pair (B,) (Eq. 5, or the weighted form, method.md §7.1)."""
-        return per_pair_loss(self.form, self.spec, logps, z, w)
+    def loss(self, rows: list[int], logps: PairLogps, z: Tensor, w: Tensor) -> Tensor:
+        """The RE-PO loss of each pair (B,) (Eq. 5, or the weighted form, method.md §7.1); the base loss on the rows
+        whose posterior rests on η0 alone (resting_on_eta0)."""
+        per_pair = per_pair_loss(self.form, self.spec, logps, z, w)
+        base = None if self.base_rows is None else self.base_rows[rows].to(per_pair.device)
+        if base is None or not base.any():
+            return per_pair
+        return torch.where(base, losses.base_loss(self.spec, logps).to(per_pair.dtype), per_pair)
 
     def after_step(self, rows: Tensor, z: Tensor, w: Tensor, step: int, epoch: int) -> None:
         """After the optimizer step, on the global batch's rows (B,) long, z and w: epoch 1 records each row's
@@ -172,7 +190,7 @@ class Plain:
     def weights(self, rows: list[int], z: Tensor) -> Tensor:
         return z
 
-    def loss(self, logps: PairLogps, z: Tensor, w: Tensor) -> Tensor:
+    def loss(self, rows: list[int], logps: PairLogps, z: Tensor, w: Tensor) -> Tensor:
         return losses.base_loss(self.spec, logps)
 
     def after_step(self, rows: Tensor, z: Tensor, w: Tensor, step: int, epoch: int) -> None:

@@ -21,6 +21,7 @@ accelerate's save_state, which leaves sharding to the engine.
 import math
 import os
 import shutil
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -160,7 +161,7 @@ def _loop(cfg: TrainConfig, t: Training) -> None:
                     logps = pair_logps(model, pairs, run_rows, t.pad_id, cfg.packing)
                     z = em.logit(logps)  # the induced logit (Eq. 2)
                     w = em.weights(run_rows, z)  # E-step with the η in force (Eq. 4, method.md §9)
-                    per_pair = em.loss(logps, z, w)  # Eq. 5; the base method's own loss without --robust
+                    per_pair = em.loss(run_rows, logps, z, w)  # Eq. 5; the base method's own loss without --robust
                     # The loss is the mean over the global batch (method.md §7.3); DDP averages over processes.
                     accelerator.backward(per_pair.sum() * (keep * world / len(step_rows)))
                 gathered.append(forward.records(cfg.loss_spec(), logps, per_pair, z, w, rows, cfg.batch_size))
@@ -230,8 +231,13 @@ def _em(cfg: TrainConfig, pairs: PairTable, log: Logger) -> robust.EM | robust.P
             eta = eta if zero.resumed else zero.eta
             held = ~zero.identified
     labels = Labels(pairs.annotator, pairs.pair, pairs.orientation, pairs.num_annotators, pairs.num_groups)
-    return robust.EM(cfg.loss_spec(), cfg.e_step, cfg.eta_update, cfg.eta_alpha, cfg.robust_form, labels, eta,
-                     prior, held)
+    em = robust.EM(cfg.loss_spec(), cfg.e_step, cfg.eta_update, cfg.eta_alpha, cfg.robust_form, labels, eta, prior,
+                   held)
+    if em.base_rows is not None and em.base_rows.any() and not zero.resumed:
+        print(f"--robust: {int(em.base_rows.sum())} of {len(em.base_rows)} labels are alone on their pair, by an "
+              f"annotator not identified, without model evidence: w would be eta0; they train with the plain "
+              f"{cfg.loss} loss (method.md §10)", file=sys.stderr)
+    return em
 
 
 def _save_checkpoint(t: Training) -> None:

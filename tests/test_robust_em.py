@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from re_po.pipeline import robust
+from re_po.pipeline import losses, robust
 from re_po.pipeline.choices import EStep, EtaUpdate, LossSpec, RobustForm
 from re_po.pipeline.losses import PairLogps
 from re_po.pipeline.reliability import Labels
@@ -75,4 +75,45 @@ def test_plain_has_the_interface_and_trains_the_base_loss():
     z = plain.logit(logps)
     w = plain.weights([0], z)
     assert math.isnan(float(z)) and math.isnan(float(w)) and not plain.active and plain.state_dict() == {}
-    assert float(plain.loss(logps, z, w)) == pytest.approx(math.log(1 + math.exp(-0.1)), abs=1e-12)  # DPO, margin 1
+    assert float(plain.loss([0], logps, z, w)) == pytest.approx(math.log(1 + math.exp(-0.1)), abs=1e-12)  # DPO, margin 1
+
+
+def test_rows_resting_on_eta0_are_the_lone_labels_of_held_annotators_without_model_evidence():
+    """Against a loop over rows: alone on its pair, its annotator held, its prior exactly 0."""
+    generator = torch.Generator().manual_seed(0)
+    pair = torch.randint(0, 40, (100,), generator=generator)
+    labels = Labels(torch.randint(0, 4, (100,), generator=generator), pair, torch.ones(100, dtype=torch.long), 4, 40)
+    prior = torch.where(torch.rand(100, generator=generator) < 0.5, 0.0, torch.randn(100, generator=generator))
+    held = torch.tensor([True, False, True, False])
+    found = robust.resting_on_eta0(labels, prior.double(), held)
+    expected = [int((pair == pair[i]).sum()) == 1 and bool(held[labels.annotator[i]]) and float(prior[i]) == 0.0
+                for i in range(100)]
+    assert found.tolist() == expected and 0 < sum(expected) < 100
+    assert robust.resting_on_eta0(labels, None, held) is None and robust.resting_on_eta0(labels, prior, None) is None
+
+
+def test_a_label_resting_on_eta0_trains_with_the_base_loss_the_others_with_re_po():
+    """Row 2 (alone on pair 1, annotator 0 held, prior 0) gets IPO's own loss, not BCE(z, η0) (which for IPO is not
+    even IPO at w = 1); rows 0 and 1 share a pair and keep RE-PO's loss; a prior other than 0, or the policy's
+    E-step, keeps RE-PO's loss on row 2 too."""
+    spec = LossSpec.of("ipo")
+    logps = PairLogps(*(torch.tensor(v, dtype=torch.float64) for v in ([-3.0, -5.0, -2.0], [-4.0, -4.5, -6.0],
+                                                                       [-3.5, -5.0, -2.5], [-3.5, -4.0, -6.5])),
+                      torch.tensor([2, 3, 4]), torch.tensor([2, 3, 4]))
+    held = torch.tensor([True, True])
+
+    def em(rule, prior):
+        return robust.EM(spec, rule, EtaUpdate.epoch, 0.5, RobustForm.induced, LABELS,
+                         torch.tensor([0.9, 0.9], dtype=torch.float64), prior, held)
+
+    at_chance = em(EStep.prior, torch.zeros(3, dtype=torch.float64))
+    z = at_chance.logit(logps)
+    w = at_chance.weights([0, 1, 2], z)
+    assert float(w[2]) == pytest.approx(0.9)  # the posterior itself stays η0: the columns say what the data say
+    loss = at_chance.loss([0, 1, 2], logps, z, w)
+    base, bce = losses.base_loss(spec, logps), losses.robust_loss(z, w)
+    assert float(loss[2]) == float(base[2]) and float(loss[2]) != pytest.approx(float(bce[2]))
+    assert loss[:2].tolist() == bce[:2].tolist()
+    for other in (em(EStep.prior, torch.tensor([0.0, 0.0, 0.5], dtype=torch.float64)), em(EStep.policy, None)):
+        w = other.weights([0, 1, 2], z)
+        assert other.loss([0, 1, 2], logps, z, w).tolist() == losses.robust_loss(z, w).tolist()

@@ -147,6 +147,22 @@ def test_robust_with_low_eta_trains_differently(scores, tiny_llama, tmp_path):
         assert_trains_alike(plain, robust, load_file(tiny_llama / "model.safetensors"), update_tolerance=2e-2)
 
 
+@pytest.mark.parametrize("loss", ["dpo", "ipo"])
+def test_robust_where_nothing_is_known_trains_exactly_like_the_plain_loss(scores, tmp_path, capfd, loss):
+    """Single labels on random text: the probe is at chance and no η is identified, so every w would be η0 = 0.9,
+    which is label smoothing (cDPO with ε 0.1, below DPO in bench/README.md). Every label rests on η0 alone and
+    trains with the base loss: the same weights, bit for bit, as without --robust. The guard is
+    test_robust_with_low_eta_trains_differently (a w that is used changes the weights)."""
+    plain = run(config(scores, tmp_path / "plain", loss=loss, max_steps=4, lr=1e-3))
+    robust = run(config(scores, tmp_path / "robust", loss=loss, max_steps=4, lr=1e-3, robust=True))
+    assert "labels are alone on their pair" in capfd.readouterr().err
+    zero = run_folder.read_epoch(robust, run_folder.ANNOTATORS, 0)
+    assert not zero["identified"].any() and (zero["eta"] == 0.9).all()
+    first, second = weights(plain), weights(robust)
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    assert [step["loss"] for step in metrics(plain)] == [step["loss"] for step in metrics(robust)]
+
+
 def test_gradient_accumulation_equals_one_larger_batch(scores, tiny_llama, tmp_path):
     """2 micro-batches of 4 accumulate to the gradient of one batch of 8 (same data order: 8 pairs per step).
 

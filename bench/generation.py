@@ -17,6 +17,9 @@ Methods (one `repo train` run each, on the variant's labels unless said):
   re-ipo       --robust --loss ipo
   cdpo, rdpo   the baselines, told the variant's true flip rate (an oracle the robust methods lack)
   dpo-clean    DPO on `inspect-noise SCORES --export-clean`: the labels the estimate flags dropped
+  re-dpo-judge --robust with a judge (--prior-col) in the probe's place: a stand-in for a modest reward model,
+               simulated from the true reward (each pair's true margin plus Gaussian noise as wide as the margins'
+               spread, one fixed draw: it orders 76% of the 1label pairs right), never shown to the policy
 Per run: `repo generate` on the held-out prompts (policy against the reference, the same seeds, judged by
 re_po.data.judges:vader_compound): the win rate against the reference [95% interval], the mean true reward, KL; `repo
 evaluate` on the held-out pairs (their true order): the implicit reward's accuracy; for the robust runs (and the
@@ -66,8 +69,10 @@ METHODS = {
     "cdpo": ("cdpo", None, "noisy"),
     "rdpo": ("rdpo", None, "noisy"),
     "dpo-clean": ("dpo", None, "clean"),
+    "re-dpo-judge": ("dpo", {"estimate": configs.EstimateConfig(prior_col="judge_logit")}, "judged"),
 }
 JUDGE = "re_po.data.judges:vader_compound"
+JUDGE_SEED = 0  # the simulated judge is one fixed model, the same for every training seed
 
 
 def main() -> None:
@@ -137,6 +142,10 @@ def one_run(variant: str, method: str, seed: int, labels: Path, noisy_cache: Pat
         record.update(noise_record(noisy_cache, folder / "estimate", export_clean=clean, data=str(labels)))
         cache = score.run(score.ScoreConfig(data=str(clean), model=model, out=folder / "scores",
                                             embed_width=args.embed_width))
+    if data == "judged":
+        judged = with_simulated_judge(labels, folder / "judged.jsonl")
+        cache = score.run(score.ScoreConfig(data=str(judged), model=model, out=folder / "scores",
+                                            embed_width=args.embed_width))
     epsilon = min(flip_rate, 0.45)  # the baselines' ε: the true flip rate (an oracle)
     extra = {"cdpo": {"label_smoothing": epsilon}, "rdpo": {"flip_rate": epsilon}}.get(loss, {})
     run_dir = train.run(train.TrainConfig(
@@ -157,6 +166,24 @@ def one_run(variant: str, method: str, seed: int, labels: Path, noisy_cache: Pat
         record.update(noise_record(run_dir, folder / "inspect"))
     record["wall_seconds"] = time.perf_counter() - started
     return record
+
+
+def with_simulated_judge(labels: Path, path: Path) -> Path:
+    """`labels` with a column judge_logit: the log-odds that each row's order is right, from a judge simulated on
+    the true reward (the row's margin chosen − rejected plus Gaussian noise whose SD is the margins' SD, drawn once
+    per pair with JUDGE_SEED), at a fixed scale: the estimate calibrates it."""
+    table = read_table(labels)
+    margin = (table["chosen_reward"] - table["rejected_reward"]).to_numpy()
+    pair_ids = table["pair_id"].unique(maintain_order=True).to_list()
+    noise = dict(zip(pair_ids, np.random.default_rng(JUDGE_SEED).normal(0.0, float(margin.std()), len(pair_ids))))
+    # a pair's noise is the same whichever order a row states: for a row in the reference order it adds, reversed
+    # it subtracts (the order of the pair's first row is the reference here)
+    first = {pid: c for pid, c in zip(reversed(table["pair_id"].to_list()), reversed(table["chosen"].to_list()))}
+    sign = np.array([1.0 if first[p] == c else -1.0 for p, c in zip(table["pair_id"], table["chosen"])])
+    judged = table.with_columns(judge_logit=4.0 * (margin + sign * np.array([noise[p] for p in table["pair_id"]])))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_table(judged, path)
+    return path
 
 
 def markdown(results: dict, args) -> str:

@@ -25,3 +25,23 @@ def test_the_gpu_script_runs_every_step_in_its_dry_run(tmp_path):
         assert scored["vllm_max_relative_difference"] < 1e-4  # vLLM scored the same tokens
     for table in ("pairs/s", "tok/s", "MFU"):
         assert log.count(table) >= 2, table  # in the score and the train tables
+
+
+def test_the_generation_benchmarks_simulated_judge_holds_one_opinion_per_pair(tmp_path):
+    """bench/generation.py's judge for re-dpo-judge: each pair gets one noisy margin, stated by every row in that
+    row's own order (so rows that reverse each other get opposite log-odds), and it orders 76% of the single-label
+    pairs right, as its help says (the truth: is_flipped, the label against the true reward's order)."""
+    import polars as pl
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import generation
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    three = pl.read_ndjson(generation.with_simulated_judge(generation.DATA / "train-3labels.jsonl", tmp_path / "3.jsonl"))
+    reference = three.group_by("pair_id", maintain_order=True).first().select("pair_id", ref="chosen")
+    stated = three.join(reference, on="pair_id").with_columns(
+        opinion=pl.when(pl.col("chosen") == pl.col("ref")).then(pl.col("judge_logit")).otherwise(-pl.col("judge_logit")))
+    assert stated.group_by("pair_id").agg(pl.col("opinion").n_unique())["opinion"].max() == 1
+    assert (three["pair_id"].value_counts()["count"] > 1).all() and (stated["opinion"] != stated["judge_logit"]).any()
+    one = pl.read_ndjson(generation.with_simulated_judge(generation.DATA / "train-1label.jsonl", tmp_path / "1.jsonl"))
+    assert round(float(((one["judge_logit"] > 0) == ~one["is_flipped"]).mean()), 2) == 0.76

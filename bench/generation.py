@@ -20,6 +20,7 @@ Methods (one `repo train` run each, on the variant's labels unless said):
   re-dpo-judge --robust with a judge (--prior-col) in the probe's place: a stand-in for a modest reward model,
                simulated from the true reward (each pair's true margin plus Gaussian noise as wide as the margins'
                spread, one fixed draw: it orders 76% of the 1label pairs right), never shown to the policy
+  dpo-clean-judge  DPO on --export-clean of the estimate with that judge: its flagged labels dropped
 Per run: `repo generate` on the held-out prompts (policy against the reference, the same seeds, judged by
 re_po.data.judges:vader_compound): the win rate against the reference [95% interval], the mean true reward, KL; `repo
 evaluate` on the held-out pairs (their true order): the implicit reward's accuracy; for the robust runs (and the
@@ -58,6 +59,7 @@ DATA = SAMPLE_DIR / "continuations"
 VARIANTS = {"1label": ("train-1label.jsonl", 0), "3labels": ("train-3labels.jsonl", 0),
             "3labels-144": ("train-3labels.jsonl", 144)}
 ALGORITHM_1 = {"robust_mode": str(configs.RobustMode.paper)}  # configs.ALGORITHM_1, by its name
+WITH_JUDGE = configs.EstimateConfig(prior_col="judge_logit")  # the estimate with the simulated judge as its model
 # method -> (loss, the --robust settings or None, which labels it trains on)
 METHODS = {
     "dpo-true": ("dpo", None, "true"),
@@ -69,7 +71,8 @@ METHODS = {
     "cdpo": ("cdpo", None, "noisy"),
     "rdpo": ("rdpo", None, "noisy"),
     "dpo-clean": ("dpo", None, "clean"),
-    "re-dpo-judge": ("dpo", {"estimate": configs.EstimateConfig(prior_col="judge_logit")}, "judged"),
+    "re-dpo-judge": ("dpo", {"estimate": WITH_JUDGE}, "judged"),
+    "dpo-clean-judge": ("dpo", None, "clean-judged"),
 }
 JUDGE = "re_po.data.judges:vader_compound"
 JUDGE_SEED = 0  # the simulated judge is one fixed model, the same for every training seed
@@ -136,15 +139,15 @@ def one_run(variant: str, method: str, seed: int, labels: Path, noisy_cache: Pat
     record = {"variant": "true" if data == "true" else variant, "method": method, "seed": seed,
               "train_flip_rate": flip_rate, "epochs": args.epochs, "lr": args.lr}
     started = time.perf_counter()
-    cache = {"true": true_cache, "noisy": noisy_cache}.get(data)
-    if data == "clean":  # the estimate of the noisy cache flags labels; DPO trains on the rest
-        clean = folder / "clean.jsonl"
-        record.update(noise_record(noisy_cache, folder / "estimate", export_clean=clean, data=str(labels)))
-        cache = score.run(score.ScoreConfig(data=str(clean), model=model, out=folder / "scores",
+    cache = true_cache if data == "true" else noisy_cache  # the runs on other labels replace it below
+    if data in ("judged", "clean-judged"):  # the labels with the simulated judge's column, scored
+        labels = with_simulated_judge(labels, folder / "judged.jsonl")
+        cache = score.run(score.ScoreConfig(data=str(labels), model=model, out=folder / "judged-scores",
                                             embed_width=args.embed_width))
-    if data == "judged":
-        judged = with_simulated_judge(labels, folder / "judged.jsonl")
-        cache = score.run(score.ScoreConfig(data=str(judged), model=model, out=folder / "scores",
+    if data in ("clean", "clean-judged"):  # the estimate of the noisy cache flags labels; DPO trains on the rest
+        clean, judge = folder / "clean.jsonl", {"estimate": WITH_JUDGE} if data == "clean-judged" else {}
+        record.update(noise_record(cache, folder / "estimate", export_clean=clean, data=str(labels), **judge))
+        cache = score.run(score.ScoreConfig(data=str(clean), model=model, out=folder / "scores",
                                             embed_width=args.embed_width))
     epsilon = min(flip_rate, 0.45)  # the baselines' ε: the true flip rate (an oracle)
     extra = {"cdpo": {"label_smoothing": epsilon}, "rdpo": {"flip_rate": epsilon}}.get(loss, {})

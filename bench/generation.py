@@ -41,6 +41,7 @@ import sys
 import time
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import polars as pl
 from robustness import _load, _mean_sd, _save, noise_record
@@ -212,11 +213,12 @@ def markdown(results: dict, args) -> str:
 
 def reward_kl_plot(results: dict, args, path: Path) -> Path:
     fig, ax = new_figure()
+    colors = matplotlib.colormaps["tab20"]  # a colour a method: more methods than the default cycle's ten
     for (variant, marker) in zip(["true"] + args.variants, "Dos^"):
         for i, method in enumerate(args.methods):
             runs = [r for r in results.values() if (r["variant"], r["method"]) == (variant, method)]
             if runs:
-                ax.scatter([r["kl"] for r in runs], [r["reward"] for r in runs], marker=marker, color=f"C{i}",
+                ax.scatter([r["kl"] for r in runs], [r["reward"] for r in runs], marker=marker, color=colors(i),
                            label=f"{method} ({variant})")
     reference = [r["reference_reward"] for r in results.values()]
     if reference:

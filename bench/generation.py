@@ -21,6 +21,7 @@ Methods (one `repo train` run each, on the variant's labels unless said):
                simulated from the true reward (each pair's true margin plus Gaussian noise as wide as the margins'
                spread, one fixed draw: it orders 76% of the 1label pairs right), never shown to the policy
   dpo-clean-judge  DPO on --export-clean of the estimate with that judge: its flagged labels dropped
+  re-dpo-scaled, re-dpo-judge-scaled  re-dpo and re-dpo-judge with --robust-form scaled (w·L(a≻b) alone)
 Per run: `repo generate` on the held-out prompts (policy against the reference, the same seeds, judged by
 re_po.data.judges:vader_compound): the win rate against the reference [95% interval], the mean true reward, KL; `repo
 evaluate` on the held-out pairs (their true order): the implicit reward's accuracy; for the robust runs (and the
@@ -74,6 +75,8 @@ METHODS = {
     "dpo-clean": ("dpo", None, "clean"),
     "re-dpo-judge": ("dpo", {"estimate": WITH_JUDGE}, "judged"),
     "dpo-clean-judge": ("dpo", None, "clean-judged"),
+    "re-dpo-scaled": ("dpo", {"robust_form": "scaled"}, "noisy"),
+    "re-dpo-judge-scaled": ("dpo", {"estimate": WITH_JUDGE, "robust_form": "scaled"}, "judged"),
 }
 JUDGE = "re_po.data.judges:vader_compound"
 JUDGE_SEED = 0  # the simulated judge is one fixed model, the same for every training seed

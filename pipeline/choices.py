@@ -88,10 +88,12 @@ class EtaUpdate(StrEnum):
 
 
 class RobustForm(StrEnum):
-    """The RE-PO loss: BCE on the induced logit (Eq. 5), or w·L(a≻b) + (1−w)·L(b≻a) (method.md §7.1)."""
+    """The RE-PO loss: BCE on the induced logit (Eq. 5), w·L(a≻b) + (1−w)·L(b≻a), or w·L(a≻b) alone (method.md
+    §7.1)."""
 
     induced = "induced"
     weighted = "weighted"
+    scaled = "scaled"
 
 
 @dataclass(frozen=True)

@@ -187,6 +187,15 @@ def weighted_loss(loss: LossSpec, logps: PairLogps, w: Tensor) -> Tensor:
     return w * base_loss(loss, logps) + (1 - w) * base_loss(loss, logps.swapped())
 
 
+def scaled_loss(loss: LossSpec, logps: PairLogps, w: Tensor) -> Tensor:
+    """w·L(a≻b) per pair, (B,) (method.md §7.1): each label's own loss scaled by its posterior, the reversed order
+    never trained (the clean export made soft)."""
+    kind = loss.kind
+    if kind not in ROBUST_KINDS:
+        raise ValueError(f"loss {kind} cannot be made robust: RE-PO wraps only {', '.join(sorted(ROBUST_KINDS))}")
+    return w.detach().to(logps.policy_chosen_logps.dtype) * base_loss(loss, logps)
+
+
 def implicit_rewards(loss: LossSpec, logps: PairLogps) -> tuple[Tensor, Tensor]:
     """(chosen_rewards, rejected_rewards), each (B,), detached: TRL's metrics `rewards/*`.
 

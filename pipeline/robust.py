@@ -46,9 +46,11 @@ def posterior(rule: EStep, z: Tensor, prior: Tensor | None, others: Tensor, eta:
 
 
 def per_pair_loss(form: RobustForm, loss: LossSpec, logps: PairLogps, z: Tensor, w: Tensor) -> Tensor:
-    """(B,) RE-PO loss of each pair: BCE(z, w) (Eq. 5) or the weighted raw loss (method.md §7.1)."""
+    """(B,) RE-PO loss of each pair: BCE(z, w) (Eq. 5), the weighted or the scaled raw loss (method.md §7.1)."""
     if form is RobustForm.induced:
         return losses.robust_loss(z, w)
+    if form is RobustForm.scaled:
+        return losses.scaled_loss(loss, logps, w)
     return losses.weighted_loss(loss, logps, w)
 
 

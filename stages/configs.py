@@ -194,8 +194,9 @@ class TrainConfig:
               "only added ±0.035 of noise with the estimate's evidence, bench/README.md), both (not measured).",
         default_text=_robust_default("eta_update"))
     robust_form: RobustForm = setting(
-        RobustForm.induced, "Expert: induced (BCE on the induced logit, Eq. 5) or weighted (w·L(a≻b) + "
-                            "(1−w)·L(b≻a)); identical for DPO, not measured for the other losses.")
+        RobustForm.induced, "Expert: induced (BCE on the induced logit, Eq. 5), weighted (w·L(a≻b) + "
+                            "(1−w)·L(b≻a); identical for DPO) or scaled (w·L(a≻b) alone: a doubtful label is "
+                            "trained less, never reversed; a first measurement in bench/README.md).")
     eta_init: EtaInit | None = setting(
         None, "Expert: fixed (η0 for everyone, the paper) or estimate (the cache's noise estimate, epoch 0: max η̂ "
               "error 0.05–0.11 against Algorithm 1's 0.15 at +20% noise, bench/README.md).",

@@ -279,6 +279,13 @@ def test_weighted_loss_mixes_the_two_orders(spec, logps):
     assert_close(losses.weighted_loss(spec, logps, w), hand)
 
 
+@pytest.mark.parametrize("spec", PARAMS, ids=ids(PARAMS))
+def test_scaled_loss_is_each_labels_own_loss_times_w_and_never_the_reversed_one(spec, logps):
+    w = torch.rand(B, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert_close(losses.scaled_loss(spec, logps, w), [wi * hand_loss(spec, r) for wi, r in zip(w.tolist(), rows(logps))])
+    assert_close(losses.scaled_loss(spec, logps, torch.zeros(B, dtype=torch.float64)), [0.0] * B)
+
+
 def test_item3_posterior_weight_is_the_bayes_formula_without_gradient():
     g = torch.Generator().manual_seed(3)
     z = (4 * torch.randn(B, generator=g, dtype=torch.float64)).requires_grad_(True)

@@ -117,3 +117,17 @@ def test_a_label_resting_on_eta0_trains_with_the_base_loss_the_others_with_re_po
     for other in (em(EStep.prior, torch.tensor([0.0, 0.0, 0.5], dtype=torch.float64)), em(EStep.policy, None)):
         w = other.weights([0, 1, 2], z)
         assert other.loss([0, 1, 2], logps, z, w).tolist() == losses.robust_loss(z, w).tolist()
+
+
+def test_each_robust_form_is_its_own_loss():
+    """per_pair_loss dispatches on the form: BCE on z, the weighted mix of both orders, or w·L(a≻b) alone."""
+    spec = LossSpec.of("ipo")
+    logps = PairLogps(*(torch.tensor(v, dtype=torch.float64) for v in ([-3.0, -5.0], [-4.0, -4.5], [-3.5, -5.0],
+                                                                       [-3.5, -4.0])), torch.tensor([2, 3]),
+                      torch.tensor([2, 3]))
+    z, w = losses.induced_logit(spec, logps), torch.tensor([0.7, 0.2], dtype=torch.float64)
+    found = {form: robust.per_pair_loss(form, spec, logps, z, w) for form in RobustForm}
+    assert found[RobustForm.induced].tolist() == losses.robust_loss(z, w).tolist()
+    assert found[RobustForm.weighted].tolist() == losses.weighted_loss(spec, logps, w).tolist()
+    assert found[RobustForm.scaled].tolist() == (w * losses.base_loss(spec, logps)).tolist()
+    assert len({tuple(loss.tolist()) for loss in found.values()}) == 3

@@ -122,12 +122,12 @@ def assert_trains_alike(first: Path, second: Path, start: dict, update_tolerance
 
 
 @pytest.mark.parametrize("loss, form", [("dpo", "induced"), ("dpo", "weighted"), ("ipo", "weighted"),
-                                        ("simpo", "weighted"), ("cpo", "weighted")])
+                                        ("simpo", "weighted"), ("cpo", "weighted"), ("ipo", "scaled")])
 def test_robust_with_eta_one_and_frozen_trains_like_the_plain_loss(scores, tiny_llama, tmp_path, loss, form):
     """η0 = 1, α_η = 0: w ≈ 1, so RE-PO trains as the base loss (method.md §4).
 
     The induced-logit BCE equals the base loss only where e^−L(a≻b) + e^−L(b≻a) = 1 (DPO); the weighted form
-    w·L(a≻b) + (1−w)·L(b≻a) equals it for every loss. η is clamped to 1 − 1e-4 (method.md §7.3), so w = 1 − 1e-4
+    w·L(a≻b) + (1−w)·L(b≻a) and the scaled form w·L(a≻b) equal it for every loss. η is clamped to 1 − 1e-4 (method.md §7.3), so w = 1 − 1e-4
     at z = 0 (more where z < 0: IPO's z = 2u/β is large) and gradient norms differ by 2e-4 to 1.5e-3; Adam normalises each coordinate, which magnifies that
     where a coordinate's gradient is near 0 (most for CPO, whose rejected-response NLL enters with weight 1 − w):
     measured relative update differences are 4e-6 (DPO), 6e-5 (IPO), 2e-4 (SimPO), 7e-3 (CPO).

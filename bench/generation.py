@@ -11,17 +11,18 @@ Variants:  1label (one label on each of the 432 pairs, as UltraFeedback or HH-RL
 Methods (one `repo train` run each, on the variant's labels unless said):
   dpo-true     DPO on the true labels (train-true.jsonl): the ceiling
   dpo          DPO on the noisy labels
-  re-dpo       --robust as it defaults (the estimate first, then RE-DPO)
+  re-dpo       --robust as it defaults (the estimate first, then RE-DPO, each label's loss scaled by its w)
+  re-dpo-induced  the same with --robust-form induced (Eq. 5's BCE, the default before the validation below)
   re-dpo-alg1  the paper's Algorithm 1 (--robust-mode paper)
   ipo          IPO on the noisy labels (what re-ipo wraps)
-  re-ipo       --robust --loss ipo
+  re-ipo, re-ipo-induced  --robust --loss ipo, as it defaults and with --robust-form induced
   cdpo, rdpo   the baselines, told the variant's true flip rate (an oracle the robust methods lack)
   dpo-clean    DPO on `inspect-noise SCORES --export-clean`: the labels the estimate flags dropped
   re-dpo-judge --robust with a judge (--prior-col) in the probe's place: a stand-in for a modest reward model,
                simulated from the true reward (each pair's true margin plus Gaussian noise as wide as the margins'
                spread, one fixed draw: it orders 76% of the 1label pairs right), never shown to the policy
+  re-dpo-judge-induced  the same with --robust-form induced
   dpo-clean-judge  DPO on --export-clean of the estimate with that judge: its flagged labels dropped
-  re-dpo-scaled, re-dpo-judge-scaled  re-dpo and re-dpo-judge with --robust-form scaled (w·L(a≻b) alone)
 Per run: `repo generate` on the held-out prompts (policy against the reference, the same seeds, judged by
 re_po.data.judges:vader_compound): the win rate against the reference [95% interval], the mean true reward, KL; `repo
 evaluate` on the held-out pairs (their true order): the implicit reward's accuracy; for the robust runs (and the
@@ -62,21 +63,23 @@ VARIANTS = {"1label": ("train-1label.jsonl", 0), "3labels": ("train-3labels.json
             "3labels-144": ("train-3labels.jsonl", 144)}
 ALGORITHM_1 = {"robust_mode": str(configs.RobustMode.paper)}  # configs.ALGORITHM_1, by its name
 WITH_JUDGE = configs.EstimateConfig(prior_col="judge_logit")  # the estimate with the simulated judge as its model
+INDUCED = {"robust_form": str(configs.RobustForm.induced)}  # Eq. 5's BCE: --robust's form before scaled
 # method -> (loss, the --robust settings or None, which labels it trains on)
 METHODS = {
     "dpo-true": ("dpo", None, "true"),
     "dpo": ("dpo", None, "noisy"),
     "re-dpo": ("dpo", {}, "noisy"),
+    "re-dpo-induced": ("dpo", INDUCED, "noisy"),
     "re-dpo-alg1": ("dpo", ALGORITHM_1, "noisy"),
     "ipo": ("ipo", None, "noisy"),
     "re-ipo": ("ipo", {}, "noisy"),
+    "re-ipo-induced": ("ipo", INDUCED, "noisy"),
     "cdpo": ("cdpo", None, "noisy"),
     "rdpo": ("rdpo", None, "noisy"),
     "dpo-clean": ("dpo", None, "clean"),
     "re-dpo-judge": ("dpo", {"estimate": WITH_JUDGE}, "judged"),
+    "re-dpo-judge-induced": ("dpo", {"estimate": WITH_JUDGE, **INDUCED}, "judged"),
     "dpo-clean-judge": ("dpo", None, "clean-judged"),
-    "re-dpo-scaled": ("dpo", {"robust_form": "scaled"}, "noisy"),
-    "re-dpo-judge-scaled": ("dpo", {"estimate": WITH_JUDGE, "robust_form": "scaled"}, "judged"),
 }
 JUDGE = "re_po.data.judges:vader_compound"
 JUDGE_SEED = 0  # the simulated judge is one fixed model, the same for every training seed
@@ -92,6 +95,9 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--prompts", type=int, default=128, help="held-out prompts answered by each policy")
+    parser.add_argument("--validation", action="store_true",
+                        help="also answer the held-out prompts after the first --prompts (which the table never "
+                             "answers): the split on which a default may be chosen without tuning on the table's")
     parser.add_argument("--samples", type=int, default=2, help="samples per prompt and side")
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--model", help="model folder (default: SmolLM2-135M-Instruct, prepared locally)")
@@ -118,6 +124,9 @@ def main() -> None:
                 if name not in results:  # a rerun resumes: finished runs are kept
                     results[name] = one_run(variant, method, seed, labels, noisy_cache, true_cache, flip_rate,
                                             out / "runs" / name, out, model, args)
+                    _save(results, out / "results.json")
+                if args.validation and "validation_win_rate" not in results[name]:
+                    results[name].update(validation_record(out / "runs" / name, out, args))
                     _save(results, out / "results.json")
     table = markdown(results, args)
     atomic_write_text(out / "results.md", table)
@@ -175,6 +184,23 @@ def one_run(variant: str, method: str, seed: int, labels: Path, noisy_cache: Pat
     return record
 
 
+def validation_prompts(folder: Path, answered: int) -> Path:
+    """The held-out prompts after the first `answered`: the table never answers them."""
+    path = folder / "validation-prompts.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_table(read_table(DATA / "heldout-prompts.jsonl").unique("prompt", maintain_order=True)[answered:], path)
+    return path
+
+
+def validation_record(folder: Path, out: Path, args) -> dict:
+    """A finished run's policy on the validation prompts, with the table's sampling settings and judge."""
+    written = json.loads(generate.run(configs.GenerateConfig(
+        data=str(validation_prompts(out / "data", args.prompts)), run=folder / "train", out=folder / "validate",
+        judge=JUDGE, num_samples=args.samples, max_new_tokens=args.max_new_tokens)).read_text())
+    return {"validation_win_rate": written["win_rate"], "validation_win_rate_ci": written["win_rate_ci"],
+            "validation_reward": written["reward_policy"], "validation_kl": written["kl"]}
+
+
 def with_simulated_judge(labels: Path, path: Path) -> Path:
     """`labels` with a column judge_logit: the log-odds that each row's order is right, from a judge simulated on
     the true reward (the row's margin chosen − rejected plus Gaussian noise whose SD is the margins' SD, drawn once
@@ -196,7 +222,8 @@ def with_simulated_judge(labels: Path, path: Path) -> Path:
 def markdown(results: dict, args) -> str:
     """Mean ± standard deviation over seeds per variant and method."""
     rows = ["| labels | method | epochs | seeds | win rate vs reference | mean true reward | KL (nats) | held-out accuracy "
-            "| max abs(η̂ − measured) | flag ROC-AUC | minutes/run |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| max abs(η̂ − measured) | flag ROC-AUC | minutes/run | validation win rate |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for variant, method in [("true", "dpo-true")] + [(v, m) for v in args.variants for m in args.methods]:
         runs = [r for r in results.values() if (r["variant"], r["method"]) == (variant, method)]
         if runs:
@@ -210,7 +237,8 @@ def markdown(results: dict, args) -> str:
             rows.append(f"| {labels} | {method} | {epochs} | {len(runs)} "
                         f"| {column('win_rate')} | {column('reward')} | {column('kl')} | {column('heldout_accuracy')} "
                         f"| {column('eta_abs_error_max')} | {column('flag_auc')} "
-                        f"| {statistics.mean(r['wall_seconds'] for r in runs) / 60:.1f} |")
+                        f"| {statistics.mean(r['wall_seconds'] for r in runs) / 60:.1f} "
+                        f"| {column('validation_win_rate')} |")
     return "\n".join(rows) + "\n"
 
 

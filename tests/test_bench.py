@@ -27,16 +27,31 @@ def test_the_gpu_script_runs_every_step_in_its_dry_run(tmp_path):
         assert log.count(table) >= 2, table  # in the score and the train tables
 
 
-def test_the_generation_benchmarks_simulated_judge_holds_one_opinion_per_pair(tmp_path):
-    """bench/generation.py's judge for re-dpo-judge: each pair gets one noisy margin, stated by every row in that
-    row's own order (so rows that reverse each other get opposite log-odds), and it orders 76% of the single-label
-    pairs right, as its help says (the truth: is_flipped, the label against the true reward's order)."""
-    import polars as pl
+def _generation_benchmark():
     sys.path.insert(0, str(REPO / "bench"))
     try:
         import generation
     finally:
         sys.path.remove(str(REPO / "bench"))
+    return generation
+
+
+def test_the_generation_benchmarks_validation_prompts_are_every_heldout_prompt_the_table_does_not_answer(tmp_path):
+    """bench/generation.py --validation answers the held-out prompts after the table's first --prompts: none of the
+    table's, and together with them every held-out prompt once (the generate stage takes the first N distinct)."""
+    import polars as pl
+    generation = _generation_benchmark()
+    heldout = pl.read_ndjson(generation.DATA / "heldout-prompts.jsonl")["prompt"].unique(maintain_order=True).to_list()
+    validation = pl.read_ndjson(generation.validation_prompts(tmp_path, 100))["prompt"].to_list()
+    assert validation == heldout[100:] and not set(validation) & set(heldout[:100])
+
+
+def test_the_generation_benchmarks_simulated_judge_holds_one_opinion_per_pair(tmp_path):
+    """bench/generation.py's judge for re-dpo-judge: each pair gets one noisy margin, stated by every row in that
+    row's own order (so rows that reverse each other get opposite log-odds), and it orders 76% of the single-label
+    pairs right, as its help says (the truth: is_flipped, the label against the true reward's order)."""
+    import polars as pl
+    generation = _generation_benchmark()
     three = pl.read_ndjson(generation.with_simulated_judge(generation.DATA / "train-3labels.jsonl", tmp_path / "3.jsonl"))
     reference = three.group_by("pair_id", maintain_order=True).first().select("pair_id", ref="chosen")
     stated = three.join(reference, on="pair_id").with_columns(

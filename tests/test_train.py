@@ -134,7 +134,7 @@ def test_robust_with_eta_one_and_frozen_trains_like_the_plain_loss(scores, tiny_
     """
     plain = run(config(scores, tmp_path / "plain", loss=loss, max_steps=4, lr=1e-3))
     robust = run(config(scores, tmp_path / "robust", loss=loss, max_steps=4, lr=1e-3, robust=True, eta0=1.0,
-                        eta_alpha=0.0, robust_form=form, **ALGORITHM_1))
+                        eta_alpha=0.0, **{**ALGORITHM_1, "robust_form": form}))
     assert_trains_alike(plain, robust, load_file(tiny_llama / "model.safetensors"), update_tolerance=2e-2)
 
 

@@ -110,6 +110,7 @@ def main() -> None:
     results = _load(out / "results.json")
     started = time.perf_counter()
     scoring = {"embed_width": args.embed_width}
+    validation = validation_prompts(out / "data", args.prompts) if args.validation else None
     true_cache = score.run(score.ScoreConfig(data=str(DATA / "train-true.jsonl"), model=model, **scoring,
                                              out=out / "scores" / "true"))
     for variant in args.variants:
@@ -126,7 +127,7 @@ def main() -> None:
                                             out / "runs" / name, out, model, args)
                     _save(results, out / "results.json")
                 if args.validation and "validation_win_rate" not in results[name]:
-                    results[name].update(validation_record(out / "runs" / name, out, args))
+                    results[name].update(validation_record(out / "runs" / name, validation, args))
                     _save(results, out / "results.json")
     table = markdown(results, args)
     atomic_write_text(out / "results.md", table)
@@ -192,10 +193,10 @@ def validation_prompts(folder: Path, answered: int) -> Path:
     return path
 
 
-def validation_record(folder: Path, out: Path, args) -> dict:
+def validation_record(folder: Path, prompts: Path, args) -> dict:
     """A finished run's policy on the validation prompts, with the table's sampling settings and judge."""
     written = json.loads(generate.run(configs.GenerateConfig(
-        data=str(validation_prompts(out / "data", args.prompts)), run=folder / "train", out=folder / "validate",
+        data=str(prompts), run=folder / "train", out=folder / "validate",
         judge=JUDGE, num_samples=args.samples, max_new_tokens=args.max_new_tokens)).read_text())
     return {"validation_win_rate": written["win_rate"], "validation_win_rate_ci": written["win_rate_ci"],
             "validation_reward": written["reward_policy"], "validation_kl": written["kl"]}
